@@ -1,0 +1,23 @@
+import pytest
+
+from sparse_rl.criteria import GROW_CRITERIA, PRUNE_CRITERIA
+from sparse_rl.methods import METHODS, get_method
+
+
+def test_presets_name_existing_criteria():
+    for preset in METHODS.values():
+        assert (preset.prune is None) == (preset.grow is None)
+        if preset.updates_topology:
+            assert preset.prune in PRUNE_CRITERIA and preset.grow in GROW_CRITERIA
+
+
+def test_presets_are_the_documented_pairs():
+    assert (get_method("rigl").prune, get_method("rigl").grow) == ("magnitude", "gradient")
+    assert (get_method("set").prune, get_method("set").grow) == ("set", "random")
+    assert (get_method("dst-ee").prune, get_method("dst-ee").grow) == ("magnitude", "ucb")
+    assert not get_method("static").updates_topology and not get_method("dense").updates_topology
+
+
+def test_unknown_method_names_the_allowed_ones():
+    with pytest.raises(ValueError, match="allowed: rigl, set, mest, dst-ee, static, dense"):
+        get_method("lottery")
