@@ -9,6 +9,7 @@ driven by hooks on that network's optimizer, and mirrors every new mask onto a t
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -152,6 +153,11 @@ class TopologyController(nn.Module):
         self.step.add_(1)
         if self.schedule is not None and int(self.step) % self.schedule.interval == 0:
             step, progress = int(self.step), self._known_progress()
+            if progress is None and isinstance(self.schedule.end, float) and int(self.num_updates) == 0:
+                warnings.warn(f"update_end={self.schedule.end} is a fraction of training, but the training "
+                              "progress is unknown: the drop fraction stays constant and updates never stop. "
+                              "Give update_end as an int step, or learn() with SparseLoggingCallback.",
+                              stacklevel=2)
             if self.schedule.is_update_step(step, progress):
                 self.update(self.schedule.drop_fraction_at(step, progress), optimizer)
         for layer in self.layers.values():

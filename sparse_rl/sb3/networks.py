@@ -1,0 +1,100 @@
+"""Sparse versions of SB3's actor and critic networks.
+
+Each class is SB3's own network whose ``nn.Linear`` layers are ``SparseLinear`` from
+construction on, with the sparsity settings as constructor parameters, so SB3 can rebuild it
+alone (``model.actor.save(path)`` then ``type(model.actor).load(path)``) and its masks come
+back from the state dict. Linear layers inside a features extractor are left dense.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from gymnasium import spaces
+from stable_baselines3.common.policies import ContinuousCritic
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.sac.policies import Actor as SACActor
+from stable_baselines3.td3.policies import Actor as TD3Actor
+from torch import nn
+
+from sparse_rl.distributions import check_density
+from sparse_rl.layers import SparseLinear
+from sparse_rl.topology import init_masks, sparse_layers
+
+
+def replace_linear_layers(module: nn.Module, skip: str = "features_extractor") -> None:
+    """Swap every plain ``nn.Linear`` under ``module`` (outside ``skip``) for a ``SparseLinear``
+    with the same parameters, in place."""
+    for name, child in list(module.named_children()):
+        if name == skip:
+            continue
+        if type(child) is nn.Linear:
+            setattr(module, name, SparseLinear.from_dense(child))
+        else:
+            replace_linear_layers(child, skip)
+
+
+class SparseNetworkMixin:
+    """Turns an SB3 network sparse at construction and records how, for SB3's save/load."""
+
+    def _init_sparsity(self, density: float, distribution: str, dense_layers: Sequence[str]) -> None:
+        self.density = check_density(density)
+        self.distribution = distribution
+        self.dense_layers = tuple(dense_layers)
+        replace_linear_layers(self)  # type: ignore[arg-type]
+        init_masks(sparse_layers(self), self.density, distribution, self.dense_layers)  # type: ignore[arg-type]
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()  # type: ignore[misc]
+        data.update(density=self.density, distribution=self.distribution, dense_layers=self.dense_layers)
+        return data
+
+
+class SparseSACActor(SparseNetworkMixin, SACActor):
+    """SB3's SAC ``Actor`` (``latent_pi``, ``mu``, ``log_std``) with sparse linear layers.
+
+    :param density: fraction of the actor's weights that are active, split across layers by ``distribution``.
+    :param distribution: ``"uniform"``, ``"er"`` or ``"erk"``.
+    :param dense_layers: ``fnmatch`` patterns of layer names kept dense (e.g. ``"mu"``).
+    """
+
+    def __init__(self, *args: Any, density: float = 1.0, distribution: str = "erk",
+                 dense_layers: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_sparsity(density, distribution, dense_layers)
+
+
+class SparseTD3Actor(SparseNetworkMixin, TD3Actor):
+    """SB3's TD3 ``Actor`` with sparse linear layers (parameters as :class:`SparseSACActor`)."""
+
+    def __init__(self, *args: Any, density: float = 1.0, distribution: str = "erk",
+                 dense_layers: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_sparsity(density, distribution, dense_layers)
+
+
+class SparseContinuousCritic(SparseNetworkMixin, ContinuousCritic):
+    """SB3's ``ContinuousCritic`` with sparse linear layers. All Q-heads share one budget:
+    ``density`` is split across the layers of every head together (as in RLx2).
+
+    Unlike SB3's critic it records all its constructor parameters, so ``save``/``load`` of the
+    critic alone work.
+    """
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Box, net_arch: list[int],
+                 features_extractor: BaseFeaturesExtractor, features_dim: int,
+                 activation_fn: type[nn.Module] = nn.ReLU, normalize_images: bool = True, n_critics: int = 2,
+                 share_features_extractor: bool = True, density: float = 1.0, distribution: str = "erk",
+                 dense_layers: Sequence[str] = ()) -> None:
+        super().__init__(observation_space, action_space, net_arch, features_extractor, features_dim,
+                         activation_fn, normalize_images, n_critics, share_features_extractor)
+        self.net_arch, self.features_dim, self.activation_fn = net_arch, features_dim, activation_fn
+        self._init_sparsity(density, distribution, dense_layers)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(net_arch=self.net_arch, features_extractor=self.features_extractor,
+                    features_dim=self.features_dim, activation_fn=self.activation_fn,
+                    n_critics=self.n_critics, share_features_extractor=self.share_features_extractor)
+        return data

@@ -1,0 +1,245 @@
+import subprocess
+import sys
+import textwrap
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import SAC, TD3
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecNormalize
+
+from sparse_rl import SparseLoggingCallback, SparseSACPolicy, SparseTD3Policy
+from sparse_rl.layers import SparseLinear
+from sparse_rl.sb3.networks import SparseContinuousCritic, SparseSACActor, SparseTD3Actor
+from sparse_rl.topology import sparse_layers
+
+SMALL = dict(net_arch=[64, 64], update_interval=50)
+
+
+def make(algo, env="Pendulum-v1", seed=0, **policy_kwargs):
+    cls, policy = (SAC, SparseSACPolicy) if algo == "sac" else (TD3, SparseTD3Policy)
+    return cls(policy, env, policy_kwargs={**SMALL, **policy_kwargs}, learning_starts=100, batch_size=64,
+               seed=seed, device="cpu")
+
+
+def masks(model):
+    return {name: layer.mask.clone() for name, layer in sparse_layers(model.policy).items()}
+
+
+def check_invariants(model):
+    policy = model.policy
+    counts = {}
+    for net, controller in policy.topology_controllers().items():
+        optimizer = getattr(policy, net).optimizer
+        for name, layer in controller.layers.items():
+            assert isinstance(layer, SparseLinear)
+            assert (layer.weight[~layer.mask] == 0).all(), f"{net}.{name} has weights at masked positions"
+            for value in optimizer.state.get(layer.weight, {}).values():
+                if torch.is_tensor(value) and value.shape == layer.weight.shape:
+                    assert (value[~layer.mask] == 0).all(), f"{net}.{name} optimizer state at masked positions"
+            target = controller.targets.get(name)
+            if target is not None:
+                assert torch.equal(target.mask, layer.mask)
+                assert (target.weight[~target.mask] == 0).all()
+            counts[f"{net}.{name}"] = layer.nnz
+    return counts
+
+
+@pytest.mark.parametrize("algo, env, method", [
+    ("sac", "Pendulum-v1", "rigl"),
+    ("sac", "Pendulum-v1", "set"),
+    ("td3", "InvertedPendulum-v4", "rigl"),
+    ("td3", "Pendulum-v1", "dst-ee"),
+])
+def test_learn_keeps_counts_and_zeros_and_rewires(algo, env, method):
+    model = make(algo, env, density=0.2, method=method)
+    before_masks, before_counts = masks(model), check_invariants(model)
+    model.learn(1000)
+    assert check_invariants(model) == before_counts
+    after = masks(model)
+    changed = [name for name in after if not torch.equal(after[name], before_masks[name])]
+    assert any(n.startswith("actor.") for n in changed) and any(n.startswith("critic.") for n in changed)
+    critic_steps = int(model.policy.critic_topology.step)
+    assert critic_steps == model._n_updates
+    if algo == "td3":
+        assert int(model.policy.actor_topology.step) == critic_steps // model.policy_delay
+        assert int(model.policy.actor_topology.num_updates) == critic_steps // model.policy_delay // 50
+
+
+def test_static_never_changes_masks():
+    model = make("sac", density=0.2, method="static")
+    before = masks(model)
+    model.learn(600)
+    check_invariants(model)
+    assert all(torch.equal(before[name], mask) for name, mask in masks(model).items())
+
+
+def test_every_linear_is_sparse_including_heads_and_targets():
+    for algo in ("sac", "td3"):
+        policy = make(algo, density=0.3).policy
+        linears = [n for n, m in policy.named_modules() if isinstance(m, torch.nn.Linear)]
+        assert linears and all(isinstance(policy.get_submodule(n), SparseLinear) for n in linears)
+    sac = make("sac", density=0.3).policy
+    assert isinstance(sac.actor.mu, SparseLinear) and isinstance(sac.actor.log_std, SparseLinear)
+
+
+def test_network_densities_follow_their_budgets():
+    policy = make("sac", density=0.5, actor_density=0.1, critic_density=0.3, distribution="uniform",
+                  dense_layers=["actor.mu"]).policy
+
+    def density(net):
+        layers = sparse_layers(getattr(policy, net)).values()
+        return sum(layer.nnz for layer in layers) / sum(layer.mask.numel() for layer in layers)
+
+    assert density("actor") == pytest.approx(0.1, abs=1e-3)
+    assert density("critic") == pytest.approx(0.3, abs=1e-3)
+    assert policy.actor.mu.density == 1.0
+
+
+def test_density_one_is_an_ordinary_dense_agent():
+    model = make("sac", density=1.0)
+    assert all(layer.mask.all() for layer in sparse_layers(model.policy).values())
+    assert not model.policy.critic.optimizer._optimizer_step_pre_hooks, "no masking work for dense agents"
+
+
+def test_save_load_round_trip_is_exact_and_learning_continues(tmp_path):
+    model = make("sac", density=0.2)
+    model.learn(500)
+    model.save(tmp_path / "model")
+    loaded = SAC.load(tmp_path / "model", device="cpu")
+    for name, mask in masks(model).items():
+        assert torch.equal(mask, masks(loaded)[name])
+    for (name, p), (_, q) in zip(model.policy.state_dict().items(), loaded.policy.state_dict().items()):
+        assert torch.equal(p, q), name
+    obs = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    assert np.array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+    for net in ("actor", "critic"):
+        a, b = model.policy.topology_controllers()[net], loaded.policy.topology_controllers()[net]
+        assert int(a.step) == int(b.step) and int(a.num_updates) == int(b.num_updates)
+    step = int(loaded.policy.critic_topology.step)
+    loaded.set_env(make_vec_env("Pendulum-v1", n_envs=1, seed=1))
+    loaded.learn(200, reset_num_timesteps=False)
+    assert int(loaded.policy.critic_topology.step) == step + 200
+    check_invariants(loaded)
+
+
+def test_networks_and_policy_save_and_load_alone(tmp_path):
+    model = make("td3", density=0.2)
+    model.learn(300)
+    for net, cls in (("actor", SparseTD3Actor), ("critic", SparseContinuousCritic)):
+        module = getattr(model.policy, net)
+        module.save(tmp_path / net)
+        rebuilt = type(module).load(tmp_path / net)
+        assert isinstance(rebuilt, cls)
+        for (name, a), (_, b) in zip(sparse_layers(module).items(), sparse_layers(rebuilt).items()):
+            assert torch.equal(a.mask, b.mask) and torch.equal(a.weight, b.weight), name
+    model.policy.save(tmp_path / "policy")
+    policy = SparseTD3Policy.load(tmp_path / "policy")
+    assert all(torch.equal(a, b) for a, b in zip(model.policy.state_dict().values(), policy.state_dict().values()))
+    actor = make("sac", density=0.2).policy.actor
+    actor.save(tmp_path / "sac_actor")
+    assert isinstance(SparseSACActor.load(tmp_path / "sac_actor"), SparseSACActor)
+
+
+def test_get_and_set_parameters_round_trip():
+    source, dest = make("sac", density=0.2, seed=0), make("sac", density=0.2, seed=1)
+    source.learn(400)
+    dest.set_parameters(source.get_parameters())
+    assert all(torch.equal(masks(source)[n], m) for n, m in masks(dest).items())
+    assert int(dest.policy.critic_topology.step) == int(source.policy.critic_topology.step)
+    check_invariants(dest)
+
+
+def test_load_in_a_fresh_process_without_importing_sparse_rl(tmp_path):
+    model = make("sac", density=0.2)
+    model.learn(200)
+    model.save(tmp_path / "model")
+    obs = np.zeros((1, 3), dtype=np.float32)
+    expected = model.predict(obs, deterministic=True)[0]
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from stable_baselines3 import SAC
+        model = SAC.load({str(tmp_path / 'model')!r}, device="cpu")
+        print(type(model.policy).__name__, repr(model.predict(np.zeros((1, 3), dtype=np.float32), deterministic=True)[0].tolist()))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split(" ", 1)
+    assert out[0] == "SparseSACPolicy"
+    assert eval(out[1]) == expected.tolist()
+
+
+def test_vec_envs_gradient_steps_and_vecnormalize():
+    env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=3, seed=0))
+    model = SAC(SparseSACPolicy, env, policy_kwargs={**SMALL, "density": 0.2}, learning_starts=60, batch_size=32,
+                gradient_steps=2, train_freq=1, seed=0, device="cpu")
+    before = check_invariants(model)
+    model.learn(600)
+    assert check_invariants(model) == before
+    assert int(model.policy.critic_topology.step) == model._n_updates
+    assert int(model.policy.critic_topology.num_updates) == model._n_updates // 50
+
+
+def test_callback_feeds_progress_so_updates_stop_at_update_end():
+    model = make("sac", density=0.2, update_end=0.5)
+    model.learn(1100, callback=SparseLoggingCallback())
+    critic = model.policy.critic_topology
+    assert float(critic.progress) == pytest.approx(1.0)
+    # gradient step j happens at env step 100 + j; updates every 50 steps while (100 + j) / 1100 < 0.5: j = 50..400
+    assert int(critic.num_updates) == 8
+
+
+def test_fraction_end_without_progress_warns():
+    model = make("sac", density=0.2)
+    with pytest.warns(UserWarning, match="progress is unknown"):
+        model.learn(200)
+
+
+@pytest.mark.parametrize("policy_kwargs, message", [
+    (dict(density=0.0), r"\(0, 1\]"),
+    (dict(density=1.5), r"\(0, 1\]"),
+    (dict(critic_density=-1), r"critic_density must be a number in \(0, 1\]"),
+    (dict(method="lottery"), "allowed: rigl, set, mest, dst-ee, static, dense"),
+    (dict(method="dense", density=0.5), "needs density 1.0"),
+    (dict(distribution="normal"), "allowed: uniform, er, erk"),
+    (dict(prune="biggest"), "allowed: .*magnitude"),
+    (dict(grow_kwargs={"beta": 2}), "allowed: none"),
+    (dict(dense_layers=["mu"]), "must start with one of: actor., critic."),
+    (dict(dense_layers=["actor.head"]), "matches no layer"),
+    (dict(drop_fraction=1.0), r"\[0, 1\)"),
+    (dict(update_end=2.0), r"\(0, 1\]"),
+    (dict(densty=0.5), "unknown policy kwarg.*densty.*allowed: density"),
+])
+def test_bad_policy_kwargs_are_clear_errors(policy_kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make("sac", **policy_kwargs)
+
+
+def test_gsde_is_refused():
+    with pytest.raises(ValueError, match="gSDE"):
+        SAC(SparseSACPolicy, "Pendulum-v1", use_sde=True)
+
+
+def test_discrete_and_non_box_action_spaces_are_refused():
+    with pytest.raises((ValueError, AssertionError), match="Box"):
+        SAC(SparseSACPolicy, "CartPole-v1")
+    with pytest.raises(ValueError, match="Box"):
+        SparseSACPolicy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2), lambda _: 1e-3)
+
+
+@pytest.mark.slow
+def test_sparse_sac_learns_pendulum():
+    torch.set_num_threads(1)
+    model = SAC(SparseSACPolicy, "Pendulum-v1", policy_kwargs=dict(density=0.2), learning_starts=1000, seed=0,
+                device="cpu")
+    model.learn(8000, callback=SparseLoggingCallback())
+    env = gym.make("Pendulum-v1")
+    returns = []
+    for episode in range(10):
+        obs, _ = env.reset(seed=100 + episode)
+        done, total = False, 0.0
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(model.predict(obs, deterministic=True)[0])
+            total, done = total + reward, terminated or truncated
+        returns.append(total)
+    assert np.mean(returns) > -400, returns
