@@ -1,0 +1,95 @@
+"""FLOP accounting of masked networks, as a sparse implementation would pay it.
+
+Counts matrix-multiply FLOPs only, the way ``torch.utils.flop_counter.FlopCounterMode`` does:
+a linear layer's forward on a batch of B costs 2·nnz·B (2·in·out·B dense); its backward costs
+2·nnz·B for the weight gradient and, unless its input needs no gradient, 2·nnz·B for the input
+gradient. On a topology update whose growth uses the dense gradient, the weight gradient is
+dense that once (RigL's accounting). Plain ``nn.Linear`` layers count as fully dense.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from torch import nn
+
+from sparse_rl.layers import SparseLinear
+
+
+def active_weights(layer: nn.Linear, dense: bool = False) -> int:
+    """Active weights of ``layer``; all of them if ``dense`` or if it is not a ``SparseLinear``."""
+    if dense or not isinstance(layer, SparseLinear):
+        return layer.weight.numel()
+    return layer.nnz
+
+
+@dataclass(frozen=True)
+class NetworkFlops:
+    """Per-sample FLOPs of one network's linear layers.
+
+    :param layers: the network's linear layers by name.
+    :param input_layers: names of the layers that read the network's input; their input gradient
+        is only computed when the input itself needs one (e.g. actions from the actor).
+    """
+
+    layers: Mapping[str, nn.Linear]
+    input_layers: frozenset[str]
+
+    def subset(self, prefix: str) -> NetworkFlops:
+        """The layers whose names start with ``prefix`` (e.g. one Q-head)."""
+        layers = {name: layer for name, layer in self.layers.items() if name.startswith(prefix)}
+        return NetworkFlops(layers, frozenset(self.input_layers & set(layers)))
+
+    def _sum(self, names: Iterable[str], dense: bool) -> int:
+        return sum(2 * active_weights(self.layers[name], dense) for name in names)
+
+    def forward(self, dense: bool = False) -> int:
+        """Forward FLOPs per sample."""
+        return self._sum(self.layers, dense)
+
+    def backward(self, dense: bool = False, input_grad: bool = False) -> int:
+        """Backward FLOPs per sample: weight gradients, and input gradients of every layer except
+        the input layers (those too when ``input_grad``)."""
+        input_grads = [n for n in self.layers if input_grad or n not in self.input_layers]
+        return self._sum(self.layers, dense) + self._sum(input_grads, dense)
+
+    def dense_weight_grad_extra(self) -> int:
+        """Extra FLOPs per sample when the weight gradient is computed dense instead of sparse."""
+        return self._sum(self.layers, dense=True) - self._sum(self.layers, dense=False)
+
+
+@dataclass(frozen=True)
+class TrainStepFlops:
+    """FLOPs of one actor-critic training step, split by the optimizer step they belong to."""
+
+    critic_step: int
+    """Everything computed for one critic update (target, critic forward and backward)."""
+    actor_step: int
+    """Everything computed for one actor update (actor forward, critic forward, backward)."""
+    critic_topology_update: int
+    """Extra cost of a critic topology update that needs the dense gradient."""
+    actor_topology_update: int
+
+
+def actor_critic_step_flops(algo: str, actor: NetworkFlops, critic: NetworkFlops, batch_size: int,
+                            dense: bool = False) -> TrainStepFlops:
+    """FLOPs of Stable-Baselines3's SAC or TD3 ``train()`` per gradient step, from its loop:
+
+    SAC, per step: actor on next obs (no grad), target critics, critics, critic backward; actor on
+    obs, critics on its actions, backward through critics (to the actions) and actor.
+    TD3: target actor and target critics, critics, critic backward; per delayed actor step: actor,
+    first Q-head, backward through that head and the actor.
+    """
+    if algo not in ("sac", "td3"):
+        raise ValueError(f"unknown algo {algo!r}; allowed: sac, td3")
+    actor_q = critic if algo == "sac" else critic.subset(next(iter(critic.layers)).split(".")[0] + ".")
+    critic_step = actor.forward(dense) + 2 * critic.forward(dense) + critic.backward(dense)
+    actor_step = (actor.forward(dense) + actor_q.forward(dense) + actor_q.backward(dense, input_grad=True)
+                  + actor.backward(dense))
+    return TrainStepFlops(
+        critic_step=critic_step * batch_size,
+        actor_step=actor_step * batch_size,
+        critic_topology_update=0 if dense else critic.dense_weight_grad_extra() * batch_size,
+        actor_topology_update=0 if dense else actor.dense_weight_grad_extra() * batch_size,
+    )

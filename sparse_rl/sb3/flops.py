@@ -1,0 +1,56 @@
+"""FLOPs of SB3 SAC/TD3 models: which layers each network has and which of them read its input."""
+
+from __future__ import annotations
+
+from stable_baselines3 import SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.preprocessing import get_action_dim
+from torch import nn
+
+from sparse_rl.flops import NetworkFlops, TrainStepFlops, actor_critic_step_flops
+
+
+def network_flops(network: nn.Module, input_dim: int) -> NetworkFlops:
+    """The linear layers of an SB3 actor or critic outside its features extractor; the input
+    layers are the first linear layer of each top-level block that takes ``input_dim`` features."""
+    layers: dict[str, nn.Linear] = {}
+    input_layers = set()
+    for block_name, block in network.named_children():
+        if block_name == "features_extractor":
+            continue
+        linears = [(f"{block_name}.{n}" if n else block_name, m) for n, m in block.named_modules()
+                   if isinstance(m, nn.Linear)]
+        if linears and linears[0][1].in_features == input_dim:
+            input_layers.add(linears[0][0])
+        layers.update(linears)
+    return NetworkFlops(layers, frozenset(input_layers))
+
+
+def algo_name(model: BaseAlgorithm) -> str:
+    """``"sac"`` or ``"td3"``; ``ValueError`` for other algorithms."""
+    if isinstance(model, SAC):
+        return "sac"
+    if isinstance(model, TD3):
+        return "td3"
+    raise ValueError(f"FLOP accounting covers SAC and TD3, not {type(model).__name__}")
+
+
+def model_networks(model: BaseAlgorithm) -> tuple[NetworkFlops, NetworkFlops]:
+    """(actor, critic) FLOP views of an SB3 SAC or TD3 model."""
+    policy = model.policy
+    features_dim = policy.actor.features_extractor.features_dim
+    actor = network_flops(policy.actor, features_dim)
+    critic = network_flops(policy.critic, policy.critic.features_extractor.features_dim
+                           + get_action_dim(policy.action_space))
+    return actor, critic
+
+
+def model_step_flops(model: BaseAlgorithm, dense: bool = False) -> TrainStepFlops:
+    """FLOPs of one gradient step of ``model.train()`` at its current masks (or dense)."""
+    actor, critic = model_networks(model)
+    return actor_critic_step_flops(algo_name(model), actor, critic, model.batch_size, dense)
+
+
+def inference_flops(model: BaseAlgorithm, dense: bool = False) -> int:
+    """FLOPs of choosing one action (actor forward, batch 1)."""
+    return model_networks(model)[0].forward(dense)
