@@ -1,25 +1,51 @@
-"""``SparseLoggingCallback``: tells sparse policies how far training is and logs their topology."""
+"""``SparseLoggingCallback``: tells sparse policies how far training is and logs FLOPs and topology."""
 
 from __future__ import annotations
 
 from stable_baselines3.common.callbacks import BaseCallback
 
+from sparse_rl.flops import TrainStepFlops
+from sparse_rl.sb3.flops import inference_flops, model_step_flops
 from sparse_rl.sb3.policies import SparsePolicyMixin
 
 
 class SparseLoggingCallback(BaseCallback):
     """Feeds the training progress to a sparse policy's schedules (so ``update_end`` given as a
-    fraction of training takes effect) and records, with the environment step as x-axis:
-    ``sparsity/density/<net>/<layer>``, ``sparsity/churn/<net>`` and ``sparsity/dead_neurons/<net>``.
+    fraction of training takes effect) and records through SB3's logger, x-axis = env steps:
 
-    Works with any SB3 model; with a policy that is not sparse it records nothing.
+    - ``flops/train_cumulative``, ``flops/train_per_step`` (mean per gradient step so far),
+      ``flops/inference_per_action``, ``flops/train_vs_dense`` (cumulative, against the dense
+      network of the same architecture); a dense SAC/TD3 model (``MlpPolicy``) logs the same tags;
+    - for sparse policies: ``sparsity/density/<net>/<layer>``, ``sparsity/churn/<net>`` (share of
+      active weights new at the last topology update), ``sparsity/dead_neurons/<net>``.
+
+    The cumulative counts are attributes too (``train_flops``, ``dense_train_flops``) and are
+    restored from the logger-independent ``flops_state`` when a run resumes.
     """
+
+    def __init__(self, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.train_flops = 0.0
+        self.dense_train_flops = 0.0
+        self._counted = {"critic": 0, "actor": 0, "critic_updates": 0, "actor_updates": 0}
+        self._dense_step: TrainStepFlops | None = None
 
     def _policy(self) -> SparsePolicyMixin | None:
         policy = self.model.policy
         return policy if isinstance(policy, SparsePolicyMixin) else None
 
+    def flops_state(self) -> dict[str, float | int]:
+        """What resuming a run needs to continue the cumulative counts."""
+        return {"train_flops": self.train_flops, "dense_train_flops": self.dense_train_flops, **self._counted}
+
+    def load_flops_state(self, state: dict[str, float | int]) -> None:
+        self.train_flops = float(state["train_flops"])
+        self.dense_train_flops = float(state["dense_train_flops"])
+        self._counted = {key: int(state[key]) for key in self._counted}
+
     def _on_training_start(self) -> None:
+        self._dense_step = model_step_flops(self.model, dense=True)
+        self.logger.record("flops/inference_per_action_dense", inference_flops(self.model, dense=True))
         self._update_progress()
 
     def _update_progress(self) -> None:
@@ -28,11 +54,42 @@ class SparseLoggingCallback(BaseCallback):
         if policy is not None and total > 0:
             policy.set_training_progress(min(1.0, self.model.num_timesteps / total))
 
+    def _optimizer_counts(self) -> dict[str, int]:
+        """Optimizer steps and topology updates so far, per network."""
+        critic_steps = self.model._n_updates
+        delay = getattr(self.model, "policy_delay", 1)
+        counts = {"critic": critic_steps, "actor": critic_steps // delay, "critic_updates": 0, "actor_updates": 0}
+        policy = self._policy()
+        if policy is not None and policy.sparsity.grow_uses_dense_gradient():
+            for net, controller in policy.topology_controllers().items():
+                counts[f"{net}_updates"] = int(controller.num_updates)
+        return counts
+
+    def _accumulate_flops(self) -> None:
+        counts = self._optimizer_counts()
+        new = {key: counts[key] - self._counted[key] for key in counts}
+        if not any(new.values()):
+            return
+        sparse, dense = model_step_flops(self.model), self._dense_step
+        assert dense is not None
+        self.train_flops += (new["critic"] * sparse.critic_step + new["actor"] * sparse.actor_step
+                             + new["critic_updates"] * sparse.critic_topology_update
+                             + new["actor_updates"] * sparse.actor_topology_update)
+        self.dense_train_flops += new["critic"] * dense.critic_step + new["actor"] * dense.actor_step
+        self._counted = counts
+
     def _on_step(self) -> bool:
         self._update_progress()
         return True
 
     def _on_rollout_end(self) -> None:
+        self._accumulate_flops()
+        steps = max(1, self._counted["critic"])
+        self.logger.record("flops/train_cumulative", self.train_flops)
+        self.logger.record("flops/train_per_step", self.train_flops / steps)
+        self.logger.record("flops/inference_per_action", inference_flops(self.model))
+        if self.dense_train_flops > 0:
+            self.logger.record("flops/train_vs_dense", self.train_flops / self.dense_train_flops)
         policy = self._policy()
         if policy is None:
             return
@@ -45,3 +102,6 @@ class SparseLoggingCallback(BaseCallback):
                 churn = sum(stats[name].churn * active[name] for name in stats) / max(1, sum(active.values()))
                 self.logger.record(f"sparsity/churn/{net}", churn)
                 self.logger.record(f"sparsity/dead_neurons/{net}", sum(s.dead_neurons for s in stats.values()))
+
+    def _on_training_end(self) -> None:
+        self._on_rollout_end()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sparse_rl.criteria import Criterion, resolve_criterion
+from sparse_rl.criteria import GRADIENT_CRITERIA, Criterion, resolve_criterion
 from sparse_rl.distributions import DISTRIBUTIONS, check_density
 from sparse_rl.methods import get_method
 from sparse_rl.schedules import UpdateSchedule
@@ -90,6 +90,11 @@ class SparsityConfig:
             return None
         return (resolve_criterion("prune", prune, self.prune_kwargs),
                 resolve_criterion("grow", grow, self.grow_kwargs))
+
+    def grow_uses_dense_gradient(self) -> bool:
+        """Whether topology updates need the dense weight gradient (growth scored by gradients)."""
+        grow = self.grow or get_method(self.method).grow
+        return grow in GRADIENT_CRITERIA
 
     def schedule(self) -> UpdateSchedule:
         return UpdateSchedule(self.update_interval, self.drop_fraction, self.update_end, self.decay)

@@ -1,0 +1,295 @@
+"""Tables and plots comparing training runs written by ``python -m sparse_rl.train``.
+
+Usage::
+
+    python -m sparse_rl.report RUNS... --out DIR [--reps 2000]
+
+Each of ``RUNS`` is a run directory (one holding ``config.yaml``) or a directory searched
+recursively for run directories, so ``python -m sparse_rl.report runs/ --out report/`` reads
+every run under ``runs/``. Runs are grouped by (env, algo, method, density) across seeds and
+``DIR`` receives:
+
+* ``results.md``: one row per group with the IQM of the final evaluation return and its 95 %
+  stratified-bootstrap CI (rliable), the IQM as a percentage of the dense group's (same env
+  and algo, density 1.0), and the parameter, inference-FLOP and training-FLOP ratios to dense
+  (from ``summary.json``; training FLOPs fall back to the TensorBoard scalar
+  ``flops/train_cumulative`` for a run that has no summary yet);
+* ``<env>_<algo>_return_vs_steps.png`` and ``<env>_<algo>_return_vs_flops.png``: the mean
+  evaluation return across seeds (shaded min–max) against env steps and against cumulative
+  training FLOPs.
+
+A run without ``evaluations.npz`` yet is skipped with a warning. From Python, call
+:func:`write_report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from matplotlib.figure import Figure
+from rliable import library as rly
+from rliable import metrics as rly_metrics
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+PROG = "sparse_rl.report"
+CONFIG_KEYS = ("env", "algo", "method", "density", "seed", "total_steps")
+TRAIN_FLOPS_TAG = "flops/train_cumulative"
+MISSING = "—"
+COLUMNS = ("env", "algo", "method", "density", "seeds", "final return IQM [95% CI]", "% of dense",
+           "params vs dense", "inference FLOPs vs dense", "training FLOPs vs dense")
+
+GroupKey = tuple[str, str, str, float]
+"""(env, algo, method, density)."""
+Curve = tuple[np.ndarray, np.ndarray]
+"""(x, y) arrays of equal length, x increasing."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: its config, evaluation curve, summary and TensorBoard FLOP curve."""
+
+    path: Path
+    env: str
+    algo: str
+    method: str
+    density: float
+    seed: int
+    total_steps: int
+    eval_steps: np.ndarray
+    eval_returns: np.ndarray
+    """Mean return over the episodes of each evaluation."""
+    summary: dict[str, float] | None
+    train_flops: Curve | None
+    """Cumulative training FLOPs against env steps, from TensorBoard."""
+
+    @property
+    def key(self) -> GroupKey:
+        return self.env, self.algo, self.method, self.density
+
+    @property
+    def final_return(self) -> float:
+        return float(self.eval_returns[-1])
+
+
+def warn(message: str) -> None:
+    """Print a one-line warning on stderr."""
+    print(f"{PROG}: {message}", file=sys.stderr)
+
+
+def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
+    """Run directories among ``paths``, searching recursively in those that are not runs."""
+    found: list[Path] = []
+    for path in paths:
+        if (path / "config.yaml").is_file():
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(config.parent for config in path.rglob("config.yaml")))
+        else:
+            raise SystemExit(f"{PROG}: no such directory: {path}")
+    return list(dict.fromkeys(found))
+
+
+def read_scalar(run_dir: Path, tag: str) -> Curve | None:
+    """The TensorBoard scalar ``tag`` from all event files under ``run_dir``, by step; None if absent."""
+    points: dict[int, float] = {}
+    for events in sorted(run_dir.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            points.update((event.step, event.value) for event in accumulator.Scalars(tag))
+    if not points:
+        return None
+    steps = np.array(sorted(points))
+    return steps, np.array([points[step] for step in steps])
+
+
+def load_run(run_dir: Path) -> Run | None:
+    """Read one run directory; None (with a warning) if it has no evaluation yet."""
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    missing = [key for key in CONFIG_KEYS if key not in (config or {})]
+    if missing:
+        raise SystemExit(f"{PROG}: {run_dir / 'config.yaml'} lacks {', '.join(missing)}")
+    evaluations = run_dir / "evaluations.npz"
+    if not evaluations.is_file():
+        warn(f"skipping {run_dir}: no evaluations.npz yet")
+        return None
+    with np.load(evaluations) as data:
+        eval_steps, results = data["timesteps"], data["results"]
+    if len(eval_steps) == 0:
+        warn(f"skipping {run_dir}: evaluations.npz holds no evaluation yet")
+        return None
+    summary_path = run_dir / "summary.json"
+    return Run(
+        path=run_dir, env=str(config["env"]), algo=str(config["algo"]), method=str(config["method"]),
+        density=float(config["density"]), seed=int(config["seed"]), total_steps=int(config["total_steps"]),
+        eval_steps=np.asarray(eval_steps), eval_returns=np.asarray(results, dtype=float).mean(axis=1),
+        summary=json.loads(summary_path.read_text()) if summary_path.is_file() else None,
+        train_flops=read_scalar(run_dir, TRAIN_FLOPS_TAG),
+    )
+
+
+def group_runs(runs: Iterable[Run]) -> dict[GroupKey, list[Run]]:
+    """Runs grouped by (env, algo, method, density), sorted by env, algo, density descending, method."""
+    groups: dict[GroupKey, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.key, []).append(run)
+    order = sorted(groups, key=lambda key: (key[0], key[1], -key[3], key[2]))
+    return {key: sorted(groups[key], key=lambda run: run.seed) for key in order}
+
+
+def dense_key(groups: dict[GroupKey, list[Run]], env: str, algo: str) -> GroupKey | None:
+    """The dense (density 1.0) group of ``env`` and ``algo``, if any."""
+    return next((key for key in groups if key[:2] == (env, algo) and key[3] == 1.0), None)
+
+
+def iqm_with_ci(final_returns: Sequence[float], reps: int) -> tuple[float, float, float]:
+    """IQM of the final returns and its 95 % stratified-bootstrap CI, with rliable."""
+    scores = {"runs": np.asarray(final_returns, dtype=float).reshape(-1, 1)}
+    with warnings.catch_warnings():  # rliable passes arch the random_state it deprecates; not ours to fix
+        warnings.filterwarnings("ignore", "random_state is deprecated", FutureWarning)
+        point, interval = rly.get_interval_estimates(
+            scores, lambda x: np.array([rly_metrics.aggregate_iqm(x)]), reps=reps,
+            random_state=np.random.RandomState(0))
+    (low,), (high,) = interval["runs"]
+    return float(point["runs"][0]), float(low), float(high)
+
+
+def summary_ratio(run: Run, name: str) -> float | None:
+    """``summary[name] / summary["dense_" + name]``, or None without a summary."""
+    return None if run.summary is None else run.summary[name] / run.summary[f"dense_{name}"]
+
+
+def train_flops_ratio(run: Run, dense_runs: Sequence[Run]) -> float | None:
+    """Training FLOPs relative to dense: from the summary, else from the TensorBoard curves.
+
+    Without a summary the run's last cumulative FLOPs are divided by the dense runs' mean
+    cumulative FLOPs at the same step (dense runs that stopped earlier are left out).
+    """
+    if run.summary is not None:
+        return summary_ratio(run, "train_flops")
+    if run.train_flops is None:
+        return None
+    steps, flops = run.train_flops
+    dense = [np.interp(steps[-1], *d.train_flops) for d in dense_runs
+             if d.train_flops is not None and d.train_flops[0][-1] >= steps[-1]]
+    return float(flops[-1] / np.mean(dense)) if dense else None
+
+
+def mean_ratio(ratios: Iterable[float | None]) -> str:
+    """The mean of the known ratios, formatted like ``0.10×``; ``—`` if none is known."""
+    known = [ratio for ratio in ratios if ratio is not None]
+    return f"{np.mean(known):.2f}×" if known else MISSING
+
+
+def budget_text(runs: Sequence[Run]) -> str:
+    """The env-step budget of the runs, listing the distinct values if they differ."""
+    budgets = sorted({run.total_steps for run in runs})
+    if len(budgets) == 1:
+        return f"{budgets[0]} env steps per run"
+    return f"{', '.join(map(str, budgets))} env steps (differs between runs)"
+
+
+def results_markdown(groups: dict[GroupKey, list[Run]], reps: int) -> str:
+    """The ``results.md`` text: a line naming the runs and budget, then one table row per group."""
+    runs = [run for group in groups.values() for run in group]
+    iqms = {key: iqm_with_ci([run.final_return for run in group], reps) for key, group in groups.items()}
+    lines = [f"Runs read ({len(runs)}): {', '.join(str(run.path) for run in runs)}. "
+             f"Budget: {budget_text(runs)}.", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for key, group in groups.items():
+        env, algo, method, density = key
+        iqm, low, high = iqms[key]
+        dense = dense_key(groups, env, algo)
+        dense_iqm = iqms[dense][0] if dense is not None else None
+        cells = (env, algo, method, str(density), str(len(group)), f"{iqm:.1f} [{low:.1f}, {high:.1f}]",
+                 f"{100 * iqm / dense_iqm:.1f}" if dense_iqm is not None and dense_iqm > 0 else MISSING,
+                 mean_ratio(summary_ratio(run, "params") for run in group),
+                 mean_ratio(summary_ratio(run, "inference_flops") for run in group),
+                 mean_ratio(train_flops_ratio(run, groups[dense] if dense else []) for run in group))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def seed_band(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x, mean, min and max across curves, on the x grid of the curve that ends first."""
+    grid = min((x for x, _ in curves), key=lambda x: x[-1])
+    ys = np.stack([np.interp(grid, x, y) for x, y in curves])
+    return grid, ys.mean(axis=0), ys.min(axis=0), ys.max(axis=0)
+
+
+def plot_curves(path: Path, title: str, xlabel: str, lines: dict[str, list[Curve]], log_x: bool = False) -> None:
+    """Save a figure with one mean line and min–max band per label."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.subplots()
+    for label, curves in lines.items():
+        x, mean, low, high = seed_band(curves)
+        (line,) = axes.plot(x, mean, label=label)
+        axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    if log_x:
+        axes.set_xscale("log")
+    axes.set(title=title, xlabel=xlabel, ylabel="mean evaluation return")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.savefig(path, dpi=120)
+
+
+def plot_env_algo(groups: dict[GroupKey, list[Run]], env: str, algo: str, out: Path) -> None:
+    """Write the return-vs-steps and return-vs-FLOPs plots of one env and algo."""
+    by_steps: dict[str, list[Curve]] = {}
+    by_flops: dict[str, list[Curve]] = {}
+    for (group_env, group_algo, method, density), group in groups.items():
+        if (group_env, group_algo) != (env, algo):
+            continue
+        label = f"{method} d={density}"
+        by_steps[label] = [(run.eval_steps, run.eval_returns) for run in group]
+        flops = [(np.interp(run.eval_steps, *run.train_flops), run.eval_returns)
+                 for run in group if run.train_flops is not None]
+        if flops:
+            by_flops[label] = flops
+    stem = f"{env}_{algo}".replace("/", "_")
+    name = f"{env} {algo.upper()}"
+    plot_curves(out / f"{stem}_return_vs_steps.png", f"{name}: return vs env steps", "env steps", by_steps)
+    if not by_flops:
+        warn(f"no {TRAIN_FLOPS_TAG} scalar in any {name} run: no return-vs-FLOPs plot")
+        return
+    plot_curves(out / f"{stem}_return_vs_flops.png", f"{name}: return vs training FLOPs",
+                "cumulative training FLOPs (log scale)", by_flops, log_x=True)
+
+
+def write_report(run_dirs: list[Path], out: Path, reps: int = 2000) -> Path:
+    """Write ``results.md`` and the plots of the runs in or under ``run_dirs`` to ``out``; return results.md."""
+    found = find_run_dirs(map(Path, run_dirs))
+    if not found:
+        raise SystemExit(f"{PROG}: no run directories (with config.yaml) under {', '.join(map(str, run_dirs))}")
+    runs = [run for run in map(load_run, found) if run is not None]
+    if not runs:
+        raise SystemExit(f"{PROG}: none of the {len(found)} run directories has evaluations.npz yet")
+    groups = group_runs(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.md"
+    results.write_text(results_markdown(groups, reps))
+    for env, algo in dict.fromkeys(key[:2] for key in groups):
+        plot_env_algo(groups, env, algo, out)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point: ``python -m sparse_rl.report RUNS... --out DIR``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories, or directories holding them")
+    parser.add_argument("--out", type=Path, required=True, help="directory for results.md and the plots")
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples for the CIs")
+    args = parser.parse_args(argv)
+    print(write_report(args.runs, args.out, reps=args.reps))
+
+
+if __name__ == "__main__":
+    main()

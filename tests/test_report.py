@@ -1,0 +1,152 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy.stats import trim_mean
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from sparse_rl.report import COLUMNS, main, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV, ALGO, STEPS, REPS = "Pendulum-v1", "sac", 10_000, 200
+DENSE_FINALS, SPARSE_FINALS = [100.0, 120.0, 200.0], [80.0, 90.0, 130.0]
+SPARSE_TRAIN_FLOPS = 0.3
+"""Sparse training FLOPs as a fraction of dense in the fabricated runs."""
+EVAL_STEPS = np.arange(2_000, STEPS + 1, 2_000)
+
+
+def write_scalars(logdir: Path, tag: str, points: list[tuple[int, float]]) -> None:
+    """Write TensorBoard scalar events as SB3's SummaryWriter does, without torch."""
+    writer = EventFileWriter(str(logdir))
+    for step, value in points:
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)])
+        writer.add_event(event_pb2.Event(step=step, wall_time=0.0, summary=summary))
+    writer.close()
+
+
+def make_run(root: Path, method: str, density: float, seed: int, final: float,
+             evaluations: bool = True, summary: bool = True) -> Path:
+    """A run directory laid out like ``python -m sparse_rl.train`` writes it."""
+    run = root / ENV / ALGO / f"{method}_d{density}" / f"seed{seed}"
+    run.mkdir(parents=True)
+    config = dict(env=ENV, algo=ALGO, method=method, density=density, seed=seed, total_steps=STEPS, lr=3e-4)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    flops_fraction = 1.0 if density == 1.0 else SPARSE_TRAIN_FLOPS
+    if summary:
+        (run / "summary.json").write_text(json.dumps(dict(
+            params=round(10_000 * density), dense_params=10_000,
+            inference_flops=20_000 * density, dense_inference_flops=20_000.0,
+            train_flops=1e6 * STEPS * flops_fraction, dense_train_flops=1e6 * STEPS)))
+    if evaluations:
+        curve = np.linspace(-500.0, final, len(EVAL_STEPS))
+        results = curve[:, None] + np.array([-2.0, -1.0, 1.0, 2.0])
+        np.savez(run / "evaluations.npz", timesteps=EVAL_STEPS, results=results,
+                 ep_lengths=np.full(results.shape, 200))
+    steps = range(0, STEPS + 1, 1_000)
+    write_scalars(run / "SAC_1", "flops/train_cumulative", [(s, 1e6 * s * flops_fraction) for s in steps])
+    write_scalars(run / "SAC_1", "eval/mean_reward", [(int(s), float(r)) for s, r in zip(EVAL_STEPS, curve)]
+                  if evaluations else [])
+    return run
+
+
+def make_runs(root: Path, dense_finals=DENSE_FINALS, sparse_finals=SPARSE_FINALS, **sparse_options) -> Path:
+    """Three dense and three RigL (density 0.1) seeds under ``root / "runs"``."""
+    runs = root / "runs"
+    for seed, (dense, sparse) in enumerate(zip(dense_finals, sparse_finals)):
+        make_run(runs, "dense", 1.0, seed, dense)
+        make_run(runs, "rigl", 0.1, seed, sparse, **sparse_options)
+    return runs
+
+
+def table_rows(results: Path) -> list[dict[str, str]]:
+    """The rows of the results table as dicts keyed by column."""
+    lines = [line for line in results.read_text().splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert tuple(header) == COLUMNS
+    return [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[1:]]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("report")
+    runs = make_runs(root)
+    return runs, write_report([runs], root / "out", reps=REPS)
+
+
+def test_table_has_one_row_per_group_sorted_by_density(report):
+    rows = table_rows(report[1])
+    assert [(r["env"], r["algo"], r["method"], r["density"], r["seeds"]) for r in rows] == [
+        (ENV, ALGO, "dense", "1.0", "3"), (ENV, ALGO, "rigl", "0.1", "3")]
+
+
+def test_iqm_and_ci_follow_rliable(report):
+    dense, sparse = table_rows(report[1])
+    for row, finals in ((dense, DENSE_FINALS), (sparse, SPARSE_FINALS)):
+        iqm, low, high = (float(x) for x in row["final return IQM [95% CI]"].replace("[", "").replace(
+            ",", "").replace("]", "").split())
+        assert iqm == pytest.approx(trim_mean(finals, 0.25), abs=0.05)
+        assert min(finals) <= low <= iqm <= high <= max(finals)
+    assert dense["% of dense"] == "100.0"
+    assert sparse["% of dense"] == f"{100 * trim_mean(SPARSE_FINALS, 0.25) / trim_mean(DENSE_FINALS, 0.25):.1f}"
+
+
+def test_ratio_columns_come_from_summary(report):
+    dense, sparse = table_rows(report[1])
+    assert [dense[c] for c in COLUMNS[-3:]] == ["1.00×"] * 3
+    assert [sparse[c] for c in COLUMNS[-3:]] == ["0.10×", "0.10×", "0.30×"]
+
+
+def test_header_line_names_runs_and_budget(report):
+    runs, results = report
+    first = results.read_text().splitlines()[0]
+    assert f"{STEPS} env steps per run" in first
+    assert all(str(config.parent) in first for config in runs.rglob("config.yaml"))
+
+
+def test_plots_are_written(report):
+    for kind in ("steps", "flops"):
+        png = report[1].parent / f"{ENV}_{ALGO}_return_vs_{kind}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.stat().st_size > 10_000
+
+
+def test_main_finds_runs_recursively(report, tmp_path, capsys):
+    main([str(report[0].parent), "--out", str(tmp_path / "out"), "--reps", "20"])
+    results = tmp_path / "out" / "results.md"
+    assert capsys.readouterr().out.strip() == str(results)
+    assert [row["seeds"] for row in table_rows(results)] == ["3", "3"]
+
+
+def test_no_runs_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match="no run directories \\(with config.yaml\\) under"):
+        main([str(tmp_path), "--out", str(tmp_path / "out")])
+    result = subprocess.run([sys.executable, "-m", "sparse_rl.report", str(tmp_path), "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"sparse_rl.report: no run directories (with config.yaml) under {tmp_path}"]
+
+
+def test_run_without_evaluations_is_skipped(report, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    pending = make_run(runs, "rigl", 0.1, seed=7, final=0.0, evaluations=False)
+    results = write_report([report[0], runs], tmp_path / "out", reps=REPS)
+    assert f"skipping {pending}: no evaluations.npz yet" in capsys.readouterr().err
+    assert [row["seeds"] for row in table_rows(results)] == ["3", "3"]
+
+
+def test_training_flops_fall_back_to_tensorboard_without_summary(tmp_path):
+    results = write_report([make_runs(tmp_path, summary=False)], tmp_path / "out", reps=REPS)
+    sparse = table_rows(results)[1]
+    assert [sparse[c] for c in COLUMNS[-3:]] == ["—", "—", "0.30×"]
+
+
+def test_percent_of_dense_is_blank_for_negative_dense_returns(tmp_path):
+    runs = make_runs(tmp_path, dense_finals=[-300.0, -200.0, -250.0], sparse_finals=[-400.0, -350.0, -380.0])
+    dense, sparse = table_rows(write_report([runs], tmp_path / "out", reps=REPS))
+    assert dense["% of dense"] == sparse["% of dense"] == "—"
