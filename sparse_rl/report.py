@@ -40,7 +40,7 @@ from rliable import metrics as rly_metrics
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 PROG = "sparse_rl.report"
-CONFIG_KEYS = ("env", "algo", "method", "density", "seed", "total_steps")
+CONFIG_KEYS = ("env", "algo", "seed", "total_steps")
 TRAIN_FLOPS_TAG = "flops/train_cumulative"
 MISSING = "—"
 COLUMNS = ("env", "algo", "method", "density", "seeds", "final return IQM [95% CI]", "% of dense",
@@ -127,9 +127,12 @@ def load_run(run_dir: Path) -> Run | None:
         warn(f"skipping {run_dir}: evaluations.npz holds no evaluation yet")
         return None
     summary_path = run_dir / "summary.json"
+    sparsity = config.get("sparsity") or {}
+    density = float(sparsity.get("density", 1.0))
     return Run(
-        path=run_dir, env=str(config["env"]), algo=str(config["algo"]), method=str(config["method"]),
-        density=float(config["density"]), seed=int(config["seed"]), total_steps=int(config["total_steps"]),
+        path=run_dir, env=str(config["env"]), algo=str(config["algo"]),
+        method="dense" if density == 1.0 else str(sparsity.get("method", "rigl")), density=density,
+        seed=int(config["seed"]), total_steps=int(config["total_steps"]),
         eval_steps=np.asarray(eval_steps), eval_returns=np.asarray(results, dtype=float).mean(axis=1),
         summary=json.loads(summary_path.read_text()) if summary_path.is_file() else None,
         train_flops=read_scalar(run_dir, TRAIN_FLOPS_TAG),

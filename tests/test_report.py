@@ -34,7 +34,8 @@ def make_run(root: Path, method: str, density: float, seed: int, final: float,
     """A run directory laid out like ``python -m sparse_rl.train`` writes it."""
     run = root / ENV / ALGO / f"{method}_d{density}" / f"seed{seed}"
     run.mkdir(parents=True)
-    config = dict(env=ENV, algo=ALGO, method=method, density=density, seed=seed, total_steps=STEPS, lr=3e-4)
+    config = dict(algo=ALGO, env=ENV, seed=seed, total_steps=STEPS,
+                  sparsity=dict(density=density, method="rigl" if method == "dense" else method))
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     flops_fraction = 1.0 if density == 1.0 else SPARSE_TRAIN_FLOPS
     if summary:
