@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from rliable import library as rly
 from rliable import metrics as rly_metrics
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -238,6 +239,7 @@ def plot_curves(path: Path, title: str, xlabel: str, lines: dict[str, list[Curve
         axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     if log_x:
         axes.set_xscale("log")
+        axes.xaxis.set_minor_formatter(NullFormatter())
     axes.set(title=title, xlabel=xlabel, ylabel="mean evaluation return")
     axes.grid(alpha=0.3)
     axes.legend()
