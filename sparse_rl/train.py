@@ -82,8 +82,7 @@ def check_env(env_id: str) -> None:
 
 def run_name(config: dict[str, Any]) -> str:
     sparsity = SparsityConfig(**config.get("sparsity", {}))
-    method = "dense" if sparsity.density == 1.0 and sparsity.actor_density in (None, 1.0) \
-        and sparsity.critic_density in (None, 1.0) else sparsity.method
+    method = "dense" if sparsity.is_dense else sparsity.method
     return f"{config['algo']}-{method}-d{sparsity.density:g}-s{config['seed']}"
 
 

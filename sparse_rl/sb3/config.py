@@ -57,7 +57,7 @@ class SparsityConfig:
             if getattr(self, name) is not None:
                 check_density(getattr(self, name), name)
         preset = get_method(self.method)
-        if self.method == "dense" and self.network_density("actor") * self.network_density("critic") != 1.0:
+        if self.method == "dense" and not self.is_dense:
             raise ValueError("method 'dense' needs density 1.0 (and no actor/critic density below 1)")
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"unknown distribution {self.distribution!r}; allowed: {', '.join(DISTRIBUTIONS)}")
@@ -69,6 +69,11 @@ class SparsityConfig:
         if preset.updates_topology or self.prune or self.grow:
             self.criteria()
         self.schedule()
+
+    @property
+    def is_dense(self) -> bool:
+        """Whether every network is fully dense (density 1)."""
+        return all(self.network_density(network) == 1.0 for network in NETWORKS)
 
     def network_density(self, network: str) -> float:
         """Density of ``"actor"`` or ``"critic"``."""
