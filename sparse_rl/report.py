@@ -130,9 +130,11 @@ def load_run(run_dir: Path) -> Run | None:
     summary_path = run_dir / "summary.json"
     sparsity = config.get("sparsity") or {}
     density = float(sparsity.get("density", 1.0))
+    method = "dense" if density == 1.0 else str(sparsity.get("method", "rigl"))
+    if config.get("param_matched") is not None:  # a narrow dense net with the weights of density param_matched
+        method, density = "matched-dense", float(config["param_matched"])
     return Run(
-        path=run_dir, env=str(config["env"]), algo=str(config["algo"]),
-        method="dense" if density == 1.0 else str(sparsity.get("method", "rigl")), density=density,
+        path=run_dir, env=str(config["env"]), algo=str(config["algo"]), method=method, density=density,
         seed=int(config["seed"]), total_steps=int(config["total_steps"]),
         eval_steps=np.asarray(eval_steps), eval_returns=np.asarray(results, dtype=float).mean(axis=1),
         summary=json.loads(summary_path.read_text()) if summary_path.is_file() else None,
@@ -166,9 +168,17 @@ def iqm_with_ci(final_returns: Sequence[float], reps: int) -> tuple[float, float
     return float(point["runs"][0]), float(low), float(high)
 
 
-def summary_ratio(run: Run, name: str) -> float | None:
-    """``summary[name] / summary["dense_" + name]``, or None without a summary."""
-    return None if run.summary is None else run.summary[name] / run.summary[f"dense_{name}"]
+def summary_ratio(run: Run, name: str, dense_runs: Sequence[Run] = ()) -> float | None:
+    """``summary[name]`` over the dense runs' mean ``name``, or over the run's own ``dense_<name>``
+    when no dense run has a summary; None without a summary.
+
+    The dense runs are the reference because a parameter-matched run is dense itself: its own
+    ``dense_<name>`` is its narrow network's, not the full-width baseline's.
+    """
+    if run.summary is None:
+        return None
+    dense = [d.summary[name] for d in dense_runs if d.summary is not None]
+    return run.summary[name] / (float(np.mean(dense)) if dense else run.summary[f"dense_{name}"])
 
 
 def train_flops_ratio(run: Run, dense_runs: Sequence[Run]) -> float | None:
@@ -178,7 +188,7 @@ def train_flops_ratio(run: Run, dense_runs: Sequence[Run]) -> float | None:
     cumulative FLOPs at the same step (dense runs that stopped earlier are left out).
     """
     if run.summary is not None:
-        return summary_ratio(run, "train_flops")
+        return summary_ratio(run, "train_flops", dense_runs)
     if run.train_flops is None:
         return None
     steps, flops = run.train_flops
@@ -212,12 +222,13 @@ def results_markdown(groups: dict[GroupKey, list[Run]], reps: int) -> str:
         env, algo, method, density = key
         iqm, low, high = iqms[key]
         dense = dense_key(groups, env, algo)
+        dense_runs = groups[dense] if dense is not None else []
         dense_iqm = iqms[dense][0] if dense is not None else None
         cells = (env, algo, method, str(density), str(len(group)), f"{iqm:.1f} [{low:.1f}, {high:.1f}]",
                  f"{100 * iqm / dense_iqm:.1f}" if dense_iqm is not None and dense_iqm > 0 else MISSING,
-                 mean_ratio(summary_ratio(run, "params") for run in group),
-                 mean_ratio(summary_ratio(run, "inference_flops") for run in group),
-                 mean_ratio(train_flops_ratio(run, groups[dense] if dense else []) for run in group))
+                 mean_ratio(summary_ratio(run, "params", dense_runs) for run in group),
+                 mean_ratio(summary_ratio(run, "inference_flops", dense_runs) for run in group),
+                 mean_ratio(train_flops_ratio(run, dense_runs) for run in group))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

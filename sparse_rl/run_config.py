@@ -18,7 +18,7 @@ from sparse_rl.sb3.config import SPARSITY_KEYS
 
 ALGOS = {"sac": (SAC, SACPolicy), "td3": (TD3, TD3Policy)}
 TOP_LEVEL_KEYS = ("algo", "env", "seed", "total_steps", "n_envs", "eval_freq", "eval_episodes", "checkpoint_freq",
-                  "action_noise_std", "threads", "device", "algo_kwargs", "policy_kwargs", "sparsity")
+                  "action_noise_std", "threads", "device", "param_matched", "algo_kwargs", "policy_kwargs", "sparsity")
 SECTION_KEYS = ("algo_kwargs", "policy_kwargs", "sparsity")
 SET_BY_CLI = ("policy", "env", "policy_kwargs", "tensorboard_log", "seed", "device", "verbose", "action_noise",
               "_init_setup_model", "self", "replay_buffer_class", "replay_buffer_kwargs", "stats_window_size")
@@ -83,6 +83,12 @@ def validate(config: dict[str, Any]) -> None:
         for key in config.get(section, {}):
             if key not in keys[section]:
                 raise ConfigError(f"unknown config key {section}.{key}; valid: {', '.join(keys[section])}")
+    matched = config.get("param_matched")
+    if matched is not None:
+        if not isinstance(matched, (int, float)) or not 0 < matched < 1:
+            raise ConfigError(f"param_matched must be a density in (0, 1), got {matched!r}")
+        if config.get("sparsity", {}).get("density", 1.0) != 1.0:
+            raise ConfigError("param_matched trains a narrower dense network; it needs density 1.0")
 
 
 def apply_override(config: dict[str, Any], assignment: str) -> None:

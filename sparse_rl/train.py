@@ -13,6 +13,7 @@ EvalCallback), ``checkpoint/`` (model, replay buffer, FLOP counters; for ``--res
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import sys
@@ -27,12 +28,14 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.vec_env import VecEnv
 
 from sparse_rl.flops import active_weights
 from sparse_rl.methods import METHODS
 from sparse_rl.run_config import ALGOS, ConfigError, build_config, read_yaml, validate
 from sparse_rl.sb3 import SparseLoggingCallback, SparseSACPolicy, SparseTD3Policy, SparsityConfig
 from sparse_rl.sb3.flops import inference_flops
+from sparse_rl.sb3.matched import matched_net_arch
 
 POLICIES = {"sac": SparseSACPolicy, "td3": SparseTD3Policy}
 CHECKPOINT = "checkpoint"
@@ -46,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--density", type=float, help="global fraction of active weights in (0, 1]; 1.0 = dense")
     parser.add_argument("--actor-density", type=float, help="the actor's own density (default: --density)")
     parser.add_argument("--critic-density", type=float, help="the critics' density (default: --density)")
+    parser.add_argument("--param-matched", type=float, metavar="DENSITY",
+                        help="train a dense network narrowed to the weight count of a sparse one at DENSITY "
+                             "(the parameter-matched baseline of Graesser et al.)")
     parser.add_argument("--method", help=f"DST method: {', '.join(METHODS)} (default from the config: rigl)")
     parser.add_argument("--total-steps", type=int, help="environment steps to train for")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -68,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@functools.lru_cache(maxsize=None)
 def check_env(env_id: str) -> None:
     """Fail fast for an env id gymnasium does not know or whose actions are not continuous."""
     try:
@@ -81,9 +88,23 @@ def check_env(env_id: str) -> None:
 
 
 def run_name(config: dict[str, Any]) -> str:
+    """``<algo>-<method>-d<density>-s<seed>``; ``matched`` for a parameter-matched dense run."""
     sparsity = SparsityConfig(**config.get("sparsity", {}))
+    if config.get("param_matched") is not None:
+        return f"{config['algo']}-matched-d{config['param_matched']:g}-s{config['seed']}"
     method = "dense" if sparsity.is_dense else sparsity.method
     return f"{config['algo']}-{method}-d{sparsity.density:g}-s{config['seed']}"
+
+
+def matched_policy_kwargs(config: dict[str, Any], env: VecEnv) -> dict[str, Any]:
+    """``policy_kwargs`` of the run, narrowed to the sparse weight count when ``param_matched`` is set."""
+    policy_kwargs = dict(config.get("policy_kwargs", {}))
+    if config.get("param_matched") is not None:
+        sparse = {**config.get("sparsity", {}), "density": config["param_matched"], "method": "static"}
+        policy_kwargs["net_arch"] = matched_net_arch(POLICIES[config["algo"]], env.observation_space,
+                                                     env.action_space, policy_kwargs.get("net_arch", [256, 256]),
+                                                     sparse)
+    return policy_kwargs
 
 
 def make_model(config: dict[str, Any], run_dir: Path) -> BaseAlgorithm:
@@ -94,7 +115,7 @@ def make_model(config: dict[str, Any], run_dir: Path) -> BaseAlgorithm:
     if config["algo"] == "td3" and config.get("action_noise_std"):
         n_actions = env.action_space.shape[0]
         kwargs["action_noise"] = NormalActionNoise(np.zeros(n_actions), config["action_noise_std"] * np.ones(n_actions))
-    policy_kwargs = {**config.get("policy_kwargs", {}), **config.get("sparsity", {})}
+    policy_kwargs = {**matched_policy_kwargs(config, env), **config.get("sparsity", {})}
     return algo_class(POLICIES[config["algo"]], env, policy_kwargs=policy_kwargs, seed=config["seed"],
                       device=config.get("device", "cpu"), tensorboard_log=str(run_dir), **kwargs)
 
@@ -182,6 +203,18 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     print(f"  training FLOPs total   {ratio('train_flops')}")
 
 
+def plan_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    """The validated config and run directory of a new run (nothing is written)."""
+    cli = {"seed": args.seed, "total_steps": args.total_steps, "n_envs": args.n_envs, "eval_freq": args.eval_freq,
+           "eval_episodes": args.eval_episodes, "threads": args.threads, "device": args.device,
+           "param_matched": args.param_matched, "sparsity.density": args.density,
+           "sparsity.actor_density": args.actor_density, "sparsity.critic_density": args.critic_density,
+           "sparsity.method": args.method}
+    config = build_config(args.algo, args.env, args.config, cli, args.overrides)
+    check_env(config["env"])
+    return config, args.logdir / config["env"] / run_name(config)
+
+
 def train(args: argparse.Namespace) -> Path:
     """Build or resume the run, train it, and return its directory."""
     flops = SparseLoggingCallback()
@@ -194,13 +227,7 @@ def train(args: argparse.Namespace) -> Path:
         torch.set_num_threads(config.get("threads", 1))
         model = load_checkpoint(run_dir, config, flops)
     else:
-        cli = {"seed": args.seed, "total_steps": args.total_steps, "n_envs": args.n_envs, "eval_freq": args.eval_freq,
-               "eval_episodes": args.eval_episodes, "threads": args.threads, "device": args.device,
-               "sparsity.density": args.density, "sparsity.actor_density": args.actor_density,
-               "sparsity.critic_density": args.critic_density, "sparsity.method": args.method}
-        config = build_config(args.algo, args.env, args.config, cli, args.overrides)
-        check_env(config["env"])
-        run_dir = args.logdir / config["env"] / run_name(config)
+        config, run_dir = plan_run(args)
         if run_dir.exists():
             raise ConfigError(f"{run_dir} exists; continue it with --resume {run_dir} or choose another --logdir/--seed")
         torch.set_num_threads(config["threads"])

@@ -1,0 +1,60 @@
+"""Parameter-matched dense baselines: a narrower dense network with as many weights as a sparse one.
+
+Graesser et al. (2022) ask whether a sparse agent beats simply training a smaller dense one;
+answering it needs, for each density, a dense network whose weight count equals the sparse
+network's active weights. :func:`matched_net_arch` scales every hidden width of the actor and of
+the critic by one factor each (so ``[400, 300]`` stays 4:3) and picks the factor whose weight
+count is closest to the sparse network's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gymnasium import spaces
+from torch import nn
+
+from sparse_rl.flops import active_weights
+
+
+def scaled_widths(net_arch: Sequence[int], first_width: int) -> list[int]:
+    """``net_arch`` scaled so that its first hidden layer is ``first_width`` wide (each ≥ 1)."""
+    return [max(1, round(first_width * width / net_arch[0])) for width in net_arch]
+
+
+def mlp_weights(n_in: int, widths: Sequence[int], n_out: int, copies: int = 1) -> int:
+    """Weights (biases excluded) of ``copies`` MLPs ``n_in -> widths... -> n_out``."""
+    sizes = [n_in, *widths, n_out]
+    return copies * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def closest_widths(net_arch: Sequence[int], weights_of: Callable[[list[int]], int], target: int) -> list[int]:
+    """The scaling of ``net_arch`` (first width 1 .. its own) whose weight count is nearest ``target``."""
+    candidates = (scaled_widths(net_arch, first) for first in range(1, net_arch[0] + 1))
+    return min(candidates, key=lambda widths: abs(weights_of(widths) - target))
+
+
+def network_weights(network: nn.Module) -> int:
+    """Active weights of every linear layer of ``network``."""
+    return sum(active_weights(m) for m in network.modules() if isinstance(m, nn.Linear))
+
+
+def matched_net_arch(policy_class: type, observation_space: spaces.Box, action_space: spaces.Box,
+                     net_arch: Sequence[int], sparsity: dict[str, Any]) -> dict[str, list[int]]:
+    """``dict(pi=..., qf=...)`` widths of a dense policy with the active weights of a sparse one.
+
+    :param policy_class: ``SparseSACPolicy`` or ``SparseTD3Policy``.
+    :param net_arch: the sparse policy's hidden widths (one list shared by actor and critic).
+    :param sparsity: the sparse policy's sparsity ``policy_kwargs`` (``density`` and the rest).
+    """
+    sparse = policy_class(observation_space, action_space, lambda _: 0.0, net_arch=list(net_arch), **sparsity)
+    n_obs, n_act = int(observation_space.shape[0]), int(action_space.shape[0])
+    actor_outputs = n_act * (2 if hasattr(sparse.actor, "log_std") else 1)  # SAC: mean and log-std heads
+    n_critics = len(sparse.critic.q_networks)
+    return {
+        "pi": closest_widths(net_arch, lambda w: mlp_weights(n_obs, w, actor_outputs),
+                             network_weights(sparse.actor)),
+        "qf": closest_widths(net_arch, lambda w: mlp_weights(n_obs + n_act, w, 1, n_critics),
+                             network_weights(sparse.critic)),
+    }

@@ -1,0 +1,95 @@
+"""``python -m sparse_rl.sweep``: trial expansion and validation, and real sweeps on a local Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sparse_rl import report, sweep
+from sparse_rl.sweep import SweepError, plan_trials, trial_options
+
+TINY = {"env": "Pendulum-v1", "total_steps": 300, "eval_freq": 150, "eval_episodes": 1,
+        "set": {"algo_kwargs.learning_starts": 100, "algo_kwargs.batch_size": 32}}
+
+
+def write_sweep(tmp_path: Path, **spec) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_grid_and_trials_expand_over_base():
+    options = trial_options({"base": {"env": "Pendulum-v1", "set": {"a.b": 1}},
+                             "grid": {"density": [1.0, 0.5], "seed": [0, 1, 2]},
+                             "trials": [{"param_matched": 0.5, "seed": [0, 1], "set": {"c.d": 2}}]})
+    assert len(options) == 6 + 2
+    assert {(o["density"], o["seed"]) for o in options[:6]} == {(d, s) for d in (1.0, 0.5) for s in (0, 1, 2)}
+    assert all(o["env"] == "Pendulum-v1" for o in options)
+    assert options[-1] == {"env": "Pendulum-v1", "param_matched": 0.5, "seed": 1, "set": {"a.b": 1, "c.d": 2}}
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"grid": {"densty": [0.1]}}, "unknown trial option"),
+    ({"grids": {}}, "unknown sweep key"),
+    ({"grid": {"density": 0.1}}, "must be a list"),
+    ({"grid": {"seed": []}}, "empty list"),
+    ({"base": {"set": ["x"]}}, "'set' must be a mapping"),
+])
+def test_bad_sweep_files_are_refused(spec, message):
+    with pytest.raises(SweepError, match=message):
+        trial_options(spec)
+
+
+def test_every_trial_config_is_validated_before_running(tmp_path):
+    with pytest.raises(SweepError, match="unknown method"):
+        plan_trials({"base": TINY, "grid": {"method": ["rigl", "rigll"], "density": [0.5]}}, tmp_path)
+    with pytest.raises(SweepError, match="two trials write"):
+        plan_trials({"base": TINY, "trials": [{"seed": 1}, {"seed": 1}]}, tmp_path)
+
+
+def test_trials_are_train_runs_with_distinct_directories(tmp_path):
+    trials = plan_trials({"base": TINY, "grid": {"density": [1.0, 0.2]}, "trials": [{"param_matched": 0.2}]},
+                         tmp_path)
+    assert [t.run_dir.name for t in trials] == ["sac-dense-d1-s0", "sac-rigl-d0.2-s0", "sac-matched-d0.2-s0"]
+    assert all(t.run_dir.parent == tmp_path / "Pendulum-v1" for t in trials)
+    assert "--param-matched" in trials[2].argv
+
+
+@pytest.mark.slow
+def test_local_sweep_runs_resumes_without_rerunning_and_reports(tmp_path, capsys):
+    path = write_sweep(tmp_path, name="tiny", base=TINY, grid={"density": [1.0, 0.2]})
+    logdir = tmp_path / "out"
+    sweep.main([str(path), "--logdir", str(logdir), "--max-concurrent", "2"])
+    runs = [logdir / "Pendulum-v1" / name for name in ("sac-dense-d1-s0", "sac-rigl-d0.2-s0")]
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["env_steps"] == 300 and summary["final_return"] is not None
+        assert (run / "model.zip").is_file() and (run / "evaluations.npz").is_file()
+    stamps = {run: (run / "summary.json").stat().st_mtime_ns for run in runs}
+    capsys.readouterr()
+
+    sweep.main([str(path), "--logdir", str(logdir)])
+    out = capsys.readouterr().out
+    assert "2 finished earlier, 0 to run" in out
+    assert {run: (run / "summary.json").stat().st_mtime_ns for run in runs} == stamps
+
+    results = report.write_report([logdir], tmp_path / "report", reps=50).read_text()
+    assert "| Pendulum-v1 | sac | dense | 1.0 | 1 |" in results
+    assert "| Pendulum-v1 | sac | rigl | 0.2 | 1 |" in results
+
+
+@pytest.mark.slow
+def test_failing_trial_is_reported_with_its_error_and_others_finish(tmp_path, capsys):
+    path = write_sweep(tmp_path, name="failing", base=TINY,
+                       trials=[{"seed": 0}, {"seed": 1, "set": {"policy_kwargs.net_arch": [-1]}}])
+    logdir = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main([str(path), "--logdir", str(logdir), "--max-concurrent", "2", "--max-failures", "1"])
+    assert exit_info.value.code == 1
+    out = capsys.readouterr().out
+    assert (logdir / "Pendulum-v1" / "sac-dense-d1-s0" / "summary.json").is_file()
+    failed = next(line for line in out.splitlines() if "sac-dense-d1-s1" in line and "FAILED" in line)
+    assert "negative dimension" in failed
