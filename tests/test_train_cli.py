@@ -111,6 +111,8 @@ def run_cli(*args, cwd):
     (["--env", "Pendulum-v1", "--set", "colour=red"], "unknown config key 'colour'; valid: algo, env"),
     (["--env", "Pendulum-v1", "--config", "missing.yaml"], "cannot read config file missing.yaml"),
     (["--resume", "."], "is not a run directory"),
+    (["--env", "Pendulum-v1", "--param-matched", "0.1", "--density", "0.5"], "needs density 1.0"),
+    (["--env", "Pendulum-v1", "--param-matched", "1.0"], r"param_matched must be a density in \(0, 1\)"),
 ])
 def test_bad_input_exits_with_one_line_and_leaves_no_run_dir(args, message, tmp_path):
     result = run_cli(*args, "--logdir", str(tmp_path / "runs"), cwd=tmp_path)
@@ -124,5 +126,18 @@ def test_help_explains_every_flag():
     out = run_cli("--help", cwd=None).stdout
     for flag in ("--algo", "--env", "--density", "--actor-density", "--critic-density", "--method", "--total-steps",
                  "--seed", "--n-envs", "--config", "--set", "--logdir", "--eval-freq", "--eval-episodes",
-                 "--threads", "--device", "--resume"):
+                 "--threads", "--device", "--resume", "--param-matched"):
         assert flag in out
+
+
+def test_param_matched_run_is_a_narrow_dense_network_reported_as_matched(tmp_path):
+    from sparse_rl import report
+
+    train.main(["--env", "Pendulum-v1", "--param-matched", "0.2", "--logdir", str(tmp_path), *FAST])
+    run_dir = tmp_path / "Pendulum-v1" / "sac-matched-d0.2-s0"
+    model = SAC.load(run_dir / "model.zip")
+    assert model.policy.sparsity.is_dense
+    assert all(bool(layer.mask.all()) for layer in sparse_layers(model.policy.critic).values())
+    assert model.policy.net_arch["qf"][0] < 64 and model.policy.net_arch["pi"][0] < 64
+    results = report.write_report([tmp_path], tmp_path / "report", reps=50).read_text()
+    assert "| Pendulum-v1 | sac | matched-dense | 0.2 | 1 |" in results
