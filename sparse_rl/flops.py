@@ -14,14 +14,19 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from sparse_rl.layers import SparseLinear
 
 
 def active_weights(layer: nn.Linear, dense: bool = False) -> int:
-    """Active weights of ``layer``; all of them if ``dense`` or if it is not a ``SparseLinear``."""
-    if dense or not isinstance(layer, SparseLinear):
+    """Active weights of ``layer`` (its ``nnz``); all of them if ``dense`` or if it has no mask."""
+    if dense or not hasattr(layer, "nnz"):
         return layer.weight.numel()
-    return layer.nnz
+    return int(layer.nnz)
+
+
+def weight_grad_weights(layer: nn.Linear, dense: bool = False) -> int:
+    """Weights whose gradient a backward pass computes: the active ones, or all of them for a
+    layer whose weight gradient is dense by construction (``dense_weight_grad``, e.g. thresholds)."""
+    return active_weights(layer, dense or getattr(layer, "dense_weight_grad", False))
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,8 @@ class NetworkFlops:
         """Backward FLOPs per sample: weight gradients, and input gradients of every layer except
         the input layers (those too when ``input_grad``)."""
         input_grads = [n for n in self.layers if input_grad or n not in self.input_layers]
-        return self._sum(self.layers, dense) + self._sum(input_grads, dense)
+        weight_grads = sum(2 * weight_grad_weights(layer, dense) for layer in self.layers.values())
+        return weight_grads + self._sum(input_grads, dense)
 
     def dense_weight_grad_extra(self) -> int:
         """Extra FLOPs per sample when the weight gradient is computed dense instead of sparse."""

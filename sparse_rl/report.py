@@ -40,6 +40,8 @@ from rliable import library as rly
 from rliable import metrics as rly_metrics
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from sparse_rl.methods import get_method
+
 PROG = "sparse_rl.report"
 CONFIG_KEYS = ("env", "algo", "seed", "total_steps")
 TRAIN_FLOPS_TAG = "flops/train_cumulative"
@@ -130,7 +132,9 @@ def load_run(run_dir: Path) -> Run | None:
     summary_path = run_dir / "summary.json"
     sparsity = config.get("sparsity") or {}
     density = float(sparsity.get("density", 1.0))
-    method = "dense" if density == 1.0 else str(sparsity.get("method", "rigl"))
+    method = str(sparsity.get("method", "rigl"))
+    if density == 1.0 and get_method(method).layer_kind == "masked":
+        method = "dense"
     if config.get("param_matched") is not None:  # a narrow dense net with the weights of density param_matched
         method, density = "matched-dense", float(config["param_matched"])
     return Run(
@@ -153,7 +157,7 @@ def group_runs(runs: Iterable[Run]) -> dict[GroupKey, list[Run]]:
 
 def dense_key(groups: dict[GroupKey, list[Run]], env: str, algo: str) -> GroupKey | None:
     """The dense (density 1.0) group of ``env`` and ``algo``, if any."""
-    return next((key for key in groups if key[:2] == (env, algo) and key[3] == 1.0), None)
+    return next((key for key in groups if key[:2] == (env, algo) and key[2] == "dense"), None)
 
 
 def iqm_with_ci(final_returns: Sequence[float], reps: int) -> tuple[float, float, float]:

@@ -13,6 +13,14 @@ class MethodPreset:
     prune: str | None
     grow: str | None
     paper: str
+    layer_kind: str = "masked"
+    """``masked``: SparseLinear rewired by (prune, grow); ``threshold`` and ``halo``: the layers
+    of :mod:`sparse_rl.methods.thresholds` and :mod:`sparse_rl.methods.halo`, with their own controllers."""
+
+    @property
+    def learns_density(self) -> bool:
+        """Whether the method learns its density instead of holding a target one."""
+        return self.layer_kind == "threshold"
 
     @property
     def updates_topology(self) -> bool:
@@ -26,6 +34,10 @@ METHODS: dict[str, MethodPreset] = {
         MethodPreset("set", "set", "random", "Mocanu et al. 2018, Sparse Evolutionary Training"),
         MethodPreset("mest", "mest", "random", "Yuan et al. 2021, MEST"),
         MethodPreset("dst-ee", "magnitude", "ucb", "Huang et al. 2023, DST-EE"),
+        MethodPreset("thresholds", None, None, "Liu et al. 2020, Dynamic Sparse Training (learned thresholds)",
+                     layer_kind="threshold"),
+        MethodPreset("halo", None, None, "Seto et al. 2020, HALO (shrinkage penalty, then global magnitude prune)",
+                     layer_kind="halo"),
         MethodPreset("static", None, None, "fixed random sparse topology"),
         MethodPreset("dense", None, None, "dense baseline (density 1)"),
     )

@@ -8,6 +8,7 @@ from typing import Any
 from sparse_rl.criteria import GRADIENT_CRITERIA, Criterion, resolve_criterion
 from sparse_rl.distributions import DISTRIBUTIONS, check_density
 from sparse_rl.methods import get_method
+from sparse_rl.methods.halo import PruneSchedule
 from sparse_rl.schedules import UpdateSchedule
 
 NETWORKS = ("actor", "critic")
@@ -20,7 +21,7 @@ class SparsityConfig:
     :param density: global fraction of active weights, in (0, 1]; 1.0 gives a dense agent.
     :param actor_density: the actor's own density (default: ``density``).
     :param critic_density: the critics' density, one budget for all Q-heads (default: ``density``).
-    :param method: ``rigl``, ``set``, ``mest``, ``dst-ee``, ``static`` or ``dense``.
+    :param method: ``rigl``, ``set``, ``mest``, ``dst-ee``, ``thresholds``, ``halo``, ``static`` or ``dense``.
     :param distribution: how a network's density is split over its layers: ``uniform``, ``er``, ``erk``.
     :param dense_layers: ``fnmatch`` patterns, prefixed with the network, of layers kept dense,
         e.g. ``("actor.mu", "critic.qf*.4")``; they are paid for from the same budget.
@@ -34,6 +35,14 @@ class SparsityConfig:
     :param grow: grow criterion overriding the method's.
     :param prune_kwargs: parameters of the prune criterion (e.g. ``{"gamma": 1.0}`` for ``mest``).
     :param grow_kwargs: parameters of the grow criterion (e.g. ``{"c": 1e-3}`` for ``ucb``).
+    :param threshold_alpha: ``thresholds`` only: α of the regulariser ``α Σ exp(-t)``.
+    :param actor_threshold_alpha: the actor's own α (default: ``threshold_alpha``).
+    :param critic_threshold_alpha: the critics' own α (default: ``threshold_alpha``).
+    :param halo_xi: ``halo`` only: ξ of the penalty ``ξ Σ |θ|/λ² + ψ Σ |λ|``.
+    :param halo_psi: ``halo`` only: ψ of that penalty.
+    :param prune_start: ``halo`` only: first global magnitude prune, an int optimizer step or a
+        float fraction of training; pruning then follows a cubic schedule to ``density``.
+    :param prune_end: ``halo`` only: the prune that reaches ``density`` (same units as ``prune_start``).
     """
 
     density: float = 1.0
@@ -50,6 +59,13 @@ class SparsityConfig:
     grow: str | None = None
     prune_kwargs: dict[str, Any] = field(default_factory=dict)
     grow_kwargs: dict[str, Any] = field(default_factory=dict)
+    threshold_alpha: float = 1e-4
+    actor_threshold_alpha: float | None = None
+    critic_threshold_alpha: float | None = None
+    halo_xi: float = 1e-5
+    halo_psi: float = 1e-5
+    prune_start: int | float = 0.2
+    prune_end: int | float = 0.8
 
     def __post_init__(self) -> None:
         check_density(self.density)
@@ -66,14 +82,43 @@ class SparsityConfig:
             if pattern.split(".", 1)[0] not in NETWORKS or "." not in pattern:
                 raise ValueError(f"dense layer {pattern!r} must start with one of: "
                                  f"{', '.join(n + '.' for n in NETWORKS)}")
+        if preset.layer_kind != "masked" and (self.prune or self.grow):
+            raise ValueError(f"method {self.method!r} has no prune/grow criteria to override")
+        if preset.learns_density and any(self.network_density(network) != 1.0 for network in NETWORKS):
+            raise ValueError(f"method {self.method!r} learns its density; density, actor_density and "
+                             "critic_density do not apply (leave them at 1.0)")
+        if preset.layer_kind == "halo":
+            for network in NETWORKS:
+                self.prune_schedule(network)
+            if all(self.network_density(network) == 1.0 for network in NETWORKS):
+                raise ValueError("method 'halo' prunes to a target density; give a density below 1")
         if preset.updates_topology or self.prune or self.grow:
             self.criteria()
         self.schedule()
 
     @property
     def is_dense(self) -> bool:
-        """Whether every network is fully dense (density 1)."""
-        return all(self.network_density(network) == 1.0 for network in NETWORKS)
+        """Whether every network is fully dense (density 1) and stays so."""
+        return (get_method(self.method).layer_kind == "masked"
+                and all(self.network_density(network) == 1.0 for network in NETWORKS))
+
+    @property
+    def layer_kind(self) -> str:
+        """The kind of linear layer the method trains (see :data:`sparse_rl.sb3.networks.LAYER_KINDS`)."""
+        return get_method(self.method).layer_kind
+
+    def initial_density(self, network: str) -> float:
+        """The density a network is built with: HALO and thresholds start dense."""
+        return self.network_density(network) if self.layer_kind == "masked" else 1.0
+
+    def threshold_alpha_of(self, network: str) -> float:
+        """α of the threshold regulariser of ``"actor"`` or ``"critic"``."""
+        own = getattr(self, f"{network}_threshold_alpha")
+        return self.threshold_alpha if own is None else own
+
+    def prune_schedule(self, network: str) -> PruneSchedule:
+        """HALO's gradual prune of one network to its density, every ``update_interval`` steps."""
+        return PruneSchedule(self.network_density(network), self.prune_start, self.prune_end, self.update_interval)
 
     def network_density(self, network: str) -> float:
         """Density of ``"actor"`` or ``"critic"``."""

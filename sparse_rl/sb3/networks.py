@@ -20,34 +20,46 @@ from torch import nn
 
 from sparse_rl.distributions import check_density
 from sparse_rl.layers import SparseLinear
+from sparse_rl.methods.halo import HaloLinear
+from sparse_rl.methods.thresholds import ThresholdLinear
 from sparse_rl.topology import init_masks, sparse_layers
 
 
-def replace_linear_layers(module: nn.Module, skip: str = "features_extractor") -> None:
-    """Swap every plain ``nn.Linear`` under ``module`` (outside ``skip``) for a ``SparseLinear``
+LAYER_KINDS: dict[str, type[nn.Linear]] = {"masked": SparseLinear, "threshold": ThresholdLinear, "halo": HaloLinear}
+"""Linear layer classes by kind: masks set by topology updates, learned thresholds, or HALO scales."""
+
+
+def replace_linear_layers(module: nn.Module, layer_class: type[nn.Linear] = SparseLinear,
+                          skip: str = "features_extractor") -> None:
+    """Swap every plain ``nn.Linear`` under ``module`` (outside ``skip``) for a ``layer_class``
     with the same parameters, in place."""
     for name, child in list(module.named_children()):
         if name == skip:
             continue
         if type(child) is nn.Linear:
-            setattr(module, name, SparseLinear.from_dense(child))
+            setattr(module, name, layer_class.from_dense(child))  # type: ignore[attr-defined]
         else:
-            replace_linear_layers(child, skip)
+            replace_linear_layers(child, layer_class, skip)
 
 
 class SparseNetworkMixin:
     """Turns an SB3 network sparse at construction and records how, for SB3's save/load."""
 
-    def _init_sparsity(self, density: float, distribution: str, dense_layers: Sequence[str]) -> None:
+    def _init_sparsity(self, density: float, distribution: str, dense_layers: Sequence[str],
+                       layer_kind: str) -> None:
+        if layer_kind not in LAYER_KINDS:
+            raise ValueError(f"unknown layer kind {layer_kind!r}; allowed: {', '.join(LAYER_KINDS)}")
         self.density = check_density(density)
         self.distribution = distribution
         self.dense_layers = tuple(dense_layers)
-        replace_linear_layers(self)  # type: ignore[arg-type]
+        self.layer_kind = layer_kind
+        replace_linear_layers(self, LAYER_KINDS[layer_kind])  # type: ignore[arg-type]
         init_masks(sparse_layers(self), self.density, distribution, self.dense_layers)  # type: ignore[arg-type]
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()  # type: ignore[misc]
-        data.update(density=self.density, distribution=self.distribution, dense_layers=self.dense_layers)
+        data.update(density=self.density, distribution=self.distribution, dense_layers=self.dense_layers,
+                    layer_kind=self.layer_kind)
         return data
 
 
@@ -57,21 +69,23 @@ class SparseSACActor(SparseNetworkMixin, SACActor):
     :param density: fraction of the actor's weights that are active, split across layers by ``distribution``.
     :param distribution: ``"uniform"``, ``"er"`` or ``"erk"``.
     :param dense_layers: ``fnmatch`` patterns of layer names kept dense (e.g. ``"mu"``).
+    :param layer_kind: ``"masked"`` (``SparseLinear``, masks set by topology updates),
+        ``"threshold"`` (``ThresholdLinear``, learned thresholds) or ``"halo"`` (``HaloLinear``).
     """
 
     def __init__(self, *args: Any, density: float = 1.0, distribution: str = "erk",
-                 dense_layers: Sequence[str] = (), **kwargs: Any) -> None:
+                 dense_layers: Sequence[str] = (), layer_kind: str = "masked", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._init_sparsity(density, distribution, dense_layers)
+        self._init_sparsity(density, distribution, dense_layers, layer_kind)
 
 
 class SparseTD3Actor(SparseNetworkMixin, TD3Actor):
     """SB3's TD3 ``Actor`` with sparse linear layers (parameters as :class:`SparseSACActor`)."""
 
     def __init__(self, *args: Any, density: float = 1.0, distribution: str = "erk",
-                 dense_layers: Sequence[str] = (), **kwargs: Any) -> None:
+                 dense_layers: Sequence[str] = (), layer_kind: str = "masked", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._init_sparsity(density, distribution, dense_layers)
+        self._init_sparsity(density, distribution, dense_layers, layer_kind)
 
 
 class SparseContinuousCritic(SparseNetworkMixin, ContinuousCritic):
@@ -86,11 +100,11 @@ class SparseContinuousCritic(SparseNetworkMixin, ContinuousCritic):
                  features_extractor: BaseFeaturesExtractor, features_dim: int,
                  activation_fn: type[nn.Module] = nn.ReLU, normalize_images: bool = True, n_critics: int = 2,
                  share_features_extractor: bool = True, density: float = 1.0, distribution: str = "erk",
-                 dense_layers: Sequence[str] = ()) -> None:
+                 dense_layers: Sequence[str] = (), layer_kind: str = "masked") -> None:
         super().__init__(observation_space, action_space, net_arch, features_extractor, features_dim,
                          activation_fn, normalize_images, n_critics, share_features_extractor)
         self.net_arch, self.features_dim, self.activation_fn = net_arch, features_dim, activation_fn
-        self._init_sparsity(density, distribution, dense_layers)
+        self._init_sparsity(density, distribution, dense_layers, layer_kind)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()

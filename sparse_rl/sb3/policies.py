@@ -21,7 +21,13 @@ from torch import nn
 
 from sparse_rl.sb3.config import SPARSITY_KEYS, SparsityConfig
 from sparse_rl.sb3.networks import SparseContinuousCritic, SparseSACActor, SparseTD3Actor
+from sparse_rl.methods.halo import HaloController, halo_layers
+from sparse_rl.methods.thresholds import ThresholdController, threshold_layers
 from sparse_rl.topology import TopologyController, sparse_layers
+
+MaskController = TopologyController | ThresholdController | HaloController
+"""What keeps one network's sparsity: each has ``layers``, ``last_stats``, ``num_updates``,
+``attach(optimizer)`` and ``set_progress(progress)``."""
 
 FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
 
@@ -30,8 +36,8 @@ class SparsePolicyMixin:
     """What SAC's and TD3's sparse policies share: settings, sparse networks, controllers."""
 
     sparsity: SparsityConfig
-    actor_topology: TopologyController
-    critic_topology: TopologyController
+    actor_topology: MaskController
+    critic_topology: MaskController
     _base_policy: type
     _actor_class: type
 
@@ -69,15 +75,29 @@ class SparsePolicyMixin:
     def _build(self, lr_schedule: Any) -> None:
         super()._build(lr_schedule)  # type: ignore[misc]
         actor, critic = self.actor, self.critic  # type: ignore[attr-defined]
-        self.actor_topology = self._make_controller(actor, getattr(self, "actor_target", None), actor.optimizer)
-        self.critic_topology = self._make_controller(critic, self.critic_target, critic.optimizer)  # type: ignore[attr-defined]
+        self.actor_topology = self._make_controller("actor", actor, getattr(self, "actor_target", None),
+                                                    actor.optimizer)
+        self.critic_topology = self._make_controller("critic", critic, self.critic_target,  # type: ignore[attr-defined]
+                                                     critic.optimizer)
 
     def _network_kwargs(self, network: str) -> dict[str, Any]:
-        return dict(density=self.sparsity.network_density(network), distribution=self.sparsity.distribution,
-                    dense_layers=self.sparsity.network_dense_layers(network))
+        return dict(density=self.sparsity.initial_density(network), distribution=self.sparsity.distribution,
+                    dense_layers=self.sparsity.network_dense_layers(network), layer_kind=self.sparsity.layer_kind)
 
-    def _make_controller(self, online: nn.Module, target: nn.Module | None, optimizer: torch.optim.Optimizer
-                         ) -> TopologyController:
+    def _make_controller(self, network: str, online: nn.Module, target: nn.Module | None,
+                         optimizer: torch.optim.Optimizer) -> MaskController:
+        """The controller that keeps ``online``'s sparsity (and ``target``'s masks) around ``optimizer``."""
+        if self.sparsity.layer_kind == "threshold":
+            controller: MaskController = ThresholdController(threshold_layers(online),
+                                                             self.sparsity.threshold_alpha_of(network))
+            controller.attach(optimizer)
+            return controller
+        if self.sparsity.layer_kind == "halo":
+            controller = HaloController(halo_layers(online), self.sparsity.halo_xi, self.sparsity.halo_psi,
+                                        self.sparsity.prune_schedule(network),
+                                        sparse_layers(target) if target is not None else None)
+            controller.attach(optimizer)
+            return controller
         criteria = self.sparsity.criteria()
         prune, grow = criteria if criteria else (None, None)
         layers = sparse_layers(online)
@@ -87,7 +107,7 @@ class SparsePolicyMixin:
             controller.attach(optimizer)
         return controller
 
-    def topology_controllers(self) -> dict[str, TopologyController]:
+    def topology_controllers(self) -> dict[str, MaskController]:
         """The controllers by network name (``"actor"``, ``"critic"``)."""
         return {"actor": self.actor_topology, "critic": self.critic_topology}
 

@@ -1,0 +1,145 @@
+"""Trainable masked layers with learned thresholds (Liu et al., ICLR 2020, "Dynamic Sparse Training").
+
+Every output neuron ``i`` of a :class:`ThresholdLinear` has a trainable threshold ``t_i``
+(initialised to 0); its mask is ``step(|W_ij| - t_i)`` and the layer computes with ``W ⊙ mask``.
+The step's gradient is the long-tailed estimator :func:`long_tailed_derivative`, so a masked
+weight still receives gradient near the threshold and can come back. The weights themselves
+stay dense parameters; density is *learned*: the regulariser ``α Σ exp(-t)`` pushes thresholds
+up, and a layer that keeps 1 % of its weights or fewer has its thresholds reset to 0.
+:class:`ThresholdController` adds the regulariser's gradient and performs the resets from
+optimizer hooks, so the algorithm's own loss and loop stay untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEAD_LAYER_FRACTION = 0.01
+"""A layer keeping this fraction of its weights or fewer resets its thresholds (Liu et al.)."""
+
+
+def long_tailed_derivative(x: torch.Tensor) -> torch.Tensor:
+    """H(x) = 2 - 4|x| for |x| ≤ 0.4, 0.4 for 0.4 < |x| ≤ 1, 0 beyond: the step's surrogate gradient."""
+    magnitude = x.abs()
+    return torch.where(magnitude <= 0.4, 2 - 4 * magnitude,
+                       torch.where(magnitude <= 1.0, torch.full_like(x, 0.4), torch.zeros_like(x)))
+
+
+class LongTailedStep(torch.autograd.Function):
+    """step(x) = 1 if x > 0 else 0, whose backward pass uses :func:`long_tailed_derivative`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad_output * long_tailed_derivative(x)
+
+
+class ThresholdLinear(nn.Linear):
+    """An ``nn.Linear`` whose connectivity is ``|W| > t`` with one trainable threshold per output."""
+
+    dense_weight_grad = True
+    """The estimator gives every weight near its threshold a gradient: the weight gradient is dense."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.threshold = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype))
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear) -> ThresholdLinear:
+        """A ``ThresholdLinear`` holding a copy of ``linear``'s parameters, thresholds at 0."""
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                    device=linear.weight.device, dtype=linear.weight.dtype)
+        layer.load_state_dict(linear.state_dict(), strict=False)
+        return layer
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The current connectivity, ``|W| > t`` (boolean, no gradient)."""
+        with torch.no_grad():
+            return self.weight.abs() > self.threshold.unsqueeze(1)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def density(self) -> float:
+        return self.nnz / self.weight.numel()
+
+    def masked_weight(self) -> torch.Tensor:
+        """``W ⊙ step(|W| - t)``, differentiable in ``W`` and ``t`` through the estimator."""
+        return self.weight * LongTailedStep.apply(self.weight.abs() - self.threshold.unsqueeze(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.masked_weight(), self.bias)
+
+    @torch.no_grad()
+    def reset_if_dead(self, fraction: float = DEAD_LAYER_FRACTION) -> bool:
+        """Reset the thresholds to 0 if the layer keeps ``fraction`` of its weights or fewer."""
+        if self.density > fraction:
+            return False
+        self.threshold.zero_()
+        return True
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, density={self.density:.3f}"
+
+
+def threshold_layers(module: nn.Module) -> dict[str, ThresholdLinear]:
+    """Every ``ThresholdLinear`` in ``module``, by qualified name."""
+    return {name: layer for name, layer in module.named_modules() if isinstance(layer, ThresholdLinear)}
+
+
+class ThresholdController(nn.Module):
+    """Applies the threshold regulariser and the dead-layer reset around a network's optimizer steps.
+
+    :param layers: the network's threshold layers by name.
+    :param alpha: α of the regulariser ``α Σ_layers Σ_i exp(-t_i)`` added to the network's loss.
+    """
+
+    def __init__(self, layers: Mapping[str, ThresholdLinear], alpha: float) -> None:
+        super().__init__()
+        if alpha < 0:
+            raise ValueError(f"threshold regulariser alpha must be >= 0, got {alpha}")
+        self.layers = dict(layers)
+        self.alpha = alpha
+        self.last_stats: dict = {}
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("resets", torch.zeros((), dtype=torch.long))
+
+    def regulariser(self) -> torch.Tensor:
+        """``α Σ exp(-t)`` over every threshold: the loss term the hooks add the gradient of."""
+        return self.alpha * sum(torch.exp(-layer.threshold).sum() for layer in self.layers.values())
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.before_optimizer_step())
+        optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_optimizer_step())
+
+    @torch.no_grad()
+    def before_optimizer_step(self) -> None:
+        """Add the regulariser's gradient, ``-α exp(-t)``, to every threshold's gradient."""
+        for layer in self.layers.values():
+            gradient = -self.alpha * torch.exp(-layer.threshold)
+            if layer.threshold.grad is None:
+                layer.threshold.grad = gradient
+            else:
+                layer.threshold.grad.add_(gradient)
+
+    def after_optimizer_step(self) -> None:
+        """Reset the thresholds of every layer that keeps 1 % of its weights or fewer."""
+        for layer in self.layers.values():
+            if layer.reset_if_dead():
+                self.resets += 1
+
+    def set_progress(self, progress: float) -> None:
+        """Thresholds follow no schedule; present so every controller takes training progress."""
