@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from torch import nn
+
+
+LinearT = TypeVar("LinearT", bound=nn.Linear)
+
+
+def copy_linear(cls: type[LinearT], linear: nn.Linear) -> LinearT:
+    """A ``cls`` layer of ``linear``'s shape holding a copy of its weight and bias (extra
+    parameters and buffers of ``cls`` keep their initial values)."""
+    layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                device=linear.weight.device, dtype=linear.weight.dtype)
+    layer.load_state_dict(linear.state_dict(), strict=False)
+    return layer
 
 
 class SparseLinear(nn.Linear):
@@ -36,10 +50,7 @@ class SparseLinear(nn.Linear):
     @classmethod
     def from_dense(cls, linear: nn.Linear) -> SparseLinear:
         """A fully connected ``SparseLinear`` holding a copy of ``linear``'s parameters."""
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                    device=linear.weight.device, dtype=linear.weight.dtype)
-        layer.load_state_dict(linear.state_dict(), strict=False)
-        return layer
+        return copy_linear(cls, linear)
 
     @property
     def nnz(self) -> int:

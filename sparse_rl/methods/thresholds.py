@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparse_rl.layers import copy_linear
+
 DEAD_LAYER_FRACTION = 0.01
 """A layer keeping this fraction of its weights or fewer resets its thresholds (Liu et al.)."""
 
@@ -57,10 +59,7 @@ class ThresholdLinear(nn.Linear):
     @classmethod
     def from_dense(cls, linear: nn.Linear) -> ThresholdLinear:
         """A ``ThresholdLinear`` holding a copy of ``linear``'s parameters, thresholds at 0."""
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                    device=linear.weight.device, dtype=linear.weight.dtype)
-        layer.load_state_dict(linear.state_dict(), strict=False)
-        return layer
+        return copy_linear(cls, linear)
 
     @property
     def mask(self) -> torch.Tensor:
