@@ -79,18 +79,19 @@ class TrainStepFlops:
 
 
 def actor_critic_step_flops(algo: str, actor: NetworkFlops, critic: NetworkFlops, batch_size: int,
-                            dense: bool = False) -> TrainStepFlops:
+                            dense: bool = False, extra_actor_forwards: int = 0) -> TrainStepFlops:
     """FLOPs of Stable-Baselines3's SAC or TD3 ``train()`` per gradient step, from its loop:
 
     SAC, per step: actor on next obs (no grad), target critics, critics, critic backward; actor on
     obs, critics on its actions, backward through critics (to the actions) and actor.
     TD3: target actor and target critics, critics, critic backward; per delayed actor step: actor,
-    first Q-head, backward through that head and the actor.
+    first Q-head, backward through that head and the actor. ``extra_actor_forwards`` more actor
+    forwards per sample go with each critic step (RLx2's intermediate entropy bonuses).
     """
     if algo not in ("sac", "td3"):
         raise ValueError(f"unknown algo {algo!r}; allowed: sac, td3")
     actor_q = critic if algo == "sac" else critic.subset(next(iter(critic.layers)).split(".")[0] + ".")
-    critic_step = actor.forward(dense) + 2 * critic.forward(dense) + critic.backward(dense)
+    critic_step = (1 + extra_actor_forwards) * actor.forward(dense) + 2 * critic.forward(dense) + critic.backward(dense)
     actor_step = (actor.forward(dense) + actor_q.forward(dense) + actor_q.backward(dense, input_grad=True)
                   + actor.backward(dense))
     return TrainStepFlops(

@@ -15,11 +15,16 @@ from stable_baselines3.sac.policies import SACPolicy
 from stable_baselines3.td3.policies import TD3Policy
 
 from sparse_rl.sb3.config import SPARSITY_KEYS
+from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
+
+RLX2_KEYS = tuple(p for p in inspect.signature(RLx2ReplayBuffer.__init__).parameters
+                  if p not in ("self", "args", "kwargs", "gamma"))
+"""Keys of the ``rlx2`` section: RLx2ReplayBuffer's own parameters (gamma comes from algo_kwargs)."""
 
 ALGOS = {"sac": (SAC, SACPolicy), "td3": (TD3, TD3Policy)}
 TOP_LEVEL_KEYS = ("algo", "env", "seed", "total_steps", "n_envs", "eval_freq", "eval_episodes", "checkpoint_freq",
-                  "action_noise_std", "threads", "device", "param_matched", "algo_kwargs", "policy_kwargs", "sparsity")
-SECTION_KEYS = ("algo_kwargs", "policy_kwargs", "sparsity")
+                  "action_noise_std", "threads", "device", "param_matched", "algo_kwargs", "policy_kwargs", "sparsity", "rlx2")
+SECTION_KEYS = ("algo_kwargs", "policy_kwargs", "sparsity", "rlx2")
 SET_BY_CLI = ("policy", "env", "policy_kwargs", "tensorboard_log", "seed", "device", "verbose", "action_noise",
               "_init_setup_model", "self", "replay_buffer_class", "replay_buffer_kwargs", "stats_window_size")
 
@@ -68,7 +73,7 @@ def allowed_keys(algo: str) -> dict[str, tuple[str, ...]]:
     policy_params = [p for p in inspect.signature(policy_class.__init__).parameters
                      if p not in ("self", "observation_space", "action_space", "lr_schedule")]
     return {"": TOP_LEVEL_KEYS, "algo_kwargs": tuple(algo_params), "policy_kwargs": tuple(policy_params),
-            "sparsity": SPARSITY_KEYS}
+            "sparsity": SPARSITY_KEYS, "rlx2": RLX2_KEYS}
 
 
 def validate(config: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ from sparse_rl.run_config import ALGOS, ConfigError, build_config, read_yaml, va
 from sparse_rl.sb3 import SparseLoggingCallback, SparseSACPolicy, SparseTD3Policy, SparsityConfig
 from sparse_rl.sb3.flops import inference_flops
 from sparse_rl.sb3.matched import matched_net_arch
+from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
 
 POLICIES = {"sac": SparseSACPolicy, "td3": SparseTD3Policy}
 CHECKPOINT = "checkpoint"
@@ -116,8 +117,22 @@ def make_model(config: dict[str, Any], run_dir: Path) -> BaseAlgorithm:
         n_actions = env.action_space.shape[0]
         kwargs["action_noise"] = NormalActionNoise(np.zeros(n_actions), config["action_noise_std"] * np.ones(n_actions))
     policy_kwargs = {**matched_policy_kwargs(config, env), **config.get("sparsity", {})}
+    if config.get("sparsity", {}).get("method") == "rlx2":
+        kwargs["replay_buffer_class"] = RLx2ReplayBuffer
+        kwargs["replay_buffer_kwargs"] = rlx2_buffer_kwargs(config)
     return algo_class(POLICIES[config["algo"]], env, policy_kwargs=policy_kwargs, seed=config["seed"],
                       device=config.get("device", "cpu"), tensorboard_log=str(run_dir), **kwargs)
+
+
+def rlx2_buffer_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """``replay_buffer_kwargs`` of an ``rlx2`` run: the ``rlx2`` section, the algorithm's gamma,
+    and ``n_step_delay`` in gradient steps (a float there is a fraction of ``total_steps``)."""
+    kwargs = dict(config.get("rlx2", {}))
+    kwargs["gamma"] = config.get("algo_kwargs", {}).get("gamma", 0.99)
+    delay = kwargs.get("n_step_delay", 0)
+    if isinstance(delay, float):
+        kwargs["n_step_delay"] = int(delay * config["total_steps"])
+    return kwargs
 
 
 class CheckpointCallback(BaseCallback):

@@ -19,5 +19,5 @@ def test_presets_are_the_documented_pairs():
 
 
 def test_unknown_method_names_the_allowed_ones():
-    with pytest.raises(ValueError, match="allowed: rigl, set, mest, dst-ee, thresholds, halo, static, dense"):
+    with pytest.raises(ValueError, match="allowed: rigl, set, mest, dst-ee, rlx2, thresholds, halo, static, dense"):
         get_method("lottery")

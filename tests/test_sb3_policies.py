@@ -199,7 +199,7 @@ def test_fraction_end_without_progress_warns():
     (dict(density=0.0), r"\(0, 1\]"),
     (dict(density=1.5), r"\(0, 1\]"),
     (dict(critic_density=-1), r"critic_density must be a number in \(0, 1\]"),
-    (dict(method="lottery"), "allowed: rigl, set, mest, dst-ee, thresholds, halo, static, dense"),
+    (dict(method="lottery"), "allowed: rigl, set, mest, dst-ee, rlx2, thresholds, halo, static, dense"),
     (dict(method="dense", density=0.5), "needs density 1.0"),
     (dict(distribution="normal"), "allowed: uniform, er, erk"),
     (dict(prune="biggest"), "allowed: .*magnitude"),

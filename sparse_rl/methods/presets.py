@@ -34,6 +34,8 @@ METHODS: dict[str, MethodPreset] = {
         MethodPreset("set", "set", "random", "Mocanu et al. 2018, Sparse Evolutionary Training"),
         MethodPreset("mest", "mest", "random", "Yuan et al. 2021, MEST"),
         MethodPreset("dst-ee", "magnitude", "ucb", "Huang et al. 2023, DST-EE"),
+        MethodPreset("rlx2", "magnitude", "gradient", "Tan et al. 2023, RLx2 (RigL + multi-step targets + "
+                     "policy-aware replay buffer)"),
         MethodPreset("thresholds", None, None, "Liu et al. 2020, Dynamic Sparse Training (learned thresholds)",
                      layer_kind="threshold"),
         MethodPreset("halo", None, None, "Seto et al. 2020, HALO (shrinkage penalty, then global magnitude prune)",

@@ -17,7 +17,9 @@ class SparseLoggingCallback(BaseCallback):
       ``flops/inference_per_action``, ``flops/train_vs_dense`` (cumulative, against the dense
       network of the same architecture); a dense SAC/TD3 model (``MlpPolicy``) logs the same tags;
     - for sparse policies: ``sparsity/density/<net>/<layer>``, ``sparsity/churn/<net>`` (share of
-      active weights new at the last topology update), ``sparsity/dead_neurons/<net>``.
+      active weights new at the last topology update), ``sparsity/dead_neurons/<net>``;
+    - with :class:`~sparse_rl.sb3.rlx2.RLx2ReplayBuffer` (which it attaches to the model):
+      ``rlx2/buffer_size``, ``rlx2/policy_distance``, ``rlx2/n_steps``.
 
     The cumulative counts are attributes too (``train_flops``, ``dense_train_flops``) and are
     restored from the logger-independent ``flops_state`` when a run resumes.
@@ -44,6 +46,8 @@ class SparseLoggingCallback(BaseCallback):
         self._counted = {key: int(state[key]) for key in self._counted}
 
     def _on_training_start(self) -> None:
+        if hasattr(self.model.replay_buffer, "attach"):  # RLx2ReplayBuffer needs the model's actor
+            self.model.replay_buffer.attach(self.model)
         self._dense_step = model_step_flops(self.model, dense=True)
         self.logger.record("flops/inference_per_action_dense", inference_flops(self.model, dense=True))
         self._update_progress()
@@ -90,6 +94,12 @@ class SparseLoggingCallback(BaseCallback):
         self.logger.record("flops/inference_per_action", inference_flops(self.model))
         if self.dense_train_flops > 0:
             self.logger.record("flops/train_vs_dense", self.train_flops / self.dense_train_flops)
+        buffer = self.model.replay_buffer
+        if hasattr(buffer, "attach"):
+            self.logger.record("rlx2/buffer_size", buffer.size())
+            self.logger.record("rlx2/n_steps", buffer.n_steps)
+            if buffer.last_distance is not None:
+                self.logger.record("rlx2/policy_distance", buffer.last_distance)
         policy = self._policy()
         if policy is None:
             return

@@ -8,6 +8,7 @@ from stable_baselines3.common.preprocessing import get_action_dim
 from torch import nn
 
 from sparse_rl.flops import NetworkFlops, TrainStepFlops, actor_critic_step_flops
+from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
 
 
 def network_flops(network: nn.Module, input_dim: int) -> NetworkFlops:
@@ -48,7 +49,10 @@ def model_networks(model: BaseAlgorithm) -> tuple[NetworkFlops, NetworkFlops]:
 def model_step_flops(model: BaseAlgorithm, dense: bool = False) -> TrainStepFlops:
     """FLOPs of one gradient step of ``model.train()`` at its current masks (or dense)."""
     actor, critic = model_networks(model)
-    return actor_critic_step_flops(algo_name(model), actor, critic, model.batch_size, dense)
+    algo = algo_name(model)
+    buffer = getattr(model, "replay_buffer", None)
+    bonus_forwards = buffer.n_steps - 1 if algo == "sac" and isinstance(buffer, RLx2ReplayBuffer) else 0
+    return actor_critic_step_flops(algo, actor, critic, model.batch_size, dense, bonus_forwards)
 
 
 def inference_flops(model: BaseAlgorithm, dense: bool = False) -> int:
