@@ -40,7 +40,7 @@ from rliable import library as rly
 from rliable import metrics as rly_metrics
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sparse_rl.methods import get_method
+from sparse_rl.methods import get_method, method_label
 
 PROG = "sparse_rl.report"
 CONFIG_KEYS = ("env", "algo", "seed", "total_steps")
@@ -132,8 +132,8 @@ def load_run(run_dir: Path) -> Run | None:
     summary_path = run_dir / "summary.json"
     sparsity = config.get("sparsity") or {}
     density = float(sparsity.get("density", 1.0))
-    method = str(sparsity.get("method", "rigl"))
-    if density == 1.0 and get_method(method).layer_kind == "masked":
+    method = method_label(sparsity)
+    if density == 1.0 and get_method(str(sparsity.get("method", "rigl"))).layer_kind == "masked":
         method = "dense"
     if config.get("param_matched") is not None:  # a narrow dense net with the weights of density param_matched
         method, density = "matched-dense", float(config["param_matched"])

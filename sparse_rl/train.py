@@ -31,7 +31,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.vec_env import VecEnv
 
 from sparse_rl.flops import active_weights
-from sparse_rl.methods import METHODS
+from sparse_rl.methods import METHODS, method_label
 from sparse_rl.run_config import ALGOS, ConfigError, build_config, read_yaml, validate
 from sparse_rl.sb3 import SparseLoggingCallback, SparseSACPolicy, SparseTD3Policy, SparsityConfig
 from sparse_rl.sb3.flops import inference_flops
@@ -89,11 +89,12 @@ def check_env(env_id: str) -> None:
 
 
 def run_name(config: dict[str, Any]) -> str:
-    """``<algo>-<method>-d<density>-s<seed>``; ``matched`` for a parameter-matched dense run."""
+    """``<algo>-<method>-d<density>-s<seed>``; ``matched`` for a parameter-matched dense run; the method
+    as :func:`~sparse_rl.methods.method_label` writes it (``dst-ee+c0.01`` for a criterion parameter)."""
     sparsity = SparsityConfig(**config.get("sparsity", {}))
     if config.get("param_matched") is not None:
         return f"{config['algo']}-matched-d{config['param_matched']:g}-s{config['seed']}"
-    method = "dense" if sparsity.is_dense else sparsity.method
+    method = "dense" if sparsity.is_dense else method_label(config.get("sparsity", {}))
     return f"{config['algo']}-{method}-d{sparsity.density:g}-s{config['seed']}"
 
 

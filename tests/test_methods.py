@@ -1,7 +1,7 @@
 import pytest
 
 from sparse_rl.criteria import GROW_CRITERIA, PRUNE_CRITERIA
-from sparse_rl.methods import METHODS, get_method
+from sparse_rl.methods import METHODS, get_method, method_label
 
 
 def test_presets_name_existing_criteria():
@@ -21,3 +21,14 @@ def test_presets_are_the_documented_pairs():
 def test_unknown_method_names_the_allowed_ones():
     with pytest.raises(ValueError, match="allowed: rigl, set, mest, dst-ee, rlx2, thresholds, halo, static, dense"):
         get_method("lottery")
+
+
+@pytest.mark.parametrize("sparsity, label", [
+    ({"method": "rigl"}, "rigl"),
+    ({}, "rigl"),
+    ({"method": "rigl", "prune": "snip"}, "rigl+prune-snip"),
+    ({"method": "dst-ee", "grow_kwargs": {"eps": 1.0, "c": 0.01}}, "dst-ee+c0.01+eps1"),
+    ({"method": "mest", "prune_kwargs": {"gamma": 0.5}, "grow": "gradient"}, "mest+grow-gradient+gamma0.5"),
+])
+def test_method_label_names_every_departure_from_the_preset(sparsity, label):
+    assert method_label(sparsity) == label

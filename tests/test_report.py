@@ -151,3 +151,14 @@ def test_percent_of_dense_is_blank_for_negative_dense_returns(tmp_path):
     runs = make_runs(tmp_path, dense_finals=[-300.0, -200.0, -250.0], sparse_finals=[-400.0, -350.0, -380.0])
     dense, sparse = table_rows(write_report([runs], tmp_path / "out", reps=REPS))
     assert dense["% of dense"] == sparse["% of dense"] == "—"
+
+
+def test_runs_differing_in_a_criterion_parameter_are_separate_rows(tmp_path):
+    runs = make_runs(tmp_path)
+    for seed, final in enumerate(SPARSE_FINALS):
+        run = make_run(runs / "ablation", "rigl", 0.1, seed, final)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["sparsity"].update(method="dst-ee", grow_kwargs={"c": 0.01})
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    results = write_report([runs], tmp_path / "out", reps=REPS).read_text()
+    assert "| dst-ee+c0.01 | 0.1 | 3 |" in results and "| rigl | 0.1 | 3 |" in results

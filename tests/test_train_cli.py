@@ -141,3 +141,13 @@ def test_param_matched_run_is_a_narrow_dense_network_reported_as_matched(tmp_pat
     assert model.policy.net_arch["qf"][0] < 64 and model.policy.net_arch["pi"][0] < 64
     results = report.write_report([tmp_path], tmp_path / "report", reps=50).read_text()
     assert "| Pendulum-v1 | sac | matched-dense | 0.2 | 1 |" in results
+
+
+def test_criterion_ablations_get_their_own_run_directories(tmp_path):
+    base = ["--env", "Pendulum-v1", "--method", "dst-ee", "--density", "0.1", "--logdir", str(tmp_path)]
+    _, plain = train.plan_run(train.parse_args(base))
+    _, ablated = train.plan_run(train.parse_args([*base, "--set", 'sparsity.grow_kwargs={"c": 0.01}']))
+    _, overridden = train.plan_run(train.parse_args([*base, "--set", "sparsity.prune=snip"]))
+    assert plain.name == "sac-dst-ee-d0.1-s0"
+    assert ablated.name == "sac-dst-ee+c0.01-d0.1-s0"
+    assert overridden.name == "sac-dst-ee+prune-snip-d0.1-s0"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -51,3 +53,18 @@ def get_method(name: str) -> MethodPreset:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def method_label(sparsity: Mapping[str, Any]) -> str:
+    """The method a ``sparsity`` settings mapping runs, with what it changes of the preset.
+
+    ``rigl``; ``rigl+prune-snip`` for a criterion override; ``dst-ee+c0.01`` for a criterion
+    parameter. Run directory names and report rows both use it, so an ablation of a criterion
+    or its parameters never shares a directory or a row with the preset.
+    """
+    parts = [str(sparsity.get("method", "rigl"))]
+    parts += [f"{kind}-{sparsity[kind]}" for kind in ("prune", "grow") if sparsity.get(kind)]
+    for kind in ("prune_kwargs", "grow_kwargs"):
+        parts += [f"{key}{value:g}" if isinstance(value, (int, float)) else f"{key}{value}"
+                  for key, value in sorted((sparsity.get(kind) or {}).items())]
+    return "+".join(parts)
