@@ -109,3 +109,17 @@ def test_rlx2_trains_through_the_cli_with_exact_counts_and_logs_the_buffer(tmp_p
         assert (layer.weight[~layer.mask] == 0).all()
     assert int(model.policy.critic_topology.num_updates) > 0
     assert scalars(run_dir, "rlx2/policy_distance") and scalars(run_dir, "rlx2/buffer_size")
+
+
+def test_rlx2_in_a_plain_sb3_script_needs_its_buffer_and_trains_with_it():
+    from sparse_rl import SparseLoggingCallback, SparseSACPolicy
+
+    policy_kwargs = dict(method="rlx2", density=0.2, net_arch=[32, 32], update_interval=50)
+    model = SAC(SparseSACPolicy, "Pendulum-v1", learning_starts=50, seed=0, policy_kwargs=policy_kwargs)
+    with pytest.raises(ValueError, match="replay_buffer_class=RLx2ReplayBuffer"):
+        model.learn(100, callback=SparseLoggingCallback())
+    model = SAC(SparseSACPolicy, "Pendulum-v1", learning_starts=50, seed=0, policy_kwargs=policy_kwargs,
+                replay_buffer_class=RLx2ReplayBuffer, replay_buffer_kwargs=dict(n_steps=3, check_interval=100))
+    model.learn(200, callback=SparseLoggingCallback())
+    assert model.replay_buffer.n_steps == 3 and model.replay_buffer.last_distance is not None
+    assert int(model.policy.critic_topology.num_updates) > 0

@@ -7,6 +7,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from sparse_rl.flops import TrainStepFlops
 from sparse_rl.sb3.flops import inference_flops, model_step_flops
 from sparse_rl.sb3.policies import SparsePolicyMixin
+from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
 
 
 class SparseLoggingCallback(BaseCallback):
@@ -46,8 +47,12 @@ class SparseLoggingCallback(BaseCallback):
         self._counted = {key: int(state[key]) for key in self._counted}
 
     def _on_training_start(self) -> None:
-        if hasattr(self.model.replay_buffer, "attach"):  # RLx2ReplayBuffer needs the model's actor
+        policy = self._policy()
+        if isinstance(self.model.replay_buffer, RLx2ReplayBuffer):  # it needs the model's actor
             self.model.replay_buffer.attach(self.model)
+        elif policy is not None and policy.sparsity.method == "rlx2":
+            raise ValueError("method 'rlx2' needs RLx2's replay buffer: pass replay_buffer_class=RLx2ReplayBuffer "
+                             "(from sparse_rl.sb3.rlx2) to the algorithm; without it the run would be plain RigL")
         self._dense_step = model_step_flops(self.model, dense=True)
         self.logger.record("flops/inference_per_action_dense", inference_flops(self.model, dense=True))
         self._update_progress()
@@ -95,7 +100,7 @@ class SparseLoggingCallback(BaseCallback):
         if self.dense_train_flops > 0:
             self.logger.record("flops/train_vs_dense", self.train_flops / self.dense_train_flops)
         buffer = self.model.replay_buffer
-        if hasattr(buffer, "attach"):
+        if isinstance(buffer, RLx2ReplayBuffer):
             self.logger.record("rlx2/buffer_size", buffer.size())
             self.logger.record("rlx2/n_steps", buffer.n_steps)
             if buffer.last_distance is not None:
