@@ -9,7 +9,10 @@ import pytest
 import yaml
 
 from sparse_rl import report, sweep
+from sparse_rl.run_config import read_yaml
 from sparse_rl.sweep import SweepError, plan_trials, trial_options
+
+SWEEP_FILES = sorted((Path(__file__).resolve().parents[1] / "configs" / "sweeps").glob("*.yaml"))
 
 TINY = {"env": "Pendulum-v1", "total_steps": 300, "eval_freq": 150, "eval_episodes": 1,
         "set": {"algo_kwargs.learning_starts": 100, "algo_kwargs.batch_size": 32}}
@@ -48,6 +51,12 @@ def test_every_trial_config_is_validated_before_running(tmp_path):
         plan_trials({"base": TINY, "grid": {"method": ["rigl", "rigll"], "density": [0.5]}}, tmp_path)
     with pytest.raises(SweepError, match="two trials write"):
         plan_trials({"base": TINY, "trials": [{"seed": 1}, {"seed": 1}]}, tmp_path)
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=[path.stem for path in SWEEP_FILES])
+def test_every_committed_sweep_plans_valid_distinct_runs(path, tmp_path):
+    trials = plan_trials(read_yaml(path), tmp_path)
+    assert trials and len({trial.run_dir for trial in trials}) == len(trials)
 
 
 def test_trials_are_train_runs_with_distinct_directories(tmp_path):
