@@ -19,6 +19,7 @@ import argparse
 import functools
 import os
 import platform
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -112,7 +113,7 @@ def main() -> None:
                         f"{100 * update_time[f'sparse {density}'] / sparse:.1f} % |")
     timed = args.rounds * args.chunk
     table = "\n".join([
-        f"Command: `python benchmarks/speed.py` ({args.env}, 1 torch thread, seed {args.seed}, {timed} timed env "
+        f"Command: `{' '.join(['python', 'benchmarks/speed.py', *sys.argv[1:]])}` ({args.env}, 1 torch thread, seed {args.seed}, {timed} timed env "
         f"steps per model after {args.learning_starts} learning-starts steps, one gradient step per env step; "
         f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__}).", "",
