@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Iterable, Sequence
@@ -215,12 +216,19 @@ def budget_text(runs: Sequence[Run]) -> str:
     return f"{', '.join(map(str, budgets))} env steps (differs between runs)"
 
 
+def runs_text(runs: Sequence[Run]) -> str:
+    """The runs' directories, named relative to their common parent (itself relative to the working directory)."""
+    paths = [run.path.resolve() for run in runs]
+    parent = Path(os.path.commonpath([path.parent for path in paths]))
+    shown = Path(os.path.relpath(parent)) if parent.is_relative_to(Path.cwd()) else parent
+    return f"{', '.join(str(path.relative_to(parent)) for path in paths)} under {shown}"
+
+
 def results_markdown(groups: dict[GroupKey, list[Run]], reps: int) -> str:
     """The ``results.md`` text: a line naming the runs and budget, then one table row per group."""
     runs = [run for group in groups.values() for run in group]
     iqms = {key: iqm_with_ci([run.final_return for run in group], reps) for key, group in groups.items()}
-    lines = [f"Runs read ({len(runs)}): {', '.join(str(run.path) for run in runs)}. "
-             f"Budget: {budget_text(runs)}.", "",
+    lines = [f"Runs read ({len(runs)}): {runs_text(runs)}. Budget: {budget_text(runs)}.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for key, group in groups.items():
         env, algo, method, density = key

@@ -106,7 +106,9 @@ def test_header_line_names_runs_and_budget(report):
     runs, results = report
     first = results.read_text().splitlines()[0]
     assert f"{STEPS} env steps per run" in first
-    assert all(str(config.parent) in first for config in runs.rglob("config.yaml"))
+    run_dirs = [config.parent for config in runs.rglob("config.yaml")]
+    assert f"Runs read ({len(run_dirs)}): " in first and f" under {runs / ENV / ALGO}." in first
+    assert all(str(run_dir.relative_to(runs / ENV / ALGO)) in first for run_dir in run_dirs)
 
 
 def test_plots_are_written(report):
