@@ -10,14 +10,20 @@ CPUs this project was measured on, ``sqrt`` of a tensor containing exact zeros i
 slower than of one without, and a sparse network's Adam ``exp_avg_sq`` is exactly zero at every
 masked position, so foreach Adam pays that; fused Adam does not (see docs/architecture.md).
 
+Prints a table and writes it to ``results/core_overhead.md``.
+
     python benchmarks/core_overhead.py [--density 0.1] [--repeats 2000]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,6 +35,7 @@ from sparse_rl.topology import TopologyController, init_masks, sparse_layers
 
 SHAPE = (17, 256, 256, 6)
 BATCH = 256
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "core_overhead.md"
 
 
 def mlp(linear: type[nn.Linear]) -> nn.Sequential:
@@ -56,14 +63,13 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=0.1)
     parser.add_argument("--repeats", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of dense and sparse timing")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     x = torch.randn(BATCH, SHAPE[0])
 
-    print(f"network {SHAPE}, batch {BATCH}, density {args.density} (ERK), 1 thread, medians of "
-          f"{args.repeats} steps each, dense and sparse alternating in {args.rounds} rounds")
-    print(f"{'Adam':8} {'dense ms':>9} {'sparse ms':>10} {'ratio':>6} {'update ms':>10} {'update/step':>12}")
+    rows = []
     for adam_kwargs in ({"foreach": True}, {"fused": True}):
         dense = mlp(nn.Linear)
         dense_opt = torch.optim.Adam(dense.parameters(), lr=3e-4, **adam_kwargs)
@@ -88,10 +94,19 @@ def main() -> None:
 
         dense_step, sparse_step = statistics.median(dense_times), statistics.median(sparse_times)
         update = statistics.median(timed(rigl_update, 50))
-        print(f"{next(iter(adam_kwargs)):8} {dense_step * 1e3:9.3f} {sparse_step * 1e3:10.3f} "
-              f"{sparse_step / dense_step:6.3f} {update * 1e3:10.3f} {update / dense_step:12.2f}")
-    print("ratio = masked SparseLinear step / plain nn.Linear step (target <= 1.05); "
-          "update = forward + backward + one RigL update (target < 20 steps)")
+        rows.append(f"| {next(iter(adam_kwargs))} | {dense_step * 1e3:.3f} | {sparse_step * 1e3:.3f} | "
+                    f"{sparse_step / dense_step:.3f} | {update * 1e3:.3f} | {update / dense_step:.2f} |")
+    table = "\n".join([
+        f"Command: `{' '.join(['python', 'benchmarks/core_overhead.py', *sys.argv[1:]])}` (MLP {SHAPE}, batch "
+        f"{BATCH}, density {args.density} ERK, 1 torch thread, medians of {args.repeats} steps each, dense and "
+        f"sparse alternating in {args.rounds} rounds; machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"torch {torch.__version__}). Ratio = masked `SparseLinear` step ÷ plain `nn.Linear` step; update = "
+        "forward + backward + one RigL topology update.", "",
+        "| Adam | dense ms/step | masked ms/step | ratio | update ms | update in dense steps |",
+        "|---|---|---|---|---|---|", *rows])
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table + "\n")
 
 
 if __name__ == "__main__":
