@@ -11,8 +11,8 @@ every run under ``runs/``. Runs are grouped by (env, algo, method, density) acro
 
 * ``results.md``: one row per group with the IQM of the final evaluation return and its 95 %
   stratified-bootstrap CI (rliable), the IQM as a percentage of the dense group's (same env
-  and algo, density 1.0), and the parameter, inference-FLOP and training-FLOP ratios to dense
-  (from ``summary.json``; training FLOPs fall back to the TensorBoard scalar
+  and algo, density 1.0; blank when the dense IQM is not positive) and as a difference from
+  it, and the parameter, inference-FLOP and training-FLOP ratios to dense (from ``summary.json``; training FLOPs fall back to the TensorBoard scalar
   ``flops/train_cumulative`` for a run that has no summary yet);
 * ``<env>_<algo>_return_vs_steps.png`` and ``<env>_<algo>_return_vs_flops.png``: the mean
   evaluation return across seeds (shaded min–max) against env steps and against cumulative
@@ -47,7 +47,7 @@ PROG = "sparse_rl.report"
 CONFIG_KEYS = ("env", "algo", "seed", "total_steps")
 TRAIN_FLOPS_TAG = "flops/train_cumulative"
 MISSING = "—"
-COLUMNS = ("env", "algo", "method", "density", "seeds", "final return IQM [95% CI]", "% of dense",
+COLUMNS = ("env", "algo", "method", "density", "seeds", "final return IQM [95% CI]", "% of dense", "IQM − dense IQM",
            "params vs dense", "inference FLOPs vs dense", "training FLOPs vs dense")
 
 GroupKey = tuple[str, str, str, float]
@@ -238,6 +238,7 @@ def results_markdown(groups: dict[GroupKey, list[Run]], reps: int) -> str:
         dense_iqm = iqms[dense][0] if dense is not None else None
         cells = (env, algo, method, str(density), str(len(group)), f"{iqm:.1f} [{low:.1f}, {high:.1f}]",
                  f"{100 * iqm / dense_iqm:.1f}" if dense_iqm is not None and dense_iqm > 0 else MISSING,
+                 f"{iqm - dense_iqm:+.1f}" if dense_iqm is not None else MISSING,
                  mean_ratio(summary_ratio(run, "params", dense_runs) for run in group),
                  mean_ratio(summary_ratio(run, "inference_flops", dense_runs) for run in group),
                  mean_ratio(train_flops_ratio(run, dense_runs) for run in group))

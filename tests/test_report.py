@@ -92,7 +92,8 @@ def test_iqm_and_ci_follow_rliable(report):
             ",", "").replace("]", "").split())
         assert iqm == pytest.approx(trim_mean(finals, 0.25), abs=0.05)
         assert min(finals) <= low <= iqm <= high <= max(finals)
-    assert dense["% of dense"] == "100.0"
+    assert dense["% of dense"] == "100.0" and dense["IQM − dense IQM"] == "+0.0"
+    assert sparse["IQM − dense IQM"] == f"{trim_mean(SPARSE_FINALS, 0.25) - trim_mean(DENSE_FINALS, 0.25):+.1f}"
     assert sparse["% of dense"] == f"{100 * trim_mean(SPARSE_FINALS, 0.25) / trim_mean(DENSE_FINALS, 0.25):.1f}"
 
 
@@ -153,6 +154,7 @@ def test_percent_of_dense_is_blank_for_negative_dense_returns(tmp_path):
     runs = make_runs(tmp_path, dense_finals=[-300.0, -200.0, -250.0], sparse_finals=[-400.0, -350.0, -380.0])
     dense, sparse = table_rows(write_report([runs], tmp_path / "out", reps=REPS))
     assert dense["% of dense"] == sparse["% of dense"] == "—"
+    assert sparse["IQM − dense IQM"] == f"{trim_mean([-400.0, -350.0, -380.0], 0.25) - trim_mean([-300.0, -200.0, -250.0], 0.25):+.1f}"
 
 
 def test_runs_differing_in_a_criterion_parameter_are_separate_rows(tmp_path):
