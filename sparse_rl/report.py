@@ -12,7 +12,8 @@ every run under ``runs/``. Runs are grouped by (env, algo, method, density) acro
 * ``results.md``: one row per group with the IQM of the final evaluation return and its 95 %
   stratified-bootstrap CI (rliable), the IQM as a percentage of the dense group's (same env
   and algo, density 1.0; blank when the dense IQM is not positive) and as a difference from
-  it, and the parameter, inference-FLOP and training-FLOP ratios to dense (from ``summary.json``; training FLOPs fall back to the TensorBoard scalar
+  it, and the parameter, inference-FLOP and training-FLOP ratios to dense (from
+  ``summary.json``; training FLOPs fall back to the TensorBoard scalar
   ``flops/train_cumulative`` for a run that has no summary yet);
 * ``<env>_<algo>_return_vs_steps.png`` and ``<env>_<algo>_return_vs_flops.png``: the mean
   evaluation return across seeds (shaded min–max) against env steps and against cumulative
