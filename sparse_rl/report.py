@@ -48,8 +48,8 @@ PROG = "sparse_rl.report"
 CONFIG_KEYS = ("env", "algo", "seed", "total_steps")
 TRAIN_FLOPS_TAG = "flops/train_cumulative"
 MISSING = "—"
-COLUMNS = ("env", "algo", "method", "density", "seeds", "final return IQM [95% CI]", "% of dense", "IQM − dense IQM",
-           "params vs dense", "inference FLOPs vs dense", "training FLOPs vs dense")
+COLUMNS = ("env", "algo", "method", "density", "seeds", "final return IQM [95% CI]", "% of dense",
+           "IQM − dense IQM", "params vs dense", "inference FLOPs vs dense", "training FLOPs vs dense")
 
 GroupKey = tuple[str, str, str, float]
 """(env, algo, method, density)."""
