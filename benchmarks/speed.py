@@ -112,8 +112,9 @@ def main() -> None:
                         f"{sparse / per_step['mlp']:.3f} | {matched * 1e3:.2f} | {sparse / matched:.3f} | "
                         f"{100 * update_time[f'sparse {density}'] / sparse:.1f} % |")
     timed = args.rounds * args.chunk
+    command = " ".join(["python", "benchmarks/speed.py", *sys.argv[1:]])
     table = "\n".join([
-        f"Command: `{' '.join(['python', 'benchmarks/speed.py', *sys.argv[1:]])}` ({args.env}, 1 torch thread, seed {args.seed}, {timed} timed env "
+        f"Command: `{command}` ({args.env}, 1 torch thread, seed {args.seed}, {timed} timed env "
         f"steps per model after {args.learning_starts} learning-starts steps, one gradient step per env step; "
         f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__}).", "",

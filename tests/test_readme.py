@@ -20,6 +20,7 @@ def test_readme_quotes_the_committed_results_verbatim():
 def test_a_block_is_replaced_by_its_file_and_a_missing_file_is_an_error(tmp_path):
     (tmp_path / "r.md").write_text("| a | 1 |\n")
     readme = "x\n<!-- BEGIN r.md -->\nold\n<!-- END r.md -->\ny\n"
-    assert readme_results.quoted_readme(readme, tmp_path) == "x\n<!-- BEGIN r.md -->\n\n| a | 1 |\n\n<!-- END r.md -->\ny\n"
+    expected = "x\n<!-- BEGIN r.md -->\n\n| a | 1 |\n\n<!-- END r.md -->\ny\n"
+    assert readme_results.quoted_readme(readme, tmp_path) == expected
     with pytest.raises(SystemExit, match="missing.md"):
         readme_results.quoted_readme("<!-- BEGIN missing.md -->\n<!-- END missing.md -->", tmp_path)

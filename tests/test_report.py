@@ -151,10 +151,11 @@ def test_training_flops_fall_back_to_tensorboard_without_summary(tmp_path):
 
 
 def test_percent_of_dense_is_blank_for_negative_dense_returns(tmp_path):
-    runs = make_runs(tmp_path, dense_finals=[-300.0, -200.0, -250.0], sparse_finals=[-400.0, -350.0, -380.0])
+    dense_finals, sparse_finals = [-300.0, -200.0, -250.0], [-400.0, -350.0, -380.0]
+    runs = make_runs(tmp_path, dense_finals=dense_finals, sparse_finals=sparse_finals)
     dense, sparse = table_rows(write_report([runs], tmp_path / "out", reps=REPS))
     assert dense["% of dense"] == sparse["% of dense"] == "—"
-    assert sparse["IQM − dense IQM"] == f"{trim_mean([-400.0, -350.0, -380.0], 0.25) - trim_mean([-300.0, -200.0, -250.0], 0.25):+.1f}"
+    assert sparse["IQM − dense IQM"] == f"{trim_mean(sparse_finals, 0.25) - trim_mean(dense_finals, 0.25):+.1f}"
 
 
 def test_runs_differing_in_a_criterion_parameter_are_separate_rows(tmp_path):
