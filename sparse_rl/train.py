@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import platform
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -139,10 +141,16 @@ def rlx2_buffer_kwargs(config: dict[str, Any]) -> dict[str, Any]:
 class CheckpointCallback(BaseCallback):
     """Saves model, replay buffer and FLOP counters to ``run_dir/checkpoint`` every ``every`` steps."""
 
-    def __init__(self, run_dir: Path, every: int, flops: SparseLoggingCallback) -> None:
+    def __init__(self, run_dir: Path, every: int, flops: SparseLoggingCallback, wall_clock_s: float = 0.0) -> None:
         super().__init__()
         self.run_dir, self.every, self.flops = run_dir, every, flops
         self._last = 0
+        self._wall_before, self._started = wall_clock_s, time.perf_counter()
+
+    @property
+    def wall_clock_s(self) -> float:
+        """Seconds this run has spent training, summed over its processes (resumes included)."""
+        return self._wall_before + time.perf_counter() - self._started
 
     def _on_step(self) -> bool:
         if self.every and self.num_timesteps - self._last >= self.every:
@@ -156,7 +164,7 @@ class CheckpointCallback(BaseCallback):
         fresh.mkdir()
         self.model.save(fresh / "model.zip")
         self.model.save_replay_buffer(fresh / "replay_buffer.pkl")
-        (fresh / "state.json").write_text(json.dumps(self.flops.flops_state()))
+        (fresh / "state.json").write_text(json.dumps({**self.flops.flops_state(), "wall_clock_s": self.wall_clock_s}))
         shutil.rmtree(final, ignore_errors=True)
         fresh.rename(final)
         self._last = self.num_timesteps
@@ -175,6 +183,12 @@ def load_checkpoint(run_dir: Path, config: dict[str, Any], flops: SparseLoggingC
     return model
 
 
+def checkpoint_wall_clock(run_dir: Path) -> float:
+    """Training seconds a checkpoint records (0 for a new run or an old checkpoint)."""
+    state = run_dir / CHECKPOINT / "state.json"
+    return float(json.loads(state.read_text()).get("wall_clock_s", 0.0)) if state.is_file() else 0.0
+
+
 def make_eval_callback(config: dict[str, Any], run_dir: Path) -> EvalCallback:
     n_envs = config.get("n_envs", 1)
     eval_env = make_vec_env(config["env"], n_envs=1, seed=config["seed"] + 10_000)
@@ -190,7 +204,18 @@ def make_eval_callback(config: dict[str, Any], run_dir: Path) -> EvalCallback:
     return callback
 
 
-def summarize(model: BaseAlgorithm, flops: SparseLoggingCallback, evaluation: EvalCallback) -> dict[str, Any]:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def summarize(model: BaseAlgorithm, flops: SparseLoggingCallback, evaluation: EvalCallback,
+              wall_clock_s: float) -> dict[str, Any]:
     linears = [m for net in (model.policy.actor, model.policy.critic) for m in net.modules()
                if isinstance(m, torch.nn.Linear)]
     params = sum(active_weights(layer) for layer in linears)
@@ -202,6 +227,8 @@ def summarize(model: BaseAlgorithm, flops: SparseLoggingCallback, evaluation: Ev
         "params": params, "dense_params": dense_params,
         "inference_flops": inference_flops(model), "dense_inference_flops": inference_flops(model, dense=True),
         "train_flops": flops.train_flops, "dense_train_flops": flops.dense_train_flops,
+        "wall_clock_s": wall_clock_s, "wall_clock_s_per_1k_steps": 1000 * wall_clock_s / max(1, model.num_timesteps),
+        "cpu": cpu_model(), "threads": torch.get_num_threads(),
     }
 
 
@@ -252,7 +279,7 @@ def train(args: argparse.Namespace) -> Path:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     evaluation = make_eval_callback(config, run_dir)
     evaluation.n_calls = model.num_timesteps // config.get("n_envs", 1)  # keep the evaluation grid on resume
-    checkpoint = CheckpointCallback(run_dir, config.get("checkpoint_freq", 50_000), flops)
+    checkpoint = CheckpointCallback(run_dir, config.get("checkpoint_freq", 50_000), flops, checkpoint_wall_clock(run_dir))
     remaining = config["total_steps"] - model.num_timesteps
     try:
         model.learn(max(0, remaining), callback=CallbackList([flops, evaluation, checkpoint]), tb_log_name="tb",
@@ -264,7 +291,7 @@ def train(args: argparse.Namespace) -> Path:
         raise SystemExit(130) from None
     checkpoint.save()
     model.save(run_dir / "model.zip")
-    summary = summarize(model, flops, evaluation)
+    summary = summarize(model, flops, evaluation, checkpoint.wall_clock_s)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary, run_dir)
     return run_dir
