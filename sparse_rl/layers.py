@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from sparse_rl.backends import BACKENDS, CsrStructure, auto_backend, sparse_linear
 
 LinearT = TypeVar("LinearT", bound=nn.Linear)
 
@@ -23,15 +25,28 @@ def copy_linear(cls: type[LinearT], linear: nn.Linear) -> LinearT:
 class SparseLinear(nn.Linear):
     """An ``nn.Linear`` with a boolean ``mask`` buffer shaped like its weight.
 
-    Invariant: ``weight[~mask] == 0`` exactly. The forward pass is the plain dense
-    ``F.linear`` (masked weights are zero), so ``weight.grad`` after ``backward()`` is the
-    *dense* gradient that gradient-based growth needs. Call :meth:`mask_grad` before the
-    optimizer step and :meth:`apply_mask` after it to keep the invariant; the topology
-    controllers in :mod:`sparse_rl.topology` do both from optimizer hooks. Biases stay dense.
+    Invariant: ``weight[~mask] == 0`` exactly. Call :meth:`mask_grad` before the optimizer step
+    and :meth:`apply_mask` after it to keep the invariant. The controllers do both from optimizer
+    hooks. Biases stay dense.
+
+    How the layer computes is its ``backend`` (:mod:`sparse_rl.backends`):
+
+    * ``"masked"`` runs the dense ``F.linear``, and ``weight.grad`` is the dense gradient;
+    * ``"sparse"`` multiplies active weights only, and ``weight.grad`` is the gradient at the
+      active positions, zero elsewhere. When ``dense_grad_needed`` is set, it is the dense gradient.
+      Batches of fewer than :data:`~sparse_rl.backends.SMALL_BATCH` rows run ``F.linear``, with the
+      dense gradient;
+    * ``"auto"`` (the default) resolves to one of the two from the layer's shape, density and device.
+
+    ``dense_grad_needed`` (default ``True``, so a lone layer behaves like ``nn.Linear``) is set by the
+    controller after each optimizer step. It says whether the *next* backward pass must produce the
+    dense weight gradient that gradient-based growth scores with.
     """
 
     mask: torch.Tensor
     mask_values: torch.Tensor
+    backend: str
+    dense_grad_needed: bool
 
     def __init__(
         self,
@@ -46,6 +61,11 @@ class SparseLinear(nn.Linear):
         # The mask in the weight's dtype: multiplying by it is ~7x faster than by a bool tensor.
         # Derived from ``mask``, so not saved; refreshed by set_mask and after loading a state dict.
         self.register_buffer("mask_values", torch.ones_like(self.weight), persistent=False)
+        self.backend = "auto"
+        self.dense_grad_needed = True
+        self._mask_version = 0
+        self._structure: tuple[tuple[Any, ...], CsrStructure] | None = None
+        self._resolved: tuple[tuple[Any, ...], str] | None = None
 
     @classmethod
     def from_dense(cls, linear: nn.Linear) -> SparseLinear:
@@ -73,6 +93,43 @@ class SparseLinear(nn.Linear):
 
     def _refresh_mask_values(self) -> None:
         self.mask_values = self.mask.to(self.weight.dtype)
+        self._mask_version += 1
+
+    def set_backend(self, backend: str) -> None:
+        """Compute with ``"masked"``, ``"sparse"`` or ``"auto"`` kernels (see the class docstring)."""
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+        self.backend = backend
+
+    def _cache_key(self) -> tuple[Any, ...]:
+        return self._mask_version, self.weight.device, self.weight.dtype
+
+    @property
+    def resolved_backend(self) -> str:
+        """The backend this layer computes with now: ``"masked"`` or ``"sparse"``."""
+        if self.backend != "auto":
+            return self.backend
+        key = self._cache_key()
+        if self._resolved is None or self._resolved[0] != key:
+            self._resolved = key, auto_backend(self.in_features, self.out_features, self.density, self.weight.device)
+        return self._resolved[1]
+
+    def csr_structure(self) -> CsrStructure:
+        """The mask's CSR structure, rebuilt only when the mask (or the device or dtype) changed."""
+        key = self._cache_key()
+        if self._structure is None or self._structure[0] != key:
+            self._structure = key, CsrStructure.from_mask(self.mask, self._mask_version, self.weight.dtype)
+        return self._structure[1]
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.resolved_backend == "masked":
+            return F.linear(input, self.weight, self.bias)
+        return sparse_linear(input, self.weight, self.bias, self.csr_structure(), self.dense_grad_needed)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_structure"] = state["_resolved"] = None  # derived from the mask; rebuilt on use
+        return state
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -90,7 +147,16 @@ class SparseLinear(nn.Linear):
             self.weight.grad.mul_(self.mask_values)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, density={self.density:.3f}"
+        return f"{super().extra_repr()}, density={self.density:.3f}, backend={self.backend}"
+
+
+def set_backend(module: nn.Module, backend: str) -> int:
+    """Set the backend (``"auto"``, ``"masked"`` or ``"sparse"``) of every ``SparseLinear`` in
+    ``module``; returns how many layers were set."""
+    layers = [m for m in module.modules() if isinstance(m, SparseLinear)]
+    for layer in layers:
+        layer.set_backend(backend)
+    return len(layers)
 
 
 def random_mask(shape: tuple[int, ...], count: int, generator: torch.Generator | None = None,

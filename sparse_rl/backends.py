@@ -1,0 +1,175 @@
+"""Execution backends of :class:`~sparse_rl.layers.SparseLinear`: how a masked layer computes.
+
+* ``masked``: the dense ``F.linear`` on a weight whose masked entries are zero. Every weight is
+  multiplied, and the weight gradient is dense.
+* ``sparse``: only the active weights are multiplied. The forward pass is ``W x`` with ``W`` in
+  CSR, the input gradient is ``Wᵀ dy`` with ``Wᵀ`` in CSR, and the weight gradient is the
+  sampled dense-dense product ``(dyᵀ x) ⊙ mask`` at the active positions only. That gradient is
+  scattered into a dense ``.grad`` that is zero elsewhere. When the layer's ``dense_grad_needed`` is
+  set, the weight gradient is computed dense instead (one dense product), because
+  gradient-based growth scores with it. The dense ``weight`` parameter stays, so optimizers,
+  state dicts, target networks and the masking invariants do not change.
+* ``auto``: picks one of the two per layer with :func:`auto_backend`, a fixed rule taken from
+  ``benchmarks/sparse_speed.py``. The rule depends only on the layer's shape, density and device,
+  and no timing happens during a run.
+
+The kernels are PyTorch's own CSR kernels: ``torch.sparse.addmm``/``mm`` (MKL on x86 CPUs) and
+``torch.sparse.sampled_addmm``. They need nothing beyond ``torch``, and
+``docs/architecture.md`` gives the measurements that chose them. The CSR structure, meaning the
+row pointers, the column indices and the positions of the active weights in ``W`` and in ``Wᵀ``,
+is cached by the layer. It is rebuilt only when the mask changes. Each call gathers only the
+values.
+
+The sparse path passes activations feature-major: a layer returns ``(W xᵀ)ᵀ``, a transposed view
+of a contiguous ``(out, batch)`` array. Element-wise activations keep that layout, so the next
+layer's ``xᵀ`` is contiguous and no copy is made between sparse layers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "masked", "sparse")
+"""The values a ``SparseLinear``'s ``backend`` accepts."""
+
+SMALL_BATCH = 4
+"""Below this many rows, the sparse backend runs dense kernels on the masked weight. At batch 1,
+for example one action from ``predict``, a CSR call costs more than the dense product it replaces."""
+
+AUTO_MIN_WEIGHTS = 16384
+"""``auto`` keeps layers with fewer weights (in × out) than this on ``masked``. Examples are the
+input layer of a MuJoCo network (17 × 256) and the output layers: their dense product is a few
+microseconds, and CSR's constant overhead does not pay back."""
+
+AUTO_MAX_DENSITY = 0.25
+"""``auto`` uses ``sparse`` for a layer at this density or below (fwd + bwd + Adam, batch 256,
+``results/sparse_speed.md``)."""
+
+@dataclass(frozen=True)
+class CsrStructure:
+    """The sparsity pattern of one mask, in the formats the kernels read.
+
+    :param version: the layer's mask version this structure was built from.
+    :param crow: CSR row pointers of ``W`` (``out + 1``).
+    :param col: CSR column indices of ``W`` (``nnz``).
+    :param index: flat positions in ``W`` of the CSR values, row-major.
+    :param crow_t: CSR row pointers of ``Wᵀ`` (``in + 1``).
+    :param col_t: CSR column indices of ``Wᵀ``.
+    :param index_t: flat positions in ``W`` of ``Wᵀ``'s CSR values (column-major order of ``W``).
+    :param pattern: a CSR tensor with ``W``'s pattern (values 0), the output pattern of the
+        sampled product.
+    """
+
+    version: int
+    shape: tuple[int, int]
+    crow: torch.Tensor
+    col: torch.Tensor
+    index: torch.Tensor
+    crow_t: torch.Tensor
+    col_t: torch.Tensor
+    index_t: torch.Tensor
+    pattern: torch.Tensor
+
+    @classmethod
+    @torch.no_grad()
+    def from_mask(cls, mask: torch.Tensor, version: int = 0, dtype: torch.dtype = torch.float32) -> CsrStructure:
+        """The structure of a boolean ``(out, in)`` mask."""
+        out_features, in_features = mask.shape
+        index = mask.flatten().nonzero().squeeze(1)
+        rows, col = index // in_features, index % in_features
+        crow, col = _row_pointers(rows, out_features), col.to(torch.int32)  # MKL's index type: no conversion per call
+        index_t = mask.t().flatten().nonzero().squeeze(1)  # flat positions in Wᵀ: c * out + r
+        rows_t, col_t = index_t // out_features, index_t % out_features
+        index_t = col_t * in_features + rows_t  # the same weights' positions in W
+        with warnings.catch_warnings():  # torch warns once per process that CSR support is in beta
+            warnings.simplefilter("ignore", UserWarning)
+            pattern = torch.sparse_csr_tensor(crow, col, torch.zeros(index.numel(), dtype=dtype, device=mask.device),
+                                              (out_features, in_features), check_invariants=False)
+        return cls(version, (out_features, in_features), crow, col, index,
+                   _row_pointers(rows_t, in_features), col_t.to(torch.int32), index_t, pattern)
+
+    def weight_csr(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight``'s active values as a CSR ``(out, in)`` tensor."""
+        return torch.sparse_csr_tensor(self.crow, self.col, weight.reshape(-1).index_select(0, self.index),
+                                       self.shape, check_invariants=False)
+
+    def weight_t_csr(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weightᵀ``'s active values as a CSR ``(in, out)`` tensor."""
+        return torch.sparse_csr_tensor(self.crow_t, self.col_t, weight.reshape(-1).index_select(0, self.index_t),
+                                       self.shape[::-1], check_invariants=False)
+
+
+def _row_pointers(rows: torch.Tensor, num_rows: int) -> torch.Tensor:
+    crow = torch.zeros(num_rows + 1, dtype=torch.int32, device=rows.device)
+    crow[1:] = torch.bincount(rows, minlength=num_rows).cumsum(0)
+    return crow
+
+
+def auto_backend(in_features: int, out_features: int, density: float, device: torch.device) -> str:
+    """The backend ``auto`` resolves to for a layer. The rule is fixed, measured once on a CPU
+    (``benchmarks/sparse_speed.py``), and does not depend on the batch size.
+
+    CUDA and every other non-CPU device use ``masked``, because dense GEMM on a GPU beats
+    cuSPARSE at the densities of DST. On a CPU, a layer with at least :data:`AUTO_MIN_WEIGHTS`
+    weights at density :data:`AUTO_MAX_DENSITY` or below uses ``sparse``.
+    """
+    if device.type != "cpu":
+        return "masked"
+    if in_features * out_features >= AUTO_MIN_WEIGHTS and density <= AUTO_MAX_DENSITY:
+        return "sparse"
+    return "masked"
+
+
+class _SparseLinearFunction(torch.autograd.Function):
+    """``y = x Wᵀ + b`` computed with the active weights of ``W`` only (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # type: ignore[override]
+                structure: CsrStructure, dense_grad: bool) -> torch.Tensor:
+        x_t = x.t().contiguous()  # (in, batch); a no-op for feature-major input
+        w = structure.weight_csr(weight)
+        y_t = torch.sparse.mm(w, x_t) if bias is None else torch.addmm(bias.unsqueeze(1), w, x_t)
+        ctx.save_for_backward(x_t, weight)
+        ctx.structure, ctx.dense_grad, ctx.has_bias = structure, dense_grad, bias is not None
+        return y_t.t()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+        x_t, weight = ctx.saved_tensors
+        structure: CsrStructure = ctx.structure
+        dy_t = grad_output.t().contiguous()  # (out, batch)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:  # beta=0: the uninitialised output is never read
+            grad_x = torch.addmm(dy_t.new_empty(structure.shape[1], dy_t.shape[1]), structure.weight_t_csr(weight),
+                                 dy_t, beta=0.0).t()
+        if ctx.needs_input_grad[1]:
+            if ctx.dense_grad:
+                grad_w = dy_t @ x_t.t()
+            else:
+                values = torch.sparse.sampled_addmm(structure.pattern, dy_t, x_t.t(), beta=0.0).values()
+                grad_w = torch.zeros(weight.numel(), dtype=weight.dtype, device=weight.device)
+                grad_w = grad_w.index_copy_(0, structure.index, values).view_as(weight)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = dy_t.sum(1)
+        return grad_x, grad_w, grad_b, None, None
+
+
+def sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, structure: CsrStructure,
+                  dense_grad: bool = False) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for a weight that is zero outside ``structure``, computed on
+    the active weights only.
+
+    The weight gradient is zero outside the pattern unless ``dense_grad`` asks for the dense one.
+    With fewer than :data:`SMALL_BATCH` rows, ``F.linear`` itself runs. Its weight gradient is the
+    dense one, which is correct at every active position, and the controller masks the rest.
+    """
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[0] < SMALL_BATCH:
+        return F.linear(x, weight, bias)
+    y = _SparseLinearFunction.apply(x2, weight, bias, structure, dense_grad)
+    return y if x.dim() == 2 else y.reshape(*lead, weight.shape[0])

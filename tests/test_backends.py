@@ -1,0 +1,164 @@
+"""The ``sparse`` execution backend computes what ``masked`` computes, with the active weights only."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparse_rl.backends import AUTO_MAX_DENSITY, AUTO_MIN_WEIGHTS, SMALL_BATCH, CsrStructure, auto_backend
+from sparse_rl.layers import SparseLinear, random_mask, set_backend
+
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def layer_pair(in_features: int, out_features: int, count: int, seed: int, bias: bool = True,
+               dtype: torch.dtype = torch.float32) -> tuple[SparseLinear, SparseLinear]:
+    """Two layers with the same weights and mask, on ``masked`` and on ``sparse``."""
+    torch.manual_seed(seed)
+    masked = SparseLinear(in_features, out_features, bias=bias, dtype=dtype)
+    masked.set_mask(random_mask((out_features, in_features), count, torch.Generator().manual_seed(seed)))
+    masked.set_backend("masked")
+    sparse = copy.deepcopy(masked)
+    sparse.set_backend("sparse")
+    return masked, sparse
+
+
+def run(layer: SparseLinear, x: torch.Tensor, upstream: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output and input gradient of ``layer`` on ``x`` for the upstream gradient ``upstream``."""
+    x = x.detach().clone().requires_grad_(True)
+    y = layer(x)
+    y.backward(upstream)
+    return y.detach(), x.grad
+
+
+shapes = dict(in_features=st.integers(1, 70), out_features=st.integers(1, 70), batch=st.integers(1, 40),
+              fraction=st.floats(0, 1), seed=st.integers(0, 2**16), feature_major=st.booleans(),
+              bias=st.booleans())
+
+
+@settings(max_examples=60, deadline=None)
+@given(**shapes)
+def test_sparse_equals_masked_at_active_positions(in_features, out_features, batch, fraction, seed, feature_major,
+                                                  bias):
+    count = round(fraction * in_features * out_features)
+    masked, sparse = layer_pair(in_features, out_features, count, seed, bias)
+    sparse.dense_grad_needed = False
+    generator = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(batch, in_features, generator=generator)
+    upstream = torch.randn(batch, out_features, generator=generator)
+    if feature_major:  # the layout the sparse backend's own outputs have
+        x, upstream = x.t().contiguous().t(), upstream.t().contiguous().t()
+    y_masked, dx_masked = run(masked, x, upstream)
+    y_sparse, dx_sparse = run(sparse, x, upstream)
+    torch.testing.assert_close(y_sparse, y_masked, **TOL)
+    torch.testing.assert_close(dx_sparse, dx_masked, **TOL)
+    mask = masked.mask
+    torch.testing.assert_close(sparse.weight.grad[mask], masked.weight.grad[mask], **TOL)
+    if batch >= SMALL_BATCH:
+        assert (sparse.weight.grad[~mask] == 0).all(), "the sparse weight gradient is zero at masked positions"
+    if bias:
+        torch.testing.assert_close(sparse.bias.grad, masked.bias.grad, **TOL)
+
+
+@settings(max_examples=30, deadline=None)
+@given(**shapes)
+def test_dense_grad_needed_gives_the_masked_backends_dense_gradient(in_features, out_features, batch, fraction, seed,
+                                                                    feature_major, bias):
+    masked, sparse = layer_pair(in_features, out_features, round(fraction * in_features * out_features), seed, bias)
+    assert sparse.dense_grad_needed, "a layer outside a controller behaves like nn.Linear"
+    generator = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(batch, in_features, generator=generator)
+    upstream = torch.randn(batch, out_features, generator=generator)
+    if feature_major:
+        x, upstream = x.t().contiguous().t(), upstream.t().contiguous().t()
+    run(masked, x, upstream)
+    run(sparse, x, upstream)
+    torch.testing.assert_close(sparse.weight.grad, masked.weight.grad, **TOL)
+
+
+def test_inputs_with_more_dimensions_and_without_gradients():
+    masked, sparse = layer_pair(12, 9, 30, seed=3)
+    x = torch.randn(2, 5, 7, 12)
+    torch.testing.assert_close(sparse(x), masked(x), **TOL)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x[0]), masked(x[0]), **TOL)
+        torch.testing.assert_close(sparse(x[0, 0, 0]), masked(x[0, 0, 0]), **TOL)  # one sample, no batch dim
+
+
+def test_float64_and_no_bias():
+    masked, sparse = layer_pair(16, 8, 40, seed=4, bias=False, dtype=torch.float64)
+    sparse.dense_grad_needed = False
+    x, upstream = torch.randn(10, 16, dtype=torch.float64), torch.randn(10, 8, dtype=torch.float64)
+    y_masked, dx_masked = run(masked, x, upstream)
+    y_sparse, dx_sparse = run(sparse, x, upstream)
+    torch.testing.assert_close(y_sparse, y_masked)
+    torch.testing.assert_close(dx_sparse, dx_masked)
+    torch.testing.assert_close(sparse.weight.grad, masked.weight.grad * masked.mask)
+
+
+def test_structure_is_cached_and_rebuilt_after_set_mask():
+    masked, sparse = layer_pair(20, 10, 50, seed=5)
+    x = torch.randn(8, 20)
+    sparse(x)
+    structure = sparse.csr_structure()
+    sparse(x)
+    assert sparse.csr_structure() is structure, "the structure is kept while the mask stays"
+    new_mask = random_mask((10, 20), 50, torch.Generator().manual_seed(99))
+    for layer in (masked, sparse):
+        layer.set_mask(new_mask)
+    assert sparse.csr_structure() is not structure
+    assert sparse.csr_structure().index.numel() == 50
+    torch.testing.assert_close(sparse(x), masked(x), **TOL)
+
+
+def test_structure_is_rebuilt_after_load_state_dict():
+    masked, sparse = layer_pair(20, 10, 50, seed=6)
+    x = torch.randn(8, 20)
+    sparse(x)
+    structure = sparse.csr_structure()
+    other, _ = layer_pair(20, 10, 120, seed=7)
+    sparse.load_state_dict(other.state_dict())
+    assert sparse.csr_structure() is not structure
+    torch.testing.assert_close(sparse(x), other(x), **TOL)
+
+
+def test_structure_matches_the_mask():
+    mask = random_mask((7, 5), 13, torch.Generator().manual_seed(8))
+    weight = torch.randn(7, 5) * mask
+    structure = CsrStructure.from_mask(mask)
+    torch.testing.assert_close(structure.weight_csr(weight).to_dense(), weight)
+    torch.testing.assert_close(structure.weight_t_csr(weight).to_dense(), weight.t())
+
+
+def test_copies_compute_the_same_and_drop_the_cache():
+    masked, sparse = layer_pair(30, 20, 60, seed=9)
+    x = torch.randn(6, 30)
+    expected = sparse(x)
+    for clone in (copy.deepcopy(sparse), pickle.loads(pickle.dumps(sparse))):
+        assert clone._structure is None and clone.backend == "sparse"
+        torch.testing.assert_close(clone(x), expected)
+
+
+def test_auto_rule():
+    cpu = torch.device("cpu")
+    assert auto_backend(256, 256, 0.05, cpu) == "sparse"
+    assert auto_backend(256, 256, 1.0, cpu) == "masked"
+    assert auto_backend(256, 256, AUTO_MAX_DENSITY, cpu) == "sparse"
+    assert auto_backend(17, 256, 0.05, cpu) == "masked", "small layers stay on dense kernels"
+    assert auto_backend(AUTO_MIN_WEIGHTS, 1, 0.05, cpu) == "sparse"
+    assert auto_backend(1024, 1024, 0.05, torch.device("meta")) == "masked", "non-CPU devices stay masked"
+
+
+def test_auto_follows_the_mask_and_set_backend_sets_every_layer():
+    layer = SparseLinear(256, 256)
+    assert layer.backend == "auto" and layer.resolved_backend == "masked"
+    layer.set_mask(random_mask((256, 256), 3000))
+    assert layer.resolved_backend == "sparse"
+    module = torch.nn.Sequential(layer, torch.nn.ReLU(), SparseLinear(256, 4))
+    assert set_backend(module, "masked") == 2
+    assert layer.resolved_backend == "masked"
+    with pytest.raises(ValueError, match="unknown backend"):
+        set_backend(module, "csr")
