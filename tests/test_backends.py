@@ -162,3 +162,62 @@ def test_auto_follows_the_mask_and_set_backend_sets_every_layer():
     assert layer.resolved_backend == "masked"
     with pytest.raises(ValueError, match="unknown backend"):
         set_backend(module, "csr")
+
+
+def policy_layers(model) -> dict[str, SparseLinear]:
+    return {name: m for name, m in model.policy.named_modules() if isinstance(m, SparseLinear)}
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_policies_keep_every_invariant_on_the_sparse_backend(algo, tmp_path):
+    """Steps and topology updates on ``sparse``: exact counts, zeros at masked positions (online and
+    target), shared masks, zeroed optimizer state, dense gradients exactly on update steps; a saved
+    model loads on ``masked`` and predicts the same."""
+    from stable_baselines3 import SAC, TD3
+
+    from sparse_rl import SparseSACPolicy, SparseTD3Policy
+
+    algo_class, policy_class = {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy)}[algo]
+    model = algo_class(policy_class, "Pendulum-v1", learning_starts=64, batch_size=32, seed=0, device="cpu",
+                       policy_kwargs=dict(density=0.2, backend="sparse", update_interval=10, update_end=None,
+                                          net_arch=[64, 64]))
+    layers = policy_layers(model)
+    assert {layer.resolved_backend for layer in layers.values()} == {"sparse"}
+    counts = {name: layer.nnz for name, layer in layers.items()}
+    update_grads = []
+    for controller in model.policy.topology_controllers().values():
+        update = controller.update
+
+        def checked_update(*args, _update=update, _controller=controller, **kwargs):
+            update_grads.append(all(layer.dense_grad_needed for layer in _controller.layers.values()))
+            update_grads.append(any(bool((layer.weight.grad[~layer.mask] != 0).any())
+                                    for layer in _controller.layers.values()))
+            return _update(*args, **kwargs)
+
+        controller.update = checked_update
+    model.learn(200)
+    assert update_grads and all(update_grads), "updates score with the dense gradient"
+    assert sum(int(c.num_updates) for c in model.policy.topology_controllers().values()) >= 2
+    for name, layer in layers.items():
+        assert layer.nnz == counts[name], name
+        assert (layer.weight[~layer.mask] == 0).all(), name
+    for online, target in (("critic", "critic_target"), ("actor", "actor_target")):
+        if not hasattr(model.policy, target):
+            continue
+        for name, layer in policy_layers(model).items():
+            if name.startswith(target + "."):
+                source = layers[online + name[len(target):]]
+                assert torch.equal(layer.mask, source.mask) and (layer.weight[~layer.mask] == 0).all(), name
+    for network in (model.actor, model.critic):
+        for layer in (m for m in network.modules() if isinstance(m, SparseLinear)):
+            for value in network.optimizer.state[layer.weight].values():
+                if torch.is_tensor(value) and value.shape == layer.weight.shape:
+                    assert (value[~layer.mask] == 0).all()
+    obs = torch.randn(16, 3).numpy()
+    actions, _ = model.predict(obs, deterministic=True)
+    model.save(tmp_path / "model")
+    kwargs = dict(model.policy_kwargs, backend="masked")
+    loaded = algo_class.load(tmp_path / "model", device="cpu", custom_objects=dict(policy_kwargs=kwargs))
+    assert {layer.resolved_backend for layer in policy_layers(loaded).values()} == {"masked"}
+    loaded_actions, _ = loaded.predict(obs, deterministic=True)
+    torch.testing.assert_close(torch.as_tensor(loaded_actions), torch.as_tensor(actions), rtol=1e-4, atol=1e-5)
