@@ -9,7 +9,7 @@ import torch
 from stable_baselines3 import TD3
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from sparse_rl import SparseLoggingCallback, SparseTD3Policy
+from sparse_rl import SparseMetricsCallback, SparseTD3Policy
 
 parser = argparse.ArgumentParser(description="Sparse TD3 with Stable-Baselines3")
 parser.add_argument("--env", default="HalfCheetah-v4")
@@ -22,6 +22,6 @@ args = parser.parse_args()
 torch.set_num_threads(1)
 model = TD3(SparseTD3Policy, args.env, policy_kwargs=dict(density=args.density, method="rigl"),
             learning_starts=min(10_000, args.steps // 10), tensorboard_log=args.logdir, seed=args.seed, verbose=1)
-model.learn(args.steps, callback=SparseLoggingCallback(), tb_log_name=f"td3-d{args.density}-s{args.seed}")
+model.learn(args.steps, callback=SparseMetricsCallback(), tb_log_name=f"td3-d{args.density}-s{args.seed}")
 mean, std = evaluate_policy(model, model.get_env(), n_eval_episodes=5)
 print(f"evaluation return over 5 episodes: {mean:.1f} +/- {std:.1f}")

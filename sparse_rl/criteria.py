@@ -85,6 +85,18 @@ def set_rule(inputs: ScoreInputs) -> torch.Tensor:
     return score
 
 
+@prune_criterion("signed_fraction")
+def signed_fraction(inputs: ScoreInputs) -> torch.Tensor:
+    """DS-TD3 (Sokar et al. 2022): remove the same *fraction* of the positive and of the negative
+    weights, those closest to zero. The score of an active weight is its rank by |θ| among the
+    active weights of its sign, divided by their count, so the k lowest scores take k/n of each sign."""
+    score = set_rule(inputs)
+    weight = inputs.weight
+    for sign_group in (inputs.mask & (weight >= 0), inputs.mask & (weight < 0)):
+        score[sign_group] = (score[sign_group] + 1) / max(1, int(sign_group.sum()))
+    return score
+
+
 @prune_criterion("mest", needs_grad=True)
 def mest(inputs: ScoreInputs, gamma: float = 1.0) -> torch.Tensor:
     """|θ| + γ|g| (MEST, Yuan et al. 2021)."""

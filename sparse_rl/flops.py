@@ -36,29 +36,32 @@ class NetworkFlops:
     :param layers: the network's linear layers by name.
     :param input_layers: names of the layers that read the network's input; their input gradient
         is only computed when the input itself needs one (e.g. actions from the actor).
+    :param extra_forward: dense FLOPs per sample outside the linear layers that the sparsity does
+        not change (gSDE's noise and variance products); their backward costs twice as much.
     """
 
     layers: Mapping[str, nn.Linear]
     input_layers: frozenset[str]
+    extra_forward: int = 0
 
     def subset(self, prefix: str) -> NetworkFlops:
         """The layers whose names start with ``prefix`` (e.g. one Q-head)."""
         layers = {name: layer for name, layer in self.layers.items() if name.startswith(prefix)}
-        return NetworkFlops(layers, frozenset(self.input_layers & set(layers)))
+        return NetworkFlops(layers, frozenset(self.input_layers & set(layers)), self.extra_forward)
 
     def _sum(self, names: Iterable[str], dense: bool) -> int:
         return sum(2 * active_weights(self.layers[name], dense) for name in names)
 
     def forward(self, dense: bool = False) -> int:
         """Forward FLOPs per sample."""
-        return self._sum(self.layers, dense)
+        return self._sum(self.layers, dense) + self.extra_forward
 
     def backward(self, dense: bool = False, input_grad: bool = False) -> int:
         """Backward FLOPs per sample: weight gradients, and input gradients of every layer except
         the input layers (those too when ``input_grad``)."""
         input_grads = [n for n in self.layers if input_grad or n not in self.input_layers]
         weight_grads = sum(2 * weight_grad_weights(layer, dense) for layer in self.layers.values())
-        return weight_grads + self._sum(input_grads, dense)
+        return weight_grads + self._sum(input_grads, dense) + 2 * self.extra_forward
 
     def dense_weight_grad_extra(self) -> int:
         """Extra FLOPs per sample when the weight gradient is computed dense instead of sparse."""

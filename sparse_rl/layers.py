@@ -131,9 +131,20 @@ class SparseLinear(nn.Linear):
         state["_structure"] = state["_resolved"] = None  # derived from the mask; rebuilt on use
         return state
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:  # type: ignore[no-untyped-def]
+        """Save the mask as 0/1 in the weight's dtype, so every state-dict entry is a float tensor
+        (code that perturbs, averages or casts a policy's state dict works unchanged)."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "mask"] = self.mask.to(self.weight.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        """Load a mask saved as 0/1 floats (or booleans), binarised at 0.5; masked weights are zeroed."""
+        key = prefix + "mask"
+        if key in state_dict and torch.is_tensor(state_dict[key]):
+            state_dict[key] = state_dict[key] > 0.5 if state_dict[key].is_floating_point() else state_dict[key].bool()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._refresh_mask_values()
+        self.apply_mask()
 
     @torch.no_grad()
     def apply_mask(self) -> None:

@@ -135,7 +135,7 @@ def load_run(run_dir: Path) -> Run | None:
     sparsity = config.get("sparsity") or {}
     density = float(sparsity.get("density", 1.0))
     method = method_label(sparsity)
-    if density == 1.0 and get_method(str(sparsity.get("method", "rigl"))).layer_kind == "masked":
+    if density == 1.0 and get_method(str(sparsity.get("method", "rigl"))).kind == "masked":
         method = "dense"
     if config.get("param_matched") is not None:  # a narrow dense net with the weights of density param_matched
         method, density = "matched-dense", float(config["param_matched"])

@@ -14,7 +14,7 @@ from stable_baselines3 import SAC, TD3
 from stable_baselines3.sac.policies import SACPolicy
 from stable_baselines3.td3.policies import TD3Policy
 
-from sparse_rl.sb3.config import SPARSITY_KEYS
+from sparse_rl.sparsity import SPARSITY_KEYS
 from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
 
 RLX2_KEYS = tuple(p for p in inspect.signature(RLx2ReplayBuffer.__init__).parameters

@@ -1,20 +1,23 @@
-"""The one mechanism that changes masks: prune the lowest-scored active weights, grow the
-highest-scored inactive ones, zero what was grown and reset its optimizer state.
+"""Prune and grow: drop the lowest-scored active weights, grow the highest-scored inactive ones,
+zero what changed and reset its optimizer state. This is the mechanism of every method of the
+``masked`` kind (RigL, SET, MEST, DST-EE, RLx2, DS-TD3); HALO's global prune and the learned
+thresholds change masks through their own controllers (:mod:`sparse_rl.methods`).
 
 :func:`update_mask` works on one tensor; :class:`TopologyController` applies it to all the
 ``SparseLinear`` layers of one network on a :class:`~sparse_rl.schedules.UpdateSchedule`,
-driven by hooks on that network's optimizer, and mirrors every new mask onto a target copy.
+from the hooks of :class:`~sparse_rl.controller.MaskController`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from sparse_rl.controller import MaskController
 from sparse_rl.criteria import Criterion, ScoreInputs
 from sparse_rl.distributions import layer_counts, layer_densities
 from sparse_rl.layers import SparseLinear, random_mask
@@ -84,26 +87,22 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer | None, param: torch.
             value.masked_fill_(positions, 0)
 
 
-class TopologyController(nn.Module):
-    """Owns the topology of one network's ``SparseLinear`` layers.
+class TopologyController(MaskController):
+    """Prune-and-grow topology updates of one network's ``SparseLinear`` layers on a schedule.
 
-    Attach it to the network's optimizer with :meth:`attach`: before every optimizer step it
-    counts the step, runs a topology update when the schedule says so (scoring with the dense
-    ``.grad`` the step is about to use), and masks the gradients; after the step it re-masks the
-    weights. Its counters and DST-EE's per-weight activity counts are buffers, so they are saved
-    and restored with the owning module's ``state_dict``. The layers themselves are *not*
-    submodules of the controller (they belong to the network).
+    Before every optimizer step (see :class:`~sparse_rl.controller.MaskController`) it runs a
+    topology update when the schedule says so, scoring with the dense ``.grad`` the step is
+    about to use. DST-EE's per-weight activity counts are buffers, saved with the owner's
+    ``state_dict``.
 
     :param layers: the online network's sparse layers, by name.
     :param prune: prune criterion (``None`` with ``grow=None`` for a static topology).
     :param grow: grow criterion.
     :param schedule: when to update and how much.
     :param targets: target-network layers by the same names; they receive every new mask.
+    :param grow_uses_gradient: whether the criteria score with the dense gradient (then the layers
+        are asked for it one step before each update).
     """
-
-    step: torch.Tensor
-    num_updates: torch.Tensor
-    progress: torch.Tensor
 
     def __init__(
         self,
@@ -112,21 +111,14 @@ class TopologyController(nn.Module):
         grow: Criterion | None = None,
         schedule: UpdateSchedule | None = None,
         targets: Mapping[str, SparseLinear] | None = None,
+        grow_uses_gradient: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(layers, targets)
         if (prune is None) != (grow is None):
             raise ValueError("give both a prune and a grow criterion, or neither for a static topology")
-        targets = dict(targets or {})
-        if set(targets) - set(layers):
-            raise ValueError(f"target layers {sorted(set(targets) - set(layers))} have no online layer")
-        self.layers = dict(layers)
-        self.targets = targets
         self.prune, self.grow = prune, grow
         self.schedule = schedule if prune is not None else None
-        self.last_stats: dict[str, LayerUpdateStats] = {}
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        self.register_buffer("progress", torch.full((), -1.0, dtype=torch.float64))
+        self.grow_uses_gradient = grow_uses_gradient
         self._count_names = {name: "active_count_" + name.replace(".", "_") for name in self.layers}
         for name, layer in self.layers.items():
             self.register_buffer(self._count_names[name], torch.zeros_like(layer.weight, dtype=torch.float32))
@@ -135,38 +127,23 @@ class TopologyController(nn.Module):
         """Topology updates after which each weight of layer ``name`` was active."""
         return getattr(self, self._count_names[name])
 
-    def set_progress(self, progress: float) -> None:
-        """Tell the schedule how far training is, as a fraction in [0, 1]."""
-        self.progress.fill_(float(progress))
+    def needs_dense_grad(self, step: int) -> bool:
+        """Every ``interval``-th step when growth scores with gradients: a superset of the update
+        steps that does not depend on progress, which may change before that step."""
+        return self.grow_uses_gradient and self.schedule is not None and step % self.schedule.interval == 0
 
-    def _known_progress(self) -> float | None:
-        value = float(self.progress)
-        return None if value < 0 else value
-
-    def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Run the schedule and keep the masks from hooks on ``optimizer``."""
-        optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.before_optimizer_step(opt))
-        optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_optimizer_step())
-
-    def before_optimizer_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Count the step, update the topology if scheduled, then mask the gradients."""
-        self.step.add_(1)
-        if self.schedule is not None and int(self.step) % self.schedule.interval == 0:
-            step, progress = int(self.step), self._known_progress()
-            if progress is None and isinstance(self.schedule.end, float) and int(self.num_updates) == 0:
-                warnings.warn(f"update_end={self.schedule.end} is a fraction of training, but the training "
-                              "progress is unknown: the drop fraction stays constant and updates never stop. "
-                              "Give update_end as an int step, or learn() with SparseLoggingCallback.",
-                              stacklevel=2)
-            if self.schedule.is_update_step(step, progress):
-                self.update(self.schedule.drop_fraction_at(step, progress), optimizer)
-        for layer in self.layers.values():
-            layer.mask_grad()
-
-    def after_optimizer_step(self) -> None:
-        """Hold masked weights at exactly zero."""
-        for layer in self.layers.values():
-            layer.apply_mask()
+    def on_step(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Update the topology if the schedule says so."""
+        step, progress = self.current_step, self.known_progress()
+        if self.schedule is None or step % self.schedule.interval:
+            return
+        if progress is None and isinstance(self.schedule.end, float) and int(self.num_updates) == 0:
+            warnings.warn(f"update_end={self.schedule.end} is a fraction of training, but the training progress "
+                          "is unknown (the policy is trained outside SB3's learn()): the drop fraction stays "
+                          "constant and updates never stop. Give update_end as an int step, or call "
+                          "set_training_progress() on the policy.", stacklevel=3)
+        if self.schedule.is_update_step(step, progress):
+            self.update(self.schedule.drop_fraction_at(step, progress), optimizer)
 
     @torch.no_grad()
     def update(self, drop_fraction: float, optimizer: torch.optim.Optimizer | None = None
@@ -175,6 +152,7 @@ class TopologyController(nn.Module):
 
         Scores use each weight's current ``.grad`` as the dense gradient. Grown weights are set
         to 0 and their optimizer state (looked up in ``optimizer``) is zeroed; dropped ones too.
+        Non-finite scores (a diverged network) raise ``FloatingPointError`` instead of ranking NaNs.
         """
         if self.prune is None or self.grow is None:
             raise ValueError("a static topology cannot be updated")
@@ -189,16 +167,18 @@ class TopologyController(nn.Module):
                 continue
             inputs = ScoreInputs(layer.weight, layer.weight.grad, old_mask, self.active_count(name),
                                  int(self.num_updates))
+            prune_scores, grow_scores = self.prune(inputs), self.grow(inputs)
+            if not (bool(torch.isfinite(prune_scores[old_mask]).all())
+                    and bool(torch.isfinite(grow_scores[~old_mask]).all())):
+                raise FloatingPointError(f"non-finite topology scores in layer {name} at optimizer step "
+                                         f"{self.current_step}: the network diverged")
             count = round(drop_fraction * active)
-            new_mask, dropped, grown = update_mask(old_mask, self.prune(inputs), self.grow(inputs), count)
+            new_mask, dropped, grown = update_mask(old_mask, prune_scores, grow_scores, count)
             changed = torch.zeros(old_mask.numel(), dtype=torch.bool, device=old_mask.device)
             changed[dropped] = True
             changed[grown] = True
             changed = changed.view_as(old_mask)
-            for net_layer in (layer, self.targets.get(name)):
-                if net_layer is not None:
-                    net_layer.weight.masked_fill_(changed, 0)
-                    net_layer.set_mask(new_mask)
+            self.set_layer_mask(name, new_mask, changed)
             reset_optimizer_state(optimizer, layer.weight, changed)
             self.active_count(name).add_(new_mask)
             stats[name] = self._stats(layer, old_mask, count)

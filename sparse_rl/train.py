@@ -35,7 +35,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from sparse_rl.flops import active_weights
 from sparse_rl.methods import METHODS, method_label
 from sparse_rl.run_config import ALGOS, ConfigError, build_config, read_yaml, validate
-from sparse_rl.sb3 import SparseLoggingCallback, SparseSACPolicy, SparseTD3Policy, SparsityConfig
+from sparse_rl.sb3 import SparseMetricsCallback, SparseSACPolicy, SparseTD3Policy, SparsityConfig
 from sparse_rl.sb3.flops import inference_flops
 from sparse_rl.sb3.matched import matched_net_arch
 from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
@@ -93,7 +93,7 @@ def check_env(env_id: str) -> None:
 def run_name(config: dict[str, Any]) -> str:
     """``<algo>-<method>-d<density>-s<seed>``; ``matched`` for a parameter-matched dense run; the method
     as :func:`~sparse_rl.methods.method_label` writes it (``dst-ee+c0.01`` for a criterion parameter)."""
-    sparsity = SparsityConfig(**config.get("sparsity", {}))
+    sparsity = SparsityConfig.from_kwargs(**config.get("sparsity", {}))
     if config.get("param_matched") is not None:
         return f"{config['algo']}-matched-d{config['param_matched']:g}-s{config['seed']}"
     method = "dense" if sparsity.is_dense else method_label(config.get("sparsity", {}))
@@ -141,7 +141,7 @@ def rlx2_buffer_kwargs(config: dict[str, Any]) -> dict[str, Any]:
 class CheckpointCallback(BaseCallback):
     """Saves model, replay buffer and FLOP counters to ``run_dir/checkpoint`` every ``every`` steps."""
 
-    def __init__(self, run_dir: Path, every: int, flops: SparseLoggingCallback, wall_clock_s: float = 0.0) -> None:
+    def __init__(self, run_dir: Path, every: int, flops: SparseMetricsCallback, wall_clock_s: float = 0.0) -> None:
         super().__init__()
         self.run_dir, self.every, self.flops = run_dir, every, flops
         self._last = 0
@@ -170,7 +170,7 @@ class CheckpointCallback(BaseCallback):
         self._last = self.num_timesteps
 
 
-def load_checkpoint(run_dir: Path, config: dict[str, Any], flops: SparseLoggingCallback) -> BaseAlgorithm:
+def load_checkpoint(run_dir: Path, config: dict[str, Any], flops: SparseMetricsCallback) -> BaseAlgorithm:
     checkpoint = run_dir / CHECKPOINT
     if not (checkpoint / "model.zip").exists():
         raise ConfigError(f"{run_dir} has no checkpoint to resume from")
@@ -214,7 +214,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def summarize(model: BaseAlgorithm, flops: SparseLoggingCallback, evaluation: EvalCallback,
+def summarize(model: BaseAlgorithm, flops: SparseMetricsCallback, evaluation: EvalCallback,
               wall_clock_s: float) -> dict[str, Any]:
     linears = [m for net in (model.policy.actor, model.policy.critic) for m in net.modules()
                if isinstance(m, torch.nn.Linear)]
@@ -260,7 +260,7 @@ def plan_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
 
 def train(args: argparse.Namespace) -> Path:
     """Build or resume the run, train it, and return its directory."""
-    flops = SparseLoggingCallback()
+    flops = SparseMetricsCallback()
     if args.resume is not None:
         run_dir = args.resume
         if not (run_dir / "config.yaml").is_file():

@@ -92,7 +92,7 @@ def test_sampling_stays_inside_the_kept_window():
 def test_buffer_without_its_model_is_a_clear_error():
     model = SAC("MlpPolicy", "Pendulum-v1")
     buffer = RLx2ReplayBuffer(10, model.observation_space, model.action_space)
-    with pytest.raises(RuntimeError, match="SparseLoggingCallback"):
+    with pytest.raises(RuntimeError, match="SparseMetricsCallback"):
         buffer.add(np.zeros((1, 3)), np.zeros((1, 3)), np.zeros((1, 1)), np.zeros(1), np.zeros(1), [{}])
 
 
@@ -112,14 +112,14 @@ def test_rlx2_trains_through_the_cli_with_exact_counts_and_logs_the_buffer(tmp_p
 
 
 def test_rlx2_in_a_plain_sb3_script_needs_its_buffer_and_trains_with_it():
-    from sparse_rl import SparseLoggingCallback, SparseSACPolicy
+    from sparse_rl import SparseMetricsCallback, SparseSACPolicy
 
     policy_kwargs = dict(method="rlx2", density=0.2, net_arch=[32, 32], update_interval=50)
     model = SAC(SparseSACPolicy, "Pendulum-v1", learning_starts=50, seed=0, policy_kwargs=policy_kwargs)
     with pytest.raises(ValueError, match="replay_buffer_class=RLx2ReplayBuffer"):
-        model.learn(100, callback=SparseLoggingCallback())
+        model.learn(100, callback=SparseMetricsCallback())
     model = SAC(SparseSACPolicy, "Pendulum-v1", learning_starts=50, seed=0, policy_kwargs=policy_kwargs,
                 replay_buffer_class=RLx2ReplayBuffer, replay_buffer_kwargs=dict(n_steps=3, check_interval=100))
-    model.learn(200, callback=SparseLoggingCallback())
+    model.learn(200, callback=SparseMetricsCallback())
     assert model.replay_buffer.n_steps == 3 and model.replay_buffer.last_distance is not None
     assert int(model.policy.critic_topology.num_updates) > 0

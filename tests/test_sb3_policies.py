@@ -1,6 +1,8 @@
+import math
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -10,7 +12,7 @@ from stable_baselines3 import SAC, TD3
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sparse_rl import SparseLoggingCallback, SparseSACPolicy, SparseTD3Policy
+from sparse_rl import SparseMetricsCallback, SparseSACPolicy, SparseTD3Policy
 from sparse_rl.layers import SparseLinear
 from sparse_rl.sb3.networks import SparseContinuousCritic, SparseSACActor, SparseTD3Actor
 from sparse_rl.topology import sparse_layers
@@ -54,7 +56,7 @@ def check_invariants(model):
     ("td3", "Pendulum-v1", "dst-ee"),
 ])
 def test_learn_keeps_counts_and_zeros_and_rewires(algo, env, method):
-    model = make(algo, env, density=0.2, method=method)
+    model = make(algo, env, density=0.2, method=method, update_end=None)
     before_masks, before_counts = masks(model), check_invariants(model)
     model.learn(1000)
     assert check_invariants(model) == before_counts
@@ -171,7 +173,8 @@ def test_load_in_a_fresh_process_without_importing_sparse_rl(tmp_path):
 
 def test_vec_envs_gradient_steps_and_vecnormalize():
     env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=3, seed=0))
-    model = SAC(SparseSACPolicy, env, policy_kwargs={**SMALL, "density": 0.2}, learning_starts=60, batch_size=32,
+    model = SAC(SparseSACPolicy, env, policy_kwargs={**SMALL, "density": 0.2, "update_end": None}, learning_starts=60,
+                batch_size=32,
                 gradient_steps=2, train_freq=1, seed=0, device="cpu")
     before = check_invariants(model)
     model.learn(600)
@@ -180,26 +183,73 @@ def test_vec_envs_gradient_steps_and_vecnormalize():
     assert int(model.policy.critic_topology.num_updates) == model._n_updates // 50
 
 
-def test_callback_feeds_progress_so_updates_stop_at_update_end():
+def record_drop_fractions(controller):
+    fractions = []
+    update = controller.update
+
+    def recording(drop_fraction, optimizer=None):
+        fractions.append(drop_fraction)
+        return update(drop_fraction, optimizer)
+
+    controller.update = recording
+    return fractions
+
+
+@pytest.mark.parametrize("callback", [None, SparseMetricsCallback()])
+def test_learn_alone_feeds_progress_so_updates_stop_at_update_end(callback):
     model = make("sac", density=0.2, update_end=0.5)
-    model.learn(1100, callback=SparseLoggingCallback())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.learn(1100, callback=callback)
     critic = model.policy.critic_topology
     assert float(critic.progress) == pytest.approx(1.0)
     # gradient step j happens at env step 100 + j; updates every 50 steps while (100 + j) / 1100 < 0.5: j = 50..400
     assert int(critic.num_updates) == 8
 
 
-def test_fraction_end_without_progress_warns():
+def test_learn_alone_decays_the_drop_fraction_and_stops_at_80_percent():
     model = make("sac", density=0.2)
+    fractions = record_drop_fractions(model.policy.critic_topology)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.learn(1000)
+    # gradient step j at env step 100 + j; updates at j = 50, 100, ... while (100 + j) / 1000 < 0.8: j <= 650
+    progress = [(100 + j) / 1000 for j in range(50, 700, 50)]
+    assert fractions == pytest.approx([0.25 * (1 + math.cos(math.pi * p / 0.8)) for p in progress])
+
+
+def test_several_learn_calls_continue_the_schedule():
+    model = make("sac", density=0.2)
+    model.learn(600)
+    first = int(model.policy.critic_topology.num_updates)
+    model.learn(600, reset_num_timesteps=False)  # SB3's progress: the total is now 1200 steps
+    critic = model.policy.critic_topology
+    assert float(critic.progress) == pytest.approx(1.0)
+    assert int(critic.step) == model._n_updates == 1100
+    # second call: gradient step j at env step 100 + j, updates at multiples of 50 while (100 + j) / 1200 < 0.8
+    assert int(critic.num_updates) == first + len(range(550, 860, 50))
+
+
+def test_fraction_end_without_progress_warns():
+    policy = SparseSACPolicy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-1, 1, (1,)), lambda _: 1e-3,
+                             **{**SMALL, "density": 0.2})
+    optimizer = policy.critic.optimizer
     with pytest.warns(UserWarning, match="progress is unknown"):
-        model.learn(200)
+        for _ in range(50):
+            sum(q.sum() for q in policy.critic(torch.ones(4, 3), torch.ones(4, 1))).backward()
+            optimizer.step()
+            optimizer.zero_grad()
 
 
 @pytest.mark.parametrize("policy_kwargs, message", [
     (dict(density=0.0), r"\(0, 1\]"),
     (dict(density=1.5), r"\(0, 1\]"),
     (dict(critic_density=-1), r"critic_density must be a number in \(0, 1\]"),
-    (dict(method="lottery"), "allowed: rigl, set, mest, dst-ee, rlx2, thresholds, halo, static, dense"),
+    (dict(method="lottery"), "allowed: rigl, set, mest, dst-ee, rlx2, static, dense, thresholds, halo, ds-td3"),
+    (dict(threshold_alpha=1e-3), "'threshold_alpha' is a setting of method thresholds, not of 'rigl'"),
+    (dict(backend="gpu"), "allowed: auto, masked, sparse"),
+    (dict(width_multiplier=0), "width_multiplier must be an integer >= 1"),
+    (dict(iso_params=True), "iso_params sets the density from width_multiplier"),
     (dict(method="dense", density=0.5), "needs density 1.0"),
     (dict(distribution="normal"), "allowed: uniform, er, erk"),
     (dict(prune="biggest"), "allowed: .*magnitude"),
@@ -215,9 +265,19 @@ def test_bad_policy_kwargs_are_clear_errors(policy_kwargs, message):
         make("sac", **policy_kwargs)
 
 
-def test_gsde_is_refused():
-    with pytest.raises(ValueError, match="gSDE"):
-        SAC(SparseSACPolicy, "Pendulum-v1", use_sde=True)
+def test_state_dict_is_all_floats_and_survives_perturbation(tmp_path):
+    model = make("sac", density=0.2, method="dst-ee")
+    model.learn(300)
+    state = model.policy.state_dict()
+    assert all(value.is_floating_point() for value in state.values())
+    model.policy.load_state_dict({key: torch.rand_like(value) for key, value in state.items()})
+    assert all((layer.weight[~layer.mask] == 0).all() for layer in sparse_layers(model.policy).values())
+    model.save(tmp_path / "model")
+    loaded = SAC.load(tmp_path / "model", device="cpu")
+    obs = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    assert np.array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+    model.policy.load_state_dict(state)  # the original masks are exactly 0/1 and come back exactly
+    assert all(torch.equal(value, model.policy.state_dict()[key]) for key, value in state.items())
 
 
 def test_discrete_and_non_box_action_spaces_are_refused():
@@ -232,7 +292,7 @@ def test_sparse_sac_learns_pendulum():
     torch.set_num_threads(1)
     model = SAC(SparseSACPolicy, "Pendulum-v1", policy_kwargs=dict(density=0.2), learning_starts=1000, seed=0,
                 device="cpu")
-    model.learn(8000, callback=SparseLoggingCallback())
+    model.learn(8000, callback=SparseMetricsCallback())
     env = gym.make("Pendulum-v1")
     returns = []
     for episode in range(10):

@@ -10,7 +10,7 @@ from stable_baselines3 import SAC
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sparse_rl import train
-from sparse_rl.sb3 import SparseLoggingCallback
+from sparse_rl.sb3 import SparseMetricsCallback
 from sparse_rl.sb3.flops import model_step_flops
 from sparse_rl.topology import sparse_layers
 
@@ -71,7 +71,7 @@ def test_dense_run_logs_the_same_flops_tags(tmp_path):
 
 def test_interrupted_run_resumes_with_same_masks_and_continued_counters(tmp_path, monkeypatch):
     captured = {}
-    original = SparseLoggingCallback._on_step
+    original = SparseMetricsCallback._on_step
 
     def interrupt_at_500(self):
         if self.num_timesteps == 500 and "masks" not in captured:
@@ -79,7 +79,7 @@ def test_interrupted_run_resumes_with_same_masks_and_continued_counters(tmp_path
             raise KeyboardInterrupt
         return original(self)
 
-    monkeypatch.setattr(SparseLoggingCallback, "_on_step", interrupt_at_500)
+    monkeypatch.setattr(SparseMetricsCallback, "_on_step", interrupt_at_500)
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--env", "Pendulum-v1", "--density", "0.2", "--logdir", str(tmp_path), *FAST])
     assert exit_info.value.code == 130
@@ -87,7 +87,7 @@ def test_interrupted_run_resumes_with_same_masks_and_continued_counters(tmp_path
     saved = SAC.load(run_dir / "checkpoint" / "model.zip", device="cpu")
     assert saved.num_timesteps == 500
     assert all(torch.equal(captured["masks"][n], l.mask) for n, l in sparse_layers(saved.policy).items())
-    monkeypatch.setattr(SparseLoggingCallback, "_on_step", original)
+    monkeypatch.setattr(SparseMetricsCallback, "_on_step", original)
     train.main(["--resume", str(run_dir), "--no-progress-bar"])
     final = SAC.load(run_dir / "model.zip", device="cpu")
     assert final.num_timesteps == 800

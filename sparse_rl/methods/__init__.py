@@ -1,5 +1,6 @@
-"""DST methods: named presets of criteria, and methods that are more than a pair of scores."""
+"""DST methods: each method kind in a file of its own, registered in :mod:`sparse_rl.methods.registry`."""
 
-from sparse_rl.methods.presets import METHODS, MethodPreset, get_method, method_label
+from sparse_rl.methods.kind import MethodKind, MethodPreset
+from sparse_rl.methods.registry import KINDS, METHODS, get_method, method_label
 
-__all__ = ["METHODS", "MethodPreset", "get_method", "method_label"]
+__all__ = ["KINDS", "METHODS", "MethodKind", "MethodPreset", "get_method", "method_label"]

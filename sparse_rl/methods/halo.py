@@ -14,13 +14,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from sparse_rl.controller import MaskController
 from sparse_rl.distributions import check_density
 from sparse_rl.layers import SparseLinear
-from sparse_rl.topology import reset_optimizer_state
+from sparse_rl.methods.kind import MethodKind, MethodPreset
+from sparse_rl.topology import reset_optimizer_state, sparse_layers
+
+if TYPE_CHECKING:
+    from sparse_rl.sparsity import SparsityConfig
 
 
 class HaloLinear(SparseLinear):
@@ -76,7 +82,7 @@ class PruneSchedule:
         if self.needs_progress:
             if progress is None:
                 raise RuntimeError("HALO's prune schedule is a fraction of training but the training progress is "
-                                   "unknown: learn() with SparseLoggingCallback, or give prune_start/prune_end "
+                                   "unknown (trained outside SB3's learn()): give prune_start/prune_end "
                                    "as optimizer steps (ints)")
             position, start, end = progress, float(self.start), float(self.end)
         else:
@@ -87,8 +93,8 @@ class PruneSchedule:
         return self.final_density + (1 - self.final_density) * (1 - x) ** 3
 
 
-class HaloController(nn.Module):
-    """Adds HALO's penalty gradient, prunes on schedule and keeps masks, around optimizer steps.
+class HaloController(MaskController):
+    """Adds HALO's penalty gradient and prunes on schedule around a network's optimizer steps.
 
     :param layers: the network's HALO layers by name (one global magnitude ranking over all).
     :param xi: ξ, weight of ``Σ |θ|/λ²``.
@@ -99,27 +105,14 @@ class HaloController(nn.Module):
 
     def __init__(self, layers: Mapping[str, HaloLinear], xi: float, psi: float, schedule: PruneSchedule,
                  targets: Mapping[str, SparseLinear] | None = None) -> None:
-        super().__init__()
+        super().__init__(layers, targets)
         if xi < 0 or psi <= 0:
             raise ValueError(f"HALO needs xi >= 0 and psi > 0, got xi={xi}, psi={psi}")
-        self.layers = dict(layers)
-        self.targets = dict(targets or {})
         self.xi, self.psi, self.schedule = xi, psi, schedule
-        self.last_stats: dict = {}
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        self.register_buffer("progress", torch.full((), -1.0, dtype=torch.float64))
-
-    def set_progress(self, progress: float) -> None:
-        self.progress.fill_(float(progress))
 
     def penalty(self) -> torch.Tensor:
         """The HALO penalty over every layer: the loss term the hooks add the gradient of."""
         return sum(halo_penalty(layer.weight, layer.scale, self.xi, self.psi) for layer in self.layers.values())
-
-    def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.before_optimizer_step(opt))
-        optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_optimizer_step())
 
     @torch.no_grad()
     def add_penalty_gradient(self) -> None:
@@ -134,22 +127,19 @@ class HaloController(nn.Module):
                 else:
                     parameter.grad.add_(gradient)
 
-    def before_optimizer_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Count the step, add the penalty gradient, prune if due, then mask the gradients."""
-        self.step.add_(1)
+    def on_step(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Add the penalty gradient, then prune if the schedule says so."""
         self.add_penalty_gradient()
-        progress = float(self.progress)
-        density = self.schedule.density_at(int(self.step), None if progress < 0 else progress)
+        density = self.schedule.density_at(self.current_step, self.known_progress())
         if density is not None:
             self.prune(density, optimizer)
+
+    def mask_grads(self) -> None:
+        """Zero the weight and scale gradients at pruned positions."""
+        super().mask_grads()
         for layer in self.layers.values():
-            layer.mask_grad()
             if layer.scale.grad is not None:
                 layer.scale.grad.mul_(layer.mask_values)
-
-    def after_optimizer_step(self) -> None:
-        for layer in self.layers.values():
-            layer.apply_mask()
 
     @torch.no_grad()
     def prune(self, density: float, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -161,6 +151,9 @@ class HaloController(nn.Module):
             return
         scores = torch.cat([torch.where(layer.mask, layer.weight.abs(), -1.0).flatten()
                             for layer in self.layers.values()])
+        if not bool(torch.isfinite(scores).all()):
+            raise FloatingPointError(f"non-finite weights at HALO's prune (optimizer step {self.current_step}): "
+                                     "the network diverged")
         kept = torch.zeros_like(scores, dtype=torch.bool)
         kept[torch.topk(scores, keep, sorted=False).indices] = True
         offset = 0
@@ -168,8 +161,50 @@ class HaloController(nn.Module):
             new_mask = kept[offset:offset + layer.weight.numel()].view_as(layer.mask)
             offset += layer.weight.numel()
             removed = layer.mask & ~new_mask
-            for net_layer in (layer, self.targets.get(name)):
-                if net_layer is not None:
-                    net_layer.set_mask(new_mask)
+            self.set_layer_mask(name, new_mask, removed)
             reset_optimizer_state(optimizer, layer.weight, removed)
         self.num_updates += 1
+
+
+@dataclass(frozen=True)
+class HaloSettings:
+    """The ``halo`` method's own ``policy_kwargs``.
+
+    :param halo_xi: ξ of the penalty ``ξ Σ |θ|/λ² + ψ Σ |λ|``.
+    :param halo_psi: ψ of that penalty.
+    :param prune_start: first global magnitude prune, an int optimizer step or a float fraction of
+        training; pruning then follows a cubic schedule to the density, every ``update_interval`` steps.
+    :param prune_end: the prune that reaches the density (same units as ``prune_start``).
+    """
+
+    halo_xi: float = 1e-5
+    halo_psi: float = 1e-5
+    prune_start: int | float = 0.2
+    prune_end: int | float = 0.8
+
+    def prune_schedule(self, config: SparsityConfig, network: str) -> PruneSchedule:
+        """The gradual prune of one network to its density."""
+        return PruneSchedule(config.network_density(network), self.prune_start, self.prune_end,
+                             config.update_interval)
+
+    def check(self, config: SparsityConfig) -> None:
+        """``ValueError`` if the prune schedule cannot be built."""
+        for network in ("actor", "critic"):
+            self.prune_schedule(config, network)
+
+
+def halo_controller(config: SparsityConfig, network: str, online: nn.Module,
+                    target: nn.Module | None) -> HaloController:
+    """The controller of one network's HALO layers; its target receives every new mask."""
+    settings: HaloSettings = config.settings
+    return HaloController(halo_layers(online), settings.halo_xi, settings.halo_psi,
+                          settings.prune_schedule(config, network),
+                          sparse_layers(target) if target is not None else None)
+
+
+KIND = MethodKind(
+    name="halo", layer_class=HaloLinear, make_controller=halo_controller,
+    presets=(MethodPreset("halo", "halo", None, None,
+                          "Seto et al. 2020, HALO (shrinkage penalty, then global magnitude prune)"),),
+    settings_class=HaloSettings, starts_dense=True,
+)

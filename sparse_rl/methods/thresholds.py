@@ -13,12 +13,19 @@ optimizer hooks, so the algorithm's own loss and loop stay untouched.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparse_rl.controller import MaskController
 from sparse_rl.layers import copy_linear
+from sparse_rl.methods.kind import MethodKind, MethodPreset
+
+if TYPE_CHECKING:
+    from sparse_rl.sparsity import SparsityConfig
 
 DEAD_LAYER_FRACTION = 0.01
 """A layer keeping this fraction of its weights or fewer resets its thresholds (Liu et al.)."""
@@ -99,33 +106,31 @@ def threshold_layers(module: nn.Module) -> dict[str, ThresholdLinear]:
     return {name: layer for name, layer in module.named_modules() if isinstance(layer, ThresholdLinear)}
 
 
-class ThresholdController(nn.Module):
+class ThresholdController(MaskController):
     """Applies the threshold regulariser and the dead-layer reset around a network's optimizer steps.
+
+    The masks follow ``|W| > t`` continuously, so every optimizer step updates them: ``num_updates``
+    counts those steps, ``resets`` the dead-layer resets.
 
     :param layers: the network's threshold layers by name.
     :param alpha: α of the regulariser ``α Σ_layers Σ_i exp(-t_i)`` added to the network's loss.
     """
 
+    resets: torch.Tensor
+
     def __init__(self, layers: Mapping[str, ThresholdLinear], alpha: float) -> None:
-        super().__init__()
+        super().__init__(layers)
         if alpha < 0:
             raise ValueError(f"threshold regulariser alpha must be >= 0, got {alpha}")
-        self.layers = dict(layers)
         self.alpha = alpha
-        self.last_stats: dict = {}
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        self.register_buffer("resets", torch.zeros((), dtype=torch.long))
+        self.register_buffer("resets", torch.zeros((), dtype=torch.float64))
 
     def regulariser(self) -> torch.Tensor:
         """``α Σ exp(-t)`` over every threshold: the loss term the hooks add the gradient of."""
         return self.alpha * sum(torch.exp(-layer.threshold).sum() for layer in self.layers.values())
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.before_optimizer_step())
-        optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_optimizer_step())
-
     @torch.no_grad()
-    def before_optimizer_step(self) -> None:
+    def on_step(self, optimizer: torch.optim.Optimizer | None) -> None:
         """Add the regulariser's gradient, ``-α exp(-t)``, to every threshold's gradient."""
         for layer in self.layers.values():
             gradient = -self.alpha * torch.exp(-layer.threshold)
@@ -134,11 +139,42 @@ class ThresholdController(nn.Module):
             else:
                 layer.threshold.grad.add_(gradient)
 
-    def after_optimizer_step(self) -> None:
-        """Reset the thresholds of every layer that keeps 1 % of its weights or fewer."""
+    def after_step(self) -> None:
+        """Count the mask update; reset the thresholds of every layer that keeps 1 % of its weights or fewer."""
+        self.num_updates += 1
         for layer in self.layers.values():
             if layer.reset_if_dead():
                 self.resets += 1
 
-    def set_progress(self, progress: float) -> None:
-        """Thresholds follow no schedule; present so every controller takes training progress."""
+
+@dataclass(frozen=True)
+class ThresholdSettings:
+    """The ``thresholds`` method's own ``policy_kwargs``.
+
+    :param threshold_alpha: α of the regulariser ``α Σ exp(-t)``.
+    :param actor_threshold_alpha: the actor's own α (default: ``threshold_alpha``).
+    :param critic_threshold_alpha: the critics' own α (default: ``threshold_alpha``).
+    """
+
+    threshold_alpha: float = 1e-4
+    actor_threshold_alpha: float | None = None
+    critic_threshold_alpha: float | None = None
+
+    def alpha_of(self, network: str) -> float:
+        """α of the threshold regulariser of ``"actor"`` or ``"critic"``."""
+        own = getattr(self, f"{network}_threshold_alpha")
+        return self.threshold_alpha if own is None else own
+
+
+def threshold_controller(config: SparsityConfig, network: str, online: nn.Module,
+                         target: nn.Module | None) -> ThresholdController:
+    """The controller of one network's threshold layers (targets follow by Polyak averaging of the thresholds)."""
+    return ThresholdController(threshold_layers(online), config.settings.alpha_of(network))
+
+
+KIND = MethodKind(
+    name="threshold", layer_class=ThresholdLinear, make_controller=threshold_controller,
+    presets=(MethodPreset("thresholds", "threshold", None, None,
+                          "Liu et al. 2020, Dynamic Sparse Training (learned thresholds)"),),
+    settings_class=ThresholdSettings, learns_density=True,
+)

@@ -1,4 +1,4 @@
-"""``SparseLoggingCallback``: tells sparse policies how far training is and logs FLOPs and topology."""
+"""``SparseMetricsCallback``: FLOP accounting and topology statistics through SB3's logger."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ from sparse_rl.sb3.policies import SparsePolicyMixin
 from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
 
 
-class SparseLoggingCallback(BaseCallback):
-    """Feeds the training progress to a sparse policy's schedules (so ``update_end`` given as a
-    fraction of training takes effect) and records through SB3's logger, x-axis = env steps:
+class SparseMetricsCallback(BaseCallback):
+    """Counts training FLOPs and records them and the topology through SB3's logger, x-axis = env steps
+    (training needs no callback: the policy learns its progress from SB3's learning-rate schedule):
 
     - ``flops/train_cumulative``, ``flops/train_per_step`` (mean per gradient step so far),
       ``flops/inference_per_action``, ``flops/train_vs_dense`` (cumulative, against the dense
       network of the same architecture); a dense SAC/TD3 model (``MlpPolicy``) logs the same tags;
     - for sparse policies: ``sparsity/density/<net>/<layer>``, ``sparsity/churn/<net>`` (share of
       active weights new at the last topology update), ``sparsity/dead_neurons/<net>``;
-    - with :class:`~sparse_rl.sb3.rlx2.RLx2ReplayBuffer` (which it attaches to the model):
-      ``rlx2/buffer_size``, ``rlx2/policy_distance``, ``rlx2/n_steps``.
+    - with :class:`~sparse_rl.sb3.rlx2.RLx2ReplayBuffer`: ``rlx2/buffer_size``,
+      ``rlx2/policy_distance``, ``rlx2/n_steps``. That buffer needs its model, and this callback
+      gives it at the start of ``learn()`` (method ``rlx2`` without the buffer is refused here).
 
     The cumulative counts are attributes too (``train_flops``, ``dense_train_flops``) and are
     restored from the logger-independent ``flops_state`` when a run resumes.
@@ -55,13 +56,6 @@ class SparseLoggingCallback(BaseCallback):
                              "(from sparse_rl.sb3.rlx2) to the algorithm; without it the run would be plain RigL")
         self._dense_step = model_step_flops(self.model, dense=True)
         self.logger.record("flops/inference_per_action_dense", inference_flops(self.model, dense=True))
-        self._update_progress()
-
-    def _update_progress(self) -> None:
-        policy = self._policy()
-        total = getattr(self.model, "_total_timesteps", 0)
-        if policy is not None and total > 0:
-            policy.set_training_progress(min(1.0, self.model.num_timesteps / total))
 
     def _optimizer_counts(self) -> dict[str, int]:
         """Optimizer steps and topology updates so far, per network."""
@@ -88,7 +82,6 @@ class SparseLoggingCallback(BaseCallback):
         self._counted = counts
 
     def _on_step(self) -> bool:
-        self._update_progress()
         return True
 
     def _on_rollout_end(self) -> None:

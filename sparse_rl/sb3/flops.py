@@ -11,7 +11,7 @@ from sparse_rl.flops import NetworkFlops, TrainStepFlops, actor_critic_step_flop
 from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
 
 
-def network_flops(network: nn.Module, input_dim: int) -> NetworkFlops:
+def network_flops(network: nn.Module, input_dim: int, extra_forward: int = 0) -> NetworkFlops:
     """The linear layers of an SB3 actor or critic outside its features extractor; the input
     layers are the first linear layer of each top-level block that takes ``input_dim`` features."""
     layers: dict[str, nn.Linear] = {}
@@ -24,7 +24,16 @@ def network_flops(network: nn.Module, input_dim: int) -> NetworkFlops:
         if linears and linears[0][1].in_features == input_dim:
             input_layers.add(linears[0][0])
         layers.update(linears)
-    return NetworkFlops(layers, frozenset(input_layers))
+    return NetworkFlops(layers, frozenset(input_layers), extra_forward)
+
+
+def sde_flops(actor: nn.Module) -> int:
+    """gSDE's per-sample FLOPs of a sampled SAC action: the noise ``latent @ exploration_matrix``
+    and the variance ``latent² @ std²`` (0 without gSDE)."""
+    if not getattr(actor, "use_sde", False):
+        return 0
+    latent_dim, action_dim = actor.action_dist.latent_sde_dim, actor.action_dist.action_dim
+    return 2 * (2 * latent_dim * action_dim)
 
 
 def algo_name(model: BaseAlgorithm) -> str:
@@ -36,11 +45,12 @@ def algo_name(model: BaseAlgorithm) -> str:
     raise ValueError(f"FLOP accounting covers SAC and TD3, not {type(model).__name__}")
 
 
-def model_networks(model: BaseAlgorithm) -> tuple[NetworkFlops, NetworkFlops]:
-    """(actor, critic) FLOP views of an SB3 SAC or TD3 model."""
+def model_networks(model: BaseAlgorithm, sampled: bool = True) -> tuple[NetworkFlops, NetworkFlops]:
+    """(actor, critic) FLOP views of an SB3 SAC or TD3 model; ``sampled``: the actor samples its
+    action (training), so gSDE's noise products count."""
     policy = model.policy
     features_dim = policy.actor.features_extractor.features_dim
-    actor = network_flops(policy.actor, features_dim)
+    actor = network_flops(policy.actor, features_dim, sde_flops(policy.actor) if sampled else 0)
     critic = network_flops(policy.critic, policy.critic.features_extractor.features_dim
                            + get_action_dim(policy.action_space))
     return actor, critic
@@ -56,5 +66,5 @@ def model_step_flops(model: BaseAlgorithm, dense: bool = False) -> TrainStepFlop
 
 
 def inference_flops(model: BaseAlgorithm, dense: bool = False) -> int:
-    """FLOPs of choosing one action (actor forward, batch 1)."""
-    return model_networks(model)[0].forward(dense)
+    """FLOPs of choosing one deterministic action (actor forward, batch 1)."""
+    return model_networks(model, sampled=False)[0].forward(dense)

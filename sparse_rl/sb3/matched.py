@@ -16,17 +16,12 @@ from gymnasium import spaces
 from torch import nn
 
 from sparse_rl.flops import active_weights
+from sparse_rl.width import mlp_weights
 
 
 def scaled_widths(net_arch: Sequence[int], first_width: int) -> list[int]:
     """``net_arch`` scaled so that its first hidden layer is ``first_width`` wide (each ≥ 1)."""
     return [max(1, round(first_width * width / net_arch[0])) for width in net_arch]
-
-
-def mlp_weights(n_in: int, widths: Sequence[int], n_out: int, copies: int = 1) -> int:
-    """Weights (biases excluded) of ``copies`` MLPs ``n_in -> widths... -> n_out``."""
-    sizes = [n_in, *widths, n_out]
-    return copies * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
 def closest_widths(net_arch: Sequence[int], weights_of: Callable[[list[int]], int], target: int) -> list[int]:

@@ -19,14 +19,9 @@ from stable_baselines3.td3.policies import Actor as TD3Actor
 from torch import nn
 
 from sparse_rl.distributions import check_density
-from sparse_rl.layers import SparseLinear
-from sparse_rl.methods.halo import HaloLinear
-from sparse_rl.methods.thresholds import ThresholdLinear
+from sparse_rl.layers import SparseLinear, set_backend
+from sparse_rl.methods import KINDS
 from sparse_rl.topology import init_masks, sparse_layers
-
-
-LAYER_KINDS: dict[str, type[nn.Linear]] = {"masked": SparseLinear, "threshold": ThresholdLinear, "halo": HaloLinear}
-"""Linear layer classes by kind: masks set by topology updates, learned thresholds, or HALO scales."""
 
 
 def replace_linear_layers(module: nn.Module, layer_class: type[nn.Linear] = SparseLinear,
@@ -46,21 +41,39 @@ class SparseNetworkMixin:
     """Turns an SB3 network sparse at construction and records how, for SB3's save/load."""
 
     def _init_sparsity(self, density: float, distribution: str, dense_layers: Sequence[str],
-                       layer_kind: str) -> None:
-        if layer_kind not in LAYER_KINDS:
-            raise ValueError(f"unknown layer kind {layer_kind!r}; allowed: {', '.join(LAYER_KINDS)}")
+                       layer_kind: str, dense_output: bool, backend: str = "auto") -> None:
+        if layer_kind not in KINDS:
+            raise ValueError(f"unknown layer kind {layer_kind!r}; allowed: {', '.join(KINDS)}")
         self.density = check_density(density)
         self.distribution = distribution
         self.dense_layers = tuple(dense_layers)
+        self.dense_output = dense_output
         self.layer_kind = layer_kind
-        replace_linear_layers(self, LAYER_KINDS[layer_kind])  # type: ignore[arg-type]
-        init_masks(sparse_layers(self), self.density, distribution, self.dense_layers)  # type: ignore[arg-type]
+        replace_linear_layers(self, KINDS[layer_kind].layer_class)  # type: ignore[arg-type]
+        keep_dense = self.dense_layers + (tuple(self.output_layer_names()) if dense_output else ())
+        init_masks(sparse_layers(self), self.density, distribution, keep_dense)  # type: ignore[arg-type]
+        self.backend = backend
+        set_backend(self, backend)  # type: ignore[arg-type]
+
+    def output_layer_names(self) -> list[str]:
+        """Names of the linear layers that produce the network's outputs (the last one of every head)."""
+        return [last_linear(self, head) for head in self._output_heads()]  # type: ignore[arg-type]
+
+    def _output_heads(self) -> list[str]:
+        raise NotImplementedError
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()  # type: ignore[misc]
         data.update(density=self.density, distribution=self.distribution, dense_layers=self.dense_layers,
-                    layer_kind=self.layer_kind)
+                    layer_kind=self.layer_kind, dense_output=self.dense_output, backend=self.backend)
         return data
+
+
+def last_linear(module: nn.Module, head: str) -> str:
+    """The qualified name of the last linear layer at or under submodule ``head`` of ``module``."""
+    names = [name for name, child in module.named_modules()
+             if (name == head or name.startswith(head + ".")) and isinstance(child, nn.Linear)]
+    return names[-1]
 
 
 class SparseSACActor(SparseNetworkMixin, SACActor):
@@ -69,23 +82,34 @@ class SparseSACActor(SparseNetworkMixin, SACActor):
     :param density: fraction of the actor's weights that are active, split across layers by ``distribution``.
     :param distribution: ``"uniform"``, ``"er"`` or ``"erk"``.
     :param dense_layers: ``fnmatch`` patterns of layer names kept dense (e.g. ``"mu"``).
-    :param layer_kind: ``"masked"`` (``SparseLinear``, masks set by topology updates),
-        ``"threshold"`` (``ThresholdLinear``, learned thresholds) or ``"halo"`` (``HaloLinear``).
+    :param layer_kind: a method kind of :data:`sparse_rl.methods.KINDS`, whose layer class replaces
+        every ``nn.Linear`` (``"masked"``: ``SparseLinear``; ``"threshold"``: ``ThresholdLinear``; ...).
+    :param dense_output: keep the output layers (``mu``, ``log_std``) dense, from the same budget.
+    :param backend: how the ``SparseLinear`` layers compute: ``"auto"``, ``"masked"`` or ``"sparse"``
+        (:mod:`sparse_rl.backends`).
     """
 
+    def _output_heads(self) -> list[str]:
+        return [name for name in ("mu", "log_std") if isinstance(getattr(self, name, None), nn.Module)]
+
     def __init__(self, *args: Any, density: float = 1.0, distribution: str = "erk",
-                 dense_layers: Sequence[str] = (), layer_kind: str = "masked", **kwargs: Any) -> None:
+                 dense_layers: Sequence[str] = (), layer_kind: str = "masked", dense_output: bool = False,
+                 backend: str = "auto", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._init_sparsity(density, distribution, dense_layers, layer_kind)
+        self._init_sparsity(density, distribution, dense_layers, layer_kind, dense_output, backend)
 
 
 class SparseTD3Actor(SparseNetworkMixin, TD3Actor):
     """SB3's TD3 ``Actor`` with sparse linear layers (parameters as :class:`SparseSACActor`)."""
 
+    def _output_heads(self) -> list[str]:
+        return ["mu"]
+
     def __init__(self, *args: Any, density: float = 1.0, distribution: str = "erk",
-                 dense_layers: Sequence[str] = (), layer_kind: str = "masked", **kwargs: Any) -> None:
+                 dense_layers: Sequence[str] = (), layer_kind: str = "masked", dense_output: bool = False,
+                 backend: str = "auto", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._init_sparsity(density, distribution, dense_layers, layer_kind)
+        self._init_sparsity(density, distribution, dense_layers, layer_kind, dense_output, backend)
 
 
 class SparseContinuousCritic(SparseNetworkMixin, ContinuousCritic):
@@ -100,11 +124,15 @@ class SparseContinuousCritic(SparseNetworkMixin, ContinuousCritic):
                  features_extractor: BaseFeaturesExtractor, features_dim: int,
                  activation_fn: type[nn.Module] = nn.ReLU, normalize_images: bool = True, n_critics: int = 2,
                  share_features_extractor: bool = True, density: float = 1.0, distribution: str = "erk",
-                 dense_layers: Sequence[str] = (), layer_kind: str = "masked") -> None:
+                 dense_layers: Sequence[str] = (), layer_kind: str = "masked", dense_output: bool = False,
+                 backend: str = "auto") -> None:
         super().__init__(observation_space, action_space, net_arch, features_extractor, features_dim,
                          activation_fn, normalize_images, n_critics, share_features_extractor)
         self.net_arch, self.features_dim, self.activation_fn = net_arch, features_dim, activation_fn
-        self._init_sparsity(density, distribution, dense_layers, layer_kind)
+        self._init_sparsity(density, distribution, dense_layers, layer_kind, dense_output, backend)
+
+    def _output_heads(self) -> list[str]:
+        return [f"qf{index}" for index in range(self.n_critics)]
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()

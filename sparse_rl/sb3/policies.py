@@ -1,35 +1,67 @@
 """``SparseSACPolicy`` and ``SparseTD3Policy``: SB3 policies whose actor, critics and target
 networks are sparse and rewire themselves during ``learn()`` with no callback.
 
-Each network's optimizer gets the hooks of a :class:`~sparse_rl.topology.TopologyController`:
-before every step the controller counts it, runs a scheduled topology update scored with the
-gradient of the loss that step belongs to (SB3's own replay-buffer batch), and masks the
-gradient; after the step it re-masks the weights. Target networks receive every new mask, so
-Polyak averaging keeps their masked weights at exactly 0.
+Each network's optimizer gets the hooks of the controller its method kind builds
+(:mod:`sparse_rl.methods.registry`): before every step the controller counts it, runs what the
+method does then (a scheduled topology update scored with the gradient of SB3's own
+replay-buffer batch, a regulariser, a prune), and masks the gradient; after the step it
+re-masks the weights. Target networks follow every new mask.
+
+Schedules given as a fraction of training learn how far training is from SB3 itself: every
+``train()`` call evaluates the algorithm's learning-rate schedule at ``progress_remaining``, and
+the policy taps that schedule, so ``model.learn(N)`` alone runs the whole schedule (several
+``learn()`` calls with ``reset_num_timesteps=False`` follow SB3's own progress).
 """
 
 from __future__ import annotations
 
 import inspect
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from gymnasium import spaces
+from stable_baselines3.common.preprocessing import get_flattened_obs_dim
+from stable_baselines3.common.torch_layers import get_actor_critic_arch
+from stable_baselines3.common.utils import FloatSchedule
 from stable_baselines3.sac.policies import SACPolicy
 from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
-from sparse_rl.sb3.config import SPARSITY_KEYS, SparsityConfig
+from sparse_rl.controller import MaskController
 from sparse_rl.sb3.networks import SparseContinuousCritic, SparseSACActor, SparseTD3Actor
-from sparse_rl.methods.halo import HaloController, halo_layers
-from sparse_rl.methods.thresholds import ThresholdController, threshold_layers
-from sparse_rl.topology import TopologyController, sparse_layers
-
-MaskController = TopologyController | ThresholdController | HaloController
-"""What keeps one network's sparsity: each has ``layers``, ``last_stats``, ``num_updates``,
-``attach(optimizer)`` and ``set_progress(progress)``."""
+from sparse_rl.sparsity import SPARSITY_KEYS, SparsityConfig
+from sparse_rl.topology import sparse_layers
+from sparse_rl.width import iso_param_density, widen
 
 FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
+
+
+def _same(schedule: Callable[[float], float]) -> Callable[[float], float]:
+    return schedule
+
+
+class ProgressTap:
+    """A learning-rate schedule that also tells a policy how far training is.
+
+    SB3 evaluates its schedule at ``progress_remaining`` on every ``train()`` call; the tap passes
+    ``1 - progress_remaining`` to the policy and returns the wrapped schedule's value unchanged. It
+    holds the policy weakly and pickles as the wrapped schedule, so saved models are unaffected.
+    """
+
+    def __init__(self, schedule: Callable[[float], float], policy: SparsePolicyMixin) -> None:
+        self.schedule = schedule
+        self._policy = weakref.ref(policy)
+
+    def __call__(self, progress_remaining: float) -> float:
+        policy = self._policy()
+        if policy is not None:
+            policy.set_training_progress(min(1.0, max(0.0, 1.0 - progress_remaining)))
+        return self.schedule(progress_remaining)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _same, (self.schedule,)
 
 
 class SparsePolicyMixin:
@@ -44,10 +76,13 @@ class SparsePolicyMixin:
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Box, lr_schedule: Any,
                  **kwargs: Any) -> None:
         sparsity = {key: kwargs.pop(key) for key in SPARSITY_KEYS if key in kwargs}
-        self._setup_sparsity(action_space, sparsity, kwargs)
+        self._setup_sparsity(observation_space, action_space, sparsity, kwargs)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)  # type: ignore[call-arg]
+        if isinstance(lr_schedule, FloatSchedule):  # the algorithm's own schedule object
+            lr_schedule.value_schedule = ProgressTap(lr_schedule.value_schedule, self)
 
-    def _setup_sparsity(self, action_space: spaces.Space, sparsity: dict[str, Any], kwargs: dict[str, Any]) -> None:
+    def _setup_sparsity(self, observation_space: spaces.Space, action_space: spaces.Space,
+                        sparsity: dict[str, Any], kwargs: dict[str, Any]) -> None:
         if not isinstance(action_space, spaces.Box):
             raise ValueError(f"sparse SAC/TD3 policies need a Box (continuous) action space, got {action_space}")
         allowed = [p for p in inspect.signature(self._base_policy.__init__).parameters
@@ -55,20 +90,38 @@ class SparsePolicyMixin:
         unknown = sorted(set(kwargs) - set(allowed))
         if unknown:
             raise ValueError(f"unknown policy kwarg(s) {unknown}; allowed: {', '.join([*SPARSITY_KEYS, *allowed])}")
-        if kwargs.get("use_sde"):
-            raise ValueError("gSDE (use_sde=True) is not supported by sparse policies")
-        self.sparsity = SparsityConfig(**sparsity)
+        self.sparsity = SparsityConfig.from_kwargs(**sparsity)
+        self._densities = {network: self.sparsity.network_density(network) for network in ("actor", "critic")}
+        multiplier = self.sparsity.width_multiplier
+        self._base_net_arch = kwargs.get("net_arch")
+        if multiplier > 1:
+            self._widen(observation_space, action_space, kwargs)
         optimizer_class = kwargs.get("optimizer_class", torch.optim.Adam)
         if optimizer_class in FUSED_OPTIMIZERS:
             # Adam's exp_avg_sq is exactly 0 at every masked weight, and torch's foreach sqrt is
             # many times slower on tensors holding zeros on common CPUs; the fused kernel is not.
             kwargs["optimizer_kwargs"] = {"fused": True, **(kwargs.get("optimizer_kwargs") or {})}
 
-    def make_actor(self, features_extractor=None) -> nn.Module:
+    def _widen(self, observation_space: spaces.Space, action_space: spaces.Box, kwargs: dict[str, Any]) -> None:
+        """Multiply the hidden widths by ``width_multiplier``; with ``iso_params`` set the densities
+        so each network keeps the weight count of its dense version at multiplier 1."""
+        if self.sparsity.kind.learns_density or self.sparsity.kind.starts_dense:
+            raise ValueError(f"width_multiplier needs a method of fixed density, not {self.sparsity.method!r}")
+        multiplier = self.sparsity.width_multiplier
+        pi, qf = get_actor_critic_arch(kwargs.get("net_arch") or [256, 256])
+        kwargs["net_arch"] = {"pi": widen(pi, multiplier), "qf": widen(qf, multiplier)}
+        if self.sparsity.iso_params:
+            n_obs, n_act = get_flattened_obs_dim(observation_space), int(action_space.shape[0])
+            actor_out = n_act * (2 if self._base_policy is SACPolicy and not kwargs.get("use_sde") else 1)
+            n_critics = kwargs.get("n_critics", 2)
+            self._densities = {"actor": iso_param_density(n_obs, pi, actor_out, multiplier),
+                               "critic": iso_param_density(n_obs + n_act, qf, 1, multiplier, n_critics)}
+
+    def make_actor(self, features_extractor: Any = None) -> nn.Module:
         actor_kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)  # type: ignore[attr-defined]
         return self._actor_class(**actor_kwargs, **self._network_kwargs("actor")).to(self.device)  # type: ignore[attr-defined]
 
-    def make_critic(self, features_extractor=None) -> SparseContinuousCritic:
+    def make_critic(self, features_extractor: Any = None) -> SparseContinuousCritic:
         critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)  # type: ignore[attr-defined]
         return SparseContinuousCritic(**critic_kwargs, **self._network_kwargs("critic")).to(self.device)  # type: ignore[attr-defined]
 
@@ -81,29 +134,20 @@ class SparsePolicyMixin:
                                                      critic.optimizer)
 
     def _network_kwargs(self, network: str) -> dict[str, Any]:
-        return dict(density=self.sparsity.initial_density(network), distribution=self.sparsity.distribution,
-                    dense_layers=self.sparsity.network_dense_layers(network), layer_kind=self.sparsity.layer_kind)
+        kind = self.sparsity.kind
+        fixed = not (kind.starts_dense or kind.learns_density)
+        density = self._densities[network] if fixed else self.sparsity.initial_density(network)
+        return dict(density=density, distribution=self.sparsity.distribution,
+                    dense_layers=self.sparsity.network_dense_layers(network), layer_kind=self.sparsity.kind.name,
+                    dense_output=self.sparsity.dense_output, backend=self.sparsity.backend)
 
     def _make_controller(self, network: str, online: nn.Module, target: nn.Module | None,
                          optimizer: torch.optim.Optimizer) -> MaskController:
-        """The controller that keeps ``online``'s sparsity (and ``target``'s masks) around ``optimizer``."""
-        if self.sparsity.layer_kind == "threshold":
-            controller: MaskController = ThresholdController(threshold_layers(online),
-                                                             self.sparsity.threshold_alpha_of(network))
-            controller.attach(optimizer)
-            return controller
-        if self.sparsity.layer_kind == "halo":
-            controller = HaloController(halo_layers(online), self.sparsity.halo_xi, self.sparsity.halo_psi,
-                                        self.sparsity.prune_schedule(network),
-                                        sparse_layers(target) if target is not None else None)
-            controller.attach(optimizer)
-            return controller
-        criteria = self.sparsity.criteria()
-        prune, grow = criteria if criteria else (None, None)
-        layers = sparse_layers(online)
-        controller = TopologyController(layers, prune, grow, self.sparsity.schedule(),
-                                        sparse_layers(target) if target is not None else None)
-        if any(not bool(layer.mask.all()) for layer in layers.values()):
+        """The method kind's controller of ``online`` (and ``target``), attached to ``optimizer``
+        unless every layer is dense and stays so (a dense baseline runs SB3's plain step)."""
+        controller = self.sparsity.kind.make_controller(self.sparsity, network, online, target)
+        stays_dense = self.sparsity.is_dense and all(bool(layer.mask.all()) for layer in sparse_layers(online).values())
+        if not stays_dense:
             controller.attach(optimizer)
         return controller
 
@@ -112,13 +156,15 @@ class SparsePolicyMixin:
         return {"actor": self.actor_topology, "critic": self.critic_topology}
 
     def set_training_progress(self, progress: float) -> None:
-        """Fraction of training done, for schedules whose end is a fraction of training."""
+        """Fraction of training done, for schedules whose end is a fraction of training (SB3's
+        ``learn()`` sets it through the learning-rate schedule; call it from a custom loop)."""
         for controller in self.topology_controllers().values():
             controller.set_progress(progress)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()  # type: ignore[misc]
         data.update(self.sparsity.as_kwargs())
+        data["net_arch"] = self._base_net_arch if self._base_net_arch is not None else data["net_arch"]
         return data
 
 
@@ -126,11 +172,16 @@ class SparseSACPolicy(SparsePolicyMixin, SACPolicy):
     """SB3's ``SACPolicy`` with sparse actor, critics and target critics.
 
     Use it like ``MlpPolicy``: ``SAC(SparseSACPolicy, env, policy_kwargs=dict(density=0.1))``.
-    Every field of :class:`~sparse_rl.sb3.config.SparsityConfig` is a ``policy_kwargs`` key
-    (``density``, ``actor_density``, ``critic_density``, ``method``, ``distribution``,
-    ``dense_layers``, ``update_interval``, ``drop_fraction``, ``update_end``, ``decay``,
-    ``prune``, ``grow``, ``prune_kwargs``, ``grow_kwargs``); the rest go to ``SACPolicy``.
-    Adam and AdamW default to ``fused=True``. gSDE is not supported.
+    Every field of :class:`~sparse_rl.sparsity.SparsityConfig` is a ``policy_kwargs`` key:
+    ``density``, ``actor_density``, ``critic_density``, ``method``, ``distribution``,
+    ``dense_layers``, ``dense_output``, ``update_interval``, ``drop_fraction``, ``update_end``,
+    ``decay``, ``prune``, ``grow``, ``prune_kwargs``, ``grow_kwargs``, ``backend``,
+    ``width_multiplier``, ``iso_params``, and the method kind's own settings
+    (``threshold_alpha``, ``actor_threshold_alpha``, ``critic_threshold_alpha`` for ``thresholds``;
+    ``halo_xi``, ``halo_psi``, ``prune_start``, ``prune_end`` for ``halo``; ``target_rule`` for
+    ``ds-td3``); the rest go to ``SACPolicy``. Adam and AdamW default to ``fused=True``.
+    With gSDE (``use_sde=True``) the latent network and ``mu`` are sparse; the exploration matrix
+    and ``log_std`` are not weights of a linear layer and stay dense.
     """
 
     _base_policy = SACPolicy

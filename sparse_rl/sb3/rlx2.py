@@ -17,7 +17,7 @@ sum, truncated at the first termination or time-out in the window, with the boot
   maximum capacity.
 
 The buffer needs its model (for the actor, the entropy coefficient and ``learning_starts``):
-``SparseLoggingCallback`` attaches it at the start of every ``learn()``, or call :meth:`attach`.
+``SparseMetricsCallback`` attaches it at the start of every ``learn()``, or call :meth:`attach`.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class RLx2ReplayBuffer(NStepReplayBuffer):
 
     def _require_model(self) -> Any:
         if self._model is None:
-            raise RuntimeError("RLx2ReplayBuffer needs its model: learn() with SparseLoggingCallback, "
+            raise RuntimeError("RLx2ReplayBuffer needs its model: learn() with SparseMetricsCallback, "
                                "or call replay_buffer.attach(model) first")
         return self._model
 

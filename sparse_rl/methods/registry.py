@@ -1,0 +1,41 @@
+"""Every method kind, registered in one place, and the method names (presets) they bring.
+
+Adding a method kind is one file under :mod:`sparse_rl.methods` defining its ``KIND`` and one
+entry in :data:`KINDS` here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sparse_rl.methods import ds_td3, halo, masked, thresholds
+from sparse_rl.methods.kind import MethodKind, MethodPreset
+
+KINDS: dict[str, MethodKind] = {kind.name: kind for kind in (masked.KIND, thresholds.KIND, halo.KIND, ds_td3.KIND)}
+"""Method kinds by name."""
+
+METHODS: dict[str, MethodPreset] = {preset.name: preset for kind in KINDS.values() for preset in kind.presets}
+"""Method names (what ``--method`` accepts) and what each means."""
+
+
+def get_method(name: str) -> MethodPreset:
+    """The preset called ``name``; ``ValueError`` naming the allowed ones otherwise."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def method_label(sparsity: Mapping[str, Any]) -> str:
+    """The method a ``sparsity`` settings mapping runs, with what it changes of the preset.
+
+    ``rigl``; ``rigl+prune-snip`` for a criterion override; ``dst-ee+c0.01`` for a criterion
+    parameter. Run directory names and report rows both use it, so an ablation of a criterion
+    or its parameters never shares a directory or a row with the preset.
+    """
+    parts = [str(sparsity.get("method", "rigl"))]
+    parts += [f"{kind}-{sparsity[kind]}" for kind in ("prune", "grow") if sparsity.get(kind)]
+    for kind in ("prune_kwargs", "grow_kwargs"):
+        parts += [f"{key}{value:g}" if isinstance(value, (int, float)) else f"{key}{value}"
+                  for key, value in sorted((sparsity.get(kind) or {}).items())]
+    return "+".join(parts)

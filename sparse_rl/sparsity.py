@@ -1,0 +1,193 @@
+"""The sparsity settings of a sparse network pair (actor, critics), validated in one place.
+
+:class:`SparsityConfig` holds the settings every method shares (densities, layer distribution,
+update schedule, criteria, execution backend, width) and the settings of the method's kind,
+which that kind declares (:attr:`~sparse_rl.methods.kind.MethodKind.settings_class`). Every
+field is a flat ``policy_kwargs`` key; build one with :meth:`SparsityConfig.from_kwargs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from sparse_rl.criteria import GRADIENT_CRITERIA, Criterion, resolve_criterion
+from sparse_rl.distributions import DISTRIBUTIONS, check_density
+from sparse_rl.methods.kind import MethodKind, MethodPreset
+from sparse_rl.methods.registry import KINDS, get_method
+from sparse_rl.schedules import UpdateSchedule
+
+NETWORKS = ("actor", "critic")
+BACKENDS = ("auto", "masked", "sparse")
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    """Sparsity settings of a sparse SAC/TD3 policy (every field but ``settings`` is a ``policy_kwargs`` key).
+
+    :param density: global fraction of active weights, in (0, 1]; 1.0 gives a dense agent.
+    :param actor_density: the actor's own density (default: ``density``).
+    :param critic_density: the critics' density, one budget for all Q-heads (default: ``density``).
+    :param method: a method name of :data:`sparse_rl.methods.METHODS` (``rigl``, ``set``, ``mest``,
+        ``dst-ee``, ``rlx2``, ``ds-td3``, ``thresholds``, ``halo``, ``static``, ``dense``).
+    :param distribution: how a network's density is split over its layers: ``uniform``, ``er``, ``erk``.
+    :param dense_layers: ``fnmatch`` patterns, prefixed with the network, of layers kept dense,
+        e.g. ``("actor.mu", "critic.qf*.4")``; they are paid for from the same budget.
+    :param dense_output: keep every network's output layers dense (DS-TD3), from the same budget.
+    :param update_interval: ΔT, optimizer steps of a network between its topology updates.
+    :param drop_fraction: α, fraction of active weights replaced at the first update, in [0, 1).
+    :param update_end: last update point: an int optimizer step, or a float fraction of training
+        (SB3's ``learn()`` tells the policy its progress); ``None`` never stops.
+    :param decay: drop-fraction decay, ``cosine`` or ``constant``.
+    :param prune: prune criterion overriding the method's (e.g. ``snip`` for a Fantastic-Weights study).
+    :param grow: grow criterion overriding the method's.
+    :param prune_kwargs: parameters of the prune criterion (e.g. ``{"gamma": 1.0}`` for ``mest``).
+    :param grow_kwargs: parameters of the grow criterion (e.g. ``{"c": 1e-3}`` for ``ucb``).
+    :param backend: how sparse layers compute: ``masked`` (dense kernels on masked weights),
+        ``sparse`` (active weights only) or ``auto`` (per layer, whichever is faster).
+    :param width_multiplier: every hidden width is multiplied by this integer (>= 1).
+    :param iso_params: set the density so the widened network has the weight count of the dense
+        network at width multiplier 1 (needs ``width_multiplier`` > 1 and ``density`` 1.0).
+    :param settings: the method kind's own settings (``threshold_alpha`` for ``thresholds``,
+        ``halo_xi`` for ``halo``, ``target_rule`` for ``ds-td3``), flat keys in ``policy_kwargs``.
+    """
+
+    density: float = 1.0
+    actor_density: float | None = None
+    critic_density: float | None = None
+    method: str = "rigl"
+    distribution: str = "erk"
+    dense_layers: tuple[str, ...] = ()
+    dense_output: bool = False
+    update_interval: int = 1000
+    drop_fraction: float = 0.5
+    update_end: int | float | None = 0.8
+    decay: str = "cosine"
+    prune: str | None = None
+    grow: str | None = None
+    prune_kwargs: dict[str, Any] = field(default_factory=dict)
+    grow_kwargs: dict[str, Any] = field(default_factory=dict)
+    backend: str = "auto"
+    width_multiplier: int = 1
+    iso_params: bool = False
+    settings: Any = None
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> SparsityConfig:
+        """Settings from flat ``policy_kwargs`` keys: the method preset's defaults, then ``kwargs``;
+        the kind's own keys go to its settings. ``ValueError`` for a key of another method's kind."""
+        preset = get_method(kwargs.get("method", "rigl"))
+        kind = KINDS[preset.kind]
+        values = {**preset.defaults, **kwargs}
+        own = {key: values.pop(key) for key in kind.setting_keys if key in values}
+        for key in values:
+            if key not in COMMON_KEYS:
+                owners = [k for k in KINDS.values() if key in k.setting_keys]
+                if not owners:
+                    raise ValueError(f"unknown sparsity setting {key!r}; allowed: {', '.join(SPARSITY_KEYS)}")
+                methods = [p.name for k in owners for p in k.presets]
+                raise ValueError(f"{key!r} is a setting of method {' / '.join(methods)}, not of {preset.name!r}"
+                                 + (f" (whose own settings are {', '.join(kind.setting_keys)})"
+                                    if kind.setting_keys else ""))
+        return cls(**values, settings=kind.settings_class(**own))
+
+    def __post_init__(self) -> None:
+        check_density(self.density)
+        for name in ("actor_density", "critic_density"):
+            if getattr(self, name) is not None:
+                check_density(getattr(self, name), name)
+        preset, kind = self.preset, self.kind
+        if self.settings is None:
+            object.__setattr__(self, "settings", kind.settings_class())
+        elif not isinstance(self.settings, kind.settings_class):
+            raise ValueError(f"method {self.method!r} takes {kind.settings_class.__name__} settings, "
+                             f"got {type(self.settings).__name__}")
+        if self.method == "dense" and not self.is_dense:
+            raise ValueError("method 'dense' needs density 1.0 (and no actor/critic density below 1)")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"unknown distribution {self.distribution!r}; allowed: {', '.join(DISTRIBUTIONS)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; allowed: {', '.join(BACKENDS)}")
+        if isinstance(self.width_multiplier, bool) or not isinstance(self.width_multiplier, int) \
+                or self.width_multiplier < 1:
+            raise ValueError(f"width_multiplier must be an integer >= 1, got {self.width_multiplier!r}")
+        if self.iso_params and (self.width_multiplier == 1 or self.density != 1.0
+                                or self.actor_density is not None or self.critic_density is not None):
+            raise ValueError("iso_params sets the density from width_multiplier: give width_multiplier > 1 "
+                             "and no density, actor_density or critic_density")
+        object.__setattr__(self, "dense_layers", tuple(self.dense_layers))
+        for pattern in self.dense_layers:
+            if pattern.split(".", 1)[0] not in NETWORKS or "." not in pattern:
+                raise ValueError(f"dense layer {pattern!r} must start with one of: "
+                                 f"{', '.join(n + '.' for n in NETWORKS)}")
+        if kind.name != "masked" and preset.prune is None and (self.prune or self.grow):
+            raise ValueError(f"method {self.method!r} has no prune/grow criteria to override")
+        if kind.learns_density and any(self.network_density(network) != 1.0 for network in NETWORKS):
+            raise ValueError(f"method {self.method!r} learns its density; density, actor_density and "
+                             "critic_density do not apply (leave them at 1.0)")
+        if kind.starts_dense and all(self.network_density(network) == 1.0 for network in NETWORKS):
+            raise ValueError(f"method {self.method!r} prunes to a target density; give a density below 1")
+        check = getattr(self.settings, "check", None)
+        if check is not None:
+            check(self)
+        if preset.updates_topology or self.prune or self.grow:
+            self.criteria()
+        self.schedule()
+
+    @property
+    def preset(self) -> MethodPreset:
+        return get_method(self.method)
+
+    @property
+    def kind(self) -> MethodKind:
+        """The method's kind (its layer class, controller and settings)."""
+        return KINDS[self.preset.kind]
+
+    @property
+    def is_dense(self) -> bool:
+        """Whether every network is fully dense (density 1) and stays so."""
+        return (not self.kind.learns_density and not self.kind.starts_dense and not self.iso_params
+                and all(self.network_density(network) == 1.0 for network in NETWORKS))
+
+    def initial_density(self, network: str) -> float:
+        """The density a network is built with: kinds that prune later or learn density start dense."""
+        kind = self.kind
+        return 1.0 if kind.starts_dense or kind.learns_density else self.network_density(network)
+
+    def network_density(self, network: str) -> float:
+        """Density of ``"actor"`` or ``"critic"`` (before any ``iso_params`` widening)."""
+        own = getattr(self, f"{network}_density")
+        return self.density if own is None else own
+
+    def network_dense_layers(self, network: str) -> tuple[str, ...]:
+        """The dense-layer patterns of one network, without its prefix."""
+        return tuple(p.split(".", 1)[1] for p in self.dense_layers if p.split(".", 1)[0] == network)
+
+    def criteria(self) -> tuple[Criterion, Criterion] | None:
+        """(prune, grow) criteria, or ``None`` for a topology that never changes."""
+        preset = self.preset
+        prune, grow = self.prune or preset.prune, self.grow or preset.grow
+        if prune is None or grow is None:
+            if self.prune or self.grow:
+                raise ValueError(f"method {self.method!r} never updates the topology; "
+                                 "prune/grow criteria need a method that does")
+            return None
+        return (resolve_criterion("prune", prune, self.prune_kwargs),
+                resolve_criterion("grow", grow, self.grow_kwargs))
+
+    def grow_uses_dense_gradient(self) -> bool:
+        """Whether topology updates need the dense weight gradient (growth scored by gradients)."""
+        return (self.grow or self.preset.grow) in GRADIENT_CRITERIA
+
+    def schedule(self) -> UpdateSchedule:
+        return UpdateSchedule(self.update_interval, self.drop_fraction, self.update_end, self.decay)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The settings as flat ``policy_kwargs`` (the kind's settings inlined)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
+        return {**data, **asdict(self.settings)}
+
+
+COMMON_KEYS = tuple(f.name for f in fields(SparsityConfig) if f.name != "settings")
+SPARSITY_KEYS = COMMON_KEYS + tuple(dict.fromkeys(key for kind in KINDS.values() for key in kind.setting_keys))
+"""Every sparsity ``policy_kwargs`` key: the shared ones, then each kind's own."""
