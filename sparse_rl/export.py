@@ -114,7 +114,24 @@ def load_model(path: str | Path) -> Any:
     if not isinstance(obs_space, spaces.Box) or is_image_space(obs_space, check_channels=False):
         kind = "an image" if isinstance(obs_space, spaces.Box) else "a non-Box"
         raise ExportError(f"{zip_path} has {kind} observation space {obs_space}; {SUPPORTED}")
+    configured = _run_config_algo(Path(path))
+    if configured is not None and configured.upper() != algo:
+        raise ExportError(f"{path}: config.yaml says algo {configured!r} but model.zip holds a {algo} model")
     return (SAC if algo == "SAC" else TD3).load(zip_path, device="cpu")
+
+
+def _run_config_algo(path: Path) -> str | None:
+    """The ``algo`` of a run directory's ``config.yaml`` (None for a model.zip or a directory without one)."""
+    import yaml
+
+    if not (path.is_dir() and (path / "config.yaml").is_file()):
+        return None
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text())
+    except yaml.YAMLError as error:
+        raise ExportError(f"{path / 'config.yaml'} is not valid YAML ({str(error).splitlines()[0]})") from None
+    algo = config.get("algo") if isinstance(config, dict) else None
+    return str(algo) if algo is not None else None
 
 
 def load_vecnormalize(path: str | Path, obs_shape: tuple[int, ...]) -> ObsNormalization | None:

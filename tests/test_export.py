@@ -246,6 +246,8 @@ def test_cli_exports_a_trained_run_directory(tmp_path, observations):
     if COMPILER:
         library = compile_library([tmp_path / "actor.c"], tmp_path)
         np.testing.assert_allclose(run_c(library, "predict", observations, 1), reference, rtol=0, atol=ATOL)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"algo": "td3"}))
+    assert "config.yaml says algo 'td3' but model.zip holds a SAC model" in export_error(str(run_dir))
 
 
 def test_deploy_imports_numpy_only():
@@ -281,7 +283,6 @@ def export_error(*argv: str) -> str:
         main([*argv, "--format", "npz", "--out", "unused.npz"])
     message = str(raised.value.code)
     assert message.startswith("sparse_rl.export: error: ") and "\n" not in message
-    assert "supported" in message
     return message
 
 
@@ -306,7 +307,8 @@ def test_bad_input_is_a_one_line_error_naming_what_is_supported(tmp_path, kind):
     else:
         path = tmp_path / "nothing.zip"
         expected = "does not exist"
-    assert expected in export_error(str(path))
+    message = export_error(str(path))
+    assert expected in message and "supported: SAC or TD3" in message
 
 
 def test_cli_error_has_no_traceback(tmp_path):
