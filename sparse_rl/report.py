@@ -4,22 +4,25 @@ Usage::
 
     python -m sparse_rl.report RUNS... --out DIR [--reps 2000]
 
-Each of ``RUNS`` is a run directory (one holding ``config.yaml``) or a directory searched
-recursively for run directories, so ``python -m sparse_rl.report runs/ --out report/`` reads
-every run under ``runs/``. Runs are grouped by (env, algo, method, density) across seeds and
-``DIR`` receives:
+Each of ``RUNS`` is a run directory or a ledger record (one holding ``config.yaml``,
+:mod:`sparse_rl.ledger`) or a directory searched recursively for them, so
+``python -m sparse_rl.report runs/ --out report/`` reads every run under ``runs/`` and
+``python -m sparse_rl.report results/ledger/mujoco_100k --out results/mujoco_100k`` every record
+of a grid. Runs are grouped by their :func:`~sparse_rl.run_config.run_label` (env, algo,
+method, density) across seeds and ``DIR`` receives:
 
 * ``results.md``: one row per group with the IQM of the final evaluation return and its 95 %
   stratified-bootstrap CI (rliable), the IQM as a percentage of the dense group's (same env
   and algo, density 1.0; blank when the dense IQM is not positive) and as a difference from
   it, and the parameter, inference-FLOP and training-FLOP ratios to dense (from
-  ``summary.json``; training FLOPs fall back to the TensorBoard scalar
-  ``flops/train_cumulative`` for a run that has no summary yet);
-* ``<env>_<algo>_return_vs_steps.png`` and ``<env>_<algo>_return_vs_flops.png``: the mean
-  evaluation return across seeds (shaded min–max) against env steps and against cumulative
-  training FLOPs.
+  ``summary.json``; training FLOPs fall back to the cumulative FLOP series for a run that
+  has no summary yet), the mean wall-clock seconds per 1,000 env steps and the wall-clock
+  ratio to dense; a line names the machines (CPU model, threads) the runs ran on;
+* ``<env>_<algo>_return_vs_steps.png``, ``..._return_vs_flops.png`` and
+  ``..._return_vs_wallclock.png``: the mean evaluation return across seeds (shaded min–max)
+  against env steps, cumulative training FLOPs and wall-clock hours.
 
-A run without ``evaluations.npz`` yet is skipped with a warning. From Python, call
+A run without ``evaluations.npz`` yet is skipped with a warning; one evaluation is enough. From Python, call
 :func:`write_report`.
 """
 
@@ -27,12 +30,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -40,44 +45,56 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 from rliable import library as rly
 from rliable import metrics as rly_metrics
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sparse_rl.methods import get_method, method_label
+from sparse_rl.ledger import Series, read_series
+from sparse_rl.run_config import run_label
 
 PROG = "sparse_rl.report"
 CONFIG_KEYS = ("env", "algo", "seed", "total_steps")
-TRAIN_FLOPS_TAG = "flops/train_cumulative"
 MISSING = "—"
 COLUMNS = ("env", "algo", "method", "density", "seeds", "final return IQM [95% CI]", "% of dense",
-           "IQM − dense IQM", "params vs dense", "inference FLOPs vs dense", "training FLOPs vs dense")
+           "IQM − dense IQM", "params vs dense", "inference FLOPs vs dense", "training FLOPs vs dense",
+           "s / 1k steps", "wall-clock vs dense")
 
-GroupKey = tuple[str, str, str, float]
-"""(env, algo, method, density)."""
+GroupKey = tuple[str, str, str, float, str]
+"""(env, algo, method, density, detail): a :class:`~sparse_rl.run_config.RunLabel`'s parts."""
 Curve = tuple[np.ndarray, np.ndarray]
 """(x, y) arrays of equal length, x increasing."""
 
 
 @dataclass(frozen=True)
 class Run:
-    """One training run: its config, evaluation curve, summary and TensorBoard FLOP curve."""
+    """One training run: its config, evaluation curve, summary and scalar series."""
 
     path: Path
     env: str
     algo: str
     method: str
     density: float
+    detail: str
+    """What the density alone does not say (``actor 0.1``); see :attr:`~sparse_rl.run_config.RunLabel.detail`."""
     seed: int
     total_steps: int
     eval_steps: np.ndarray
     eval_returns: np.ndarray
     """Mean return over the episodes of each evaluation."""
-    summary: dict[str, float] | None
-    train_flops: Curve | None
-    """Cumulative training FLOPs against env steps, from TensorBoard."""
+    summary: dict[str, Any] | None
+    series: Series
+    """Wall-clock, cumulative training FLOPs and densities against env steps (:func:`~sparse_rl.ledger.read_series`)."""
 
     @property
     def key(self) -> GroupKey:
-        return self.env, self.algo, self.method, self.density
+        return self.env, self.algo, self.method, self.density, self.detail
+
+    def curve(self, column: str) -> Curve | None:
+        """``column`` of the series against env steps, where known; None if never."""
+        known = ~np.isnan(self.series[column])
+        return (self.series["env_steps"][known], self.series[column][known]) if known.any() else None
+
+    @property
+    def train_flops(self) -> Curve | None:
+        """Cumulative training FLOPs against env steps."""
+        return self.curve("train_flops")
 
     @property
     def final_return(self) -> float:
@@ -102,20 +119,6 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def read_scalar(run_dir: Path, tag: str) -> Curve | None:
-    """The TensorBoard scalar ``tag`` from all event files under ``run_dir``, by step; None if absent."""
-    points: dict[int, float] = {}
-    for events in sorted(run_dir.rglob("events.out.tfevents.*")):
-        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        accumulator.Reload()
-        if tag in accumulator.Tags()["scalars"]:
-            points.update((event.step, event.value) for event in accumulator.Scalars(tag))
-    if not points:
-        return None
-    steps = np.array(sorted(points))
-    return steps, np.array([points[step] for step in steps])
-
-
 def load_run(run_dir: Path) -> Run | None:
     """Read one run directory; None (with a warning) if it has no evaluation yet."""
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -132,19 +135,14 @@ def load_run(run_dir: Path) -> Run | None:
         warn(f"skipping {run_dir}: evaluations.npz holds no evaluation yet")
         return None
     summary_path = run_dir / "summary.json"
-    sparsity = config.get("sparsity") or {}
-    density = float(sparsity.get("density", 1.0))
-    method = method_label(sparsity)
-    if density == 1.0 and get_method(str(sparsity.get("method", "rigl"))).kind == "masked":
-        method = "dense"
-    if config.get("param_matched") is not None:  # a narrow dense net with the weights of density param_matched
-        method, density = "matched-dense", float(config["param_matched"])
+    label = run_label(config)
     return Run(
-        path=run_dir, env=str(config["env"]), algo=str(config["algo"]), method=method, density=density,
-        seed=int(config["seed"]), total_steps=int(config["total_steps"]),
-        eval_steps=np.asarray(eval_steps), eval_returns=np.asarray(results, dtype=float).mean(axis=1),
+        path=run_dir, env=str(config["env"]), algo=str(config["algo"]), method=label.method,
+        density=float(label.density), detail=label.detail, seed=int(config["seed"]),
+        total_steps=int(config["total_steps"]), eval_steps=np.asarray(eval_steps),
+        eval_returns=np.asarray(results, dtype=float).mean(axis=1),
         summary=json.loads(summary_path.read_text()) if summary_path.is_file() else None,
-        train_flops=read_scalar(run_dir, TRAIN_FLOPS_TAG),
+        series=read_series(run_dir),
     )
 
 
@@ -153,13 +151,14 @@ def group_runs(runs: Iterable[Run]) -> dict[GroupKey, list[Run]]:
     groups: dict[GroupKey, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.key, []).append(run)
-    order = sorted(groups, key=lambda key: (key[0], key[1], -key[3], key[2]))
+    order = sorted(groups, key=lambda key: (key[0], key[1], -key[3], key[2], key[4]))
     return {key: sorted(groups[key], key=lambda run: run.seed) for key in order}
 
 
 def dense_key(groups: dict[GroupKey, list[Run]], env: str, algo: str) -> GroupKey | None:
     """The dense (density 1.0) group of ``env`` and ``algo``, if any."""
-    return next((key for key in groups if key[:2] == (env, algo) and key[2] == "dense"), None)
+    dense = [key for key in groups if key[:2] == (env, algo) and key[2] == "dense"]
+    return min(dense, key=lambda key: bool(key[4]), default=None)  # the plain dense network first
 
 
 def iqm_with_ci(final_returns: Sequence[float], reps: int) -> tuple[float, float, float]:
@@ -181,9 +180,11 @@ def summary_ratio(run: Run, name: str, dense_runs: Sequence[Run] = ()) -> float 
     The dense runs are the reference because a parameter-matched run is dense itself: its own
     ``dense_<name>`` is its narrow network's, not the full-width baseline's.
     """
-    if run.summary is None:
+    if run.summary is None or name not in run.summary:
         return None
-    dense = [d.summary[name] for d in dense_runs if d.summary is not None]
+    dense = [d.summary[name] for d in dense_runs if d.summary is not None and name in d.summary]
+    if not dense and f"dense_{name}" not in run.summary:
+        return None
     return run.summary[name] / (float(np.mean(dense)) if dense else run.summary[f"dense_{name}"])
 
 
@@ -201,6 +202,23 @@ def train_flops_ratio(run: Run, dense_runs: Sequence[Run]) -> float | None:
     dense = [np.interp(steps[-1], *d.train_flops) for d in dense_runs
              if d.train_flops is not None and d.train_flops[0][-1] >= steps[-1]]
     return float(flops[-1] / np.mean(dense)) if dense else None
+
+
+def seconds_per_1k_steps(runs: Sequence[Run]) -> str:
+    """The runs' mean wall-clock seconds per 1,000 env steps; ``—`` if no summary has it."""
+    known = [run.summary["wall_clock_s_per_1k_steps"] for run in runs
+             if run.summary is not None and math.isfinite(run.summary.get("wall_clock_s_per_1k_steps", math.nan))]
+    return f"{np.mean(known):.1f}" if known else MISSING
+
+
+def machines_text(runs: Sequence[Run]) -> str:
+    """Which CPU models and thread counts the runs' summaries name, with how many runs each."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        if run.summary is not None and "cpu" in run.summary:
+            machine = f"{run.summary['cpu']}, {run.summary.get('threads', '?')} thread(s)"
+            counts[machine] = counts.get(machine, 0) + 1
+    return "; ".join(f"{machine} ({count} runs)" for machine, count in counts.items()) or "not recorded"
 
 
 def mean_ratio(ratios: Iterable[float | None]) -> str:
@@ -229,20 +247,24 @@ def results_markdown(groups: dict[GroupKey, list[Run]], reps: int) -> str:
     """The ``results.md`` text: a line naming the runs and budget, then one table row per group."""
     runs = [run for group in groups.values() for run in group]
     iqms = {key: iqm_with_ci([run.final_return for run in group], reps) for key, group in groups.items()}
-    lines = [f"Runs read ({len(runs)}): {runs_text(runs)}. Budget: {budget_text(runs)}.", "",
+    lines = [f"Runs read ({len(runs)}): {runs_text(runs)}. Budget: {budget_text(runs)}.",
+             f"Machines: {machines_text(runs)}.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for key, group in groups.items():
-        env, algo, method, density = key
+        env, algo, method, density, detail = key
         iqm, low, high = iqms[key]
         dense = dense_key(groups, env, algo)
         dense_runs = groups[dense] if dense is not None else []
         dense_iqm = iqms[dense][0] if dense is not None else None
-        cells = (env, algo, method, str(density), str(len(group)), f"{iqm:.1f} [{low:.1f}, {high:.1f}]",
+        cells = (env, algo, method, f"{density} ({detail})" if detail else str(density), str(len(group)),
+                 f"{iqm:.1f} [{low:.1f}, {high:.1f}]",
                  f"{100 * iqm / dense_iqm:.1f}" if dense_iqm is not None and dense_iqm > 0 else MISSING,
                  f"{iqm - dense_iqm:+.1f}" if dense_iqm is not None else MISSING,
                  mean_ratio(summary_ratio(run, "params", dense_runs) for run in group),
                  mean_ratio(summary_ratio(run, "inference_flops", dense_runs) for run in group),
-                 mean_ratio(train_flops_ratio(run, dense_runs) for run in group))
+                 mean_ratio(train_flops_ratio(run, dense_runs) for run in group),
+                 seconds_per_1k_steps(group), mean_ratio(summary_ratio(run, "wall_clock_s_per_1k_steps", dense_runs)
+                                                         for run in group))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -271,27 +293,39 @@ def plot_curves(path: Path, title: str, xlabel: str, lines: dict[str, list[Curve
     figure.savefig(path, dpi=120)
 
 
+def at_evaluations(run: Run, column: str, scale: float = 1.0) -> Curve | None:
+    """(``column`` interpolated at the run's evaluation steps × ``scale``, evaluation returns); None if unknown."""
+    curve = run.curve(column)
+    return None if curve is None else (scale * np.interp(run.eval_steps, *curve), run.eval_returns)
+
+
 def plot_env_algo(groups: dict[GroupKey, list[Run]], env: str, algo: str, out: Path) -> None:
-    """Write the return-vs-steps and return-vs-FLOPs plots of one env and algo."""
+    """Write the return-vs-steps, -FLOPs and -wall-clock plots of one env and algo."""
     by_steps: dict[str, list[Curve]] = {}
     by_flops: dict[str, list[Curve]] = {}
-    for (group_env, group_algo, method, density), group in groups.items():
+    by_hours: dict[str, list[Curve]] = {}
+    for (group_env, group_algo, method, density, detail), group in groups.items():
         if (group_env, group_algo) != (env, algo):
             continue
-        label = f"{method} d={density}"
+        label = f"{method} d={density}" + (f" ({detail})" if detail else "")
         by_steps[label] = [(run.eval_steps, run.eval_returns) for run in group]
-        flops = [(np.interp(run.eval_steps, *run.train_flops), run.eval_returns)
-                 for run in group if run.train_flops is not None]
-        if flops:
-            by_flops[label] = flops
+        for lines, column, scale in ((by_flops, "train_flops", 1.0), (by_hours, "wall_clock_s", 1 / 3600)):
+            curves = [curve for curve in (at_evaluations(run, column, scale) for run in group) if curve is not None]
+            if curves:
+                lines[label] = curves
     stem = f"{env}_{algo}".replace("/", "_")
     name = f"{env} {algo.upper()}"
     plot_curves(out / f"{stem}_return_vs_steps.png", f"{name}: return vs env steps", "env steps", by_steps)
-    if not by_flops:
-        warn(f"no {TRAIN_FLOPS_TAG} scalar in any {name} run: no return-vs-FLOPs plot")
-        return
-    plot_curves(out / f"{stem}_return_vs_flops.png", f"{name}: return vs training FLOPs",
-                "cumulative training FLOPs (log scale)", by_flops, log_x=True)
+    if by_flops:
+        plot_curves(out / f"{stem}_return_vs_flops.png", f"{name}: return vs training FLOPs",
+                    "cumulative training FLOPs (log scale)", by_flops, log_x=True)
+    else:
+        warn(f"no training FLOP series in any {name} run: no return-vs-FLOPs plot")
+    if by_hours:
+        plot_curves(out / f"{stem}_return_vs_wallclock.png", f"{name}: return vs wall-clock",
+                    "wall-clock hours of training", by_hours)
+    else:
+        warn(f"no wall-clock series in any {name} run: no return-vs-wall-clock plot")
 
 
 def write_report(run_dirs: list[Path], out: Path, reps: int = 2000) -> Path:

@@ -1,42 +1,56 @@
 """The effective configuration of a training run: a YAML file's defaults and per-env section,
-then CLI flags, then ``--set key=value`` overrides, validated against what SB3 accepts."""
+then CLI flags, then ``--set key=value`` overrides, validated against what SB3 accepts; and
+:func:`run_label`, the one function that names a run (its directory and its report row).
+
+Stable-Baselines3 is imported only by :func:`algo_classes` and :func:`allowed_keys`, so naming
+a run (what ``sparse_rl.report`` needs) does not load it.
+"""
 
 from __future__ import annotations
 
 import copy
 import inspect
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
-from stable_baselines3 import SAC, TD3
-from stable_baselines3.sac.policies import SACPolicy
-from stable_baselines3.td3.policies import TD3Policy
 
-from sparse_rl.sparsity import SPARSITY_KEYS
-from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
+from sparse_rl.methods import method_label
+from sparse_rl.sparsity import SparsityConfig
 
-RLX2_KEYS = tuple(p for p in inspect.signature(RLx2ReplayBuffer.__init__).parameters
-                  if p not in ("self", "args", "kwargs", "gamma"))
-"""Keys of the ``rlx2`` section: RLx2ReplayBuffer's own parameters (gamma comes from algo_kwargs)."""
-
-ALGOS = {"sac": (SAC, SACPolicy), "td3": (TD3, TD3Policy)}
+ALGO_NAMES = ("sac", "td3")
 TOP_LEVEL_KEYS = ("algo", "env", "seed", "total_steps", "n_envs", "eval_freq", "eval_episodes", "checkpoint_freq",
-                  "action_noise_std", "threads", "device", "param_matched", "algo_kwargs", "policy_kwargs", "sparsity", "rlx2")
+                  "action_noise_std", "threads", "device", "param_matched", "algo_kwargs", "policy_kwargs", "sparsity",
+                  "rlx2")
 SECTION_KEYS = ("algo_kwargs", "policy_kwargs", "sparsity", "rlx2")
 SET_BY_CLI = ("policy", "env", "policy_kwargs", "tensorboard_log", "seed", "device", "verbose", "action_noise",
               "_init_setup_model", "self", "replay_buffer_class", "replay_buffer_kwargs", "stats_window_size")
+NETWORKS = ("actor", "critic")
 
 
 class ConfigError(ValueError):
     """A configuration that cannot describe a run."""
 
 
+def algo_classes(algo: str) -> tuple[type, type]:
+    """(SB3 algorithm class, its policy base class) of ``"sac"`` or ``"td3"``."""
+    from stable_baselines3 import SAC, TD3
+    from stable_baselines3.sac.policies import SACPolicy
+    from stable_baselines3.td3.policies import TD3Policy
+
+    if algo not in ALGO_NAMES:
+        raise ConfigError(f"unknown algo {algo!r}; allowed: {', '.join(ALGO_NAMES)}")
+    return {"sac": (SAC, SACPolicy), "td3": (TD3, TD3Policy)}[algo]
+
+
 def default_config_path(algo: str) -> Path:
     """The packaged YAML for ``algo``."""
-    if algo not in ALGOS:
-        raise ConfigError(f"unknown algo {algo!r}; allowed: {', '.join(ALGOS)}")
+    if algo not in ALGO_NAMES:
+        raise ConfigError(f"unknown algo {algo!r}; allowed: {', '.join(ALGO_NAMES)}")
     return Path(str(resources.files("sparse_rl") / "configs" / f"{algo}.yaml"))
 
 
@@ -68,16 +82,125 @@ def env_family(env_id: str) -> str:
 
 def allowed_keys(algo: str) -> dict[str, tuple[str, ...]]:
     """Valid keys of each config section for ``algo``."""
-    algo_class, policy_class = ALGOS[algo]
+    from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
+    from sparse_rl.sparsity import SPARSITY_KEYS
+
+    algo_class, policy_class = algo_classes(algo)
     algo_params = [p for p in inspect.signature(algo_class.__init__).parameters if p not in SET_BY_CLI]
     policy_params = [p for p in inspect.signature(policy_class.__init__).parameters
                      if p not in ("self", "observation_space", "action_space", "lr_schedule")]
+    rlx2_params = [p for p in inspect.signature(RLx2ReplayBuffer.__init__).parameters
+                   if p not in ("self", "args", "kwargs", "gamma")]  # gamma comes from algo_kwargs
     return {"": TOP_LEVEL_KEYS, "algo_kwargs": tuple(algo_params), "policy_kwargs": tuple(policy_params),
-            "sparsity": SPARSITY_KEYS, "rlx2": RLX2_KEYS}
+            "sparsity": SPARSITY_KEYS, "rlx2": tuple(rlx2_params)}
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _in_range(value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+
+
+def _net_arch(value: Any) -> bool:
+    def widths(item: Any) -> bool:
+        return isinstance(item, list) and all(_is_int(width, 1) for width in item)
+
+    if isinstance(value, dict):
+        return bool(value) and set(value) <= {"pi", "qf"} and all(widths(item) for item in value.values())
+    return widths(value)
+
+
+def _train_freq(value: Any) -> bool:
+    if isinstance(value, list):
+        return len(value) == 2 and _is_int(value[0], 1) and value[1] in ("step", "episode")
+    return _is_int(value, 1)
+
+
+def _ent_coef(value: Any) -> bool:
+    if isinstance(value, str):
+        return value == "auto" or (value.startswith("auto_") and _in_range(_float(value[5:]), 0, math.inf, True))
+    return _in_range(value, 0, math.inf, low_open=True)
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+INF = math.inf
+NUMERIC_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": (lambda v: _is_int(v, 0), "an integer >= 0"),
+    "total_steps": (lambda v: _is_int(v, 1), "a positive integer"),
+    "n_envs": (lambda v: _is_int(v, 1), "a positive integer"),
+    "eval_freq": (lambda v: _is_int(v, 1), "a positive integer"),
+    "eval_episodes": (lambda v: _is_int(v, 1), "a positive integer"),
+    "checkpoint_freq": (lambda v: _is_int(v, 0), "an integer >= 0 (0: checkpoint only at the end)"),
+    "threads": (lambda v: _is_int(v, 1), "a positive integer"),
+    "action_noise_std": (lambda v: _in_range(v, 0, INF), "a number >= 0"),
+    "algo_kwargs.learning_rate": (lambda v: _in_range(v, 0, INF, low_open=True), "a number > 0"),
+    "algo_kwargs.buffer_size": (lambda v: _is_int(v, 1), "a positive integer"),
+    "algo_kwargs.learning_starts": (lambda v: _is_int(v, 0), "an integer >= 0"),
+    "algo_kwargs.batch_size": (lambda v: _is_int(v, 1), "a positive integer"),
+    "algo_kwargs.tau": (lambda v: _in_range(v, 0, 1, low_open=True), "a number in (0, 1]"),
+    "algo_kwargs.gamma": (lambda v: _in_range(v, 0, 1), "a number in [0, 1]"),
+    "algo_kwargs.train_freq": (_train_freq, "a positive integer or [n, 'step' | 'episode']"),
+    "algo_kwargs.gradient_steps": (lambda v: _is_int(v, 1) or v == -1, "a positive integer or -1"),
+    "algo_kwargs.n_steps": (lambda v: _is_int(v, 1), "a positive integer"),
+    "algo_kwargs.target_update_interval": (lambda v: _is_int(v, 1), "a positive integer"),
+    "algo_kwargs.sde_sample_freq": (lambda v: _is_int(v, -1), "an integer >= -1"),
+    "algo_kwargs.ent_coef": (_ent_coef, "a number > 0, 'auto' or 'auto_<initial value>'"),
+    "algo_kwargs.target_entropy": (lambda v: v == "auto" or _in_range(v, -INF, INF), "a number or 'auto'"),
+    "algo_kwargs.policy_delay": (lambda v: _is_int(v, 1), "a positive integer"),
+    "algo_kwargs.target_policy_noise": (lambda v: _in_range(v, 0, INF), "a number >= 0"),
+    "algo_kwargs.target_noise_clip": (lambda v: _in_range(v, 0, INF), "a number >= 0"),
+    "policy_kwargs.net_arch": (_net_arch, "a list of positive layer widths (or {pi: [...], qf: [...]})"),
+    "policy_kwargs.n_critics": (lambda v: _is_int(v, 1), "a positive integer"),
+    "policy_kwargs.log_std_init": (lambda v: _in_range(v, -INF, INF), "a finite number"),
+    "rlx2.n_steps": (lambda v: _is_int(v, 1), "a positive integer"),
+    "rlx2.n_step_delay": (lambda v: _is_int(v, 0) or _in_range(v, 0, 1, high_open=True),
+                          "an integer >= 0 (gradient steps) or a fraction of training in [0, 1)"),
+    "rlx2.check_interval": (lambda v: _is_int(v, 1), "a positive integer"),
+    "rlx2.check_size": (lambda v: _is_int(v, 1), "a positive integer"),
+    "rlx2.distance_threshold": (lambda v: _in_range(v, 0, INF), "a number >= 0"),
+    "rlx2.min_size": (lambda v: _is_int(v, 0), "an integer >= 0"),
+    "rlx2.shrink_fraction": (lambda v: _in_range(v, 0, 1, True, True), "a number in (0, 1)"),
+}
+"""Every numeric config field SB3 or this package reads: (check, what a valid value is)."""
+
+
+def _lookup(config: Mapping[str, Any], path: str) -> tuple[bool, Any]:
+    *sections, key = path.split(".")
+    target: Any = config
+    for section in sections:
+        target = target.get(section) or {}
+    return key in target, target.get(key)
+
+
+def check_values(config: Mapping[str, Any]) -> None:
+    """``ConfigError`` for a numeric field out of its range, a learning start at or past the end,
+    or sparsity settings the policy would refuse (all before any env or file exists)."""
+    for path, (check, expected) in NUMERIC_RULES.items():
+        present, value = _lookup(config, path)
+        if present and not check(value):
+            raise ConfigError(f"{path} must be {expected}, got {value!r}")
+    starts = (config.get("algo_kwargs") or {}).get("learning_starts", 100)
+    if starts >= config.get("total_steps", 1):
+        raise ConfigError(f"algo_kwargs.learning_starts ({starts}) must be below total_steps "
+                          f"({config.get('total_steps')}): the run would never train")
+    try:
+        SparsityConfig.from_kwargs(**(config.get("sparsity") or {}))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"sparsity: {error}") from None
 
 
 def validate(config: dict[str, Any]) -> None:
-    """``ConfigError`` naming the valid keys for any key that does not exist."""
+    """``ConfigError`` naming the valid keys for any key that does not exist, or the valid range of a bad value."""
     keys = allowed_keys(config["algo"])
     for key in config:
         if key not in keys[""]:
@@ -90,22 +213,22 @@ def validate(config: dict[str, Any]) -> None:
                 raise ConfigError(f"unknown config key {section}.{key}; valid: {', '.join(keys[section])}")
     matched = config.get("param_matched")
     if matched is not None:
-        if not isinstance(matched, (int, float)) or not 0 < matched < 1:
+        if isinstance(matched, bool) or not isinstance(matched, (int, float)) or not 0 < matched < 1:
             raise ConfigError(f"param_matched must be a density in (0, 1), got {matched!r}")
         if config.get("sparsity", {}).get("density", 1.0) != 1.0:
             raise ConfigError("param_matched trains a narrower dense network; it needs density 1.0")
+    check_values(config)
 
 
-def apply_override(config: dict[str, Any], assignment: str) -> None:
-    """Apply one ``--set section.key=value`` (value parsed as YAML)."""
+def parse_override(assignment: str) -> tuple[str, Any]:
+    """``section.key=value`` (one ``--set``) as (path, value), the value parsed as YAML."""
     if "=" not in assignment:
         raise ConfigError(f"--set needs key=value, got {assignment!r}")
     path, raw = assignment.split("=", 1)
     try:
-        value = yaml.safe_load(raw)
+        return path, yaml.safe_load(raw)
     except yaml.YAMLError as error:
         raise ConfigError(f"cannot parse value of --set {path}: {error}") from None
-    set_path(config, path, value)
 
 
 def set_path(config: dict[str, Any], path: str, value: Any) -> None:
@@ -119,9 +242,9 @@ def set_path(config: dict[str, Any], path: str, value: Any) -> None:
     target[key] = value
 
 
-def build_config(algo: str, env: str, config_file: Path | None, cli: dict[str, Any],
-                 overrides: list[str]) -> dict[str, Any]:
-    """The effective run config: file defaults < env section < CLI flags < ``--set`` overrides."""
+def build_config(algo: str, env: str, config_file: Path | None, cli: Mapping[str, Any],
+                 overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The effective run config: file defaults < env section < CLI flags < ``--set`` overrides (path: value)."""
     data = read_yaml(config_file or default_config_path(algo))
     unknown = set(data) - {"defaults", "envs"}
     if unknown:
@@ -131,7 +254,59 @@ def build_config(algo: str, env: str, config_file: Path | None, cli: dict[str, A
     for path, value in cli.items():
         if value is not None:
             set_path(config, path, value)
-    for assignment in overrides:
-        apply_override(config, assignment)
+    for path, value in overrides.items():
+        set_path(config, path, copy.deepcopy(value))
     validate(config)
     return config
+
+
+@dataclass(frozen=True)
+class RunLabel:
+    """What a run trains, as its directory name and its report row show it.
+
+    ``method`` is ``dense`` for a network that is dense and stays so, ``matched`` for the
+    parameter-matched dense baseline (``density`` is then the density it matches), else the
+    method with what it changes of its preset (:func:`~sparse_rl.methods.method_label`).
+    ``networks`` lists the actor/critic densities that differ from ``density``; ``width`` is the
+    width multiplier and ``iso_params`` whether the density follows from it.
+    """
+
+    method: str
+    density: float
+    networks: tuple[tuple[str, float], ...] = ()
+    width: int = 1
+    iso_params: bool = False
+
+    def __str__(self) -> str:
+        text = f"{self.method}-d{self.density:g}" + "".join(f"-{net[0]}{d:g}" for net, d in self.networks)
+        return text + (f"-w{self.width}" if self.width > 1 else "") + ("-iso" if self.iso_params else "")
+
+    @property
+    def detail(self) -> str:
+        """``actor 0.1``, ``width x4, iso-params``: what the density alone does not say; empty otherwise."""
+        parts = [f"{net} {d:g}" for net, d in self.networks]
+        parts += [f"width x{self.width}"] if self.width > 1 else []
+        return ", ".join(parts + (["iso-params"] if self.iso_params else []))
+
+
+def run_label(config: Mapping[str, Any]) -> RunLabel:
+    """The label of the run ``config`` describes; ``sparse_rl.train`` names its directory
+    ``<algo>-<label>-s<seed>`` and ``sparse_rl.report`` groups runs by it."""
+    if config.get("param_matched") is not None:
+        return RunLabel("matched", float(config["param_matched"]))
+    sparsity = config.get("sparsity") or {}
+    try:
+        settings = SparsityConfig.from_kwargs(**sparsity)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"sparsity: {error}") from None
+    differing = tuple((net, settings.network_density(net)) for net in NETWORKS
+                      if settings.network_density(net) != settings.density)
+    if settings.is_dense and not settings.iso_params:
+        return RunLabel("dense", settings.density, width=settings.width_multiplier)
+    return RunLabel(method_label(sparsity), settings.density, differing, settings.width_multiplier,
+                    settings.iso_params)
+
+
+def run_name(config: Mapping[str, Any]) -> str:
+    """``<algo>-<label>-s<seed>``: ``sac-rigl-d0.1-s0``, ``sac-dense-d1-s0``, ``sac-matched-d0.1-s0``."""
+    return f"{config['algo']}-{run_label(config)}-s{config['seed']}"

@@ -1,15 +1,16 @@
-"""``python -m sparse_rl.sweep SWEEP.yaml``: a grid of ``sparse_rl.train`` runs on Ray Tune.
+"""``python -m sparse_rl.sweep SWEEP.yaml``: a grid of training runs on Ray Tune.
 
-    python -m sparse_rl.sweep configs/sweeps/halfcheetah_density_short.yaml
-    python -m sparse_rl.sweep configs/sweeps/methods.yaml --address ray://head:10001
-    python -m sparse_rl.report runs/sweeps/halfcheetah_density_short --out report/
+    python -m sparse_rl.sweep configs/sweeps/mujoco_100k.yaml --ledger results/ledger
+    python -m sparse_rl.sweep configs/sweeps/methods_100k.yaml --address ray://head:10001 --ledger results/ledger
+    python -m sparse_rl.report results/ledger/mujoco_100k --out results/mujoco_100k
 
-A sweep file names the trials; each trial is exactly one ``sparse_rl.train`` run, given by the
-train CLI's options (``algo``, ``env``, ``density``, ``method``, ``param_matched``, ``seed``, ...,
-and ``set``, a mapping of ``--set`` overrides)::
+A sweep file names the trials; each trial is exactly one run of :mod:`sparse_rl.runs`, given by
+the train CLI's options (``algo``, ``env``, ``density``, ``method``, ``param_matched``, ``seed``, ...,
+and ``set``, a mapping of config paths to values)::
 
     name: example                # default: the file name; run directories go to runs/sweeps/<name>
     max_failures: 2              # retries of a failing trial (default 2)
+    reuse: [other_grid]          # ledger grids whose records of the same runs count as done
     base: {env: Pendulum-v1, total_steps: 20000}   # every trial
     grid: {density: [1.0, 0.1], seed: [0, 1, 2]}   # the cartesian product of these lists
     trials:                      # further trials; a list value is expanded as a grid too
@@ -17,14 +18,18 @@ and ``set``, a mapping of ``--set`` overrides)::
 
 Run directories are ``<logdir>/<env>/<algo>-<method>-d<density>-s<seed>/`` as for a single run,
 so ``sparse_rl.report`` reads a sweep directory unchanged. Running a sweep again resumes it: a
-run with ``summary.json`` is finished and skipped, a run with a checkpoint continues from it
-(``--resume``), and a run that died before its first checkpoint starts over. Ctrl-C stops the
-sweep and leaves every finished run intact.
+run with ``summary.json`` is finished and skipped, a run with a checkpoint continues from it, and
+a run that died before its first checkpoint starts over. Ctrl-C stops the sweep and leaves every
+finished run intact.
+
+With ``--ledger DIR`` every finished trial is recorded in ``DIR/<name>/<env>/<run>/``
+(:mod:`sparse_rl.ledger`), and a trial whose record is there (or in a ``reuse`` grid) is not run
+at all, so a grid continues across sessions and machines from its committed records.
 
 Locally each trial gets one CPU (and one torch thread), so as many trials run at once as the
 machine has cores (``--max-concurrent`` to lower it). ``--address`` (or ``RAY_ADDRESS``) sends
 the trials to an existing Ray cluster whose nodes have ``sparse_rl`` installed; give ``--logdir``
-a path all nodes share. Needs the ``sweep`` extra: ``pip install -e ".[sweep]"``.
+(and ``--ledger``) paths all nodes share. Needs the ``sweep`` extra: ``pip install -e ".[sweep]"``.
 """
 
 from __future__ import annotations
@@ -35,19 +40,20 @@ import json
 import math
 import os
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sparse_rl.ledger import Ledger
 from sparse_rl.run_config import ConfigError, read_yaml
-from sparse_rl.train import CHECKPOINT, parse_args, plan_run, train
+from sparse_rl.runs import CHECKPOINT, OPTION_KEYS, make_config, run_dir_of
 
 PROG = "sparse_rl.sweep"
-SWEEP_KEYS = ("name", "logdir", "max_failures", "base", "grid", "trials")
-TRIAL_KEYS = ("algo", "env", "seed", "density", "actor_density", "critic_density", "method", "param_matched",
-              "total_steps", "n_envs", "eval_freq", "eval_episodes", "config", "set")
+SWEEP_KEYS = ("name", "logdir", "max_failures", "reuse", "base", "grid", "trials")
+TRIAL_KEYS = tuple(key for key in OPTION_KEYS if key not in ("threads", "device"))
 
 
 class SweepError(ValueError):
@@ -56,9 +62,10 @@ class SweepError(ValueError):
 
 @dataclass(frozen=True)
 class Trial:
-    """One run of a sweep: its ``sparse_rl.train`` arguments and the run directory they make."""
+    """One run of a sweep: its effective config, the options that gave it, and its run directory."""
 
-    argv: tuple[str, ...]
+    config: dict[str, Any]
+    options: dict[str, Any]
     run_dir: Path
 
     @property
@@ -110,71 +117,103 @@ def trial_options(sweep: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**base, **entry, "set": {**base.get("set", {}), **entry.get("set", {})}} for entry in entries]
 
 
-def train_argv(options: dict[str, Any], logdir: Path, gpus_per_trial: float) -> list[str]:
-    """The ``sparse_rl.train`` command line of one trial."""
-    argv = ["--logdir", str(logdir), "--threads", "1", "--no-progress-bar"]
-    if gpus_per_trial > 0:
-        argv += ["--device", "cuda"]
-    for key, value in options.items():
-        if key == "set":
-            argv += [arg for path, item in value.items() for arg in ("--set", f"{path}={json.dumps(item)}")]
-        else:
-            argv += [f"--{key.replace('_', '-')}", str(value)]
-    return argv
-
-
 def plan_trials(sweep: dict[str, Any], logdir: Path, gpus_per_trial: float = 0.0) -> list[Trial]:
     """The sweep's trials, each config validated as ``sparse_rl.train`` would, before anything runs."""
     trials: dict[Path, Trial] = {}
     for options in trial_options(sweep):
-        argv = train_argv(options, logdir, gpus_per_trial)
+        run_options = {**options, "threads": 1, "device": "cuda" if gpus_per_trial > 0 else "cpu"}
         try:
-            _, run_dir = plan_run(parse_args(argv))
-        except (ConfigError, ValueError) as error:
+            config = make_config(run_options)
+        except ValueError as error:
             raise SweepError(f"trial {options}: {error}") from None
+        run_dir = run_dir_of(config, logdir)
         if run_dir in trials:
             raise SweepError(f"two trials write {run_dir}; vary seed, density, method or param_matched")
-        trials[run_dir] = Trial(tuple(argv), run_dir)
+        trials[run_dir] = Trial(config, options, run_dir)
     return list(trials.values())
 
 
+def recorded(trials: list[Trial], ledgers: list[Ledger]) -> dict[Path, Path]:
+    """The ledger record of each trial that has one, by run directory (``SweepError`` for a record
+    of the same name but another config)."""
+    found = {}
+    for trial in trials:
+        for ledger in ledgers:
+            try:
+                record = ledger.find(trial.config)
+            except ConfigError as error:
+                raise SweepError(str(error)) from None
+            if record is not None:
+                found[trial.run_dir] = record
+                break
+    return found
+
+
 def run_trial(params: dict[str, Any]) -> None:
-    """Ray Tune trainable: one ``sparse_rl.train`` run, resumed from its checkpoint if it has one."""
+    """Ray Tune trainable: one run, resumed from its checkpoint if it has one, recorded in the ledger if given."""
     from ray import tune
 
-    run_dir, argv = Path(params["trial"]["run_dir"]), list(params["trial"]["argv"])
+    from sparse_rl import runs
+
+    spec = params["trial"]
+    run_dir = Path(spec["run_dir"])
+    ledger = Ledger(Path(spec["ledger"]), spec["grid"]) if spec["ledger"] else None
     if (run_dir / CHECKPOINT / "model.zip").is_file():
-        argv = ["--resume", str(run_dir), "--no-progress-bar"]
-    elif run_dir.exists():  # an earlier attempt died before its first checkpoint
-        shutil.rmtree(run_dir)
-    train(parse_args(argv))
+        runs.resume_run(run_dir, ledger=ledger)
+    else:
+        if run_dir.exists():  # an earlier attempt died before its first checkpoint
+            shutil.rmtree(run_dir)
+        runs.start_run(spec["config"], run_dir.parent.parent, ledger=ledger)
     summary = json.loads((run_dir / "summary.json").read_text())
     final = summary["final_return"]
     tune.report({"final_return": math.nan if final is None else final, "env_steps": summary["env_steps"]})
 
 
-def run_on_ray(trials: list[Trial], logdir: Path, name: str, max_failures: int, max_concurrent: int | None,
-               gpus_per_trial: float, address: str | None) -> dict[Path, str]:
+def check_reachable(address: str) -> None:
+    """``SweepError`` naming ``address`` and how a cluster is started, unless something listens there."""
+    host_port = address.split("://", 1)[-1]
+    host, _, port = host_port.rpartition(":")
+    if host_port == "auto" or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except OSError as error:
+        raise SweepError(f"cannot reach a Ray cluster at {address} ({error.strerror or error}); start one with "
+                         "`ray start --head` and pass the address it prints, or leave out --address to run "
+                         "locally") from None
+
+
+def run_on_ray(trials: list[Trial], logdir: Path, name: str, options: argparse.Namespace,
+               ledger: Ledger | None) -> dict[Path, str]:
     """Run ``trials`` on Ray Tune; the error text of each trial that failed, by run directory."""
     import ray
     from ray import tune
 
-    if address is None and "RAY_ADDRESS" not in os.environ:
-        ray.init(num_cpus=max_concurrent or os.cpu_count(), include_dashboard=False, configure_logging=False)
+    address = options.address or os.environ.get("RAY_ADDRESS")
+    if address is None:
+        ray.init(num_cpus=options.max_concurrent or os.cpu_count(), include_dashboard=False, configure_logging=False)
     else:
-        ray.init(address=address, configure_logging=False)
+        check_reachable(address)
+        try:
+            ray.init(address=address, configure_logging=False)
+        except Exception as error:  # Ray raises ConnectionError, RuntimeError or its own, depending on the mode
+            raise SweepError(f"cannot connect to the Ray cluster at {address} ({type(error).__name__}); start "
+                             "one with `ray start --head`, or leave out --address to run locally") from None
+    specs = [{"config": t.config, "run_dir": str(t.run_dir), "name": t.name,
+              "ledger": str(ledger.root.resolve()) if ledger else None, "grid": ledger.grid if ledger else name}
+             for t in trials]
     try:
-        trainable = tune.with_resources(run_trial, {"cpu": 1, "gpu": gpus_per_trial})
+        trainable = tune.with_resources(run_trial, {"cpu": 1, "gpu": options.gpus_per_trial})
         tuner = tune.Tuner(
             trainable,
-            param_space={"trial": tune.grid_search([{"argv": list(t.argv), "run_dir": str(t.run_dir), "name": t.name}
-                                                    for t in trials])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent,
+            param_space={"trial": tune.grid_search(specs)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent,
                                         trial_name_creator=lambda trial: trial.config["trial"]["name"],
                                         trial_dirname_creator=lambda trial: trial.config["trial"]["name"]),
             run_config=tune.RunConfig(name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                       storage_path=str(logdir / "ray_results"),
-                                      failure_config=tune.FailureConfig(max_failures=max_failures), verbose=1),
+                                      failure_config=tune.FailureConfig(max_failures=options.max_failures),
+                                      verbose=1),
         )
         results = tuner.fit()
         return {Path(result.config["trial"]["run_dir"]): str(result.error).strip()
@@ -183,11 +222,14 @@ def run_on_ray(trials: list[Trial], logdir: Path, name: str, max_failures: int, 
         ray.shutdown()
 
 
-def status_table(trials: list[Trial], skipped: set[Path], errors: dict[Path, str]) -> str:
-    """One line per trial: finished earlier, finished, failed (with the error's last line), or unfinished."""
+def status_table(trials: list[Trial], records: dict[Path, Path], skipped: set[Path], errors: dict[Path, str]) -> str:
+    """One line per trial: recorded in the ledger, finished earlier, finished, failed (with the error's
+    last line), or unfinished."""
     lines = []
     for trial in trials:
-        if trial.run_dir in skipped:
+        if trial.run_dir in records and trial.run_dir in skipped:
+            status = f"recorded in {records[trial.run_dir]} (skipped)"
+        elif trial.run_dir in skipped:
             status = "finished earlier (skipped)"
         elif trial.run_dir in errors:
             status = "FAILED: " + (errors[trial.run_dir].splitlines() or ["unknown error"])[-1]
@@ -206,11 +248,14 @@ def parse_sweep_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("sweep", type=Path, help="sweep YAML file (see configs/sweeps/)")
     parser.add_argument("--logdir", type=Path, help="root of the run directories (default: the file's logdir, "
                                                     "else runs/sweeps/<name>)")
+    parser.add_argument("--ledger", type=Path, metavar="DIR",
+                        help="record finished trials in DIR/<name>/ and skip trials recorded there (or in the "
+                             "file's reuse grids), e.g. results/ledger")
     parser.add_argument("--address", help="address of an existing Ray cluster (default: $RAY_ADDRESS, else local)")
     parser.add_argument("--max-concurrent", type=int, help="trials at a time (default: one per CPU)")
     parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial; > 0 trains on cuda")
     parser.add_argument("--max-failures", type=int, help="retries of a failing trial (default: the file's, else 2)")
-    parser.add_argument("--dry-run", action="store_true", help="list the trials and exit")
+    parser.add_argument("--dry-run", action="store_true", help="list the trials and what is done, and exit")
     return parser.parse_args(argv)
 
 
@@ -221,20 +266,29 @@ def main(argv: list[str] | None = None) -> None:
         name = str(sweep.get("name") or args.sweep.stem)
         logdir = args.logdir or Path(sweep.get("logdir") or Path("runs") / "sweeps" / name)
         trials = plan_trials(sweep, logdir.resolve(), args.gpus_per_trial)  # trials run in Ray's own cwd
-    except (SweepError, ConfigError) as error:
+        ledger = Ledger(args.ledger, name) if args.ledger is not None else None
+        ledgers = [ledger, *(Ledger(args.ledger, str(grid)) for grid in sweep.get("reuse") or [])] if ledger else []
+        records = recorded(trials, ledgers)
+        for trial in trials:  # finished before the ledger was given: record them instead of rerunning
+            if ledger is not None and trial.finished and trial.run_dir not in records:
+                records[trial.run_dir] = ledger.add(trial.run_dir)
+    except ValueError as error:  # SweepError, ConfigError
         raise SystemExit(f"{PROG}: error: {error}") from None
-    max_failures = args.max_failures if args.max_failures is not None else int(sweep.get("max_failures", 2))
-    skipped = {trial.run_dir for trial in trials if trial.finished}
+    args.max_failures = args.max_failures if args.max_failures is not None else int(sweep.get("max_failures", 2))
+    skipped = {trial.run_dir for trial in trials if trial.finished or trial.run_dir in records}
     pending = [trial for trial in trials if trial.run_dir not in skipped]
-    print(f"{PROG}: {name}: {len(trials)} trials, {len(skipped)} finished earlier, {len(pending)} to run; "
-          f"run directories under {logdir}")
+    print(f"{PROG}: {name}: {len(trials)} trials, {len(records)} recorded in the ledger, "
+          f"{len(skipped - set(records))} finished earlier, {len(pending)} to run; run directories under {logdir}")
     if args.dry_run:
-        print("\n".join(f"  {trial.run_dir}: {' '.join(trial.argv)}" for trial in trials))
+        print("\n".join(f"  {trial.run_dir}: {'done' if trial.run_dir in skipped else 'to run'}: "
+                        f"{json.dumps(trial.options)}" for trial in trials))
         return
-    errors = run_on_ray(pending, logdir.resolve(), name, max_failures, args.max_concurrent, args.gpus_per_trial,
-                        args.address) if pending else {}
-    print(f"\n{PROG}: {name}:\n{status_table(trials, skipped, errors)}")
-    unfinished = [trial for trial in trials if not trial.finished]
+    try:
+        errors = run_on_ray(pending, logdir.resolve(), name, args, ledger) if pending else {}
+    except SweepError as error:
+        raise SystemExit(f"{PROG}: error: {error}") from None
+    print(f"\n{PROG}: {name}:\n{status_table(trials, records, skipped, errors)}")
+    unfinished = [trial for trial in trials if not (trial.finished or trial.run_dir in records)]
     if unfinished:
         print(f"{PROG}: {len(unfinished)} of {len(trials)} trials did not finish", file=sys.stderr)
         raise SystemExit(1)

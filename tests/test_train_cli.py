@@ -1,6 +1,10 @@
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -9,7 +13,8 @@ import yaml
 from stable_baselines3 import SAC
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sparse_rl import train
+from sparse_rl import report, runs, train
+from sparse_rl.run_config import run_label, run_name
 from sparse_rl.sb3 import SparseMetricsCallback
 from sparse_rl.sb3.flops import model_step_flops
 from sparse_rl.topology import sparse_layers
@@ -46,7 +51,8 @@ def test_run_directory_layout_tags_and_flops_ratio(tmp_path):
     ratio = scalars(run_dir, "flops/train_vs_dense")[-1][1]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["params"] / summary["dense_params"] == pytest.approx(0.2, abs=0.01)
-    assert ratio == pytest.approx(summary["train_flops"] / summary["dense_train_flops"], rel=1e-4)  # float32 in TensorBoard
+    # float32 in TensorBoard
+    assert ratio == pytest.approx(summary["train_flops"] / summary["dense_train_flops"], rel=1e-4)
     # analytic: sparse/dense FLOPs of one gradient step, plus RigL's dense weight gradient on 5 of 600 steps
     model = SAC.load(run_dir / "model.zip", device="cpu")
     sparse, dense = model_step_flops(model), model_step_flops(model, dense=True)
@@ -69,32 +75,56 @@ def test_dense_run_logs_the_same_flops_tags(tmp_path):
     assert scalars(run_dir, "flops/train_cumulative")
 
 
-def test_interrupted_run_resumes_with_same_masks_and_continued_counters(tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_run_checkpoints_then_resume_reaches_the_uninterrupted_counts(signum, tmp_path, monkeypatch):
     captured = {}
     original = SparseMetricsCallback._on_step
 
-    def interrupt_at_500(self):
-        if self.num_timesteps == 500 and "masks" not in captured:
-            captured["masks"] = {n: l.mask.clone() for n, l in sparse_layers(self.model.policy).items()}
-            raise KeyboardInterrupt
+    def signal_at_450(self):  # between topology updates (every 100 gradient steps)
+        if self.num_timesteps == 450 and "masks" not in captured:
+            captured["masks"] = {n: layer.mask.clone() for n, layer in sparse_layers(self.model.policy).items()}
+            os.kill(os.getpid(), signum)  # as `kill`, `timeout` or a scheduler would send it
         return original(self)
 
-    monkeypatch.setattr(SparseMetricsCallback, "_on_step", interrupt_at_500)
+    monkeypatch.setattr(SparseMetricsCallback, "_on_step", signal_at_450)
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--env", "Pendulum-v1", "--density", "0.2", "--logdir", str(tmp_path), *FAST])
-    assert exit_info.value.code == 130
+    assert exit_info.value.code == 128 + signum
     run_dir = tmp_path / "Pendulum-v1" / "sac-rigl-d0.2-s0"
     saved = SAC.load(run_dir / "checkpoint" / "model.zip", device="cpu")
-    assert saved.num_timesteps == 500
-    assert all(torch.equal(captured["masks"][n], l.mask) for n, l in sparse_layers(saved.policy).items())
+    assert saved.num_timesteps == 450 and saved._n_updates == 250  # the step's gradient step was taken
+    assert all(torch.equal(captured["masks"][n], layer.mask) for n, layer in sparse_layers(saved.policy).items())
+    assert not (run_dir / "model.zip").exists() and not (run_dir / "summary.json").exists()
     monkeypatch.setattr(SparseMetricsCallback, "_on_step", original)
     train.main(["--resume", str(run_dir), "--no-progress-bar"])
     final = SAC.load(run_dir / "model.zip", device="cpu")
+    # exactly an uninterrupted run's counts: env steps 1..800, gradient steps at 201..800
     assert final.num_timesteps == 800
-    # gradient steps at env steps 201..800, except the one of the interrupted step 500
-    assert int(final.policy.critic_topology.step) == final._n_updates == 599
+    assert int(final.policy.critic_topology.step) == final._n_updates == 600
+    assert json.loads((run_dir / "summary.json").read_text())["gradient_steps"] == 600
     with np.load(run_dir / "evaluations.npz") as evaluations:
         assert list(evaluations["timesteps"]) == [400, 800]
+
+
+def test_sigterm_from_outside_then_resume_completes(tmp_path):
+    args = ["--env", "Pendulum-v1", "--density", "0.2", "--logdir", str(tmp_path), *FAST, "--total-steps", "3000",
+            "--eval-freq", "3000", "--set", "policy_kwargs.net_arch=[16]"]
+    process = subprocess.Popen([sys.executable, "-m", "sparse_rl.train", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "Pendulum-v1" / "sac-rigl-d0.2-s0"
+    deadline = time.monotonic() + 120
+    while not list(run_dir.glob("tb_1/events*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr and f"python -m sparse_rl.train --resume {run_dir}" in stderr
+    assert (run_dir / "checkpoint" / "model.zip").is_file() and not (run_dir / "model.zip").exists()
+    result = run_cli("--resume", str(run_dir), "--no-progress-bar", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env_steps"] == 3000 and summary["gradient_steps"] == 3000 - 200
 
 
 def run_cli(*args, cwd):
@@ -107,18 +137,43 @@ def run_cli(*args, cwd):
     (["--env", "CartPole-v1"], "Discrete action space"),
     (["--env", "Pendulum-v1", "--density", "1.5"], r"\(0, 1\]"),
     (["--env", "Pendulum-v1", "--method", "lottery"], "allowed: rigl, set"),
-    (["--env", "Pendulum-v1", "--set", "algo_kwargs.batchsize=3"], "unknown config key algo_kwargs.batchsize; valid:.*batch_size"),
+    (["--env", "Pendulum-v1", "--set", "algo_kwargs.batchsize=3"],
+      "unknown config key algo_kwargs.batchsize; valid:.*batch_size"),
     (["--env", "Pendulum-v1", "--set", "colour=red"], "unknown config key 'colour'; valid: algo, env"),
     (["--env", "Pendulum-v1", "--config", "missing.yaml"], "cannot read config file missing.yaml"),
     (["--resume", "."], "is not a run directory"),
     (["--env", "Pendulum-v1", "--param-matched", "0.1", "--density", "0.5"], "needs density 1.0"),
     (["--env", "Pendulum-v1", "--param-matched", "1.0"], r"param_matched must be a density in \(0, 1\)"),
+    # every class of numeric field, SB3's own arguments included, before any env or file exists
+    (["--env", "Pendulum-v1", "--set", "algo_kwargs.batch_size=-3"],
+      "algo_kwargs.batch_size must be a positive integer, got -3"),
+    (["--env", "Pendulum-v1", "--total-steps", "-5"], "total_steps must be a positive integer, got -5"),
+    (["--env", "Pendulum-v1", "--set", "policy_kwargs.net_arch=[0]"],
+      "policy_kwargs.net_arch must be a list of positive"),
+    (["--env", "Pendulum-v1", "--n-envs", "0"], "n_envs must be a positive integer, got 0"),
+    (["--env", "Pendulum-v1", "--eval-freq", "0"], "eval_freq must be a positive integer"),
+    (["--env", "Pendulum-v1", "--threads", "0"], "threads must be a positive integer"),
+    (["--env", "Pendulum-v1", "--set", "algo_kwargs.tau=1.5"], r"algo_kwargs.tau must be a number in \(0, 1\]"),
+    (["--env", "Pendulum-v1", "--set", "algo_kwargs.gamma=-0.1"], r"algo_kwargs.gamma must be a number in \[0, 1\]"),
+    (["--env", "Pendulum-v1", "--set", "algo_kwargs.learning_rate=0"],
+      "algo_kwargs.learning_rate must be a number > 0"),
+    (["--env", "Pendulum-v1", "--set", "algo_kwargs.ent_coef=-1"], "algo_kwargs.ent_coef must be a number > 0"),
+    (["--env", "Pendulum-v1", "--set", "algo_kwargs.train_freq=[1, 'stp']"], "algo_kwargs.train_freq must be"),
+    (["--env", "Pendulum-v1", "--total-steps", "500"], r"learning_starts \(1000\) must be below total_steps \(500\)"),
+    (["--env", "Pendulum-v1", "--set", "algo_kwargs.policy_delay=2"], "unknown config key algo_kwargs.policy_delay"),
+    (["--algo", "td3", "--env", "Pendulum-v1", "--set", "algo_kwargs.policy_delay=0"],
+      "policy_delay must be a positive"),
+    (["--env", "Pendulum-v1", "--set", "rlx2.shrink_fraction=1.5"],
+      r"rlx2.shrink_fraction must be a number in \(0, 1\)"),
+    (["--env", "Pendulum-v1", "--set", "sparsity.drop_fraction=1.5"],
+      r"sparsity: drop_fraction must be a number in \[0, 1\)"),
+    (["--env", "Pendulum-v1", "--set", "sparsity.update_interval=0"], "sparsity: update_interval must be a positive"),
 ])
 def test_bad_input_exits_with_one_line_and_leaves_no_run_dir(args, message, tmp_path):
     result = run_cli(*args, "--logdir", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    assert __import__("re").search(message, result.stderr.strip().splitlines()[-1]), result.stderr
+    assert re.search(message, result.stderr.strip().splitlines()[-1]), result.stderr
     assert not (tmp_path / "runs").exists()
 
 
@@ -131,8 +186,6 @@ def test_help_explains_every_flag():
 
 
 def test_param_matched_run_is_a_narrow_dense_network_reported_as_matched(tmp_path):
-    from sparse_rl import report
-
     train.main(["--env", "Pendulum-v1", "--param-matched", "0.2", "--logdir", str(tmp_path), *FAST])
     run_dir = tmp_path / "Pendulum-v1" / "sac-matched-d0.2-s0"
     model = SAC.load(run_dir / "model.zip")
@@ -140,14 +193,71 @@ def test_param_matched_run_is_a_narrow_dense_network_reported_as_matched(tmp_pat
     assert all(bool(layer.mask.all()) for layer in sparse_layers(model.policy.critic).values())
     assert model.policy.net_arch["qf"][0] < 64 and model.policy.net_arch["pi"][0] < 64
     results = report.write_report([tmp_path], tmp_path / "report", reps=50).read_text()
-    assert "| Pendulum-v1 | sac | matched-dense | 0.2 | 1 |" in results
+    assert "| Pendulum-v1 | sac | matched | 0.2 | 1 |" in results
 
 
-def test_criterion_ablations_get_their_own_run_directories(tmp_path):
-    base = ["--env", "Pendulum-v1", "--method", "dst-ee", "--density", "0.1", "--logdir", str(tmp_path)]
-    _, plain = train.plan_run(train.parse_args(base))
-    _, ablated = train.plan_run(train.parse_args([*base, "--set", 'sparsity.grow_kwargs={"c": 0.01}']))
-    _, overridden = train.plan_run(train.parse_args([*base, "--set", "sparsity.prune=snip"]))
-    assert plain.name == "sac-dst-ee-d0.1-s0"
-    assert ablated.name == "sac-dst-ee+c0.01-d0.1-s0"
-    assert overridden.name == "sac-dst-ee+prune-snip-d0.1-s0"
+def test_criterion_ablations_get_their_own_run_directories():
+    base = {"env": "Pendulum-v1", "method": "dst-ee", "density": 0.1}
+    assert run_name(runs.make_config(base)) == "sac-dst-ee-d0.1-s0"
+    ablated = runs.make_config({**base, "set": {"sparsity.grow_kwargs": {"c": 0.01}}})
+    assert run_name(ablated) == "sac-dst-ee+c0.01-d0.1-s0"
+    assert run_name(runs.make_config({**base, "set": {"sparsity.prune": "snip"}})) == "sac-dst-ee+prune-snip-d0.1-s0"
+
+
+@pytest.mark.parametrize("options, name, row", [
+    # the committed results and the running 100k runs use these directory names
+    ({"density": 1.0}, "sac-dense-d1-s0", ("dense", 1.0, "")),
+    ({"density": 0.1}, "sac-rigl-d0.1-s0", ("rigl", 0.1, "")),
+    ({"param_matched": 0.1}, "sac-matched-d0.1-s0", ("matched", 0.1, "")),
+    ({"method": "thresholds"}, "sac-thresholds-d1-s0", ("thresholds", 1.0, "")),
+    ({"method": "static", "density": 1.0}, "sac-dense-d1-s0", ("dense", 1.0, "")),
+    # where train.run_name and report.load_run used to disagree ("rigl-d1" vs "dense"; "matched" vs "matched-dense")
+    ({"density": 1.0, "actor_density": 0.1}, "sac-rigl-d1-a0.1-s0", ("rigl", 1.0, "actor 0.1")),
+    ({"density": 0.1, "critic_density": 0.2}, "sac-rigl-d0.1-c0.2-s0", ("rigl", 0.1, "critic 0.2")),
+])
+def test_run_label_names_the_directory_and_the_report_row_alike(options, name, row, tmp_path):
+    config = runs.make_config({"env": "Pendulum-v1", **options})
+    assert run_name(config) == name
+    label = run_label(config)
+    assert (label.method, label.density, label.detail) == row
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    np.savez(run_dir / "evaluations.npz", timesteps=np.array([100]), results=np.zeros((1, 1)),
+             ep_lengths=np.ones((1, 1)))
+    run = report.load_run(run_dir)
+    assert (run.method, run.density, run.detail) == row
+
+
+def test_short_run_has_one_final_evaluation_and_the_report_reads_it(tmp_path):
+    train.main(["--env", "InvertedPendulum-v4", "--total-steps", "1200", "--logdir", str(tmp_path),
+                "--eval-episodes", "2", "--no-progress-bar", "--set", "policy_kwargs.net_arch=[32, 32]"])
+    run_dir = tmp_path / "InvertedPendulum-v4" / "sac-dense-d1-s0"
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["eval_freq"] == 2000  # the packaged default
+    with np.load(run_dir / "evaluations.npz") as evaluations:
+        assert list(evaluations["timesteps"]) == [1200]
+    assert json.loads((run_dir / "summary.json").read_text())["final_return"] is not None
+    results = report.write_report([run_dir], tmp_path / "report", reps=20).read_text()
+    assert "| InvertedPendulum-v4 | sac | dense | 1.0 | 1 |" in results
+
+
+def test_evaluation_at_the_last_step_is_not_repeated(tmp_path):
+    train.main(["--env", "Pendulum-v1", "--density", "0.2", "--logdir", str(tmp_path), *FAST])
+    with np.load(tmp_path / "Pendulum-v1" / "sac-rigl-d0.2-s0" / "evaluations.npz") as evaluations:
+        assert list(evaluations["timesteps"]) == [400, 800]
+
+
+def test_divergence_stops_with_the_step_and_network_and_writes_no_model(tmp_path):
+    result = run_cli("--env", "Pendulum-v1", "--logdir", str(tmp_path / "runs"), *FAST, "--total-steps", "1000",
+                     "--set", "algo_kwargs.learning_rate=1000", "--set", "checkpoint_freq=100", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"sparse_rl\.train: error: diverged at env step \d+ \(gradient step \d+\): non-finite "
+                        r"(critic|actor|entropy coefficient)\S* .*", line), line
+    run_dir = tmp_path / "runs" / "Pendulum-v1" / "sac-dense-d1-s0"
+    assert not (run_dir / "model.zip").exists() and not (run_dir / "summary.json").exists()
+    if (run_dir / "checkpoint").exists():  # the last one written while everything was finite
+        checkpoint = SAC.load(run_dir / "checkpoint" / "model.zip", device="cpu")
+        assert all(torch.isfinite(p).all() for p in checkpoint.policy.parameters())
+        assert f"step {checkpoint.num_timesteps})" in line

@@ -1,0 +1,422 @@
+"""Runs as a library: build, checkpoint, resume, train and summarise one run from its config.
+
+    from sparse_rl import runs
+    config = runs.make_config({"env": "Pendulum-v1", "density": 0.1, "total_steps": 2000})
+    run_dir = runs.start_run(config, Path("runs"))      # runs/Pendulum-v1/sac-rigl-d0.1-s0
+    runs.resume_run(run_dir)                             # after an interruption
+
+``python -m sparse_rl.train`` is a command line over this module and ``sparse_rl.sweep`` calls it
+with one config per trial. A run directory ``<logdir>/<env>/<algo>-<label>-s<seed>/``
+(:func:`~sparse_rl.run_config.run_name`) holds ``config.yaml`` (the effective config), TensorBoard
+events (``tb_1/``), ``evaluations.npz`` (SB3's EvalCallback, with a final evaluation at the last
+step), ``checkpoint/`` (model, replay buffer, FLOP counters, wall-clock), and at the end
+``model.zip`` and ``summary.json``.
+
+Faults: SIGINT and SIGTERM stop a run at the next step boundary, write the checkpoint and raise
+:class:`RunInterrupted` (a resumed run then reaches exactly the env and gradient steps of an
+uninterrupted one); a non-finite loss or weight raises :class:`RunDiverged` and leaves the last
+checkpoint, written while everything was finite, in place.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import platform
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import yaml
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.vec_env import VecEnv
+
+from sparse_rl.flops import active_weights
+from sparse_rl.run_config import ConfigError, algo_classes, build_config, read_yaml, run_name, validate
+from sparse_rl.sb3 import SparseMetricsCallback, SparseSACPolicy, SparseTD3Policy
+from sparse_rl.sb3.flops import inference_flops
+from sparse_rl.sb3.matched import matched_net_arch
+from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
+
+if TYPE_CHECKING:
+    from sparse_rl.ledger import Ledger
+
+CHECKPOINT = "checkpoint"
+OPTION_PATHS = {"seed": "seed", "total_steps": "total_steps", "n_envs": "n_envs", "eval_freq": "eval_freq",
+                "eval_episodes": "eval_episodes", "threads": "threads", "device": "device",
+                "param_matched": "param_matched", "density": "sparsity.density",
+                "actor_density": "sparsity.actor_density", "critic_density": "sparsity.critic_density",
+                "method": "sparsity.method", "width_multiplier": "sparsity.width_multiplier",
+                "iso_params": "sparsity.iso_params"}
+"""Run options (the train CLI's flags, a sweep trial's keys) and the config path each one sets."""
+OPTION_KEYS = ("algo", "env", "config", "set", *OPTION_PATHS)
+
+
+class RunInterrupted(Exception):
+    """A run stopped by SIGINT or SIGTERM after writing its checkpoint."""
+
+    def __init__(self, run_dir: Path, step: int, signum: int) -> None:
+        self.run_dir, self.step, self.signum = run_dir, step, signum
+        super().__init__(f"interrupted ({signal.Signals(signum).name}) at step {step}; checkpoint written. "
+                         f"Continue with:\n  python -m sparse_rl.train --resume {run_dir}")
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a process ended by it."""
+        return 128 + self.signum
+
+
+class RunDiverged(RuntimeError):
+    """A run whose loss or weights became non-finite."""
+
+
+def make_config(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The validated effective config of the run that ``options`` describe (keys: :data:`OPTION_KEYS`;
+    ``set`` maps config paths to values, ``config`` names a YAML file); nothing is written."""
+    unknown = sorted(set(options) - set(OPTION_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown run option(s) {unknown}; valid: {', '.join(OPTION_KEYS)}")
+    if not options.get("env"):
+        raise ConfigError("a run needs an env")
+    config_file = options.get("config")
+    cli = {path: options.get(key) for key, path in OPTION_PATHS.items()}
+    cli["seed"] = 0 if cli["seed"] is None else cli["seed"]
+    config = build_config(options.get("algo") or "sac", options["env"], Path(config_file) if config_file else None,
+                          cli, options.get("set") or {})
+    check_env(config["env"])
+    return config
+
+
+@functools.lru_cache(maxsize=None)
+def check_env(env_id: str) -> None:
+    """Fail fast for an env id gymnasium does not know or whose actions are not continuous."""
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as error:
+        raise ConfigError(f"unknown env {env_id!r}: {error}") from None
+    space = env.action_space
+    env.close()
+    if not isinstance(space, gym.spaces.Box):
+        raise ConfigError(f"env {env_id!r} has a {type(space).__name__} action space; SAC/TD3 need a Box")
+
+
+def run_dir_of(config: Mapping[str, Any], logdir: Path) -> Path:
+    """Where the run of ``config`` lives under ``logdir``: ``<logdir>/<env>/<run name>``."""
+    return Path(logdir) / str(config["env"]) / run_name(config)
+
+
+POLICIES = {"sac": SparseSACPolicy, "td3": SparseTD3Policy}
+
+
+def matched_policy_kwargs(config: Mapping[str, Any], env: VecEnv) -> dict[str, Any]:
+    """``policy_kwargs`` of the run, narrowed to the sparse weight count when ``param_matched`` is set."""
+    policy_kwargs = dict(config.get("policy_kwargs", {}))
+    if config.get("param_matched") is not None:
+        sparse = {**config.get("sparsity", {}), "density": config["param_matched"], "method": "static"}
+        policy_kwargs["net_arch"] = matched_net_arch(POLICIES[config["algo"]], env.observation_space,
+                                                     env.action_space, policy_kwargs.get("net_arch", [256, 256]),
+                                                     sparse)
+    return policy_kwargs
+
+
+def replay_buffer_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The algorithm's replay-buffer arguments: RLx2's buffer for method ``rlx2`` (its ``rlx2`` section,
+    the algorithm's gamma, ``n_step_delay`` in gradient steps, a float there being a fraction of
+    ``total_steps``); none otherwise. The one place a run is wired for ``rlx2``."""
+    if (config.get("sparsity") or {}).get("method") != "rlx2":
+        return {}
+    kwargs = dict(config.get("rlx2", {}))
+    kwargs["gamma"] = config.get("algo_kwargs", {}).get("gamma", 0.99)
+    delay = kwargs.get("n_step_delay", 0)
+    if isinstance(delay, float):
+        kwargs["n_step_delay"] = int(delay * config["total_steps"])
+    return {"replay_buffer_class": RLx2ReplayBuffer, "replay_buffer_kwargs": kwargs}
+
+
+def build_model(config: Mapping[str, Any], run_dir: Path) -> BaseAlgorithm:
+    """The SB3 model a config describes (the policy checks its sparsity settings here, before any file exists)."""
+    env = make_vec_env(config["env"], n_envs=config.get("n_envs", 1), seed=config["seed"])
+    kwargs = {**config.get("algo_kwargs", {}), **replay_buffer_kwargs(config)}
+    if config["algo"] == "td3" and config.get("action_noise_std"):
+        n_actions = env.action_space.shape[0]
+        kwargs["action_noise"] = NormalActionNoise(np.zeros(n_actions), config["action_noise_std"] * np.ones(n_actions))
+    policy_kwargs = {**matched_policy_kwargs(config, env), **config.get("sparsity", {})}
+    return algo_classes(config["algo"])[0](POLICIES[config["algo"]], env, policy_kwargs=policy_kwargs,
+                                           seed=config["seed"], device=config.get("device", "cpu"),
+                                           tensorboard_log=str(run_dir), **kwargs)
+
+
+def checkpoint_state(run_dir: Path) -> dict[str, Any]:
+    """What the checkpoint records besides model and replay buffer (FLOP counters, wall-clock); {} if none."""
+    state = run_dir / CHECKPOINT / "state.json"
+    return json.loads(state.read_text()) if state.is_file() else {}
+
+
+def load_model(run_dir: Path, config: Mapping[str, Any]) -> BaseAlgorithm:
+    """The model and replay buffer of ``run_dir``'s checkpoint, on a fresh env."""
+    checkpoint = run_dir / CHECKPOINT
+    if not (checkpoint / "model.zip").exists():
+        raise ConfigError(f"{run_dir} has no checkpoint to resume from")
+    env = make_vec_env(config["env"], n_envs=config.get("n_envs", 1), seed=config["seed"] + 1000)
+    model = algo_classes(config["algo"])[0].load(checkpoint / "model.zip", env=env, device=config.get("device", "cpu"),
+                                                 tensorboard_log=str(run_dir))
+    model.load_replay_buffer(checkpoint / "replay_buffer.pkl")
+    return model
+
+
+def nonfinite_parameter(model: BaseAlgorithm) -> str | None:
+    """The first parameter of the model (``critic.qf0.0.weight``, ``log_ent_coef``) holding NaN or inf."""
+    named = [(f"policy.{name}", p) for name, p in model.policy.named_parameters()]
+    if isinstance(getattr(model, "log_ent_coef", None), torch.Tensor):
+        named.append(("log_ent_coef", model.log_ent_coef))
+    return next((name.removeprefix("policy.") for name, p in named if not bool(torch.isfinite(p).all())), None)
+
+
+LOSSES = {"train/critic_loss": "critic loss", "train/actor_loss": "actor loss", "train/ent_coef_loss":
+          "entropy coefficient loss", "train/ent_coef": "entropy coefficient"}
+
+
+def network_densities(model: BaseAlgorithm) -> dict[str, float]:
+    """Active fraction of the weights of the actor and of the critics."""
+    densities = {}
+    for net in ("actor", "critic"):
+        linears = [m for m in getattr(model.policy, net).modules() if isinstance(m, torch.nn.Linear)]
+        densities[net] = (sum(active_weights(layer) for layer in linears)
+                          / max(1, sum(active_weights(layer, dense=True) for layer in linears)))
+    return densities
+
+
+class RunCallback(BaseCallback):
+    """Owns what makes a run a run, at each step boundary (rollout start, after the previous train step):
+    a stop requested by a signal, the divergence check, periodic checkpoints; and logs the run's
+    wall-clock (``time/wall_clock_s``, resumes included) and ``sparsity/density/<net>``."""
+
+    DENSITY_EVERY = 100
+    WEIGHT_CHECK_EVERY = 1000
+
+    def __init__(self, run_dir: Path, every: int, metrics: SparseMetricsCallback,
+                 wall_clock_s: float = 0.0) -> None:
+        super().__init__()
+        self.run_dir, self.every, self.metrics = run_dir, every, metrics
+        self.stop_signal: int | None = None
+        self._last_checkpoint = -1
+        self._last_density = -self.DENSITY_EVERY
+        self._wall_before, self._started = wall_clock_s, time.perf_counter()
+
+    @property
+    def wall_clock_s(self) -> float:
+        """Seconds this run has spent training, summed over its processes (resumes included)."""
+        return self._wall_before + time.perf_counter() - self._started
+
+    def _on_training_start(self) -> None:
+        self._last_checkpoint = self.model.num_timesteps
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        self.check_finite(weights=self.model.num_timesteps % self.WEIGHT_CHECK_EVERY == 0)
+        if self.stop_signal is not None:
+            raise RunInterrupted(self.run_dir, self.model.num_timesteps, self.stop_signal)
+        if self.every and self.model.num_timesteps - self._last_checkpoint >= self.every:
+            self.save()
+
+    def _on_rollout_end(self) -> None:
+        self.logger.record("time/wall_clock_s", self.wall_clock_s)
+        if self.model.num_timesteps - self._last_density >= self.DENSITY_EVERY:
+            for net, density in network_densities(self.model).items():
+                self.logger.record(f"sparsity/density/{net}", density)
+            self._last_density = self.model.num_timesteps
+
+    def check_finite(self, weights: bool = True) -> None:
+        """``RunDiverged`` naming the step and the network when a loss just logged, or a weight, is not finite."""
+        values = self.model.logger.name_to_value
+        what = next((name for key, name in LOSSES.items() if key in values and not math.isfinite(values[key])), None)
+        if what is None and weights:
+            parameter = nonfinite_parameter(self.model)
+            what = None if parameter is None else f"weights in {parameter}"
+        if what is None:
+            return
+        state = checkpoint_state(self.run_dir)
+        kept = (f"the last finite checkpoint (step {state['env_steps']}) is kept in {self.run_dir / CHECKPOINT}"
+                if "env_steps" in state else "no checkpoint was written before it")
+        raise RunDiverged(f"diverged at env step {self.model.num_timesteps} (gradient step {self.model._n_updates}): "
+                          f"non-finite {what}; {kept}; try a lower learning rate")
+
+    def save(self) -> None:
+        """Write the checkpoint next to the old one, then swap, so a crash never leaves half of one;
+        refuse (``RunDiverged``) to replace a finite checkpoint by a non-finite one."""
+        self.check_finite()
+        fresh, final = self.run_dir / f"{CHECKPOINT}.tmp", self.run_dir / CHECKPOINT
+        shutil.rmtree(fresh, ignore_errors=True)
+        fresh.mkdir()
+        self.model.save(fresh / "model.zip")
+        self.model.save_replay_buffer(fresh / "replay_buffer.pkl")
+        state = {**self.metrics.flops_state(), "wall_clock_s": self.wall_clock_s,
+                 "env_steps": int(self.model.num_timesteps), "gradient_steps": int(self.model._n_updates)}
+        (fresh / "state.json").write_text(json.dumps(state))
+        shutil.rmtree(final, ignore_errors=True)
+        fresh.rename(final)
+        self._last_checkpoint = self.model.num_timesteps
+
+
+@contextmanager
+def stop_on_signals(callback: RunCallback) -> Iterator[None]:
+    """SIGINT and SIGTERM ask ``callback`` to stop at the next step boundary; a second one stops at once
+    (``KeyboardInterrupt``). Only in the main thread (Ray runs trials in others; they keep Ray's handling)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if callback.stop_signal is not None:
+            raise KeyboardInterrupt
+        callback.stop_signal = signum
+
+    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def make_eval_callback(config: Mapping[str, Any], run_dir: Path, num_timesteps: int) -> EvalCallback:
+    """SB3's EvalCallback on its own env, continuing ``run_dir``'s evaluations and evaluation grid."""
+    n_envs = config.get("n_envs", 1)
+    eval_env = make_vec_env(config["env"], n_envs=1, seed=config["seed"] + 10_000)
+    callback = EvalCallback(eval_env, n_eval_episodes=config.get("eval_episodes", 10),
+                            eval_freq=max(1, config.get("eval_freq", 10_000) // n_envs), log_path=str(run_dir),
+                            deterministic=True, verbose=0)
+    previous = run_dir / "evaluations.npz"
+    if previous.exists():
+        with np.load(previous) as data:
+            kept = data["timesteps"] <= num_timesteps  # evaluations after the checkpoint are redone
+            callback.evaluations_timesteps = list(data["timesteps"][kept])
+            callback.evaluations_results = [list(r) for r in data["results"][kept]]
+            callback.evaluations_length = [list(r) for r in data["ep_lengths"][kept]]
+    callback.n_calls = num_timesteps // n_envs
+    return callback
+
+
+def final_evaluation(evaluation: EvalCallback) -> None:
+    """Evaluate at the run's last step unless the evaluation grid just did."""
+    if evaluation.evaluations_timesteps and evaluation.evaluations_timesteps[-1] == evaluation.model.num_timesteps:
+        return
+    evaluation.eval_freq = 1  # EvalCallback evaluates when n_calls is a multiple of eval_freq
+    evaluation.on_step()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def summarize(model: BaseAlgorithm, metrics: SparseMetricsCallback, evaluation: EvalCallback,
+              wall_clock_s: float) -> dict[str, Any]:
+    """``summary.json``: final return, steps, weights, FLOPs (each with its dense count), wall-clock, machine."""
+    linears = [m for net in (model.policy.actor, model.policy.critic) for m in net.modules()
+               if isinstance(m, torch.nn.Linear)]
+    returns = evaluation.evaluations_results[-1] if evaluation.evaluations_results else []
+    return {
+        "final_return": float(np.mean(returns)) if len(returns) else None,
+        "env_steps": int(model.num_timesteps), "gradient_steps": int(model._n_updates),
+        "params": sum(active_weights(layer) for layer in linears),
+        "dense_params": sum(active_weights(layer, dense=True) for layer in linears),
+        "network_density": network_densities(model),
+        "inference_flops": inference_flops(model), "dense_inference_flops": inference_flops(model, dense=True),
+        "train_flops": metrics.train_flops, "dense_train_flops": metrics.dense_train_flops,
+        "wall_clock_s": wall_clock_s, "wall_clock_s_per_1k_steps": 1000 * wall_clock_s / max(1, model.num_timesteps),
+        "cpu": cpu_model(), "threads": torch.get_num_threads(),
+    }
+
+
+def summary_text(summary: Mapping[str, Any], run_dir: Path) -> str:
+    """The lines a finished run prints."""
+    def ratio(key: str) -> str:
+        dense = summary[f"dense_{key}"]
+        return f"{summary[key]:.4g} ({summary[key] / dense:.3f}x dense)" if dense else f"{summary[key]:.4g}"
+
+    final = summary["final_return"]
+    return "\n".join([
+        f"run: {run_dir}",
+        f"  env steps              {summary['env_steps']}",
+        f"  final eval return      {'n/a' if final is None else f'{final:.1f}'}",
+        f"  weights (actor+critic) {ratio('params')}",
+        f"  inference FLOPs/action {ratio('inference_flops')}",
+        f"  training FLOPs total   {ratio('train_flops')}",
+        f"  wall-clock             {summary['wall_clock_s'] / 60:.1f} min "
+        f"({summary['wall_clock_s_per_1k_steps']:.1f} s per 1,000 steps, {summary['threads']} thread(s))",
+    ])
+
+
+def start_run(config: dict[str, Any], logdir: Path, progress_bar: bool = False, ledger: Ledger | None = None) -> Path:
+    """Train the run of ``config`` (from :func:`make_config`) into a new directory under ``logdir``; return it."""
+    validate(config)
+    run_dir = run_dir_of(config, logdir)
+    if run_dir.exists():
+        raise ConfigError(f"{run_dir} exists; continue it with --resume {run_dir} or choose another --logdir/--seed")
+    torch.set_num_threads(config.get("threads", 1))
+    model = build_model(config, run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return _train(model, config, run_dir, progress_bar, ledger)
+
+
+def resume_run(run_dir: Path, progress_bar: bool = False, ledger: Ledger | None = None) -> Path:
+    """Continue the interrupted run in ``run_dir`` from its checkpoint to its ``total_steps``; return it."""
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    config = read_yaml(run_dir / "config.yaml")
+    validate(config)
+    torch.set_num_threads(config.get("threads", 1))
+    return _train(load_model(run_dir, config), config, run_dir, progress_bar, ledger, resumed=True)
+
+
+def _train(model: BaseAlgorithm, config: Mapping[str, Any], run_dir: Path, progress_bar: bool,
+           ledger: Ledger | None, resumed: bool = False) -> Path:
+    metrics = SparseMetricsCallback()
+    state = checkpoint_state(run_dir) if resumed else {}
+    if state:
+        metrics.load_flops_state(state)
+    evaluation = make_eval_callback(config, run_dir, model.num_timesteps)
+    run_callback = RunCallback(run_dir, config.get("checkpoint_freq", 50_000), metrics,
+                               float(state.get("wall_clock_s", 0.0)))
+    try:
+        with stop_on_signals(run_callback):
+            model.learn(max(0, config["total_steps"] - model.num_timesteps), tb_log_name="tb",
+                        callback=CallbackList([metrics, evaluation, run_callback]),
+                        reset_num_timesteps=not resumed, progress_bar=progress_bar)
+            run_callback.check_finite()
+    except RunInterrupted:
+        run_callback.save()
+        raise
+    except KeyboardInterrupt:  # a second signal, or one raised inside a step: save what there is
+        run_callback.save()
+        raise RunInterrupted(run_dir, model.num_timesteps, signal.SIGINT) from None
+    final_evaluation(evaluation)
+    run_callback.save()
+    model.save(run_dir / "model.zip")
+    summary = summarize(model, metrics, evaluation, run_callback.wall_clock_s)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(summary_text(summary, run_dir))
+    if ledger is not None:
+        ledger.add(run_dir)
+    return run_dir
