@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
-from stable_baselines3 import SAC
+from stable_baselines3 import SAC, TD3
 
 from sparse_rl import train
-from sparse_rl.methods import METHODS
+from sparse_rl.methods import KINDS, METHODS
 from tests.test_train_cli import FAST
 
 DENSITY = 0.2
@@ -20,7 +20,7 @@ EXTRA = {
 
 @pytest.mark.parametrize("method", [name for name in METHODS if name != "dense"])
 def test_every_method_trains_sac_through_the_cli_keeps_invariants_and_round_trips(method, tmp_path):
-    learns_density = METHODS[method].learns_density
+    learns_density = KINDS[METHODS[method].kind].learns_density
     density_args = [] if learns_density else ["--density", str(DENSITY)]
     train.main(["--env", "Pendulum-v1", "--method", method, *density_args, "--logdir", str(tmp_path), *FAST,
                 *EXTRA.get(method, [])])
@@ -46,3 +46,18 @@ def test_every_method_trains_sac_through_the_cli_keeps_invariants_and_round_trip
     observation = torch.linspace(-1, 1, 3).numpy()
     assert (model.predict(observation, deterministic=True)[0]
             == reloaded.predict(observation, deterministic=True)[0]).all()
+
+
+@pytest.mark.parametrize("method", ["ds-td3", "rigl"])
+def test_td3_trains_through_the_cli_with_targets_of_the_online_count(method, tmp_path):
+    train.main(["--algo", "td3", "--env", "Pendulum-v1", "--method", method, "--density", str(DENSITY),
+                "--logdir", str(tmp_path), *FAST])
+    model = TD3.load(tmp_path / "Pendulum-v1" / f"td3-{method}-d{DENSITY:g}-s0" / "model.zip")
+    for net in ("actor", "critic"):
+        controller = getattr(model.policy, f"{net}_topology")
+        assert int(controller.num_updates) > 0
+        for name, layer in controller.layers.items():
+            target = controller.targets[name]
+            assert target.nnz == layer.nnz and (target.weight[~target.mask] == 0).all()
+            if method == "rigl":  # the shared-mask rule; ds-td3's targets choose their own by magnitude
+                assert torch.equal(target.mask, layer.mask)
