@@ -293,13 +293,33 @@ def test_sparse_sac_learns_pendulum():
     model = SAC(SparseSACPolicy, "Pendulum-v1", policy_kwargs=dict(density=0.2), learning_starts=1000, seed=0,
                 device="cpu")
     model.learn(8000, callback=SparseMetricsCallback())
+    assert evaluate(model) > -400
+
+
+def evaluate(model, episodes=10):
     env = gym.make("Pendulum-v1")
     returns = []
-    for episode in range(10):
+    for episode in range(episodes):
         obs, _ = env.reset(seed=100 + episode)
         done, total = False, 0.0
         while not done:
             obs, reward, terminated, truncated, _ = env.step(model.predict(obs, deterministic=True)[0])
             total, done = total + reward, terminated or truncated
         returns.append(total)
-    assert np.mean(returns) > -400, returns
+    return float(np.mean(returns))
+
+
+@pytest.mark.slow
+def test_gsde_sparse_sac_learns_pendulum_and_round_trips(tmp_path):
+    torch.set_num_threads(1)
+    model = SAC(SparseSACPolicy, "Pendulum-v1", use_sde=True, policy_kwargs=dict(density=0.2), learning_rate=1e-3,
+                learning_starts=1000, seed=0, device="cpu")
+    assert not model.policy.actor.log_std.__class__.__name__.startswith("Sparse")  # a parameter, dense
+    model.learn(8000)
+    check_invariants(model)
+    assert evaluate(model) > -400
+    model.save(tmp_path / "gsde")
+    loaded = SAC.load(tmp_path / "gsde", device="cpu")
+    obs = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    assert np.array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+    assert all(torch.equal(a, b) for a, b in zip(model.policy.state_dict().values(), loaded.policy.state_dict().values()))
