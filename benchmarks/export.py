@@ -16,7 +16,8 @@ constant folding at load) against a Gather + ScatterElements formulation that co
 nonzero weights at run time; the density thresholds in ``sparse_rl/deploy.py`` and
 ``sparse_rl/export.py`` come from it.
 
-Writes ``results/export.md``.
+Writes ``results/export.md`` and refreshes its quote in ``docs/export.md`` (the README's quote is
+refreshed by ``python benchmarks/readme_results.py``).
 
     /work/bg/pause_runs.sh python benchmarks/export.py [--calls 10000 --densities 1.0 0.5 0.1 0.05]
 """
@@ -50,7 +51,12 @@ from sparse_rl import SparseSACPolicy  # noqa: E402
 from sparse_rl.deploy import Layer, SparsePolicy  # noqa: E402
 from sparse_rl.export import c_sources, export, onnx_model  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent.parent / "results" / "export.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from readme_results import quoted_readme  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results" / "export.md"
+DOCS = ROOT / "docs" / "export.md"
 CFLAGS = ["-O2", "-std=c99", "-D_POSIX_C_SOURCE=199309L"]
 TIMER_C = r"""
 #include <time.h>
@@ -278,6 +284,7 @@ def main() -> None:
     ]
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text("\n".join(lines) + "\n")
+    DOCS.write_text(quoted_readme(DOCS.read_text(), ROOT))
     print("\n".join(lines))
 
 

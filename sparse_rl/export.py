@@ -507,6 +507,7 @@ def export(model_path: str | Path, fmt: str, out: str | Path, vecnormalize: str 
         raise ExportError(f"unknown format {fmt!r}; supported: {', '.join(FORMATS)}")
     model = load_model(model_path)
     policy = export_policy(model, vecnormalize, source=str(model_path))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
         return write_onnx(policy, out)
     if fmt == "npz":
@@ -524,7 +525,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         paths = export(args.model, args.format, args.out, args.vecnormalize, args.c_name)
-    except ExportError as error:
+    except (ExportError, OSError) as error:
         raise SystemExit(f"sparse_rl.export: error: {error}") from None
     for path in paths:
         print(f"{path} ({path.stat().st_size} bytes)")

@@ -318,3 +318,14 @@ def test_cli_error_has_no_traceback(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert lines[0].startswith(f"sparse_rl.export: error: {tmp_path / 'model.zip'} is not a model: supported: ")
+
+
+def test_docs_quote_the_committed_export_results_verbatim():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from readme_results import quoted_readme
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    docs = (ROOT / "docs" / "export.md").read_text()
+    assert "<!-- BEGIN results/export.md -->" in docs
+    assert quoted_readme(docs, ROOT) == docs
