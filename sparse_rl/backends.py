@@ -20,9 +20,11 @@ row pointers, the column indices and the positions of the active weights in ``W`
 is cached by the layer. It is rebuilt only when the mask changes. Each call gathers only the
 values.
 
-The sparse path passes activations feature-major: a layer returns ``(W xᵀ)ᵀ``, a transposed view
-of a contiguous ``(out, batch)`` array. Element-wise activations keep that layout, so the next
-layer's ``xᵀ`` is contiguous and no copy is made between sparse layers.
+MKL's CSR product wants its dense operand and its result row-major, ``(in, batch)`` and
+``(out, batch)``: the layer transposes its input and its output (and, backward, the output gradient
+and the input gradient). Handing the transposed views on instead ("feature-major" activations)
+saves those copies but made SB3's element-wise ops (ReLU and its backward, which then mix
+layouts) several times slower, so the layer returns ordinary row-major tensors.
 """
 
 from __future__ import annotations
@@ -40,14 +42,13 @@ SMALL_BATCH = 4
 """Below this many rows, the sparse backend runs dense kernels on the masked weight. At batch 1,
 for example one action from ``predict``, a CSR call costs more than the dense product it replaces."""
 
-AUTO_MIN_WEIGHTS = 16384
-"""``auto`` keeps layers with fewer weights (in × out) than this on ``masked``. Examples are the
-input layer of a MuJoCo network (17 × 256) and the output layers: their dense product is a few
-microseconds, and CSR's constant overhead does not pay back."""
-
-AUTO_MAX_DENSITY = 0.25
-"""``auto`` uses ``sparse`` for a layer at this density or below (fwd + bwd + Adam, batch 256,
-``results/sparse_speed.md``)."""
+AUTO_RULE: tuple[tuple[int, float], ...] = ((100_000, 0.10), (65_536, 0.05))
+"""``auto``'s table of ``(min_weights, max_density)`` rows: a CPU layer with at least ``min_weights``
+weights (in × out) at density ``max_density`` or below runs ``sparse``. The first row that matches
+by size decides. Layers smaller than the last row stay on ``masked``. The rows sit just below the
+break-even densities that ``benchmarks/sparse_speed.py`` measured for a training step (forward,
+backward, fused Adam) at batch 256 on this project's CPU: 0.06 for 256×256, 0.12 for 400×300,
+0.13 for 1024×1024, and never for 128×128 or a MuJoCo input layer such as 23×256."""
 
 @dataclass(frozen=True)
 class CsrStructure:
@@ -110,17 +111,18 @@ def _row_pointers(rows: torch.Tensor, num_rows: int) -> torch.Tensor:
 
 
 def auto_backend(in_features: int, out_features: int, density: float, device: torch.device) -> str:
-    """The backend ``auto`` resolves to for a layer. The rule is fixed, measured once on a CPU
-    (``benchmarks/sparse_speed.py``), and does not depend on the batch size.
+    """The backend ``auto`` resolves to for a layer. The rule is fixed (:data:`AUTO_RULE`), taken
+    from measurements on a CPU (``benchmarks/sparse_speed.py``), and does not depend on the batch size.
 
-    CUDA and every other non-CPU device use ``masked``, because dense GEMM on a GPU beats
-    cuSPARSE at the densities of DST. On a CPU, a layer with at least :data:`AUTO_MIN_WEIGHTS`
-    weights at density :data:`AUTO_MAX_DENSITY` or below uses ``sparse``.
+    CUDA and every other non-CPU device use ``masked``. Dense GEMM on a GPU beats cuSPARSE at the
+    densities DST uses, and the kernels here were never measured on one.
     """
     if device.type != "cpu":
         return "masked"
-    if in_features * out_features >= AUTO_MIN_WEIGHTS and density <= AUTO_MAX_DENSITY:
-        return "sparse"
+    weights = in_features * out_features
+    for min_weights, max_density in AUTO_RULE:
+        if weights >= min_weights:
+            return "sparse" if density <= max_density else "masked"
     return "masked"
 
 
@@ -135,7 +137,7 @@ class _SparseLinearFunction(torch.autograd.Function):
         y_t = torch.sparse.mm(w, x_t) if bias is None else torch.addmm(bias.unsqueeze(1), w, x_t)
         ctx.save_for_backward(x_t, weight)
         ctx.structure, ctx.dense_grad, ctx.has_bias = structure, dense_grad, bias is not None
-        return y_t.t()
+        return y_t.t().contiguous()
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
@@ -145,7 +147,7 @@ class _SparseLinearFunction(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # beta=0: the uninitialised output is never read
             grad_x = torch.addmm(dy_t.new_empty(structure.shape[1], dy_t.shape[1]), structure.weight_t_csr(weight),
-                                 dy_t, beta=0.0).t()
+                                 dy_t, beta=0.0).t().contiguous()
         if ctx.needs_input_grad[1]:
             if ctx.dense_grad:
                 grad_w = dy_t @ x_t.t()

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparse_rl.backends import AUTO_MAX_DENSITY, AUTO_MIN_WEIGHTS, SMALL_BATCH, CsrStructure, auto_backend
+from sparse_rl.backends import AUTO_RULE, SMALL_BATCH, CsrStructure, auto_backend
 from sparse_rl.layers import SparseLinear, random_mask, set_backend
 
 TOL = dict(rtol=1e-4, atol=1e-5)
@@ -145,17 +145,20 @@ def test_copies_compute_the_same_and_drop_the_cache():
 def test_auto_rule():
     cpu = torch.device("cpu")
     assert auto_backend(256, 256, 0.05, cpu) == "sparse"
-    assert auto_backend(256, 256, 1.0, cpu) == "masked"
-    assert auto_backend(256, 256, AUTO_MAX_DENSITY, cpu) == "sparse"
-    assert auto_backend(17, 256, 0.05, cpu) == "masked", "small layers stay on dense kernels"
-    assert auto_backend(AUTO_MIN_WEIGHTS, 1, 0.05, cpu) == "sparse"
+    assert auto_backend(256, 256, 0.1, cpu) == "masked"
+    assert auto_backend(1024, 1024, 0.1, cpu) == "sparse"
+    assert auto_backend(1024, 1024, 1.0, cpu) == "masked"
+    assert auto_backend(17, 256, 0.01, cpu) == "masked", "small layers stay on dense kernels"
+    for min_weights, max_density in AUTO_RULE:
+        assert auto_backend(min_weights, 1, max_density, cpu) == "sparse"
+    assert auto_backend(AUTO_RULE[-1][0] - 1, 1, 0.001, cpu) == "masked"
     assert auto_backend(1024, 1024, 0.05, torch.device("meta")) == "masked", "non-CPU devices stay masked"
 
 
 def test_auto_follows_the_mask_and_set_backend_sets_every_layer():
     layer = SparseLinear(256, 256)
     assert layer.backend == "auto" and layer.resolved_backend == "masked"
-    layer.set_mask(random_mask((256, 256), 3000))
+    layer.set_mask(random_mask((256, 256), 2000))
     assert layer.resolved_backend == "sparse"
     module = torch.nn.Sequential(layer, torch.nn.ReLU(), SparseLinear(256, 4))
     assert set_backend(module, "masked") == 2
