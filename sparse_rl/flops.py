@@ -20,7 +20,7 @@ def active_weights(layer: nn.Linear, dense: bool = False) -> int:
     """Active weights of ``layer`` (its ``nnz``); all of them if ``dense`` or if it has no mask."""
     if dense or not hasattr(layer, "nnz"):
         return layer.weight.numel()
-    return int(layer.nnz)
+    return int(getattr(layer, "nnz"))
 
 
 def weight_grad_weights(layer: nn.Linear, dense: bool = False) -> int:

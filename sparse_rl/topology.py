@@ -51,7 +51,7 @@ def init_masks(
     generator: torch.Generator | None = None,
 ) -> dict[str, int]:
     """Give each layer a random mask at its share of the global ``density``; returns the counts."""
-    shapes = {name: tuple(layer.weight.shape) for name, layer in layers.items()}
+    shapes = {name: (layer.out_features, layer.in_features) for name, layer in layers.items()}
     counts = layer_counts(shapes, layer_densities(shapes, density, distribution, dense_layers))
     for name, layer in layers.items():
         layer.set_mask(random_mask(layer.weight.shape, counts[name], generator, layer.weight.device))

@@ -112,7 +112,8 @@ class HaloController(MaskController):
 
     def penalty(self) -> torch.Tensor:
         """The HALO penalty over every layer: the loss term the hooks add the gradient of."""
-        return sum(halo_penalty(layer.weight, layer.scale, self.xi, self.psi) for layer in self.layers.values())
+        return torch.stack([halo_penalty(layer.weight, layer.scale, self.xi, self.psi)
+                            for layer in self.layers.values()]).sum()
 
     @torch.no_grad()
     def add_penalty_gradient(self) -> None:

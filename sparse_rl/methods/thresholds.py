@@ -127,7 +127,7 @@ class ThresholdController(MaskController):
 
     def regulariser(self) -> torch.Tensor:
         """``α Σ exp(-t)`` over every threshold: the loss term the hooks add the gradient of."""
-        return self.alpha * sum(torch.exp(-layer.threshold).sum() for layer in self.layers.values())
+        return self.alpha * torch.stack([torch.exp(-layer.threshold).sum() for layer in self.layers.values()]).sum()
 
     @torch.no_grad()
     def on_step(self, optimizer: torch.optim.Optimizer | None) -> None:

@@ -49,8 +49,8 @@ class SparseMetricsCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         policy = self._policy()
-        if isinstance(self.model.replay_buffer, RLx2ReplayBuffer):  # it needs the model's actor
-            self.model.replay_buffer.attach(self.model)
+        if isinstance(getattr(self.model, "replay_buffer", None), RLx2ReplayBuffer):  # it needs the model's actor
+            self.model.replay_buffer.attach(self.model)  # type: ignore[attr-defined]  # checked above
         elif policy is not None and policy.sparsity.method == "rlx2":
             raise ValueError("method 'rlx2' needs RLx2's replay buffer: pass replay_buffer_class=RLx2ReplayBuffer "
                              "(from sparse_rl.sb3.rlx2) to the algorithm; without it the run would be plain RigL")
@@ -92,7 +92,7 @@ class SparseMetricsCallback(BaseCallback):
         self.logger.record("flops/inference_per_action", inference_flops(self.model))
         if self.dense_train_flops > 0:
             self.logger.record("flops/train_vs_dense", self.train_flops / self.dense_train_flops)
-        buffer = self.model.replay_buffer
+        buffer = getattr(self.model, "replay_buffer", None)
         if isinstance(buffer, RLx2ReplayBuffer):
             self.logger.record("rlx2/buffer_size", buffer.size())
             self.logger.record("rlx2/n_steps", buffer.n_steps)

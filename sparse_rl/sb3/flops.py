@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from stable_baselines3 import SAC, TD3
+from typing import Any
+
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.preprocessing import get_action_dim
 from torch import nn
@@ -27,7 +29,7 @@ def network_flops(network: nn.Module, input_dim: int, extra_forward: int = 0) ->
     return NetworkFlops(layers, frozenset(input_layers), extra_forward)
 
 
-def sde_flops(actor: nn.Module) -> int:
+def sde_flops(actor: Any) -> int:
     """gSDE's per-sample FLOPs of a sampled SAC action: the noise ``latent @ exploration_matrix``
     and the variance ``latent² @ std²`` (0 without gSDE)."""
     if not getattr(actor, "use_sde", False):
@@ -48,7 +50,7 @@ def algo_name(model: BaseAlgorithm) -> str:
 def model_networks(model: BaseAlgorithm, sampled: bool = True) -> tuple[NetworkFlops, NetworkFlops]:
     """(actor, critic) FLOP views of an SB3 SAC or TD3 model; ``sampled``: the actor samples its
     action (training), so gSDE's noise products count."""
-    policy = model.policy
+    policy: Any = model.policy
     features_dim = policy.actor.features_extractor.features_dim
     actor = network_flops(policy.actor, features_dim, sde_flops(policy.actor) if sampled else 0)
     critic = network_flops(policy.critic, policy.critic.features_extractor.features_dim
@@ -62,7 +64,8 @@ def model_step_flops(model: BaseAlgorithm, dense: bool = False) -> TrainStepFlop
     algo = algo_name(model)
     buffer = getattr(model, "replay_buffer", None)
     bonus_forwards = buffer.n_steps - 1 if algo == "sac" and isinstance(buffer, RLx2ReplayBuffer) else 0
-    return actor_critic_step_flops(algo, actor, critic, model.batch_size, dense, bonus_forwards)
+    batch_size: int = getattr(model, "batch_size")  # SAC and TD3 have one; BaseAlgorithm does not say so
+    return actor_critic_step_flops(algo, actor, critic, batch_size, dense, bonus_forwards)
 
 
 def inference_flops(model: BaseAlgorithm, dense: bool = False) -> int:

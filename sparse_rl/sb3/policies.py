@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import get_flattened_obs_dim
-from stable_baselines3.common.torch_layers import get_actor_critic_arch
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, get_actor_critic_arch
 from stable_baselines3.common.utils import FloatSchedule
 from stable_baselines3.sac.policies import SACPolicy
 from stable_baselines3.td3.policies import TD3Policy
@@ -85,8 +85,8 @@ class SparsePolicyMixin:
                         sparsity: dict[str, Any], kwargs: dict[str, Any]) -> None:
         if not isinstance(action_space, spaces.Box):
             raise ValueError(f"sparse SAC/TD3 policies need a Box (continuous) action space, got {action_space}")
-        allowed = [p for p in inspect.signature(self._base_policy.__init__).parameters
-                   if p not in ("self", "observation_space", "action_space", "lr_schedule")]
+        allowed = [p for p in inspect.signature(self._base_policy).parameters
+                   if p not in ("observation_space", "action_space", "lr_schedule")]
         unknown = sorted(set(kwargs) - set(allowed))
         if unknown:
             raise ValueError(f"unknown policy kwarg(s) {unknown}; allowed: {', '.join([*SPARSITY_KEYS, *allowed])}")
@@ -117,11 +117,11 @@ class SparsePolicyMixin:
             self._densities = {"actor": iso_param_density(n_obs, pi, actor_out, multiplier),
                                "critic": iso_param_density(n_obs + n_act, qf, 1, multiplier, n_critics)}
 
-    def make_actor(self, features_extractor: Any = None) -> nn.Module:
+    def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> Any:
         actor_kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)  # type: ignore[attr-defined]
         return self._actor_class(**actor_kwargs, **self._network_kwargs("actor")).to(self.device)  # type: ignore[attr-defined]
 
-    def make_critic(self, features_extractor: Any = None) -> SparseContinuousCritic:
+    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> SparseContinuousCritic:
         critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)  # type: ignore[attr-defined]
         return SparseContinuousCritic(**critic_kwargs, **self._network_kwargs("critic")).to(self.device)  # type: ignore[attr-defined]
 

@@ -135,6 +135,7 @@ class RLx2ReplayBuffer(NStepReplayBuffer):
         samples = super()._get_samples(batch_inds, env)
         if self.n_steps == 1 or not isinstance(self._require_model(), SAC):
             return samples
+        assert samples.discounts is not None  # NStepReplayBuffer always sets them
         return samples._replace(rewards=samples.rewards + self.entropy_bonus(batch_inds, env_indices,
                                                                               samples.discounts, env))
 
@@ -145,7 +146,7 @@ class RLx2ReplayBuffer(NStepReplayBuffer):
         steps_used = torch.round(torch.log(discounts) / math.log(self.gamma))  # [batch, 1]
         ks = np.arange(1, self.n_steps)
         index = (batch_inds[:, None] + ks[None, :]) % self.buffer_size  # [batch, n-1]
-        states = self._normalize_obs(self.observations[index, env_indices[:, None]], env)
+        states = np.asarray(self._normalize_obs(self.observations[index, env_indices[:, None]], env))
         states_t = self.to_torch(states.reshape(-1, *self.obs_shape))
         with torch.no_grad():
             _, log_prob = model.actor.action_log_prob(states_t)
