@@ -234,8 +234,12 @@ class RunCallback(BaseCallback):
             self.save()
 
     def _on_rollout_end(self) -> None:
+        self.record(densities=self.model.num_timesteps - self._last_density >= self.DENSITY_EVERY)
+
+    def record(self, densities: bool = True) -> None:
+        """Record the wall-clock (and the network densities) for SB3's logger's next write."""
         self.logger.record("time/wall_clock_s", self.wall_clock_s)
-        if self.model.num_timesteps - self._last_density >= self.DENSITY_EVERY:
+        if densities:
             for net, density in network_densities(self.model).items():
                 self.logger.record(f"sparsity/density/{net}", density)
             self._last_density = self.model.num_timesteps
@@ -412,6 +416,8 @@ def _train(model: BaseAlgorithm, config: Mapping[str, Any], run_dir: Path, progr
         run_callback.save()
         raise RunInterrupted(run_dir, model.num_timesteps, signal.SIGINT) from None
     final_evaluation(evaluation)
+    run_callback.record()  # the last counts, densities and wall-clock, written at the last step
+    model.logger.dump(model.num_timesteps)
     run_callback.save()
     model.save(run_dir / "model.zip")
     summary = summarize(model, metrics, evaluation, run_callback.wall_clock_s)
