@@ -28,8 +28,9 @@ import numpy as np
 FORMAT = "sparse_rl.deploy/1"
 """The ``format`` entry of every exported ``.npz``."""
 
-ACTIVATIONS = ("identity", "relu", "tanh", "elu", "leaky_relu")
-"""Activations a layer may have (``alpha``: ELU's alpha, LeakyReLU's negative slope)."""
+ACTIVATIONS = ("identity", "relu", "tanh", "elu", "leaky_relu", "hardtanh", "clipped_tanh")
+"""Activations a layer may have. ``alpha`` is ELU's alpha, LeakyReLU's negative slope, or the bound a
+of ``hardtanh`` (clip to [-a, a]) and ``clipped_tanh`` (tanh of that: SAC's gSDE squash of its clipped mean)."""
 
 CSR_MAX_DENSITY = 0.0
 """Layers at or below this density are computed as CSR by the numpy runtime, denser ones as one dense
@@ -50,6 +51,10 @@ def activate(x: np.ndarray, activation: str, alpha: float = 0.0) -> np.ndarray:
         return np.where(x > 0, x, np.float32(alpha) * np.expm1(x)).astype(np.float32)
     if activation == "leaky_relu":
         return np.where(x >= 0, x, np.float32(alpha) * x).astype(np.float32)
+    if activation == "hardtanh":
+        return np.clip(x, np.float32(-alpha), np.float32(alpha))
+    if activation == "clipped_tanh":
+        return np.tanh(np.clip(x, np.float32(-alpha), np.float32(alpha)))
     if activation == "identity":
         return x
     raise ValueError(f"unknown activation {activation!r}; allowed: {', '.join(ACTIVATIONS)}")

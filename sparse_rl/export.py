@@ -183,6 +183,8 @@ def _activation(module: Any) -> tuple[str, float] | None:
         return "elu", float(module.alpha)
     if isinstance(module, nn.LeakyReLU):
         return "leaky_relu", float(module.negative_slope)
+    if isinstance(module, nn.Hardtanh) and module.min_val == -module.max_val:
+        return "hardtanh", float(module.max_val)
     if isinstance(module, nn.Identity):
         return "identity", 0.0
     return None
@@ -202,7 +204,7 @@ def mlp_layers(modules: list[Any]) -> list[Layer]:
             layers[-1].activation, layers[-1].alpha = activation
         elif activation is None or activation[0] != "identity":
             raise ExportError(f"cannot export a {type(module).__name__} in the actor; supported: Linear layers "
-                              "with ReLU, Tanh, ELU or LeakyReLU activations")
+                              "with ReLU, Tanh, ELU, LeakyReLU or symmetric Hardtanh activations")
     return layers
 
 
@@ -210,18 +212,19 @@ def actor_layers(model: Any) -> list[Layer]:
     """The actor of a SAC or TD3 ``model`` as layers whose last activation is the tanh squash."""
     from stable_baselines3 import SAC
     from stable_baselines3.common.torch_layers import FlattenExtractor
+    from torch import nn
 
     actor = model.policy.actor
     if not isinstance(actor.features_extractor, FlattenExtractor):
         raise ExportError(f"cannot export an actor with a {type(actor.features_extractor).__name__} features "
                           f"extractor; {SUPPORTED}")
     if isinstance(model, SAC):
-        if actor.use_sde:
-            raise ExportError(f"cannot export a gSDE actor (use_sde=True); {SUPPORTED}")
-        layers = mlp_layers([*actor.latent_pi, actor.mu])
-        if layers[-1].activation != "identity":
-            raise ExportError("the SAC actor's mu layer has an activation; cannot reproduce its squashing")
-        layers[-1].activation = "tanh"
+        # with gSDE, mu is Sequential(Linear, Hardtanh(-clip_mean, clip_mean)) and the squash is tanh of that
+        layers = mlp_layers([*actor.latent_pi, *(actor.mu if isinstance(actor.mu, nn.Sequential) else [actor.mu])])
+        squash = {"identity": "tanh", "hardtanh": "clipped_tanh"}.get(layers[-1].activation)
+        if squash is None:
+            raise ExportError(f"the SAC actor's mu layer ends in {layers[-1].activation}; cannot reproduce its squash")
+        layers[-1].activation = squash
     else:
         layers = mlp_layers(list(actor.mu))
         if layers[-1].activation != "tanh":
@@ -353,6 +356,12 @@ def onnx_model(policy: SparsePolicy) -> Any:
             x = node("Elu", [x], f"l{i}_elu", alpha=layer.alpha)
         elif layer.activation == "leaky_relu":
             x = node("LeakyRelu", [x], f"l{i}_leaky_relu", alpha=layer.alpha)
+        elif layer.activation in ("hardtanh", "clipped_tanh"):
+            bounds = [const(f"l{i}_clip_low", np.array(-layer.alpha, np.float32)),
+                      const(f"l{i}_clip_high", np.array(layer.alpha, np.float32))]
+            x = node("Clip", [x, *bounds], f"l{i}_clip")
+            if layer.activation == "clipped_tanh":
+                x = node("Tanh", [x], f"l{i}_tanh")
     # SB3's unscale_action: low + (0.5 * (a + 1.0) * (high - low)), in this order, in float32.
     x = node("Add", [x, const("one", np.array(1.0, np.float32))], "action_plus_one")
     x = node("Mul", [const("half", np.array(0.5, np.float32)), x], "action_half")
@@ -413,6 +422,10 @@ def _c_activation(activation: str, alpha: float, value: str) -> str:
         return f"({value} > 0.0f ? {value} : {_c_float(alpha)} * expm1f({value}))"
     if activation == "leaky_relu":
         return f"({value} >= 0.0f ? {value} : {_c_float(alpha)} * {value})"
+    if activation in ("hardtanh", "clipped_tanh"):
+        bound = _c_float(alpha)
+        clipped = f"({value} < -{bound} ? -{bound} : ({value} > {bound} ? {bound} : {value}))"
+        return clipped if activation == "hardtanh" else f"tanhf{clipped}"
     return value
 
 

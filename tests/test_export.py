@@ -26,7 +26,7 @@ from sparse_rl.export import compact, export_policy, load_model, main, write_c, 
 ROOT = Path(__file__).resolve().parents[1]
 ALGOS = {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy)}
 CASES = [(algo, method, density) for algo in ALGOS for method in ("rigl", "thresholds", "halo")
-         for density in (1.0, 0.5, 0.1)] + [("sac", "mlp", 1.0), ("td3", "mlp", 1.0)]
+         for density in (1.0, 0.5, 0.1)] + [("sac", "mlp", 1.0), ("td3", "mlp", 1.0), ("sac", "gsde", 0.5)]
 TARGETS = ("npz", "onnx", "c")
 COMPILER = shutil.which("cc")
 ATOL = 1e-5
@@ -60,7 +60,9 @@ def make_sparse(model, method: str, density: float, rng: np.random.Generator) ->
         cut = torch.quantile(magnitudes, 1 - density)
         for layer in layers:
             layer.set_mask(layer.weight.abs() > cut)
-    first, last = layers[0], layers[-1] if isinstance(model, TD3) else model.policy.actor.mu
+    mu = model.policy.actor.mu  # SAC's output layer (the first module of a Sequential with gSDE); TD3's last Linear
+    first, last = layers[0], layers[-1] if isinstance(model, TD3) else mu[0] if isinstance(mu, torch.nn.Sequential) \
+        else mu
     if method == "thresholds":
         first.threshold[:3] = float("inf")
         last.weight[:, :5] = 0
@@ -77,6 +79,12 @@ def build_model(algo: str, method: str, density: float, path: Path, rng: np.rand
     algo_class, policy_class = ALGOS[algo]
     if method == "mlp":
         model = algo_class("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[64, 64]), buffer_size=1000, seed=0)
+    elif method == "gsde":  # SAC with gSDE: deterministic action tanh(Hardtanh(mu)), mu's bias pushed into the clip
+        model = algo_class(policy_class, "Pendulum-v1", use_sde=True, buffer_size=1000, seed=0,
+                           policy_kwargs=dict(net_arch=[64, 64], density=density))
+        make_sparse(model, "rigl", density, rng)
+        with torch.no_grad():
+            model.policy.actor.mu[0].bias.fill_(1.9)
     else:
         # thresholds learns its density: built dense, its thresholds set by make_sparse; halo needs a target
         # below 1 and is dense until its prune starts: density 1.0 is that dense phase
