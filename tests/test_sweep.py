@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,16 @@ def test_failing_trial_is_reported_with_its_error_and_others_finish(tmp_path, ca
     assert (logdir / "Pendulum-v1" / "sac-dense-d1-s0" / "summary.json").is_file()
     failed = next(line for line in out.splitlines() if "sac-dense-d1-s1" in line and "FAILED" in line)
     assert "diverged at env step" in failed
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1"])
+def test_unreachable_cluster_is_one_line_naming_the_address_and_ray_start(address, tmp_path):
+    path = write_sweep(tmp_path, name="remote", base=TINY)
+    result = subprocess.run([sys.executable, "-m", "sparse_rl.sweep", str(path), "--address", address,
+                             "--logdir", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"sparse_rl.sweep: error: cannot reach a Ray cluster at {address}")
+    assert "ray start --head" in line
+    assert not (tmp_path / "out").exists()
