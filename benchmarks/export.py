@@ -243,6 +243,8 @@ def main() -> None:
                      for d in args.crossover_densities]
     timed = ["model.predict", "torch actor", "onnxruntime", "numpy", "C (ctypes)"]
     for row in rows:
+        row["÷ dense actor"] = " / ".join(  # type: ignore[assignment]
+            f"{row[name] / row['dense actor']:.3f}" for name in ("onnx", "npz", "C object"))
         fastest = min(timed[1:], key=lambda name: row[name])
         row["fastest"] = f"{fastest}: {row['model.predict'] / row[fastest]:.0f}×"  # type: ignore[assignment]
     command = " ".join(["python", "benchmarks/export.py", *sys.argv[1:]])
@@ -255,12 +257,13 @@ def main() -> None:
         "",
         "Sizes in bytes. `policy.pth`: the policy inside `model.zip` (actor, critics, target critics, uncompressed); "
         "`dense actor`: fp32 weights and biases of `latent_pi` and `mu`; `C object`: text + data of the compiled "
-        "`.c` (what a firmware image holds); `C source`: `.c` + `.h`.",
+        "`.c` (what a firmware image holds); `C source`: `.c` + `.h`; `÷ dense actor`: onnx / npz / C object as a "
+        "fraction of the dense actor.",
         "",
         *table(rows, ["density", "nonzero", "widths", "model.zip", "policy.pth", "dense actor", "onnx", "npz",
-                      "C object", "C source"], {"density": "g", "model.zip": ".0f", "policy.pth": ".0f",
-                                                "dense actor": ".0f", "onnx": ".0f", "npz": ".0f",
-                                                "C object": ".0f", "C source": ".0f"}),
+                      "C object", "C source", "÷ dense actor"],
+               {"density": "g"} | dict.fromkeys(["model.zip", "policy.pth", "dense actor", "onnx", "npz", "C object",
+                                                 "C source"], ".0f")),
         "",
         "Batch-1 latency in µs. `C (ctypes)` includes the ctypes call overhead, which `empty C (ctypes)` (a C "
         "function of the same signature that does nothing) measures; `C (in C)` times the function inside C, "
