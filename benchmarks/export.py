@@ -177,7 +177,7 @@ def gather_scatter_onnx(layer: Layer) -> onnx.ModelProto:
     """One layer computed on its nonzero weights at run time: Gather the inputs, multiply, ScatterElements-add
     into the bias (batch 1)."""
     data, indices, indptr = layer.csr()
-    rows = np.repeat(np.arange(layer.weight.shape[0]), np.diff(indptr.astype(np.int64)))
+    rows = np.repeat(np.arange(layer.weight.shape[0]), np.diff(indptr.astype(np.int64)).astype(np.int64))
     inits = [numpy_helper.from_array(array, name) for name, array in (
         ("cols", indices.astype(np.int64)), ("rows", rows.astype(np.int64)), ("data", data), ("bias", layer.bias),
         ("flat", np.array([-1], np.int64)), ("shape", np.array([1, -1], np.int64)))]
