@@ -278,8 +278,10 @@ class RunLabel:
     iso_params: bool = False
 
     def __str__(self) -> str:
+        if self.iso_params:  # the density follows from the width
+            return f"{self.method}-w{self.width}-iso"
         text = f"{self.method}-d{self.density:g}" + "".join(f"-{net[0]}{d:g}" for net, d in self.networks)
-        return text + (f"-w{self.width}" if self.width > 1 else "") + ("-iso" if self.iso_params else "")
+        return text + (f"-w{self.width}" if self.width > 1 else "")
 
     @property
     def detail(self) -> str:
