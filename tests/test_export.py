@@ -26,7 +26,10 @@ from sparse_rl.export import compact, export_policy, load_model, main, write_c, 
 ROOT = Path(__file__).resolve().parents[1]
 ALGOS = {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy)}
 CASES = [(algo, method, density) for algo in ALGOS for method in ("rigl", "thresholds", "halo")
-         for density in (1.0, 0.5, 0.1)] + [("sac", "mlp", 1.0), ("td3", "mlp", 1.0), ("sac", "gsde", 0.5)]
+         for density in (1.0, 0.5, 0.1)] + [("sac", "mlp", 1.0), ("td3", "mlp", 1.0), ("sac", "gsde", 0.5),
+                                            ("sac", "sparse-backend", 0.1), ("td3", "wide", 0.1)]
+RIGL_VARIANTS = {"sparse-backend": dict(backend="sparse"), "wide": dict(width_multiplier=2)}
+"""RigL models whose layers compute with the sparse backend, or are twice as wide."""
 TARGETS = ("npz", "onnx", "c")
 COMPILER = shutil.which("cc")
 ATOL = 1e-5
@@ -79,6 +82,10 @@ def build_model(algo: str, method: str, density: float, path: Path, rng: np.rand
     algo_class, policy_class = ALGOS[algo]
     if method == "mlp":
         model = algo_class("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[64, 64]), buffer_size=1000, seed=0)
+    elif method in RIGL_VARIANTS:
+        model = algo_class(policy_class, "Pendulum-v1", buffer_size=1000, seed=0,
+                           policy_kwargs=dict(net_arch=[64, 64], density=density, **RIGL_VARIANTS[method]))
+        make_sparse(model, "rigl", density, rng)
     elif method == "gsde":  # SAC with gSDE: deterministic action tanh(Hardtanh(mu)), mu's bias pushed into the clip
         model = algo_class(policy_class, "Pendulum-v1", use_sde=True, buffer_size=1000, seed=0,
                            policy_kwargs=dict(net_arch=[64, 64], density=density))
