@@ -276,13 +276,16 @@ def seed_band(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return grid, ys.mean(axis=0), ys.min(axis=0), ys.max(axis=0)
 
 
-def plot_curves(path: Path, title: str, xlabel: str, lines: dict[str, list[Curve]], log_x: bool = False) -> None:
-    """Save a figure with one mean line and min–max band per label."""
+def plot_curves(path: Path, title: str, xlabel: str, lines: dict[str, list[Curve]], log_x: bool = False,
+                caption: str = "") -> None:
+    """Save a figure with one mean line and min–max band per label (its seed count in the legend)."""
     figure = Figure(figsize=(7, 4.5), layout="constrained")
+    if caption:
+        figure.supxlabel(caption, fontsize=7)
     axes = figure.subplots()
     for label, curves in lines.items():
         x, mean, low, high = seed_band(curves)
-        (line,) = axes.plot(x, mean, label=label)
+        (line,) = axes.plot(x, mean, label=f"{label} ({len(curves)} seeds)")
         axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     if log_x:
         axes.set_xscale("log")
@@ -299,7 +302,7 @@ def at_evaluations(run: Run, column: str, scale: float = 1.0) -> Curve | None:
     return None if curve is None else (scale * np.interp(run.eval_steps, *curve), run.eval_returns)
 
 
-def plot_env_algo(groups: dict[GroupKey, list[Run]], env: str, algo: str, out: Path) -> None:
+def plot_env_algo(groups: dict[GroupKey, list[Run]], env: str, algo: str, out: Path, caption: str = "") -> None:
     """Write the return-vs-steps, -FLOPs and -wall-clock plots of one env and algo."""
     by_steps: dict[str, list[Curve]] = {}
     by_flops: dict[str, list[Curve]] = {}
@@ -315,21 +318,34 @@ def plot_env_algo(groups: dict[GroupKey, list[Run]], env: str, algo: str, out: P
                 lines[label] = curves
     stem = f"{env}_{algo}".replace("/", "_")
     name = f"{env} {algo.upper()}"
-    plot_curves(out / f"{stem}_return_vs_steps.png", f"{name}: return vs env steps", "env steps", by_steps)
+    plot_curves(out / f"{stem}_return_vs_steps.png", f"{name}: return vs env steps", "env steps", by_steps,
+                caption=caption)
     if by_flops:
         plot_curves(out / f"{stem}_return_vs_flops.png", f"{name}: return vs training FLOPs",
-                    "cumulative training FLOPs (log scale)", by_flops, log_x=True)
+                    "cumulative training FLOPs (log scale)", by_flops, log_x=True, caption=caption)
     else:
         warn(f"no training FLOP series in any {name} run: no return-vs-FLOPs plot")
     if by_hours:
         plot_curves(out / f"{stem}_return_vs_wallclock.png", f"{name}: return vs wall-clock",
-                    "wall-clock hours of training", by_hours)
+                    "wall-clock hours of training", by_hours, caption=caption)
     else:
         warn(f"no wall-clock series in any {name} run: no return-vs-wall-clock plot")
 
 
-def write_report(run_dirs: list[Path], out: Path, reps: int = 2000) -> Path:
-    """Write ``results.md`` and the plots of the runs in or under ``run_dirs`` to ``out``; return results.md."""
+def grid_text(grid: Path, runs: Sequence[Run]) -> str:
+    """How many of the runs a sweep file plans are among ``runs`` and finished (with a summary)."""
+    from sparse_rl.run_config import read_yaml
+    from sparse_rl.sweep import plan_trials
+
+    sweep = read_yaml(grid)
+    planned = {(trial.config["env"], trial.run_dir.name) for trial in plan_trials(sweep, Path("."))}
+    done = planned & {(run.env, run.path.name) for run in runs if run.summary is not None}
+    return f"Grid {sweep.get('name') or grid.stem} ({grid}): {len(done)} of {len(planned)} runs complete."
+
+
+def write_report(run_dirs: list[Path], out: Path, reps: int = 2000, grid: Path | None = None) -> Path:
+    """Write ``results.md`` and the plots of the runs in or under ``run_dirs`` to ``out``; return results.md.
+    With ``grid`` (a sweep file), ``results.md`` and the plots say how many of its runs are complete."""
     found = find_run_dirs(map(Path, run_dirs))
     if not found:
         raise SystemExit(f"{PROG}: no run directories (with config.yaml) under {', '.join(map(str, run_dirs))}")
@@ -339,9 +355,12 @@ def write_report(run_dirs: list[Path], out: Path, reps: int = 2000) -> Path:
     groups = group_runs(runs)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.md"
-    results.write_text(results_markdown(groups, reps))
+    completeness = grid_text(grid, runs) if grid is not None else ""
+    text = results_markdown(groups, reps)
+    results.write_text(text.replace("\n\n", f"\n{completeness}\n\n", 1) if completeness else text)
+    caption = f"{budget_text(runs)}; machines: {machines_text(runs)}" + (f"\n{completeness}" if completeness else "")
     for env, algo in dict.fromkeys(key[:2] for key in groups):
-        plot_env_algo(groups, env, algo, out)
+        plot_env_algo(groups, env, algo, out, caption)
     return results
 
 
@@ -351,8 +370,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="run directories, or directories holding them")
     parser.add_argument("--out", type=Path, required=True, help="directory for results.md and the plots")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples for the CIs")
+    parser.add_argument("--grid", type=Path, metavar="SWEEP_FILE",
+                        help="say how many of this sweep file's runs are complete (in results.md and the plots)")
     args = parser.parse_args(argv)
-    print(write_report(args.runs, args.out, reps=args.reps))
+    print(write_report(args.runs, args.out, reps=args.reps, grid=args.grid))
 
 
 if __name__ == "__main__":

@@ -62,6 +62,23 @@ def test_report_over_records_equals_report_over_run_directories(recorded, tmp_pa
         assert (tmp_path / "from_records" / f"Pendulum-v1_sac_return_vs_{kind}.png").is_file()
 
 
+def test_report_says_how_many_of_a_grids_runs_are_complete(recorded, tmp_path):
+    _, ledger_root = recorded
+    grid = write_sweep(tmp_path, name="tiny", base={**TINY, "set": RUN["set"]}, grid={"density": [1.0, 0.2, 0.5]})
+    results = report.write_report([ledger_root / "tiny"], tmp_path / "out", reps=20, grid=grid).read_text()
+    assert f"Grid tiny ({grid}): 2 of 3 runs complete." in results.splitlines()[:4]
+
+
+def test_train_records_a_single_run_in_a_ledger(tmp_path):
+    from sparse_rl import train
+
+    train.main(["--env", "Pendulum-v1", "--density", "0.5", "--total-steps", "300", "--eval-freq", "300",
+                "--eval-episodes", "1", "--logdir", str(tmp_path / "runs"), "--ledger", str(tmp_path / "book"),
+                "--grid", "mine", "--no-progress-bar", *(f"--set={k}={v}" for k, v in RUN["set"].items())])
+    record = tmp_path / "book" / "mine" / "Pendulum-v1" / "sac-rigl-d0.5-s0"
+    assert sorted(path.name for path in record.iterdir()) == sorted(ledger.RECORD_FILES)
+
+
 def test_add_command_records_a_finished_run_and_refuses_an_unfinished_one(recorded, tmp_path, capsys):
     run_root, _ = recorded
     run_dir = run_root / "Pendulum-v1" / "sac-rigl-d0.2-s0"
