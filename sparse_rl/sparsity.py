@@ -45,6 +45,8 @@ class SparsityConfig:
     :param grow_kwargs: parameters of the grow criterion (e.g. ``{"c": 1e-3}`` for ``ucb``).
     :param backend: how sparse layers compute: ``masked`` (dense kernels on masked weights),
         ``sparse`` (active weights only) or ``auto`` (per layer, whichever is faster).
+    :param sparse_init: sparse-aware initialisation: each output neuron's initial weights are rescaled by
+        sqrt(dense fan-in / active fan-in), so its pre-activation variance matches the dense layer's.
     :param width_multiplier: every hidden width is multiplied by this integer (>= 1).
     :param iso_params: set the density so the widened network has the weight count of the dense
         network at width multiplier 1 (needs ``width_multiplier`` > 1 and ``density`` 1.0).
@@ -68,6 +70,7 @@ class SparsityConfig:
     prune_kwargs: dict[str, Any] = field(default_factory=dict)
     grow_kwargs: dict[str, Any] = field(default_factory=dict)
     backend: str = "auto"
+    sparse_init: bool = False
     width_multiplier: int = 1
     iso_params: bool = False
     settings: Any = None

@@ -323,3 +323,19 @@ def test_gsde_sparse_sac_learns_pendulum_and_round_trips(tmp_path):
     obs = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
     assert np.array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
     assert all(torch.equal(a, b) for a, b in zip(model.policy.state_dict().values(), loaded.policy.state_dict().values()))
+
+
+def test_sparse_init_restores_the_dense_pre_activation_scale(tmp_path):
+    dense = make("sac", density=1.0).policy.actor.latent_pi[2]
+    plain = make("sac", density=0.1).policy.actor.latent_pi[2]
+    model = make("sac", density=0.1, sparse_init=True)
+    rescaled = model.policy.actor.latent_pi[2]
+    assert torch.equal(plain.mask, rescaled.mask)
+    fan_in = rescaled.mask.sum(dim=1, keepdim=True).clamp(min=1)
+    assert torch.allclose(rescaled.weight, plain.weight * torch.sqrt(64 / fan_in))
+    x = torch.relu(torch.randn(4000, 64))
+    with torch.no_grad():
+        assert float(rescaled(x).std()) == pytest.approx(float(dense(x).std()), rel=0.25)
+        assert float(plain(x).std()) < 0.5 * float(dense(x).std())
+    model.save(tmp_path / "model")
+    assert SAC.load(tmp_path / "model").policy.sparsity.sparse_init

@@ -16,6 +16,7 @@ from stable_baselines3.common.policies import ContinuousCritic
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.sac.policies import Actor as SACActor
 from stable_baselines3.td3.policies import Actor as TD3Actor
+import torch
 from torch import nn
 
 from sparse_rl.distributions import check_density
@@ -41,17 +42,21 @@ class SparseNetworkMixin:
     """Turns an SB3 network sparse at construction and records how, for SB3's save/load."""
 
     def _init_sparsity(self, density: float, distribution: str, dense_layers: Sequence[str],
-                       layer_kind: str, dense_output: bool, backend: str = "auto") -> None:
+                       layer_kind: str, dense_output: bool, backend: str = "auto", sparse_init: bool = False) -> None:
         if layer_kind not in KINDS:
             raise ValueError(f"unknown layer kind {layer_kind!r}; allowed: {', '.join(KINDS)}")
         self.density = check_density(density)
         self.distribution = distribution
         self.dense_layers = tuple(dense_layers)
         self.dense_output = dense_output
+        self.sparse_init = sparse_init
         self.layer_kind = layer_kind
         replace_linear_layers(self, KINDS[layer_kind].layer_class)  # type: ignore[arg-type]
         keep_dense = self.dense_layers + (tuple(self.output_layer_names()) if dense_output else ())
         init_masks(sparse_layers(self), self.density, distribution, keep_dense)  # type: ignore[arg-type]
+        if sparse_init:
+            for layer in sparse_layers(self).values():  # type: ignore[arg-type]
+                rescale_to_active_fan_in(layer)
         self.backend = backend
         set_backend(self, backend)  # type: ignore[arg-type]
 
@@ -65,8 +70,17 @@ class SparseNetworkMixin:
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()  # type: ignore[misc]
         data.update(density=self.density, distribution=self.distribution, dense_layers=self.dense_layers,
-                    layer_kind=self.layer_kind, dense_output=self.dense_output, backend=self.backend)
+                    layer_kind=self.layer_kind, dense_output=self.dense_output, backend=self.backend,
+                    sparse_init=self.sparse_init)
         return data
+
+
+@torch.no_grad()
+def rescale_to_active_fan_in(layer: SparseLinear) -> None:
+    """Multiply each output neuron's weights by sqrt(dense fan-in / active fan-in): the variance of its
+    pre-activation then matches the dense layer's at initialisation (Evci et al. 2022's sparse init)."""
+    active_fan_in = layer.mask.sum(dim=1).clamp(min=1).to(layer.weight.dtype)
+    layer.weight.mul_(torch.sqrt(layer.in_features / active_fan_in).unsqueeze(1))
 
 
 def last_linear(module: nn.Module, head: str) -> str:
@@ -87,6 +101,8 @@ class SparseSACActor(SparseNetworkMixin, SACActor):
     :param dense_output: keep the output layers (``mu``, ``log_std``) dense, from the same budget.
     :param backend: how the ``SparseLinear`` layers compute: ``"auto"``, ``"masked"`` or ``"sparse"``
         (:mod:`sparse_rl.backends`).
+    :param sparse_init: rescale each neuron's initial weights to its active fan-in
+        (:func:`rescale_to_active_fan_in`).
     """
 
     def _output_heads(self) -> list[str]:
@@ -94,9 +110,9 @@ class SparseSACActor(SparseNetworkMixin, SACActor):
 
     def __init__(self, *args: Any, density: float = 1.0, distribution: str = "erk",
                  dense_layers: Sequence[str] = (), layer_kind: str = "masked", dense_output: bool = False,
-                 backend: str = "auto", **kwargs: Any) -> None:
+                 backend: str = "auto", sparse_init: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._init_sparsity(density, distribution, dense_layers, layer_kind, dense_output, backend)
+        self._init_sparsity(density, distribution, dense_layers, layer_kind, dense_output, backend, sparse_init)
 
 
 class SparseTD3Actor(SparseNetworkMixin, TD3Actor):
@@ -107,9 +123,9 @@ class SparseTD3Actor(SparseNetworkMixin, TD3Actor):
 
     def __init__(self, *args: Any, density: float = 1.0, distribution: str = "erk",
                  dense_layers: Sequence[str] = (), layer_kind: str = "masked", dense_output: bool = False,
-                 backend: str = "auto", **kwargs: Any) -> None:
+                 backend: str = "auto", sparse_init: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._init_sparsity(density, distribution, dense_layers, layer_kind, dense_output, backend)
+        self._init_sparsity(density, distribution, dense_layers, layer_kind, dense_output, backend, sparse_init)
 
 
 class SparseContinuousCritic(SparseNetworkMixin, ContinuousCritic):
@@ -125,11 +141,11 @@ class SparseContinuousCritic(SparseNetworkMixin, ContinuousCritic):
                  activation_fn: type[nn.Module] = nn.ReLU, normalize_images: bool = True, n_critics: int = 2,
                  share_features_extractor: bool = True, density: float = 1.0, distribution: str = "erk",
                  dense_layers: Sequence[str] = (), layer_kind: str = "masked", dense_output: bool = False,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", sparse_init: bool = False) -> None:
         super().__init__(observation_space, action_space, net_arch, features_extractor, features_dim,
                          activation_fn, normalize_images, n_critics, share_features_extractor)
         self.net_arch, self.features_dim, self.activation_fn = net_arch, features_dim, activation_fn
-        self._init_sparsity(density, distribution, dense_layers, layer_kind, dense_output, backend)
+        self._init_sparsity(density, distribution, dense_layers, layer_kind, dense_output, backend, sparse_init)
 
     def _output_heads(self) -> list[str]:
         return [f"qf{index}" for index in range(self.n_critics)]

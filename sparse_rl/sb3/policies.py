@@ -139,7 +139,8 @@ class SparsePolicyMixin:
         density = self._densities[network] if fixed else self.sparsity.initial_density(network)
         return dict(density=density, distribution=self.sparsity.distribution,
                     dense_layers=self.sparsity.network_dense_layers(network), layer_kind=self.sparsity.kind.name,
-                    dense_output=self.sparsity.dense_output, backend=self.sparsity.backend)
+                    dense_output=self.sparsity.dense_output, backend=self.sparsity.backend,
+                    sparse_init=self.sparsity.sparse_init)
 
     def _make_controller(self, network: str, online: nn.Module, target: nn.Module | None,
                          optimizer: torch.optim.Optimizer) -> MaskController:
