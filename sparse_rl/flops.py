@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from torch import nn
 
 
-
 def active_weights(layer: nn.Linear, dense: bool = False) -> int:
     """Active weights of ``layer`` (its ``nnz``); all of them if ``dense`` or if it has no mask."""
     if dense or not hasattr(layer, "nnz"):

@@ -131,13 +131,13 @@ class SparseLinear(nn.Linear):
         state["_structure"] = state["_resolved"] = None  # derived from the mask; rebuilt on use
         return state
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:  # type: ignore[no-untyped-def]
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         """Save the mask as 0/1 in the weight's dtype, so every state-dict entry is a float tensor
         (code that perturbs, averages or casts a policy's state dict works unchanged)."""
         super()._save_to_state_dict(destination, prefix, keep_vars)
         destination[prefix + "mask"] = self.mask.to(self.weight.dtype)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """Load a mask saved as 0/1 floats (or booleans), binarised at 0.5; masked weights are zeroed."""
         key = prefix + "mask"
         if key in state_dict and torch.is_tensor(state_dict[key]):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from stable_baselines3 import SAC, TD3
 from typing import Any
 
+from stable_baselines3 import SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.preprocessing import get_action_dim
 from torch import nn
