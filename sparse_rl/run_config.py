@@ -15,12 +15,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from sparse_rl.methods import method_label
 from sparse_rl.sparsity import SparsityConfig
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+    from stable_baselines3.common.policies import BasePolicy
 
 ALGO_NAMES = ("sac", "td3")
 TOP_LEVEL_KEYS = ("algo", "env", "seed", "total_steps", "n_envs", "eval_freq", "eval_episodes", "checkpoint_freq",
@@ -36,7 +40,7 @@ class ConfigError(ValueError):
     """A configuration that cannot describe a run."""
 
 
-def algo_classes(algo: str) -> tuple[type, type]:
+def algo_classes(algo: str) -> tuple[type[OffPolicyAlgorithm], type[BasePolicy]]:
     """(SB3 algorithm class, its policy base class) of ``"sac"`` or ``"td3"``."""
     from stable_baselines3 import SAC, TD3
     from stable_baselines3.sac.policies import SACPolicy

@@ -37,10 +37,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 import yaml
-from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.preprocessing import get_action_dim
 from stable_baselines3.common.vec_env import VecEnv
 
 from sparse_rl.flops import active_weights
@@ -145,12 +146,12 @@ def replay_buffer_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     return {"replay_buffer_class": RLx2ReplayBuffer, "replay_buffer_kwargs": kwargs}
 
 
-def build_model(config: Mapping[str, Any], run_dir: Path) -> BaseAlgorithm:
+def build_model(config: Mapping[str, Any], run_dir: Path) -> OffPolicyAlgorithm:
     """The SB3 model a config describes (the policy checks its sparsity settings here, before any file exists)."""
     env = make_vec_env(config["env"], n_envs=config.get("n_envs", 1), seed=config["seed"])
     kwargs = {**config.get("algo_kwargs", {}), **replay_buffer_kwargs(config)}
     if config["algo"] == "td3" and config.get("action_noise_std"):
-        n_actions = env.action_space.shape[0]
+        n_actions = get_action_dim(env.action_space)
         kwargs["action_noise"] = NormalActionNoise(np.zeros(n_actions), config["action_noise_std"] * np.ones(n_actions))
     policy_kwargs = {**matched_policy_kwargs(config, env), **config.get("sparsity", {})}
     return algo_classes(config["algo"])[0](POLICIES[config["algo"]], env, policy_kwargs=policy_kwargs,
@@ -164,7 +165,7 @@ def checkpoint_state(run_dir: Path) -> dict[str, Any]:
     return json.loads(state.read_text()) if state.is_file() else {}
 
 
-def load_model(run_dir: Path, config: Mapping[str, Any]) -> BaseAlgorithm:
+def load_model(run_dir: Path, config: Mapping[str, Any]) -> OffPolicyAlgorithm:
     """The model and replay buffer of ``run_dir``'s checkpoint, on a fresh env."""
     checkpoint = run_dir / CHECKPOINT
     if not (checkpoint / "model.zip").exists():
@@ -176,11 +177,12 @@ def load_model(run_dir: Path, config: Mapping[str, Any]) -> BaseAlgorithm:
     return model
 
 
-def nonfinite_parameter(model: BaseAlgorithm) -> str | None:
+def nonfinite_parameter(model: OffPolicyAlgorithm) -> str | None:
     """The first parameter of the model (``critic.qf0.0.weight``, ``log_ent_coef``) holding NaN or inf."""
     named = [(f"policy.{name}", p) for name, p in model.policy.named_parameters()]
-    if isinstance(getattr(model, "log_ent_coef", None), torch.Tensor):
-        named.append(("log_ent_coef", model.log_ent_coef))
+    log_ent_coef = getattr(model, "log_ent_coef", None)  # SAC's, when the coefficient is learned
+    if isinstance(log_ent_coef, torch.Tensor):
+        named.append(("log_ent_coef", log_ent_coef))
     return next((name.removeprefix("policy.") for name, p in named if not bool(torch.isfinite(p).all())), None)
 
 
@@ -188,11 +190,12 @@ LOSSES = {"train/critic_loss": "critic loss", "train/actor_loss": "actor loss", 
           "entropy coefficient loss", "train/ent_coef": "entropy coefficient"}
 
 
-def network_densities(model: BaseAlgorithm) -> dict[str, float]:
+def network_densities(model: OffPolicyAlgorithm) -> dict[str, float]:
     """Active fraction of the weights of the actor and of the critics."""
     densities = {}
     for net in ("actor", "critic"):
-        linears = [m for m in getattr(model.policy, net).modules() if isinstance(m, torch.nn.Linear)]
+        network: torch.nn.Module = getattr(model.policy, net)
+        linears = [m for m in network.modules() if isinstance(m, torch.nn.Linear)]
         densities[net] = (sum(active_weights(layer) for layer in linears)
                           / max(1, sum(active_weights(layer, dense=True) for layer in linears)))
     return densities
@@ -333,7 +336,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def summarize(model: BaseAlgorithm, metrics: SparseMetricsCallback, evaluation: EvalCallback,
+def summarize(model: OffPolicyAlgorithm, metrics: SparseMetricsCallback, evaluation: EvalCallback,
               wall_clock_s: float) -> dict[str, Any]:
     """``summary.json``: final return, steps, weights, FLOPs (each with its dense count), wall-clock, machine."""
     linears = [m for net in (model.policy.actor, model.policy.critic) for m in net.modules()
@@ -394,7 +397,7 @@ def resume_run(run_dir: Path, progress_bar: bool = False, ledger: Ledger | None 
     return _train(load_model(run_dir, config), config, run_dir, progress_bar, ledger, resumed=True)
 
 
-def _train(model: BaseAlgorithm, config: Mapping[str, Any], run_dir: Path, progress_bar: bool,
+def _train(model: OffPolicyAlgorithm, config: Mapping[str, Any], run_dir: Path, progress_bar: bool,
            ledger: Ledger | None, resumed: bool = False) -> Path:
     metrics = SparseMetricsCallback()
     state = checkpoint_state(run_dir) if resumed else {}

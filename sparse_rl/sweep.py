@@ -216,8 +216,8 @@ def run_on_ray(trials: list[Trial], logdir: Path, name: str, options: argparse.N
                                       verbose=1),
         )
         results = tuner.fit()
-        return {Path(result.config["trial"]["run_dir"]): str(result.error).strip()
-                for result in results if result.error is not None}
+        failed = [results[index] for index in range(len(results)) if results[index].error is not None]
+        return {Path(result.config["trial"]["run_dir"]): str(result.error).strip() for result in failed}
     finally:
         ray.shutdown()
 
