@@ -10,11 +10,11 @@ ONNX Runtime (one intra-op thread), ``sparse_rl.deploy.SparsePolicy.predict`` an
 through ctypes, next to an empty C function of the same signature through ctypes (the call
 overhead) and the C function timed inside C (``clock_gettime`` around each call).
 
-A second table measures where CSR becomes faster than dense for one 256x256 layer, for the numpy
-runtime and for C, and ONNX Runtime's exported graph (dense Gemm, weights rebuilt from CSR by
-constant folding at load) against a Gather + ScatterElements formulation that computes on the
-nonzero weights at run time; the density thresholds in ``sparse_rl/deploy.py`` and
-``sparse_rl/export.py`` come from it.
+A last table measures where CSR becomes faster than dense for one layer of 256 inputs and one of 17,
+for the numpy runtime and for C, and ONNX Runtime's exported graph (dense Gemm, weights rebuilt from
+CSR by constant folding at load) against a Gather + ScatterElements formulation that computes on the
+nonzero weights at run time; the numpy threshold in ``sparse_rl/deploy.py`` and the C cost model in
+``sparse_rl/export.py`` come from such measurements.
 
 Writes ``results/export.md`` and refreshes its quote in ``docs/export.md`` (the README's quote is
 refreshed by ``python benchmarks/readme_results.py``).
@@ -49,7 +49,7 @@ from stable_baselines3 import SAC  # noqa: E402
 
 from sparse_rl import SparseSACPolicy  # noqa: E402
 from sparse_rl.deploy import Layer, SparsePolicy  # noqa: E402
-from sparse_rl.export import c_sources, export, onnx_model  # noqa: E402
+from sparse_rl.export import c_layer_uses_csr, c_sources, export, onnx_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from readme_results import quoted_readme  # noqa: E402
@@ -196,21 +196,22 @@ def gather_scatter_onnx(layer: Layer) -> onnx.ModelProto:
     return model
 
 
-def measure_crossover(density: float, calls: int, directory: Path, rng: np.random.Generator) -> dict[str, float]:
-    """Batch-1 µs of one 256x256 ReLU layer at ``density``, each way of computing it."""
-    size = 256
-    weight = rng.standard_normal((size, size)).astype(np.float32) * (rng.random((size, size)) < density)
-    layer = Layer(weight, rng.standard_normal(size).astype(np.float32), "relu")
-    bounds = -np.ones(size, np.float32), np.ones(size, np.float32)
-    x = rng.standard_normal((64, size)).astype(np.float32)
-    row = {"density": density}
-    for name, threshold in (("numpy dense", 0.0), ("numpy CSR", 1.0)):
-        policy = SparsePolicy((size,), [layer], *bounds, csr_max_density=threshold)
+def measure_crossover(shape: tuple[int, int], density: float, calls: int, directory: Path,
+                      rng: np.random.Generator) -> dict[str, object]:
+    """Batch-1 µs of one ReLU layer of ``shape`` (outputs, inputs) at ``density``, each way of computing it."""
+    weight = rng.standard_normal(shape).astype(np.float32) * (rng.random(shape) < density)
+    layer = Layer(weight, rng.standard_normal(shape[0]).astype(np.float32), "relu")
+    bounds = -np.ones(shape[0], np.float32), np.ones(shape[0], np.float32)
+    x = rng.standard_normal((64, shape[1])).astype(np.float32)
+    row: dict[str, object] = {"layer": f"{shape[1]} → {shape[0]}", "density": density}
+    for name, threshold in (("numpy dense", -1.0), ("numpy CSR", 1.0)):
+        policy = SparsePolicy((shape[1],), [layer], *bounds, csr_max_density=threshold)
         row[name] = median_us(lambda i: policy.predict(x[i % 64]), calls)
-    policy = SparsePolicy((size,), [layer], *bounds)
-    for name, threshold in (("C dense", 0.0), ("C CSR", 1.0)):
-        library, _ = compile_c(*c_sources(policy, csr_max_density=threshold), directory / f"{density}-{threshold}")
+    policy = SparsePolicy((shape[1],), [layer], *bounds)
+    for name, layout in (("C dense", "dense"), ("C CSR", "csr")):
+        library, _ = compile_c(*c_sources(policy, layout=layout), directory / f"{shape}-{density}-{layout}")
         row[name] = c_median_us(library, x, calls)
+    row["C rule"] = "CSR" if c_layer_uses_csr(layer) else "dense"
     exported = session(onnx_model(policy))
     gathered = session(gather_scatter_onnx(layer))
     row["ORT exported Gemm"] = median_us(lambda i: exported.run(None, {"obs": x[i % 64:i % 64 + 1]}), calls)
@@ -239,8 +240,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         obs = rng.standard_normal((1000, 17)).astype(np.float32)
         rows = [measure_density(d, args.calls, obs, Path(tmp) / f"d{d}") for d in args.densities]
-        crossover = [measure_crossover(d, args.crossover_calls, Path(tmp) / "crossover", rng)
-                     for d in args.crossover_densities]
+        crossover = [measure_crossover(shape, d, args.crossover_calls, Path(tmp) / "crossover", rng)
+                     for shape in ((256, 256), (256, 17)) for d in args.crossover_densities]
     timed = ["model.predict", "torch actor", "onnxruntime", "numpy", "C (ctypes)"]
     for row in rows:
         row["÷ dense actor"] = " / ".join(  # type: ignore[assignment]
@@ -275,15 +276,17 @@ def main() -> None:
                {**{name: ".2f" for name in [*timed, "empty C (ctypes)", "C (in C)", "clock (in C)"]},
                 "density": "g", "max |C - predict|": ".1e"}),
         "",
-        "Where CSR pays: batch-1 µs of one 256×256 ReLU layer at each density (random mask), for the numpy runtime "
-        "(dense product vs CSR gather-and-reduce), C (dense vs CSR loops, timed inside C) and ONNX Runtime (the "
-        "exported graph: a dense Gemm whose weight is rebuilt from CSR by constant folding at load, vs a Gather + "
-        "ScatterElements graph computing on the nonzero weights at run time).",
+        "Where CSR pays: batch-1 µs of one ReLU layer (256 inputs, and 17 like HalfCheetah's first layer) at each "
+        "density (random mask), computed each way: the numpy runtime (dense product vs CSR gather-and-reduce), C "
+        "(dense vs CSR loops, timed inside C; `C rule`: the loop the C target picks, from the cost model "
+        "`C_COST_NS` in `sparse_rl/export.py`) and ONNX Runtime (the exported graph: a dense Gemm whose weight is "
+        "rebuilt from CSR by constant folding at load, vs a Gather + ScatterElements graph computing on the "
+        "nonzero weights at run time). Each time includes the policy's output rescaling.",
         "",
-        *table(crossover, ["density", "numpy dense", "numpy CSR", "C dense", "C CSR", "ORT exported Gemm",
-                           "ORT Gather+Scatter"],
-               {name: ".2f" for name in ["numpy dense", "numpy CSR", "C dense", "C CSR", "ORT exported Gemm",
-                                         "ORT Gather+Scatter"]} | {"density": "g"}),
+        *table(crossover, ["layer", "density", "numpy dense", "numpy CSR", "C dense", "C CSR", "C rule",
+                           "ORT exported Gemm", "ORT Gather+Scatter"],
+               {"density": "g"} | dict.fromkeys(["numpy dense", "numpy CSR", "C dense", "C CSR", "ORT exported Gemm",
+                                                 "ORT Gather+Scatter"], ".2f")),
     ]
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text("\n".join(lines) + "\n")

@@ -34,11 +34,13 @@ FORMATS = ("onnx", "npz", "c")
 SUPPORTED = ("supported: SAC or TD3 models (SparseSACPolicy, SparseTD3Policy or MlpPolicy) with a continuous Box "
              "action space and a flat Box observation space, given as a model.zip or a sparse_rl.train run directory")
 
-C_CSR_MAX_DENSITY = 0.25
-"""The C target computes (and stores) a layer as CSR at or below this density and as a dense matrix
-above it: between the densities where CSR was last faster (0.2) and first slower (0.3) than the
-dense loop for a 256x256 layer in ``benchmarks/export.py`` (``results/export.md``); CSR is also the
-smaller of the two there."""
+C_COST_NS = {"dense_weight": 0.112, "dense_row": 0.35, "csr_nonzero": 0.5, "csr_row": 1.3, "csr_nonempty_row": 3.0}
+"""Nanoseconds per unit of work of the C target's two layer loops (``cc -O2``, x86-64), fitted to layers of
+17-256 inputs and outputs at densities 0-1 timed by ``benchmarks/export.py``: a dense layer costs
+``dense_weight`` per matrix entry plus ``dense_row`` per output, a CSR layer ``csr_nonzero`` per nonzero
+weight, ``csr_row`` per output and ``csr_nonempty_row`` per output with at least one weight (the inner
+loop's exit). A CSR row's gathered loads cost about 4.5 dense entries, and short rows pay their loop
+overhead: the crossover is near density 0.2 for 256 inputs, 0.1 for 64, and CSR never pays for 17."""
 
 ONNX_OPSET = 17
 
@@ -388,6 +390,17 @@ def write_onnx(policy: SparsePolicy, path: str | Path) -> list[Path]:
     return [Path(path)]
 
 
+def c_layer_uses_csr(layer: Layer) -> bool:
+    """Whether the C target computes (and stores) ``layer`` as CSR: where :data:`C_COST_NS` predicts the
+    CSR loop faster than the dense one and CSR is also the smaller format."""
+    rows, cols = layer.weight.shape
+    nonempty = int(np.count_nonzero((layer.weight != 0).any(axis=1)))
+    dense = C_COST_NS["dense_weight"] * rows * cols + C_COST_NS["dense_row"] * rows
+    csr = (C_COST_NS["csr_nonzero"] * layer.nnz + C_COST_NS["csr_row"] * rows
+           + C_COST_NS["csr_nonempty_row"] * nonempty)
+    return csr < dense and layer.store_as_csr()
+
+
 def _c_float(value: float) -> str:
     text = f"{float(value):.9g}"
     if not any(char in text for char in ".en"):
@@ -430,10 +443,13 @@ def _c_activation(activation: str, alpha: float, value: str) -> str:
 
 
 def c_sources(policy: SparsePolicy, name: str = "predict", header_name: str = "policy.h",
-              csr_max_density: float = C_CSR_MAX_DENSITY) -> tuple[str, str]:
+              layout: str = "auto") -> tuple[str, str]:
     """The C99 source and header of the policy: ``void name(const float *obs, float *action)``,
-    weights as static const arrays, no allocation (two stack buffers), only libm. Layers at or below
-    ``csr_max_density`` are computed (and stored) as CSR, denser ones as dense transposed matrices."""
+    weights as static const arrays, no allocation (two stack buffers), only libm. ``layout`` ``"auto"``
+    computes (and stores) each layer as CSR where :func:`c_layer_uses_csr` says so and as a dense
+    transposed matrix otherwise; ``"csr"`` and ``"dense"`` force one (for measurements)."""
+    if layout not in ("auto", "csr", "dense"):
+        raise ValueError(f"unknown layout {layout!r}; allowed: auto, csr, dense")
     if not name.isidentifier():
         raise ExportError(f"C function name {name!r} is not an identifier")
     guard = name.upper() + "_POLICY_H"
@@ -464,7 +480,7 @@ def c_sources(policy: SparsePolicy, name: str = "predict", header_name: str = "p
         target = buffers[i % 2]
         arrays.append(_c_array("float", f"l{i}_bias", layer.bias, _c_float))
         value = _c_activation(layer.activation, layer.alpha, "acc")
-        if layer.density <= csr_max_density:
+        if layout == "csr" or (layout == "auto" and c_layer_uses_csr(layer)):
             data, indices, indptr = layer.csr()
             arrays += [_c_array("float", f"l{i}_data", data, _c_float),
                        _c_array(_C_INDEX_TYPES[indices.dtype], f"l{i}_indices", indices),

@@ -21,7 +21,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sparse_rl import SparseSACPolicy, SparseTD3Policy
 from sparse_rl.deploy import Layer, SparsePolicy
-from sparse_rl.export import compact, export_policy, load_model, main, write_c, write_onnx
+from sparse_rl.export import c_layer_uses_csr, c_sources, compact, export_policy, load_model, main, write_c, write_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGOS = {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy)}
@@ -198,6 +198,35 @@ def test_single_observation_and_csr_compute_path(exported, observations):
     as_csr = SparsePolicy(policy.obs_shape, policy.layers, policy.action_low, policy.action_high,
                           policy.obs_normalization, csr_max_density=1.0)
     np.testing.assert_allclose(as_csr.predict(observations), policy.predict(observations), rtol=0, atol=1e-6)
+
+
+@pytest.mark.skipif(not COMPILER, reason="no C compiler (cc) on this machine")
+def test_c_csr_and_dense_loops_both_match(exported, observations, tmp_path):
+    key = (("td3", "halo", 0.1), True)
+    policy, reference = exported[key]["policy"], exported[key]["reference"]
+    sources = []
+    for layout in ("csr", "dense"):
+        code, header = c_sources(policy, f"predict_{layout}", f"{layout}.h", layout=layout)
+        (tmp_path / f"{layout}.h").write_text(header)
+        (tmp_path / f"{layout}.c").write_text(code)
+        sources.append(tmp_path / f"{layout}.c")
+    library = compile_library(sources, tmp_path)
+    for layout in ("csr", "dense"):
+        actions = run_c(library, f"predict_{layout}", observations, policy.action_dim)
+        np.testing.assert_allclose(actions, reference, rtol=0, atol=ATOL)
+
+
+def test_c_picks_csr_where_its_cost_model_says_it_is_faster():
+    rng = np.random.default_rng(0)
+
+    def layer(rows: int, cols: int, density: float) -> Layer:
+        weight = rng.standard_normal((rows, cols)) * (rng.random((rows, cols)) < density)
+        return Layer(weight, np.zeros(rows))
+
+    assert c_layer_uses_csr(layer(256, 256, 0.05)) and c_layer_uses_csr(layer(256, 256, 0.15))
+    assert not c_layer_uses_csr(layer(256, 256, 0.3)) and not c_layer_uses_csr(layer(256, 256, 1.0))
+    assert not c_layer_uses_csr(layer(256, 17, 0.35))  # HalfCheetah's first layer at ERK density 0.1
+    assert not c_layer_uses_csr(layer(6, 256, 0.95))
 
 
 def hand_made_network() -> list[Layer]:
