@@ -29,6 +29,12 @@ def test_unknown_method_names_the_allowed_ones():
     ({"method": "rigl", "prune": "snip"}, "rigl+prune-snip"),
     ({"method": "dst-ee", "grow_kwargs": {"eps": 1.0, "c": 0.01}}, "dst-ee+c0.01+eps1"),
     ({"method": "mest", "prune_kwargs": {"gamma": 0.5}, "grow": "gradient"}, "mest+grow-gradient+gamma0.5"),
+    ({"method": "thresholds", "threshold_alpha": 1e-4}, "thresholds"),
+    ({"method": "thresholds", "threshold_alpha": 0.01}, "thresholds+threshold_alpha0.01"),
+    ({"method": "halo", "prune_start": 100, "prune_end": 300}, "halo+prune_end300+prune_start100"),
+    ({"method": "ds-td3", "target_rule": "shared"}, "ds-td3+target_ruleshared"),
+    ({"method": "rigl", "sparse_init": True}, "rigl+sparse-init"),
+    ({"method": "rigl", "sparse_init": False}, "rigl"),
 ])
 def test_method_label_names_every_departure_from_the_preset(sparsity, label):
     assert method_label(sparsity) == label

@@ -24,7 +24,8 @@ def test_every_method_trains_sac_through_the_cli_keeps_invariants_and_round_trip
     density_args = [] if learns_density else ["--density", str(DENSITY)]
     train.main(["--env", "Pendulum-v1", "--method", method, *density_args, "--logdir", str(tmp_path), *FAST,
                 *EXTRA.get(method, [])])
-    run_dir = tmp_path / "Pendulum-v1" / f"sac-{method}-d{1 if learns_density else DENSITY:g}-s0"
+    label = {"thresholds": "thresholds+threshold_alpha0.05", "halo": "halo+prune_end300+prune_start100"}
+    run_dir = tmp_path / "Pendulum-v1" / f"sac-{label.get(method, method)}-d{1 if learns_density else DENSITY:g}-s0"
     model = SAC.load(run_dir / "model.zip")
     for net in ("actor", "critic"):
         layers = getattr(model.policy, f"{net}_topology").layers

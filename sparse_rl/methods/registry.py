@@ -30,12 +30,23 @@ def method_label(sparsity: Mapping[str, Any]) -> str:
     """The method a ``sparsity`` settings mapping runs, with what it changes of the preset.
 
     ``rigl``; ``rigl+prune-snip`` for a criterion override; ``dst-ee+c0.01`` for a criterion
-    parameter. Run directory names and report rows both use it, so an ablation of a criterion
-    or its parameters never shares a directory or a row with the preset.
+    parameter; ``thresholds+threshold_alpha0.01`` for a kind's own setting away from its default;
+    ``rigl+sparse-init`` for sparse-aware initialisation. Run directory names and report rows both
+    use it, so an ablation never shares a directory or a row with the preset.
     """
-    parts = [str(sparsity.get("method", "rigl"))]
+    method = str(sparsity.get("method", "rigl"))
+    parts = [method]
     parts += [f"{kind}-{sparsity[kind]}" for kind in ("prune", "grow") if sparsity.get(kind)]
     for kind in ("prune_kwargs", "grow_kwargs"):
-        parts += [f"{key}{value:g}" if isinstance(value, (int, float)) else f"{key}{value}"
-                  for key, value in sorted((sparsity.get(kind) or {}).items())]
+        parts += [_setting(key, value) for key, value in sorted((sparsity.get(kind) or {}).items())]
+    if method in METHODS:
+        defaults = KINDS[METHODS[method].kind].settings_class()
+        parts += [_setting(key, sparsity[key]) for key in sorted(sparsity)
+                  if hasattr(defaults, key) and sparsity[key] != getattr(defaults, key)]
+    if sparsity.get("sparse_init"):
+        parts.append("sparse-init")
     return "+".join(parts)
+
+
+def _setting(key: str, value: Any) -> str:
+    return f"{key}{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else f"{key}{value}"
