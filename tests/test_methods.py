@@ -19,7 +19,8 @@ def test_presets_are_the_documented_pairs():
 
 
 def test_unknown_method_names_the_allowed_ones():
-    with pytest.raises(ValueError, match="allowed: rigl, set, mest, dst-ee, rlx2, static, dense, thresholds, halo, ds-td3"):
+    allowed = "allowed: rigl, set, mest, dst-ee, rlx2, static, dense, thresholds, halo, ds-td3"
+    with pytest.raises(ValueError, match=allowed):
         get_method("lottery")
 
 

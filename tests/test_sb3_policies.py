@@ -164,9 +164,11 @@ def test_load_in_a_fresh_process_without_importing_sparse_rl(tmp_path):
         import numpy as np
         from stable_baselines3 import SAC
         model = SAC.load({str(tmp_path / 'model')!r}, device="cpu")
-        print(type(model.policy).__name__, repr(model.predict(np.zeros((1, 3), dtype=np.float32), deterministic=True)[0].tolist()))
+        action = model.predict(np.zeros((1, 3), dtype=np.float32), deterministic=True)[0]
+        print(type(model.policy).__name__, repr(action.tolist()))
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split(" ", 1)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout.split(" ", 1)
     assert out[0] == "SparseSACPolicy"
     assert eval(out[1]) == expected.tolist()
 
@@ -322,7 +324,8 @@ def test_gsde_sparse_sac_learns_pendulum_and_round_trips(tmp_path):
     loaded = SAC.load(tmp_path / "gsde", device="cpu")
     obs = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
     assert np.array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
-    assert all(torch.equal(a, b) for a, b in zip(model.policy.state_dict().values(), loaded.policy.state_dict().values()))
+    saved, restored = model.policy.state_dict(), loaded.policy.state_dict()
+    assert all(torch.equal(saved[key], restored[key]) for key in saved)
 
 
 def test_sparse_init_restores_the_dense_pre_activation_scale(tmp_path):
