@@ -3,18 +3,28 @@
 Per layer: one training step of a lone ``SparseLinear``. The step is forward, backward (input and
 weight gradient, ``dense_grad_needed`` off as between topology updates), the controller's gradient
 mask, fused Adam and the weight mask. The grid is every shape, batch and density given, with the
-same random mask for both backends. The two backends are timed
+same random mask for both backends. The input is row-major (as from a dense layer). The output gradient has the
+layout of the layer's output: row-major for ``masked``, feature-major for ``sparse``, as the next
+layer would hand it back. The two backends are timed
 alternately, one step each, and the table reports medians. The break-even density is where
 sparse ÷ masked crosses 1, interpolated linearly in log-density between the measured densities.
 
-End to end (``--e2e``): ms per SAC/TD3 training step on HalfCheetah-v4 with ``backend=auto`` at
-each density, against SB3's ``MlpPolicy`` and against the parameter-matched dense network, and
-the wide network (``--width-multiplier 4 --iso-params``). All models are trained in alternating
-chunks, as in ``benchmarks/speed.py``.
+Times are the process's CPU time (``time.process_time``), not wall-clock time. With one torch thread
+the two are the same on an idle machine. On a shared one, CPU time leaves out the time other
+processes take from this one.
 
-Prints the tables and writes them to ``results/sparse_speed.md``.
+End to end (``--part e2e``): ms per environment step of SAC/TD3 on HalfCheetah-v4, with one
+gradient step per environment step and topology updates included (RigL, ΔT = 1000, never stopped).
+The models are the sparse policy at each density on ``backend=auto`` and on ``backend=masked``,
+SB3's ``MlpPolicy``, the parameter-matched dense network of each density, and the wide network
+(``width_multiplier=4, iso_params=True``, on ``auto``). As in ``benchmarks/speed.py``, all models
+first collect ``--learning-starts`` steps and then train in alternating chunks.
 
-    python benchmarks/sparse_speed.py [--shapes 256x256 1024x1024 --batches 256 1 --e2e]
+Each part rewrites its own section of ``results/sparse_speed.md`` (the file keeps the other
+part's section) and records its own command line.
+
+    python benchmarks/sparse_speed.py --part layers [--shapes 256x256 1024x1024 --batches 256 1]
+    python benchmarks/sparse_speed.py --part e2e [--algos sac td3 --densities 0.5 0.1 0.05]
 """
 
 from __future__ import annotations
@@ -35,6 +45,8 @@ from sparse_rl.backends import auto_backend
 from sparse_rl.layers import SparseLinear, random_mask
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "sparse_speed.md"
+SECTIONS = {"layers": "## Per layer", "e2e": "## End to end"}
+NET_ARCH = {"sac": [256, 256], "td3": [400, 300]}
 
 
 def layer_step(layer: SparseLinear, optimizer: torch.optim.Optimizer, x: torch.Tensor, dy: torch.Tensor) -> None:
@@ -61,15 +73,17 @@ def time_layer(in_features: int, out_features: int, batch: int, density: float, 
         optimizer = torch.optim.Adam(layer.parameters(), lr=1e-4, fused=True)
         x = torch.randn(batch, in_features, generator=generator)
         dy = torch.randn(batch, out_features, generator=generator)
+        if backend == "sparse":
+            dy = dy.t().contiguous().t()
         x.requires_grad_(True)
         steps[backend] = (layer, optimizer, x, dy)
     times: dict[str, list[float]] = {backend: [] for backend in steps}
     for i in range(repeats + 3):
         for backend, args in steps.items():
-            start = time.perf_counter()
+            start = time.process_time()
             layer_step(*args)
             if i >= 3:  # warm-up: the first steps allocate optimizer state and the CSR structure
-                times[backend].append(time.perf_counter() - start)
+                times[backend].append(time.process_time() - start)
     return {backend: statistics.median(values) for backend, values in times.items()}
 
 
@@ -108,29 +122,139 @@ def layer_tables(shapes: list[tuple[int, int]], batches: list[int], densities: l
             "| layer (in×out) | batch | break-even density |", "|---|---|---|", *summary]
 
 
+def build_models(algo: str, env_id: str, densities: list[float], width: int, common: dict) -> dict:
+    """The models of one algorithm's end-to-end comparison, by name."""
+    from stable_baselines3 import SAC, TD3
+
+    from sparse_rl import SparseSACPolicy, SparseTD3Policy
+    from sparse_rl.sb3.matched import matched_net_arch
+
+    algo_class, policy_class = {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy)}[algo]
+    net_arch = NET_ARCH[algo]
+    env = algo_class("MlpPolicy", env_id, **common).env
+    models = {"mlp": algo_class("MlpPolicy", env_id, policy_kwargs=dict(net_arch=net_arch), **common)}
+    for density in densities:
+        for backend in ("auto", "masked"):
+            models[f"{backend} {density}"] = algo_class(policy_class, env_id, **common, policy_kwargs=dict(
+                net_arch=net_arch, density=density, method="rigl", update_end=None, backend=backend))
+        matched = matched_net_arch(policy_class, env.observation_space, env.action_space, net_arch,
+                                   dict(density=density))
+        models[f"matched {density}"] = algo_class(policy_class, env_id, **common,
+                                                  policy_kwargs=dict(net_arch=matched, density=1.0))
+    models["wide"] = algo_class(policy_class, env_id, **common, policy_kwargs=dict(
+        net_arch=net_arch, width_multiplier=width, iso_params=True, method="rigl", update_end=None, backend="auto"))
+    return models
+
+
+def time_models(models: dict, rounds: int, chunk: int, learning_starts: int) -> dict[str, float]:
+    """Median seconds per environment step of each model over ``rounds`` alternating chunks."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for model in models.values():
+        model.learn(learning_starts)
+    for _ in range(rounds):
+        for name, model in models.items():
+            start = time.process_time()
+            model.learn(chunk, reset_num_timesteps=False)
+            times[name].append((time.process_time() - start) / chunk)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def sparse_share(model) -> str:
+    """Which of the model's online layers run ``sparse``, as ``sparse / all`` weight counts."""
+    layers = [m for name, m in model.policy.named_modules()
+              if isinstance(m, SparseLinear) and "target" not in name]
+    on_sparse = sum(m.weight.numel() for m in layers if m.resolved_backend == "sparse")
+    return f"{on_sparse / sum(m.weight.numel() for m in layers):.0%}"
+
+
+def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
+               learning_starts: int, seed: int) -> list[str]:
+    common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
+    rows, wide_rows = [], []
+    for algo in algos:
+        models = build_models(algo, env_id, densities, width, common)
+        per_step = time_models(models, rounds, chunk, learning_starts)
+        mlp = per_step["mlp"]
+        for density in densities:
+            auto, masked, matched = (per_step[f"{kind} {density}"] for kind in ("auto", "masked", "matched"))
+            rows.append(f"| {algo} | {density:g} | {auto * 1e3:.2f} | {masked * 1e3:.2f} | {mlp * 1e3:.2f} "
+                        f"| {matched * 1e3:.2f} | {auto / mlp:.2f} | {auto / matched:.2f} | {auto / masked:.2f} "
+                        f"| {sparse_share(models[f'auto {density}'])} |")
+            print(rows[-1], flush=True)
+        wide = models["wide"]
+        wide_rows.append(f"| {algo} | {[w * width for w in NET_ARCH[algo]]} | {wide.policy.actor.density:.3f} "
+                         f"| {per_step['wide'] * 1e3:.2f} | {mlp * 1e3:.2f} | {per_step['wide'] / mlp:.2f} "
+                         f"| {sparse_share(wide)} |")
+        print(wide_rows[-1], flush=True)
+        del models
+    return [f"{env_id}, seed {seed}: median ms per environment step over {rounds} alternating chunks of {chunk} "
+            f"steps per model, after {learning_starts} learning-starts steps; one gradient step per environment "
+            "step, RigL topology updates every 1000 steps included. \"sparse layers\" is the share of the "
+            "online weights whose layers `auto` runs on the sparse backend.", "",
+            "| algo | density | auto ms | masked ms | MlpPolicy ms | matched dense ms | auto ÷ MlpPolicy "
+            "| auto ÷ matched | auto ÷ masked | sparse layers |",
+            "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+            f"Wide network: every hidden width ×{width}, density set so each network keeps the weight count of "
+            "its dense version at width ×1 (`iso_params`), backend `auto`:", "",
+            "| algo | actor widths | actor density | wide ms | MlpPolicy ms | wide ÷ MlpPolicy | sparse layers |",
+            "|---|---|---|---|---|---|---|", *wide_rows]
+
+
+def write_section(path: Path, part: str, lines: list[str]) -> str:
+    """Replace ``part``'s section of the results file (keeping the other's); returns the new text."""
+    sections = {}
+    if path.is_file():
+        current = None
+        for line in path.read_text().splitlines():
+            if line in SECTIONS.values():
+                current = line
+                sections[current] = []
+            elif current is not None:
+                sections[current].append(line)
+    sections[SECTIONS[part]] = ["", *lines, ""]
+    text = "\n".join(line for header in SECTIONS.values() if header in sections
+                     for line in (header, *sections[header])).strip() + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=["256x256", "1024x1024"], help="in×out of each layer")
-    parser.add_argument("--batches", nargs="+", type=int, default=[256, 1])
-    parser.add_argument("--densities", nargs="+", type=float, default=[1.0, 0.5, 0.2, 0.1, 0.05])
-    parser.add_argument("--repeats", type=int, default=30, help="timed steps per backend and configuration")
+    parser.add_argument("--part", choices=list(SECTIONS), default="layers")
+    parser.add_argument("--shapes", nargs="+", default=["256x256", "1024x1024"], help="layers: in×out of each layer")
+    parser.add_argument("--batches", nargs="+", type=int, default=[256, 1], help="layers: batch sizes")
+    parser.add_argument("--densities", nargs="+", type=float, default=None,
+                        help="default: 1 0.5 0.2 0.1 0.05 (layers), 0.5 0.1 0.05 (e2e)")
+    parser.add_argument("--repeats", type=int, default=30, help="layers: timed steps per backend and configuration")
+    parser.add_argument("--env", default="HalfCheetah-v4")
+    parser.add_argument("--algos", nargs="+", default=list(NET_ARCH), choices=list(NET_ARCH))
+    parser.add_argument("--width-multiplier", type=int, default=4, help="e2e: the wide network's multiplier")
+    parser.add_argument("--rounds", type=int, default=3, help="e2e: alternating chunks per model")
+    parser.add_argument("--chunk", type=int, default=200, help="e2e: environment steps per chunk")
+    parser.add_argument("--learning-starts", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
 
     command = " ".join(["python", "benchmarks/sparse_speed.py", *sys.argv[1:]])
-    lines = [f"Command: `{command}` (1 torch thread, float32, random masks; machine: {platform.machine()}, "
-             f"{os.cpu_count()} CPU cores, torch {torch.__version__}).", "",
-             f"Per layer: median µs of one training step (forward, backward with the input gradient, "
-             f"gradient mask, fused Adam, weight mask), {args.repeats} steps per backend, the backends "
-             "timed alternately.", "",
-             *layer_tables(shapes, args.batches, sorted(args.densities, reverse=True), args.repeats)]
-    table = "\n".join(lines)
-    print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table + "\n")
+    header = (f"Command: `{command}` (1 torch thread, float32; machine: {platform.machine()}, "
+              f"{os.cpu_count()} CPU cores, torch {torch.__version__}).")
+    if args.part == "layers":
+        shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
+        densities = sorted(args.densities or [1.0, 0.5, 0.2, 0.1, 0.05], reverse=True)
+        lines = [header, "",
+                 f"Median µs of one training step of a lone layer (forward, backward with the input gradient, "
+                 f"gradient mask, fused Adam, weight mask), {args.repeats} steps per backend, the two backends "
+                 "timed alternately, random masks:", "",
+                 *layer_tables(shapes, args.batches, densities, args.repeats)]
+    else:
+        lines = [header, "", *e2e_tables(args.algos, args.env, args.densities or [0.5, 0.1, 0.05],
+                                          args.width_multiplier, args.rounds, args.chunk, args.learning_starts,
+                                          args.seed)]
+    print(write_section(args.out, args.part, lines))
 
 
 if __name__ == "__main__":

@@ -20,11 +20,13 @@ row pointers, the column indices and the positions of the active weights in ``W`
 is cached by the layer. It is rebuilt only when the mask changes. Each call gathers only the
 values.
 
-MKL's CSR product wants its dense operand and its result row-major, ``(in, batch)`` and
-``(out, batch)``: the layer transposes its input and its output (and, backward, the output gradient
-and the input gradient). Handing the transposed views on instead ("feature-major" activations)
-saves those copies but made SB3's element-wise ops (ReLU and its backward, which then mix
-layouts) several times slower, so the layer returns ordinary row-major tensors.
+Layouts. MKL's CSR product wants its dense operand and its result row-major, ``(in, batch)`` and
+``(out, batch)``. A sparse layer therefore returns ``(W xᵀ)ᵀ``, a transposed ("feature-major")
+view, and ``auto``'s dense layers keep the layout of their input (``F.linear`` for row-major input,
+``(W xᵀ + b)ᵀ`` for feature-major input). Activations stay feature-major from the first sparse layer
+on, with no copies in between. Each layer returns its input gradient in its input's layout. The
+element-wise ops between layers (ReLU and its backward) then never mix layouts: mixed, they ran
+several times slower. A network only pays the transpose into and out of its first sparse layer.
 """
 
 from __future__ import annotations
@@ -132,22 +134,25 @@ class _SparseLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # type: ignore[override]
                 structure: CsrStructure, dense_grad: bool) -> torch.Tensor:
+        ctx.input_feature_major = is_feature_major(x)
         x_t = x.t().contiguous()  # (in, batch); a no-op for feature-major input
         w = structure.weight_csr(weight)
         y_t = torch.sparse.mm(w, x_t) if bias is None else torch.addmm(bias.unsqueeze(1), w, x_t)
         ctx.save_for_backward(x_t, weight)
         ctx.structure, ctx.dense_grad, ctx.has_bias = structure, dense_grad, bias is not None
-        return y_t.t().contiguous()
+        return y_t.t()
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
         x_t, weight = ctx.saved_tensors
         structure: CsrStructure = ctx.structure
-        dy_t = grad_output.t().contiguous()  # (out, batch)
+        dy_t = grad_output.t().contiguous()  # (out, batch); a no-op for feature-major gradients
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # beta=0: the uninitialised output is never read
             grad_x = torch.addmm(dy_t.new_empty(structure.shape[1], dy_t.shape[1]), structure.weight_t_csr(weight),
-                                 dy_t, beta=0.0).t().contiguous()
+                                 dy_t, beta=0.0).t()
+            if not ctx.input_feature_major:  # the input's own layout, so that element-wise ops never mix layouts
+                grad_x = grad_x.contiguous()
         if ctx.needs_input_grad[1]:
             if ctx.dense_grad:
                 grad_w = dy_t @ x_t.t()
@@ -175,3 +180,17 @@ def sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         return F.linear(x, weight, bias)
     y = _SparseLinearFunction.apply(x2, weight, bias, structure, dense_grad)
     return y if x.dim() == 2 else y.reshape(*lead, weight.shape[0])
+
+
+def is_feature_major(x: torch.Tensor) -> bool:
+    """Whether a 2-d ``x`` is stored transposed (``x.t()`` contiguous) and not also row-major."""
+    return x.dim() == 2 and not x.is_contiguous() and x.t().is_contiguous()
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` with the dense kernel, in the layout of ``x``: row-major input
+    gives ``F.linear`` itself, feature-major input gives ``(W xᵀ + b)ᵀ``. Dense GEMM reads either
+    layout at the same speed."""
+    if not is_feature_major(x):
+        return F.linear(x, weight, bias)
+    return (torch.mm(weight, x.t()) if bias is None else torch.addmm(bias.unsqueeze(1), weight, x.t())).t()
