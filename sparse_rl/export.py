@@ -301,8 +301,8 @@ def onnx_model(policy: SparsePolicy) -> Any:
     (batch, action_dim) float32.
 
     A weight stored as CSR (where smaller) is rebuilt into its dense matrix by a subgraph of
-    constant inputs only (row ids from the row pointers, ScatterND), which ONNX Runtime's constant
-    folding evaluates once when it loads the model; each layer then runs as one dense ``Gemm``.
+    constant inputs only (:func:`_onnx_csr_weight`), which ONNX Runtime's constant folding evaluates
+    once when it loads the model; each layer then runs as one dense ``Gemm``.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -328,25 +328,8 @@ def onnx_model(policy: SparsePolicy) -> Any:
                  "obs_clipped")
         x = node("Cast", [x], "obs_normalized", to=TensorProto.FLOAT)
     for i, layer in enumerate(policy.layers):
-        out_features, in_features = layer.weight.shape
         if layer.store_as_csr():
-            data, indices, indptr = layer.csr()
-            ends = node("Cast", [const(f"l{i}_row_ends", indptr[1:])], f"l{i}_row_ends_i64", to=TensorProto.INT64)
-            ends = node("Unsqueeze", [ends, const(f"l{i}_axis0", np.array([0]))], f"l{i}_row_ends_row")
-            positions = node("Range", [const(f"l{i}_zero", np.array(0)), const(f"l{i}_nnz", np.array(len(data))),
-                                       const(f"l{i}_one", np.array(1))], f"l{i}_positions")
-            positions = node("Unsqueeze", [positions, const(f"l{i}_axis1", np.array([1]))], f"l{i}_positions_col")
-            passed = node("GreaterOrEqual", [positions, ends], f"l{i}_passed")
-            passed = node("Cast", [passed], f"l{i}_passed_i64", to=TensorProto.INT64)
-            rows = node("ReduceSum", [passed, f"l{i}_axis1"], f"l{i}_rows", keepdims=0)
-            cols = node("Cast", [const(f"l{i}_cols", indices)], f"l{i}_cols_i64", to=TensorProto.INT64)
-            flat = node("Mul", [rows, const(f"l{i}_in", np.array(in_features))], f"l{i}_row_offsets")
-            flat = node("Add", [flat, cols], f"l{i}_flat")
-            flat = node("Unsqueeze", [flat, f"l{i}_axis1"], f"l{i}_flat_col")
-            zeros = node("ConstantOfShape", [const(f"l{i}_size", np.array([layer.weight.size]))], f"l{i}_zeros",
-                         value=numpy_helper.from_array(np.zeros(1, np.float32)))
-            weight = node("ScatterND", [zeros, flat, const(f"l{i}_data", data)], f"l{i}_weight_flat")
-            weight = node("Reshape", [weight, const(f"l{i}_shape", np.array(layer.weight.shape))], f"l{i}_weight")
+            weight = _onnx_csr_weight(layer, f"l{i}_", const, node)
         else:
             weight = const(f"l{i}_weight", layer.weight)
         x = node("Gemm", [x, weight, const(f"l{i}_bias", layer.bias)], f"l{i}_linear", transB=1)
@@ -380,6 +363,42 @@ def onnx_model(policy: SparsePolicy) -> Any:
     helper.set_model_props(model, {"sparse_rl": json.dumps(policy.metadata, sort_keys=True)})
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _onnx_csr_weight(layer: Layer, prefix: str, const: Any, node: Any) -> str:
+    """Nodes that rebuild ``layer``'s dense weight from its CSR arrays, all from constants (so folded at load):
+    row ids are the cumulative sum of ones scattered at the row boundaries ``indptr[1:-1]`` (empty rows put
+    several at one position), then ``ScatterND`` puts the values at ``row * in_features + column``."""
+    from onnx import TensorProto, numpy_helper
+
+    data, indices, indptr = layer.csr()
+    out_features, in_features = layer.weight.shape
+    nnz = len(data)
+
+    def filled(name: str, shape: list[int], value: np.ndarray) -> str:
+        return node("ConstantOfShape", [const(prefix + name + "_shape", np.array(shape, np.int64))], prefix + name,
+                    value=numpy_helper.from_array(value))
+
+    if nnz == 0:
+        return filled("weight", [out_features, in_features], np.zeros(1, np.float32))
+    if out_features == 1:
+        rows = filled("rows", [nnz], np.zeros(1, np.int64))
+    else:
+        boundaries = node("Cast", [const(prefix + "row_boundaries", indptr[1:-1])], prefix + "row_boundaries_i64",
+                          to=TensorProto.INT64)
+        marks = node("ScatterElements", [filled("zeros", [nnz + 1], np.zeros(1, np.int64)), boundaries,
+                                         filled("ones", [out_features - 1], np.ones(1, np.int64))],
+                     prefix + "row_marks", axis=0, reduction="add")
+        rows = node("CumSum", [marks, const(prefix + "axis0", np.array(0))], prefix + "row_ids_all")
+        rows = node("Slice", [rows, const(prefix + "start", np.array([0])), const(prefix + "nnz", np.array([nnz]))],
+                    prefix + "rows")
+    cols = node("Cast", [const(prefix + "cols", indices)], prefix + "cols_i64", to=TensorProto.INT64)
+    flat = node("Mul", [rows, const(prefix + "in", np.array(in_features))], prefix + "row_offsets")
+    flat = node("Add", [flat, cols], prefix + "flat")
+    flat = node("Unsqueeze", [flat, const(prefix + "axis1", np.array([1]))], prefix + "flat_col")
+    weight = node("ScatterND", [filled("weight_zeros", [layer.weight.size], np.zeros(1, np.float32)), flat,
+                                const(prefix + "data", data)], prefix + "weight_flat")
+    return node("Reshape", [weight, const(prefix + "shape", np.array(layer.weight.shape))], prefix + "weight")
 
 
 def write_onnx(policy: SparsePolicy, path: str | Path) -> list[Path]:

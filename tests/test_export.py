@@ -257,6 +257,43 @@ def test_compaction_removes_dead_and_orphan_units_and_keeps_the_outputs():
                                SparsePolicy((4,), layers, *bounds).predict(obs), rtol=0, atol=1e-6)
 
 
+def test_every_target_handles_empty_rows_an_all_zero_layer_and_a_single_output(tmp_path):
+    """Uncompacted on purpose: CSR weights with empty rows, one without any weight, one with a single row."""
+    layers = hand_made_network()
+    layers[1].weight[:] = 0
+    layers[2] = Layer(np.array([[0, 0.5, 0, 0]]), np.array([0.1]), "tanh")
+    policy = SparsePolicy((4,), layers, np.array([-2.0]), np.array([3.0]))
+    assert all(layer.store_as_csr() for layer in layers)
+    obs = np.random.default_rng(0).normal(size=(100, 4)).astype(np.float32)
+    expected = policy.predict(obs)
+    write_onnx(policy, tmp_path / "p.onnx")
+    onnx_actions = ort.InferenceSession(str(tmp_path / "p.onnx")).run(None, {"obs": obs})[0]
+    np.testing.assert_allclose(onnx_actions, expected, rtol=0, atol=1e-6)
+    policy.save(tmp_path / "p.npz")
+    np.testing.assert_allclose(SparsePolicy.load(tmp_path / "p.npz").predict(obs), expected, rtol=0, atol=1e-6)
+    if COMPILER:
+        for layout in ("csr", "dense"):
+            code, header = c_sources(policy, f"edge_{layout}", f"edge_{layout}.h", layout=layout)
+            (tmp_path / f"edge_{layout}.h").write_text(header)
+            (tmp_path / f"edge_{layout}.c").write_text(code)
+        library = compile_library([tmp_path / "edge_csr.c", tmp_path / "edge_dense.c"], tmp_path)
+        for layout in ("csr", "dense"):
+            np.testing.assert_allclose(run_c(library, f"edge_{layout}", obs, 1), expected, rtol=0, atol=1e-6)
+
+
+def test_onnx_runtime_folds_the_csr_rebuild_into_dense_gemms_at_load(exported, tmp_path):
+    import onnx
+
+    policy = exported[(("sac", "rigl", 0.1), False)]["policy"]
+    assert any(layer.store_as_csr() for layer in policy.layers)
+    write_onnx(policy, tmp_path / "p.onnx")
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "p.onnx"), options)
+    operators = {node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    assert not operators & {"ScatterND", "ScatterElements", "CumSum", "ConstantOfShape"}, operators
+
+
 def test_a_hidden_layer_with_no_active_weight_keeps_one_zero_unit():
     layers = hand_made_network()
     layers[1].weight[:] = 0
