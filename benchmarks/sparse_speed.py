@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from sparse_rl.backends import auto_backend
+from sparse_rl.backends import SMALL_BATCH, auto_backend
 from sparse_rl.layers import SparseLinear, random_mask
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "sparse_speed.md"
@@ -115,7 +115,9 @@ def layer_tables(shapes: list[tuple[int, int]], batches: list[int], densities: l
                 rows.append(f"| {in_features}×{out_features} | {batch} | {density:g} | {median['masked'] * 1e6:.0f} "
                             f"| {median['sparse'] * 1e6:.0f} | {ratio:.2f} | {auto} |")
                 print(rows[-1], flush=True)
-            summary.append(f"| {in_features}×{out_features} | {batch} | {break_even(densities, ratios)} |")
+            even = (break_even(densities, ratios) if batch >= SMALL_BATCH
+                    else f"none: below batch {SMALL_BATCH} both backends run F.linear")
+            summary.append(f"| {in_features}×{out_features} | {batch} | {even} |")
     return ["| layer (in×out) | batch | density | masked µs | sparse µs | sparse ÷ masked | auto picks |",
             "|---|---|---|---|---|---|---|", *rows, "",
             "Break-even density (sparse faster below it):", "",

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparse_rl.backends import BACKENDS, CsrStructure, auto_backend, dense_linear, sparse_linear
+from sparse_rl.backends import BACKENDS, SMALL_BATCH, CsrStructure, auto_backend, dense_linear, sparse_linear
 
 LinearT = TypeVar("LinearT", bound=nn.Linear)
 
@@ -122,7 +122,7 @@ class SparseLinear(nn.Linear):
         return self._structure[1]
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if self.backend == "masked":
+        if self.backend == "masked" or input.dim() == 1 or (input.dim() == 2 and input.shape[0] < SMALL_BATCH):
             return F.linear(input, self.weight, self.bias)
         if self.resolved_backend == "masked":  # auto: the dense kernel, in the layout of the input
             return dense_linear(input, self.weight, self.bias)
