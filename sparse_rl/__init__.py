@@ -1,8 +1,9 @@
 """sparse_rl: dynamic sparse training for SAC and TD3 agents in Stable-Baselines3.
 
-The core (layers, distributions, criteria, schedules, controllers, methods, settings) needs torch
-only; the Stable-Baselines3 names below load on first use, so ``import sparse_rl.topology`` serves
-any PyTorch RL code without importing SB3.
+Every name below loads on first use: the core (layers, criteria, controllers, methods, settings)
+needs torch only and the policies need Stable-Baselines3, so ``import sparse_rl.topology`` serves any
+PyTorch RL code without importing SB3, and ``import sparse_rl.deploy`` (the numpy runtime of an
+exported policy) imports neither.
 """
 
 from __future__ import annotations
@@ -10,28 +11,26 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from sparse_rl.controller import MaskController
-from sparse_rl.criteria import GROW_CRITERIA, PRUNE_CRITERIA, ScoreInputs, grow_criterion, prune_criterion
-from sparse_rl.distributions import DISTRIBUTIONS, layer_counts, layer_densities
-from sparse_rl.layers import SparseLinear
-from sparse_rl.methods import KINDS, METHODS, get_method
-from sparse_rl.schedules import UpdateSchedule
-from sparse_rl.sparsity import SparsityConfig
-from sparse_rl.topology import LayerUpdateStats, TopologyController, init_masks, sparse_layers, update_mask
+_HOMES = {
+    "MaskController": "controller",
+    "GROW_CRITERIA": "criteria", "PRUNE_CRITERIA": "criteria", "ScoreInputs": "criteria",
+    "grow_criterion": "criteria", "prune_criterion": "criteria",
+    "DISTRIBUTIONS": "distributions", "layer_counts": "distributions", "layer_densities": "distributions",
+    "SparseLinear": "layers",
+    "KINDS": "methods", "METHODS": "methods", "get_method": "methods",
+    "UpdateSchedule": "schedules",
+    "SparsityConfig": "sparsity",
+    "LayerUpdateStats": "topology", "TopologyController": "topology", "init_masks": "topology",
+    "sparse_layers": "topology", "update_mask": "topology",
+    "SparseMetricsCallback": "sb3", "SparseSACPolicy": "sb3", "SparseTD3Policy": "sb3",
+}
+"""Public name -> the submodule that defines it."""
 
-_SB3_NAMES = {"SparseMetricsCallback", "SparseSACPolicy", "SparseTD3Policy"}
+__all__ = sorted(_HOMES)
 
 
 def __getattr__(name: str) -> Any:
-    """The Stable-Baselines3-facing names, imported on first use."""
-    if name in _SB3_NAMES:
-        return getattr(importlib.import_module("sparse_rl.sb3"), name)
+    """Import a public name's submodule on first use."""
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"sparse_rl.{_HOMES[name]}"), name)
     raise AttributeError(f"module 'sparse_rl' has no attribute {name!r}")
-
-
-__all__ = [
-    "DISTRIBUTIONS", "GROW_CRITERIA", "KINDS", "METHODS", "PRUNE_CRITERIA", "LayerUpdateStats", "MaskController",
-    "ScoreInputs", "SparseLinear", "SparseMetricsCallback", "SparseSACPolicy", "SparseTD3Policy", "SparsityConfig",
-    "TopologyController", "UpdateSchedule", "get_method", "grow_criterion", "init_masks", "layer_counts",
-    "layer_densities", "prune_criterion", "sparse_layers", "update_mask",
-]
