@@ -115,3 +115,15 @@ def test_iso_param_density_keeps_the_weight_count():
     assert widen([256, 256], 4) == [1024, 1024]
     density = iso_param_density(17, [256, 256], 12, 4)
     assert density * mlp_weights(17, [1024, 1024], 12) == pytest.approx(mlp_weights(17, [256, 256], 12))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(method="thresholds", threshold_alpha="1e-3"), "threshold_alpha must be a number >= 0, got '1e-3'"),
+    (dict(method="thresholds", critic_threshold_alpha=-1.0), "critic_threshold_alpha must be a number >= 0"),
+    (dict(method="halo", density=0.1, halo_psi=0), "halo_psi must be a number > 0"),
+    (dict(method="halo", density=0.1, halo_xi="a"), "halo_xi must be a number >= 0"),
+    (dict(method="halo", density=0.1, prune_start="soon"), "prune_start must be an int optimizer step"),
+])
+def test_a_kinds_own_settings_are_validated(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SparsityConfig.from_kwargs(**kwargs)

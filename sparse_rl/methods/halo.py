@@ -189,7 +189,15 @@ class HaloSettings:
                              config.update_interval)
 
     def check(self, config: SparsityConfig) -> None:
-        """``ValueError`` if the prune schedule cannot be built."""
+        """``ValueError`` unless ξ >= 0, ψ > 0 and the prune schedule can be built."""
+        for name, positive in (("halo_xi", False), ("halo_psi", True)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
+                raise ValueError(f"{name} must be a number {'> 0' if positive else '>= 0'}, got {value!r}")
+        for name in ("prune_start", "prune_end"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be an int optimizer step or a float fraction, got {value!r}")
         for network in ("actor", "critic"):
             self.prune_schedule(config, network)
 

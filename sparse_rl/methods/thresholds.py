@@ -160,6 +160,15 @@ class ThresholdSettings:
     actor_threshold_alpha: float | None = None
     critic_threshold_alpha: float | None = None
 
+    def check(self, config: SparsityConfig) -> None:
+        """``ValueError`` unless every α is a number >= 0 (or ``None`` for a network's own)."""
+        for name in ("threshold_alpha", "actor_threshold_alpha", "critic_threshold_alpha"):
+            value = getattr(self, name)
+            if value is None and name != "threshold_alpha":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+
     def alpha_of(self, network: str) -> float:
         """α of the threshold regulariser of ``"actor"`` or ``"critic"``."""
         own = getattr(self, f"{network}_threshold_alpha")
