@@ -285,7 +285,7 @@ def plot_curves(path: Path, title: str, xlabel: str, lines: dict[str, list[Curve
     axes = figure.subplots()
     for label, curves in lines.items():
         x, mean, low, high = seed_band(curves)
-        (line,) = axes.plot(x, mean, label=f"{label} ({len(curves)} seeds)")
+        (line,) = axes.plot(x, mean, label=f"{label} ({len(curves)} seed{'' if len(curves) == 1 else 's'})")
         axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     if log_x:
         axes.set_xscale("log")
