@@ -22,11 +22,12 @@ values.
 
 Layouts. MKL's CSR product wants its dense operand and its result row-major, ``(in, batch)`` and
 ``(out, batch)``. A sparse layer therefore returns ``(W xᵀ)ᵀ``, a transposed ("feature-major")
-view, and ``auto``'s dense layers keep the layout of their input (``F.linear`` for row-major input,
-``(W xᵀ + b)ᵀ`` for feature-major input). Activations stay feature-major from the first sparse layer
-on, with no copies in between. Each layer returns its input gradient in its input's layout. The
-element-wise ops between layers (ReLU and its backward) then never mix layouts: mixed, they ran
-several times slower. A network only pays the transpose into and out of its first sparse layer.
+view. In a network where any layer runs sparse, ``auto``'s dense layers also return feature-major
+``(W xᵀ + b)ᵀ``. Activations are then feature-major throughout, with no copies. Dense layers in
+such a network run the same GEMM with other transpose flags, and those are a few narrow input
+and output layers. Each layer returns its input gradient in its input's layout. The element-wise
+ops between layers (ReLU and its backward) never mix layouts: mixed, they ran several times
+slower. A network with no sparse layer runs ``F.linear`` exactly as ``masked`` does.
 """
 
 from __future__ import annotations
@@ -44,13 +45,16 @@ SMALL_BATCH = 4
 """Below this many rows, the sparse backend runs dense kernels on the masked weight. At batch 1,
 for example one action from ``predict``, a CSR call costs more than the dense product it replaces."""
 
-AUTO_RULE: tuple[tuple[int, float], ...] = ((100_000, 0.10), (65_536, 0.05))
+AUTO_RULE: tuple[tuple[int, float], ...] = ((100_000, 0.10), (65_536, 0.04))
 """``auto``'s table of ``(min_weights, max_density)`` rows: a CPU layer with at least ``min_weights``
 weights (in × out) at density ``max_density`` or below runs ``sparse``. The first row that matches
-by size decides. Layers smaller than the last row stay on ``masked``. The rows sit just below the
-break-even densities that ``benchmarks/sparse_speed.py`` measured for a training step (forward,
-backward, fused Adam) at batch 256 on this project's CPU: 0.06 for 256×256, 0.12 for 400×300,
-0.13 for 1024×1024, and never for 128×128 or a MuJoCo input layer such as 23×256."""
+by size decides. Layers smaller than the last row stay on ``masked``. The rows are measured on this
+project's CPU with ``benchmarks/sparse_speed.py`` at batch 256. For a lone layer (forward, backward,
+fused Adam) the break-even densities were 0.07–0.09 for 256×256, 0.12 for 400×300 and 0.12–0.13 for
+1024×1024; 128×128 and a MuJoCo input layer such as 23×256 never broke even. Inside SB3's SAC, a
+256×256 actor layer at density 0.044 made the training step 4 % slower than ``masked``. The Python
+autograd function and the transposes into and out of the sparse layout cost more there than the
+kernel saved. The 256×256 row therefore sits at 0.04, below the lone layer's break-even."""
 
 @dataclass(frozen=True)
 class CsrStructure:
@@ -187,10 +191,11 @@ def is_feature_major(x: torch.Tensor) -> bool:
     return x.dim() == 2 and not x.is_contiguous() and x.t().is_contiguous()
 
 
-def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` with the dense kernel, in the layout of ``x``: row-major input
-    gives ``F.linear`` itself, feature-major input gives ``(W xᵀ + b)ᵀ``. Dense GEMM reads either
-    layout at the same speed."""
-    if not is_feature_major(x):
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 feature_major: bool = False) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` with the dense kernel. The result is feature-major, ``(W xᵀ + b)ᵀ``,
+    when ``feature_major`` is set or ``x`` itself is feature-major. Otherwise ``F.linear`` runs
+    and the result is row-major. Dense GEMM reads either layout."""
+    if x.dim() != 2 or not (feature_major or is_feature_major(x)):
         return F.linear(x, weight, bias)
     return (torch.mm(weight, x.t()) if bias is None else torch.addmm(bias.unsqueeze(1), weight, x.t())).t()

@@ -66,6 +66,7 @@ class SparseLinear(nn.Linear):
         self._mask_version = 0
         self._structure: tuple[tuple[Any, ...], CsrStructure] | None = None
         self._resolved: tuple[tuple[Any, ...], str] | None = None
+        self._layout_group: LayoutGroup | None = None
 
     @classmethod
     def from_dense(cls, linear: nn.Linear) -> SparseLinear:
@@ -94,12 +95,16 @@ class SparseLinear(nn.Linear):
     def _refresh_mask_values(self) -> None:
         self.mask_values = self.mask.to(self.weight.dtype)
         self._mask_version += 1
+        if getattr(self, "_layout_group", None) is not None:
+            self._layout_group.invalidate()  # type: ignore[union-attr]
 
     def set_backend(self, backend: str) -> None:
         """Compute with ``"masked"``, ``"sparse"`` or ``"auto"`` kernels (see the class docstring)."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
         self.backend = backend
+        if self._layout_group is not None:
+            self._layout_group.invalidate()
 
     def _cache_key(self) -> tuple[Any, ...]:
         return self._mask_version, self.weight.device, self.weight.dtype
@@ -124,8 +129,9 @@ class SparseLinear(nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self.backend == "masked" or input.dim() == 1 or (input.dim() == 2 and input.shape[0] < SMALL_BATCH):
             return F.linear(input, self.weight, self.bias)
-        if self.resolved_backend == "masked":  # auto: the dense kernel, in the layout of the input
-            return dense_linear(input, self.weight, self.bias)
+        if self.resolved_backend == "masked":  # auto: the dense kernel, feature-major in a network with sparse layers
+            group = self._layout_group
+            return dense_linear(input, self.weight, self.bias, group is not None and group.any_sparse())
         return sparse_linear(input, self.weight, self.bias, self.csr_structure(), self.dense_grad_needed)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -163,11 +169,34 @@ class SparseLinear(nn.Linear):
         return f"{super().extra_repr()}, density={self.density:.3f}, backend={self.backend}"
 
 
+class LayoutGroup:
+    """The ``SparseLinear`` layers of one network, grouped by :func:`set_backend`. When any of them
+    runs sparse, the group's dense ``auto`` layers return feature-major activations too, so that no
+    layer copies its input into the sparse kernels' layout (:mod:`sparse_rl.backends`)."""
+
+    def __init__(self, layers: list[SparseLinear]) -> None:
+        self.layers = layers
+        self._any_sparse: tuple[torch.device, bool] | None = None
+
+    def invalidate(self) -> None:
+        """Forget the cached answer (a mask or a backend changed)."""
+        self._any_sparse = None
+
+    def any_sparse(self) -> bool:
+        """Whether any layer of the group resolves to the sparse backend."""
+        device = self.layers[0].weight.device
+        if self._any_sparse is None or self._any_sparse[0] != device:
+            self._any_sparse = device, any(layer.resolved_backend == "sparse" for layer in self.layers)
+        return self._any_sparse[1]
+
+
 def set_backend(module: nn.Module, backend: str) -> int:
     """Set the backend (``"auto"``, ``"masked"`` or ``"sparse"``) of every ``SparseLinear`` in
-    ``module``; returns how many layers were set."""
+    ``module``, and group them as one network (:class:`LayoutGroup`); returns how many layers were set."""
     layers = [m for m in module.modules() if isinstance(m, SparseLinear)]
+    group = LayoutGroup(layers) if layers else None
     for layer in layers:
+        layer._layout_group = group
         layer.set_backend(backend)
     return len(layers)
 

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparse_rl.backends import AUTO_RULE, SMALL_BATCH, CsrStructure, auto_backend
+from sparse_rl.backends import AUTO_RULE, SMALL_BATCH, CsrStructure, auto_backend, is_feature_major
 from sparse_rl.layers import SparseLinear, random_mask, set_backend
 
 TOL = dict(rtol=1e-4, atol=1e-5)
@@ -144,7 +144,7 @@ def test_copies_compute_the_same_and_drop_the_cache():
 
 def test_auto_rule():
     cpu = torch.device("cpu")
-    assert auto_backend(256, 256, 0.05, cpu) == "sparse"
+    assert auto_backend(256, 256, 0.03, cpu) == "sparse"
     assert auto_backend(256, 256, 0.1, cpu) == "masked"
     assert auto_backend(1024, 1024, 0.1, cpu) == "sparse"
     assert auto_backend(1024, 1024, 1.0, cpu) == "masked"
@@ -158,7 +158,7 @@ def test_auto_rule():
 def test_auto_follows_the_mask_and_set_backend_sets_every_layer():
     layer = SparseLinear(256, 256)
     assert layer.backend == "auto" and layer.resolved_backend == "masked"
-    layer.set_mask(random_mask((256, 256), 2000))
+    layer.set_mask(random_mask((256, 256), 1500))
     assert layer.resolved_backend == "sparse"
     module = torch.nn.Sequential(layer, torch.nn.ReLU(), SparseLinear(256, 4))
     assert set_backend(module, "masked") == 2
@@ -224,3 +224,43 @@ def test_policies_keep_every_invariant_on_the_sparse_backend(algo, tmp_path):
     assert {layer.resolved_backend for layer in policy_layers(loaded).values()} == {"masked"}
     loaded_actions, _ = loaded.predict(obs, deterministic=True)
     torch.testing.assert_close(torch.as_tensor(loaded_actions), torch.as_tensor(actions), rtol=1e-4, atol=1e-5)
+
+
+def mlp(count: int) -> torch.nn.Sequential:
+    torch.manual_seed(11)
+    net = torch.nn.Sequential(SparseLinear(23, 256), torch.nn.ReLU(), SparseLinear(256, 256), torch.nn.ReLU(),
+                              SparseLinear(256, 1))
+    net[2].set_mask(random_mask((256, 256), count, torch.Generator().manual_seed(12)))
+    return net
+
+
+def test_a_network_with_a_sparse_layer_runs_feature_major_and_matches_masked():
+    net = mlp(1000)
+    reference = copy.deepcopy(net)
+    set_backend(reference, "masked")
+    set_backend(net, "auto")
+    assert [layer.resolved_backend for layer in net if isinstance(layer, SparseLinear)] == ["masked", "sparse",
+                                                                                            "masked"]
+    seen = []
+    net[2].register_forward_hook(lambda module, args, output: seen.append((is_feature_major(args[0]),
+                                                                          is_feature_major(output))))
+    x = torch.randn(64, 23)
+    for model in (net, reference):
+        model(x).square().sum().backward()
+    assert seen == [(True, True)], "the sparse layer reads and writes feature-major activations: no copies"
+    torch.testing.assert_close(net(x), reference(x), **TOL)
+    for layer, ref in zip(net, reference):
+        if isinstance(layer, SparseLinear):
+            torch.testing.assert_close(layer.weight.grad, ref.weight.grad, **TOL)
+
+
+def test_a_network_without_sparse_layers_runs_exactly_like_masked():
+    net = mlp(60000)
+    reference = copy.deepcopy(net)
+    set_backend(reference, "masked")
+    set_backend(net, "auto")
+    x = torch.randn(64, 23)
+    assert net(x).is_contiguous()
+    torch.testing.assert_close(net(x), reference(x), rtol=0, atol=0)
+    net[2].set_mask(random_mask((256, 256), 1000))  # the group notices that a layer turned sparse
+    assert net[2].resolved_backend == "sparse" and is_feature_major(net[0](x))
