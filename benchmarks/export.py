@@ -14,7 +14,7 @@ A last table measures where CSR becomes faster than dense for one layer of 256 i
 for the numpy runtime and for C, and ONNX Runtime's exported graph (dense Gemm, weights rebuilt from
 CSR by constant folding at load) against a Gather + ScatterElements formulation that computes on the
 nonzero weights at run time; the numpy threshold in ``sparse_rl/deploy.py`` and the C cost model in
-``sparse_rl/export.py`` come from such measurements.
+``sparse_rl/export/c.py`` come from such measurements.
 
 Writes ``results/export.md`` and refreshes its quote in ``docs/export.md`` (the README's quote is
 refreshed by ``python benchmarks/readme_results.py``).
@@ -279,7 +279,7 @@ def main() -> None:
         "Where CSR pays: batch-1 µs of one ReLU layer (256 inputs, and 17 like HalfCheetah's first layer) at each "
         "density (random mask), computed each way: the numpy runtime (dense product vs CSR gather-and-reduce), C "
         "(dense vs CSR loops, timed inside C; `C rule`: the loop the C target picks, from the cost model "
-        "`C_COST_NS` in `sparse_rl/export.py`) and ONNX Runtime (the exported graph: a dense Gemm whose weight is "
+        "`C_COST_NS` in `sparse_rl/export/c.py`) and ONNX Runtime (the exported graph: a dense Gemm whose weight is "
         "rebuilt from CSR by constant folding at load, vs a Gather + ScatterElements graph computing on the "
         "nonzero weights at run time). Each time includes the policy's output rescaling.",
         "",

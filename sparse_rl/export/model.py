@@ -1,0 +1,204 @@
+"""Reading a saved SB3 model for export: load it (a ``model.zip`` or a run directory), check that it is a
+supported SAC or TD3 model, read a saved ``VecNormalize``, and read the actor into plain :class:`Layer` objects."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparse_rl.deploy import Layer, ObsNormalization
+from sparse_rl.export.errors import ExportError
+
+SUPPORTED = ("supported: SAC or TD3 models (SparseSACPolicy, SparseTD3Policy or MlpPolicy) with a continuous Box "
+             "action space and a flat Box observation space, given as a model.zip or a sparse_rl.train run directory")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading SB3 models
+
+
+def _zip_data(path: Path) -> dict[str, Any]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("data"))
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, json.JSONDecodeError):
+        raise ExportError(f"{path} is not a model: {SUPPORTED}") from None
+
+
+def _algorithm_name(policy_class: type, data: dict[str, Any]) -> str:
+    """The SB3 algorithm that saved a model, from its policy class (and data for PPO/A2C)."""
+    from stable_baselines3.sac.policies import SACPolicy
+    from stable_baselines3.td3.policies import TD3Policy
+
+    if issubclass(policy_class, SACPolicy):
+        return "SAC"
+    if issubclass(policy_class, TD3Policy):
+        return "TD3"
+    parts = policy_class.__module__.split(".")
+    if parts[0] == "stable_baselines3" and parts[1] not in ("common",):
+        return parts[1].upper()
+    if "clip_range" in data:
+        return "PPO"
+    return "A2C" if "normalize_advantage" in data else f"a {policy_class.__name__}"
+
+
+def model_zip_path(path: str | Path) -> Path:
+    """The ``model.zip`` of ``path``: the path itself or the one inside a ``sparse_rl.train`` run directory."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "model.zip").is_file():
+            raise ExportError(f"{path} is a directory without model.zip; {SUPPORTED}")
+        return path / "model.zip"
+    if not path.exists():
+        raise ExportError(f"{path} does not exist; {SUPPORTED}")
+    return path
+
+
+def load_model(path: str | Path) -> Any:
+    """The SAC or TD3 model saved at ``path`` (a ``model.zip`` or a ``sparse_rl.train`` run directory),
+    loaded on the CPU; :class:`ExportError` for anything else."""
+    from gymnasium import spaces
+    from stable_baselines3 import SAC, TD3
+    from stable_baselines3.common.preprocessing import is_image_space
+    from stable_baselines3.common.save_util import json_to_data
+
+    zip_path = model_zip_path(path)
+    data = _zip_data(zip_path)
+    keys = ("policy_class", "observation_space", "action_space")
+    if any(key not in data for key in keys):
+        raise ExportError(f"{zip_path} is not a model: {SUPPORTED}")
+    header = json_to_data(json.dumps({key: data[key] for key in keys}))
+    policy_class, obs_space, action_space = (header[key] for key in keys)
+    if not isinstance(policy_class, type):
+        raise ExportError(f"{zip_path}: cannot read its policy class; {SUPPORTED}")
+    algo = _algorithm_name(policy_class, data)
+    if algo not in ("SAC", "TD3"):
+        raise ExportError(f"{zip_path} is a {algo} model ({policy_class.__name__}, {action_space} action space); "
+                          f"{SUPPORTED}")
+    if not isinstance(action_space, spaces.Box):
+        raise ExportError(f"{zip_path} has a discrete action space {action_space}; {SUPPORTED}")
+    if not isinstance(obs_space, spaces.Box) or is_image_space(obs_space, check_channels=False):
+        kind = "an image" if isinstance(obs_space, spaces.Box) else "a non-Box"
+        raise ExportError(f"{zip_path} has {kind} observation space {obs_space}; {SUPPORTED}")
+    configured = _run_config_algo(Path(path))
+    if configured is not None and configured.upper() != algo:
+        raise ExportError(f"{path}: config.yaml says algo {configured!r} but model.zip holds a {algo} model")
+    return (SAC if algo == "SAC" else TD3).load(zip_path, device="cpu")
+
+
+def _run_config_algo(path: Path) -> str | None:
+    """The ``algo`` of a run directory's ``config.yaml`` (None for a model.zip or a directory without one)."""
+    import yaml
+
+    if not (path.is_dir() and (path / "config.yaml").is_file()):
+        return None
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text())
+    except yaml.YAMLError as error:
+        raise ExportError(f"{path / 'config.yaml'} is not valid YAML ({str(error).splitlines()[0]})") from None
+    algo = config.get("algo") if isinstance(config, dict) else None
+    return str(algo) if algo is not None else None
+
+
+def load_vecnormalize(path: str | Path, obs_shape: tuple[int, ...]) -> ObsNormalization | None:
+    """The observation transform of an SB3 ``VecNormalize`` saved with ``.save(path)`` (None if it
+    does not normalise observations)."""
+    from stable_baselines3.common.running_mean_std import RunningMeanStd
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    try:
+        with open(path, "rb") as file:
+            vecnormalize = pickle.load(file)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as error:
+        raise ExportError(f"cannot read {path} as a saved VecNormalize ({error})") from None
+    if not isinstance(vecnormalize, VecNormalize):
+        raise ExportError(f"{path} holds a {type(vecnormalize).__name__}, not a VecNormalize")
+    if not vecnormalize.norm_obs:
+        return None
+    rms = vecnormalize.obs_rms
+    if not isinstance(rms, RunningMeanStd) or tuple(rms.mean.shape) != tuple(obs_shape):
+        raise ExportError(f"{path}: its observation statistics do not match the model's observation shape {obs_shape}")
+    return ObsNormalization(rms.mean, np.sqrt(rms.var + vecnormalize.epsilon), vecnormalize.clip_obs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The actor as a list of layers
+
+
+def effective_weight(linear: Any) -> np.ndarray:
+    """The weight a linear layer computes with: ``weight ⊙ mask`` for masked layers (``SparseLinear``,
+    ``HaloLinear``, ``ThresholdLinear``'s ``|W| > t``), the weight itself for ``nn.Linear``."""
+    import torch
+
+    with torch.no_grad():
+        weight = linear.weight.detach()
+        mask = getattr(linear, "mask", None)
+        if mask is not None:
+            weight = weight * mask.to(weight.dtype)
+        return weight.cpu().numpy().astype(np.float32)
+
+
+def _activation(module: Any) -> tuple[str, float] | None:
+    from torch import nn
+
+    if isinstance(module, nn.ReLU):
+        return "relu", 0.0
+    if isinstance(module, nn.Tanh):
+        return "tanh", 0.0
+    if isinstance(module, nn.ELU):
+        return "elu", float(module.alpha)
+    if isinstance(module, nn.LeakyReLU):
+        return "leaky_relu", float(module.negative_slope)
+    if isinstance(module, nn.Hardtanh) and module.min_val == -module.max_val:
+        return "hardtanh", float(module.max_val)
+    if isinstance(module, nn.Identity):
+        return "identity", 0.0
+    return None
+
+
+def mlp_layers(modules: list[Any]) -> list[Layer]:
+    """``Linear``/activation modules in order as :class:`Layer` objects."""
+    from torch import nn
+
+    layers: list[Layer] = []
+    for module in modules:
+        activation = _activation(module)
+        if isinstance(module, nn.Linear):
+            bias = module.bias.detach().cpu().numpy() if module.bias is not None else np.zeros(module.out_features)
+            layers.append(Layer(effective_weight(module), bias))
+        elif activation is not None and layers and layers[-1].activation == "identity":
+            layers[-1].activation, layers[-1].alpha = activation
+        elif activation is None or activation[0] != "identity":
+            raise ExportError(f"cannot export a {type(module).__name__} in the actor; supported: Linear layers "
+                              "with ReLU, Tanh, ELU, LeakyReLU or symmetric Hardtanh activations")
+    return layers
+
+
+def actor_layers(model: Any) -> list[Layer]:
+    """The actor of a SAC or TD3 ``model`` as layers whose last activation is the tanh squash."""
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.torch_layers import FlattenExtractor
+    from torch import nn
+
+    actor = model.policy.actor
+    if not isinstance(actor.features_extractor, FlattenExtractor):
+        raise ExportError(f"cannot export an actor with a {type(actor.features_extractor).__name__} features "
+                          f"extractor; {SUPPORTED}")
+    if isinstance(model, SAC):
+        # with gSDE, mu is Sequential(Linear, Hardtanh(-clip_mean, clip_mean)) and the squash is tanh of that
+        layers = mlp_layers([*actor.latent_pi, *(actor.mu if isinstance(actor.mu, nn.Sequential) else [actor.mu])])
+        squash = {"identity": "tanh", "hardtanh": "clipped_tanh"}.get(layers[-1].activation)
+        if squash is None:
+            raise ExportError(f"the SAC actor's mu layer ends in {layers[-1].activation}; cannot reproduce its squash")
+        layers[-1].activation = squash
+    else:
+        layers = mlp_layers(list(actor.mu))
+        if layers[-1].activation != "tanh":
+            raise ExportError("the TD3 actor does not end in tanh; cannot reproduce its output")
+    return layers
+

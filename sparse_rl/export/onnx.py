@@ -1,0 +1,127 @@
+"""The ONNX target: the compacted policy as an ONNX graph (dense ``Gemm`` per layer, CSR weights rebuilt by
+constant folding at load)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparse_rl.deploy import Layer, SparsePolicy
+
+ONNX_OPSET = 17
+
+
+def onnx_model(policy: SparsePolicy) -> Any:
+    """The policy as an ONNX model: input ``obs`` (batch, *obs_shape) float32, output ``action``
+    (batch, action_dim) float32.
+
+    A weight stored as CSR (where smaller) is rebuilt into its dense matrix by a subgraph of
+    constant inputs only (:func:`_onnx_csr_weight`), which ONNX Runtime's constant folding evaluates
+    once when it loads the model; each layer then runs as one dense ``Gemm``.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes: list[Any] = []
+    initializers: list[Any] = []
+
+    def const(name: str, array: np.ndarray) -> str:
+        initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def node(op: str, inputs: list[str], output: str, **attributes: Any) -> str:
+        nodes.append(helper.make_node(op, inputs, [output], name=output, **attributes))
+        return output
+
+    x = node("Flatten", ["obs"], "obs_flat", axis=1)
+    if policy.obs_normalization is not None:
+        norm = policy.obs_normalization
+        x = node("Cast", [x], "obs_f64", to=TensorProto.DOUBLE)
+        x = node("Sub", [x, const("obs_mean", norm.mean)], "obs_centred")
+        x = node("Div", [x, const("obs_std", norm.std)], "obs_scaled")
+        x = node("Clip", [x, const("obs_clip_low", np.array(-norm.clip)), const("obs_clip_high", np.array(norm.clip))],
+                 "obs_clipped")
+        x = node("Cast", [x], "obs_normalized", to=TensorProto.FLOAT)
+    for i, layer in enumerate(policy.layers):
+        if layer.store_as_csr():
+            weight = _onnx_csr_weight(layer, f"l{i}_", const, node)
+        else:
+            weight = const(f"l{i}_weight", layer.weight)
+        x = node("Gemm", [x, weight, const(f"l{i}_bias", layer.bias)], f"l{i}_linear", transB=1)
+        if layer.activation == "relu":
+            x = node("Relu", [x], f"l{i}_relu")
+        elif layer.activation == "tanh":
+            x = node("Tanh", [x], f"l{i}_tanh")
+        elif layer.activation == "elu":
+            x = node("Elu", [x], f"l{i}_elu", alpha=layer.alpha)
+        elif layer.activation == "leaky_relu":
+            x = node("LeakyRelu", [x], f"l{i}_leaky_relu", alpha=layer.alpha)
+        elif layer.activation in ("hardtanh", "clipped_tanh"):
+            bounds = [const(f"l{i}_clip_low", np.array(-layer.alpha, np.float32)),
+                      const(f"l{i}_clip_high", np.array(layer.alpha, np.float32))]
+            x = node("Clip", [x, *bounds], f"l{i}_clip")
+            if layer.activation == "clipped_tanh":
+                x = node("Tanh", [x], f"l{i}_tanh")
+    # SB3's unscale_action: low + (0.5 * (a + 1.0) * (high - low)), in this order, in float32.
+    x = node("Add", [x, const("one", np.array(1.0, np.float32))], "action_plus_one")
+    x = node("Mul", [const("half", np.array(0.5, np.float32)), x], "action_half")
+    x = node("Mul", [x, const("action_range", policy.action_high - policy.action_low)], "action_scaled")
+    node("Add", [const("action_low", policy.action_low), x], "action")
+    graph = helper.make_graph(
+        nodes, "sparse_rl_policy",
+        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", *policy.obs_shape])],
+        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", policy.action_dim])],
+        initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
+                              producer_name="sparse_rl.export")
+    model.ir_version = 8
+    helper.set_model_props(model, {"sparse_rl": json.dumps(policy.metadata, sort_keys=True)})
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _onnx_csr_weight(layer: Layer, prefix: str, const: Any, node: Any) -> str:
+    """Nodes that rebuild ``layer``'s dense weight from its CSR arrays, all from constants (so folded at load):
+    row ids are the cumulative sum of ones scattered at the row boundaries ``indptr[1:-1]`` (empty rows put
+    several at one position), then ``ScatterND`` puts the values at ``row * in_features + column``."""
+    from onnx import TensorProto, numpy_helper
+
+    data, indices, indptr = layer.csr()
+    out_features, in_features = layer.weight.shape
+    nnz = len(data)
+
+    def filled(name: str, shape: list[int], value: np.ndarray) -> str:
+        return node("ConstantOfShape", [const(prefix + name + "_shape", np.array(shape, np.int64))], prefix + name,
+                    value=numpy_helper.from_array(value))
+
+    if nnz == 0:
+        return filled("weight", [out_features, in_features], np.zeros(1, np.float32))
+    if out_features == 1:
+        rows = filled("rows", [nnz], np.zeros(1, np.int64))
+    else:
+        boundaries = node("Cast", [const(prefix + "row_boundaries", indptr[1:-1])], prefix + "row_boundaries_i64",
+                          to=TensorProto.INT64)
+        marks = node("ScatterElements", [filled("zeros", [nnz + 1], np.zeros(1, np.int64)), boundaries,
+                                         filled("ones", [out_features - 1], np.ones(1, np.int64))],
+                     prefix + "row_marks", axis=0, reduction="add")
+        rows = node("CumSum", [marks, const(prefix + "axis0", np.array(0))], prefix + "row_ids_all")
+        rows = node("Slice", [rows, const(prefix + "start", np.array([0])), const(prefix + "nnz", np.array([nnz]))],
+                    prefix + "rows")
+    cols = node("Cast", [const(prefix + "cols", indices)], prefix + "cols_i64", to=TensorProto.INT64)
+    flat = node("Mul", [rows, const(prefix + "in", np.array(in_features))], prefix + "row_offsets")
+    flat = node("Add", [flat, cols], prefix + "flat")
+    flat = node("Unsqueeze", [flat, const(prefix + "axis1", np.array([1]))], prefix + "flat_col")
+    weight = node("ScatterND", [filled("weight_zeros", [layer.weight.size], np.zeros(1, np.float32)), flat,
+                                const(prefix + "data", data)], prefix + "weight_flat")
+    return node("Reshape", [weight, const(prefix + "shape", np.array(layer.weight.shape))], prefix + "weight")
+
+
+def write_onnx(policy: SparsePolicy, path: str | Path) -> list[Path]:
+    """The ONNX file (run it with ``onnxruntime.InferenceSession(path)``)."""
+    import onnx
+
+    onnx.save(onnx_model(policy), str(path))
+    return [Path(path)]
