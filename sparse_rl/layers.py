@@ -67,6 +67,7 @@ class SparseLinear(nn.Linear):
         self._structure: tuple[tuple[Any, ...], CsrStructure] | None = None
         self._resolved: tuple[tuple[Any, ...], str] | None = None
         self._layout_group: LayoutGroup | None = None
+        self._dispatch: str | None = None  # "linear", "dense_fm" or "sparse"; None: decide at the next call
 
     @classmethod
     def from_dense(cls, linear: nn.Linear) -> SparseLinear:
@@ -95,16 +96,27 @@ class SparseLinear(nn.Linear):
     def _refresh_mask_values(self) -> None:
         self.mask_values = self.mask.to(self.weight.dtype)
         self._mask_version += 1
-        if getattr(self, "_layout_group", None) is not None:
-            self._layout_group.invalidate()  # type: ignore[union-attr]
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        """Forget the kernel choice (the mask, the backend, the device or the dtype changed)."""
+        group = getattr(self, "_layout_group", None)
+        if group is not None:
+            group.invalidate()
+        else:
+            self._dispatch = None
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SparseLinear:  # type: ignore[override]
+        result = super()._apply(fn, recurse)
+        self._invalidate()
+        return result
 
     def set_backend(self, backend: str) -> None:
         """Compute with ``"masked"``, ``"sparse"`` or ``"auto"`` kernels (see the class docstring)."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
         self.backend = backend
-        if self._layout_group is not None:
-            self._layout_group.invalidate()
+        self._invalidate()
 
     def _cache_key(self) -> tuple[Any, ...]:
         return self._mask_version, self.weight.device, self.weight.dtype
@@ -126,17 +138,26 @@ class SparseLinear(nn.Linear):
             self._structure = key, CsrStructure.from_mask(self.mask, self._mask_version, self.weight.dtype)
         return self._structure[1]
 
+    def _decide_dispatch(self) -> str:
+        if self.resolved_backend == "sparse":
+            self._dispatch = "sparse"
+        elif self.backend == "auto" and self._layout_group is not None and self._layout_group.any_sparse():
+            self._dispatch = "dense_fm"  # the dense kernel, feature-major like the sparse layers of its network
+        else:
+            self._dispatch = "linear"
+        return self._dispatch
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if self.backend == "masked" or input.dim() == 1 or (input.dim() == 2 and input.shape[0] < SMALL_BATCH):
+        dispatch = self._dispatch or self._decide_dispatch()
+        if dispatch == "linear" or input.dim() == 1 or (input.dim() == 2 and input.shape[0] < SMALL_BATCH):
             return F.linear(input, self.weight, self.bias)
-        if self.resolved_backend == "masked":  # auto: the dense kernel, feature-major in a network with sparse layers
-            group = self._layout_group
-            return dense_linear(input, self.weight, self.bias, group is not None and group.any_sparse())
+        if dispatch == "dense_fm":
+            return dense_linear(input, self.weight, self.bias, feature_major=True)
         return sparse_linear(input, self.weight, self.bias, self.csr_structure(), self.dense_grad_needed)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state["_structure"] = state["_resolved"] = None  # derived from the mask; rebuilt on use
+        state["_structure"] = state["_resolved"] = state["_dispatch"] = None  # derived from the mask; rebuilt on use
         return state
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
@@ -179,8 +200,10 @@ class LayoutGroup:
         self._any_sparse: tuple[torch.device, bool] | None = None
 
     def invalidate(self) -> None:
-        """Forget the cached answer (a mask or a backend changed)."""
+        """Forget the cached answer and the layers' kernel choices (a mask or a backend changed)."""
         self._any_sparse = None
+        for layer in self.layers:
+            layer._dispatch = None
 
     def any_sparse(self) -> bool:
         """Whether any layer of the group resolves to the sparse backend."""
