@@ -21,6 +21,7 @@ import json
 import math
 import re
 import shutil
+import sys
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -233,14 +234,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python -m sparse_rl.ledger add RUN_DIR... --ledger DIR --grid NAME``."""
     parser = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    add = commands.add_parser("add", help="record finished run directories")
-    add.add_argument("runs", nargs="+", type=Path, help="finished run directories (with summary.json)")
+    add = commands.add_parser("add", help="record finished run directories (unfinished ones are skipped)")
+    add.add_argument("runs", nargs="+", type=Path, help="run directories; those without summary.json are skipped")
     add.add_argument("--ledger", type=Path, required=True, help="the ledger's root, e.g. results/ledger")
     add.add_argument("--grid", required=True, help="the grid the runs belong to (a sweep file's name)")
     args = parser.parse_args(argv)
     ledger = Ledger(args.ledger, args.grid)
     try:
         for run_dir in args.runs:
+            if not (run_dir / "summary.json").is_file():  # still training, or interrupted: record it later
+                print(f"{PROG}: skipping {run_dir}: not finished (no summary.json)", file=sys.stderr)
+                continue
             record = ledger.add(run_dir)
             size = sum(path.stat().st_size for path in record.iterdir())
             print(f"{run_dir} -> {record} ({size / 1024:.1f} KB)")

@@ -14,6 +14,7 @@ import yaml
 
 from sparse_rl import ledger, report, runs, sweep
 from sparse_rl.ledger import Ledger
+from sparse_rl.run_config import ConfigError
 from tests.test_report import write_scalars
 from tests.test_sweep import TINY, write_sweep
 
@@ -79,7 +80,7 @@ def test_train_records_a_single_run_in_a_ledger(tmp_path):
     assert sorted(path.name for path in record.iterdir()) == sorted(ledger.RECORD_FILES)
 
 
-def test_add_command_records_a_finished_run_and_refuses_an_unfinished_one(recorded, tmp_path, capsys):
+def test_add_command_records_finished_runs_and_skips_unfinished_ones(recorded, tmp_path, capsys):
     run_root, _ = recorded
     run_dir = run_root / "Pendulum-v1" / "sac-rigl-d0.2-s0"
     ledger.main(["add", str(run_dir), "--ledger", str(tmp_path / "book"), "--grid", "g"])
@@ -89,8 +90,13 @@ def test_add_command_records_a_finished_run_and_refuses_an_unfinished_one(record
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     (unfinished / "config.yaml").write_text((run_dir / "config.yaml").read_text())
-    with pytest.raises(SystemExit, match="is not a finished run"):
-        ledger.main(["add", str(unfinished), "--ledger", str(tmp_path / "book"), "--grid", "g"])
+    ledger.main(["add", str(unfinished), str(run_dir), "--ledger", str(tmp_path / "book"), "--grid", "g"])
+    out, err = capsys.readouterr()
+    assert err.strip() == f"sparse_rl.ledger: skipping {unfinished}: not finished (no summary.json)"
+    assert f"{run_dir} -> {record}" in out  # recorded again: the record is refreshed
+    assert not (tmp_path / "book" / "g" / "Pendulum-v1" / "unfinished").exists()
+    with pytest.raises(ConfigError, match="is not a finished run"):
+        Ledger(tmp_path / "book", "g").add(unfinished)
 
 
 def test_sweep_skips_recorded_trials_and_refuses_a_changed_config(recorded, tmp_path, capsys):
