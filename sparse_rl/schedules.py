@@ -45,7 +45,8 @@ class UpdateSchedule:
             raise ValueError(f"unknown decay {self.decay!r}; allowed: {', '.join(DECAYS)}")
         if self.end is not None:
             if isinstance(self.end, bool) or not isinstance(self.end, (int, float)):
-                raise ValueError(f"update_end must be an int step, a float fraction in (0, 1] or None, got {self.end!r}")
+                raise ValueError("update_end must be an int step, a float fraction in (0, 1] or None, "
+                                 f"got {self.end!r}")
             if isinstance(self.end, float) and not 0.0 < self.end <= 1.0:
                 raise ValueError(f"update_end as a fraction must lie in (0, 1], got {self.end!r}")
             if isinstance(self.end, int) and self.end <= 0:

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from gymnasium import spaces
 from stable_baselines3 import SAC, TD3
 
 from sparse_rl import train

@@ -16,7 +16,7 @@ from tests.test_train_cli import FAST, run_cli, scalars
 def test_thresholds_learn_density_that_is_logged_and_priced(tmp_path):
     train.main(["--env", "Pendulum-v1", "--method", "thresholds", "--logdir", str(tmp_path), *FAST,
                 "--set", "sparsity.threshold_alpha=0.05"])
-    run_dir = tmp_path / "Pendulum-v1" / "sac-thresholds-d1-s0"
+    run_dir = tmp_path / "Pendulum-v1" / "sac-thresholds+threshold_alpha0.05-d1-s0"
     model = SAC.load(run_dir / "model.zip")
     layers = {**threshold_layers(model.policy.actor), **threshold_layers(model.policy.critic)}
     assert len(layers) == 4 + 6 and all(isinstance(layer, ThresholdLinear) for layer in layers.values())
@@ -46,7 +46,8 @@ def test_thresholds_save_load_round_trip_is_exact(tmp_path):
         other = threshold_layers(loaded.policy)[name]
         assert torch.equal(layer.threshold, other.threshold) and torch.equal(layer.mask, other.mask)
     observation = model.get_env().reset()
-    assert (model.predict(observation, deterministic=True)[0] == loaded.predict(observation, deterministic=True)[0]).all()
+    assert (model.predict(observation, deterministic=True)[0]
+            == loaded.predict(observation, deterministic=True)[0]).all()
 
 
 @pytest.mark.parametrize("algo", ["sac", "td3"])
@@ -54,7 +55,7 @@ def test_halo_prunes_to_the_exact_global_density_and_keeps_zeros(tmp_path, algo)
     train.main(["--algo", algo, "--env", "Pendulum-v1", "--method", "halo", "--density", "0.2",
                 "--logdir", str(tmp_path), *FAST, "--set", "sparsity.prune_start=100",
                 "--set", "sparsity.prune_end=300", "--set", "sparsity.update_interval=100"])
-    run_dir = tmp_path / "Pendulum-v1" / f"{algo}-halo-d0.2-s0"
+    run_dir = tmp_path / "Pendulum-v1" / f"{algo}-halo+prune_end300+prune_start100-d0.2-s0"
     model = (SAC if algo == "sac" else TD3).load(run_dir / "model.zip")
     policy = model.policy
     targets = {"critic": policy.critic_target, "actor": getattr(policy, "actor_target", None)}

@@ -7,8 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sparse_rl.methods.thresholds import (LongTailedStep, ThresholdController, ThresholdLinear,
-                                          long_tailed_derivative)
+from sparse_rl.methods.thresholds import LongTailedStep, ThresholdController, ThresholdLinear, long_tailed_derivative
 
 
 @pytest.mark.parametrize("x, expected", [(0.0, 2.0), (0.1, 1.6), (-0.2, 1.2), (0.4, 0.4), (-0.4, 0.4),

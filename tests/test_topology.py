@@ -154,14 +154,16 @@ def test_static_topology_refuses_updates_and_needs_both_criteria():
 
 def test_bad_drop_fraction_is_a_value_error():
     layers = sparse_layers(make_net([3, 4]))
-    controller = TopologyController(layers, resolve_criterion("prune", "magnitude"), resolve_criterion("grow", "random"))
+    controller = TopologyController(layers, resolve_criterion("prune", "magnitude"),
+                                    resolve_criterion("grow", "random"))
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         controller.update(1.0)
 
 
 def test_controller_counters_round_trip_through_state_dict():
     layers = sparse_layers(make_net([3, 4]))
-    controller = TopologyController(layers, resolve_criterion("prune", "magnitude"), resolve_criterion("grow", "random"))
+    controller = TopologyController(layers, resolve_criterion("prune", "magnitude"),
+                                    resolve_criterion("grow", "random"))
     controller.before_optimizer_step()
     controller.set_progress(0.25)
     restored = TopologyController(layers, resolve_criterion("prune", "magnitude"), resolve_criterion("grow", "random"))

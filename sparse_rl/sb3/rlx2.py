@@ -153,5 +153,6 @@ class RLx2ReplayBuffer(NStepReplayBuffer):
             alpha = torch.exp(model.log_ent_coef.detach()) if model.ent_coef_optimizer is not None \
                 else model.ent_coef_tensor
         log_prob = log_prob.reshape(len(batch_inds), len(ks))
-        weights = self.to_torch(self.gamma ** ks.astype(np.float32))[None, :] * (self.to_torch(ks)[None, :] < steps_used)
+        discounts_k = self.to_torch(self.gamma ** ks.astype(np.float32))[None, :]
+        weights = discounts_k * (self.to_torch(ks)[None, :] < steps_used)
         return (weights * (-alpha * log_prob)).sum(dim=1, keepdim=True)
