@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -224,13 +225,30 @@ def validate(config: dict[str, Any]) -> None:
     check_values(config)
 
 
+EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+"""``1e-3``: a number in exponent notation, which YAML 1.1 (PyYAML) reads as a string when it has no dot."""
+
+
+def with_numbers(value: Any) -> Any:
+    """``value`` with every string in exponent notation read as the number it means (``"1e-3"``: 0.001,
+    ``"2e4"``: 20000), nested too."""
+    if isinstance(value, str) and EXPONENT_NUMBER.fullmatch(value.strip()):
+        number = float(value)
+        return int(number) if number.is_integer() and "." not in value else number  # 2e4 steps: an int
+    if isinstance(value, dict):
+        return {key: with_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [with_numbers(item) for item in value]
+    return value
+
+
 def parse_override(assignment: str) -> tuple[str, Any]:
-    """``section.key=value`` (one ``--set``) as (path, value), the value parsed as YAML."""
+    """``section.key=value`` (one ``--set``) as (path, value), the value parsed as YAML (``1e-3`` a float)."""
     if "=" not in assignment:
         raise ConfigError(f"--set needs key=value, got {assignment!r}")
     path, raw = assignment.split("=", 1)
     try:
-        return path, yaml.safe_load(raw)
+        return path, with_numbers(yaml.safe_load(raw))
     except yaml.YAMLError as error:
         raise ConfigError(f"cannot parse value of --set {path}: {error}") from None
 
@@ -249,7 +267,7 @@ def set_path(config: dict[str, Any], path: str, value: Any) -> None:
 def build_config(algo: str, env: str, config_file: Path | None, cli: Mapping[str, Any],
                  overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The effective run config: file defaults < env section < CLI flags < ``--set`` overrides (path: value)."""
-    data = read_yaml(config_file or default_config_path(algo))
+    data = with_numbers(read_yaml(config_file or default_config_path(algo)))
     unknown = set(data) - {"defaults", "envs"}
     if unknown:
         raise ConfigError(f"unknown config key(s) {sorted(unknown)} in config file; valid: defaults, envs")
@@ -257,9 +275,9 @@ def build_config(algo: str, env: str, config_file: Path | None, cli: Mapping[str
     config = _merge(config, {"algo": algo, "env": env})
     for path, value in cli.items():
         if value is not None:
-            set_path(config, path, value)
+            set_path(config, path, with_numbers(value))
     for path, value in overrides.items():
-        set_path(config, path, copy.deepcopy(value))
+        set_path(config, path, with_numbers(copy.deepcopy(value)))
     validate(config)
     return config
 

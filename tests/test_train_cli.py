@@ -14,7 +14,7 @@ from stable_baselines3 import SAC
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sparse_rl import report, runs, train
-from sparse_rl.run_config import run_label, run_name
+from sparse_rl.run_config import parse_override, run_label, run_name
 from sparse_rl.sb3 import SparseMetricsCallback
 from sparse_rl.sb3.flops import model_step_flops
 from sparse_rl.topology import sparse_layers
@@ -194,6 +194,17 @@ def test_param_matched_run_is_a_narrow_dense_network_reported_as_matched(tmp_pat
     assert model.policy.net_arch["qf"][0] < 64 and model.policy.net_arch["pi"][0] < 64
     results = report.write_report([tmp_path], tmp_path / "report", reps=50).read_text()
     assert "| Pendulum-v1 | sac | matched | 0.2 | 1 |" in results
+
+
+@pytest.mark.parametrize("raw, value", [
+    ("1e-3", 1e-3), ("5E+2", 500), ("5.0e2", 500.0), ("-2.5e-1", -0.25), ("0.001", 0.001),
+    ("{c: 1e-2}", {"c": 0.01}), ("[1e-3, x]", [1e-3, "x"]), ("e5", "e5")])
+def test_exponent_notation_is_a_number(raw, value):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; --set, sweep files and config files mean the number."""
+    assert parse_override(f"sparsity.threshold_alpha={raw}") == ("sparsity.threshold_alpha", value)
+    config = runs.make_config({"env": "Pendulum-v1", "method": "thresholds", "total_steps": "2e4",
+                               "set": {"sparsity.threshold_alpha": "1e-3"}})  # as a sweep file gives them
+    assert config["sparsity"]["threshold_alpha"] == 1e-3 and config["total_steps"] == 20000
 
 
 def test_criterion_ablations_get_their_own_run_directories():
