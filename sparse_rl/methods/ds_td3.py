@@ -47,10 +47,17 @@ class DSTD3Settings:
 
 
 @torch.no_grad()
-def prune_to_count(layer: SparseLinear, count: int) -> None:
-    """Keep the ``count`` largest-magnitude weights of ``layer`` (its mask then has exactly ``count``)."""
-    keep = torch.zeros(layer.weight.numel(), dtype=torch.bool, device=layer.weight.device)
-    keep[layer.weight.abs().flatten().topk(count, sorted=False).indices] = True
+def prune_to_count(layer: SparseLinear, count: int, candidates: torch.Tensor | None = None) -> None:
+    """Keep the ``count`` largest-magnitude weights of ``layer`` (its mask then has exactly ``count``);
+    ``candidates``, a boolean tensor shaped like the weight, limits the choice to where weights can be
+    non-zero (the rest are 0 and would only fill ties)."""
+    flat = layer.weight.flatten()
+    index = (torch.arange(flat.numel(), device=flat.device) if candidates is None
+             else candidates.flatten().nonzero().squeeze(1))
+    if index.numel() < count:
+        index = torch.arange(flat.numel(), device=flat.device)
+    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    keep[index[flat[index].abs().topk(count, sorted=False).indices]] = True
     layer.set_mask(keep.view_as(layer.weight))
 
 
@@ -68,9 +75,15 @@ class DSTD3Controller(TopologyController):
 
     def _prune_target_hook(self, name: str) -> Any:
         online = self.layers[name]
+        seen = {"version": -1}
 
         def hook(target: SparseLinear, inputs: Any) -> None:
-            prune_to_count(target, online.nnz)
+            """Prune the target back to the online count if its weights changed (a Polyak update)
+            since the last prune; only positions active in the target or the online layer can be non-zero."""
+            if target.weight._version == seen["version"]:
+                return
+            prune_to_count(target, online.nnz, target.mask | online.mask)
+            seen["version"] = target.weight._version
 
         return hook
 
