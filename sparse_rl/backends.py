@@ -50,7 +50,7 @@ AUTO_RULE: tuple[tuple[int, float], ...] = ((100_000, 0.10), (65_536, 0.04))
 weights (in × out) at density ``max_density`` or below runs ``sparse``. The first row that matches
 by size decides. Layers smaller than the last row stay on ``masked``. The rows are measured on this
 project's CPU with ``benchmarks/sparse_speed.py`` at batch 256. For a lone layer (forward, backward,
-fused Adam) the break-even densities were 0.07–0.09 for 256×256, 0.12 for 400×300 and 0.12–0.13 for
+fused Adam) the break-even densities were 0.07–0.11 for 256×256, 0.12 for 400×300 and 0.12–0.13 for
 1024×1024; 128×128 and a MuJoCo input layer such as 23×256 never broke even. Inside SB3's SAC, a
 256×256 actor layer at density 0.044 made the training step 4 % slower than ``masked``. The Python
 autograd function and the transposes into and out of the sparse layout cost more there than the
