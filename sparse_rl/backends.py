@@ -136,7 +136,7 @@ class _SparseLinearFunction(torch.autograd.Function):
     """``y = x Wᵀ + b`` computed with the active weights of ``W`` only (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 structure: CsrStructure, dense_grad: bool) -> torch.Tensor:
         ctx.input_feature_major = is_feature_major(x)
         x_t = x.t().contiguous()  # (in, batch); a no-op for feature-major input
@@ -147,7 +147,7 @@ class _SparseLinearFunction(torch.autograd.Function):
         return y_t.t()
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad_output: torch.Tensor):
         x_t, weight = ctx.saved_tensors
         structure: CsrStructure = ctx.structure
         dy_t = grad_output.t().contiguous()  # (out, batch); a no-op for feature-major gradients

@@ -106,7 +106,7 @@ class SparseLinear(nn.Linear):
         else:
             self._dispatch = None
 
-    def _apply(self, fn: Any, recurse: bool = True) -> SparseLinear:  # type: ignore[override]
+    def _apply(self, fn: Any, recurse: bool = True) -> SparseLinear:
         result = super()._apply(fn, recurse)
         self._invalidate()
         return result
