@@ -121,9 +121,11 @@ def auto_backend(in_features: int, out_features: int, density: float, device: to
     from measurements on a CPU (``benchmarks/sparse_speed.py``), and does not depend on the batch size.
 
     CUDA and every other non-CPU device use ``masked``. Dense GEMM on a GPU beats cuSPARSE at the
-    densities DST uses, and the kernels here were never measured on one.
+    densities DST uses, and the kernels here were never measured on one. A torch build without MKL
+    also uses ``masked``: its CPU CSR product is torch's generic loop, which the rule was not
+    measured on. ``sparse``, asked for explicitly, still runs there.
     """
-    if device.type != "cpu":
+    if device.type != "cpu" or not torch.backends.mkl.is_available():
         return "masked"
     weights = in_features * out_features
     for min_weights, max_density in AUTO_RULE:

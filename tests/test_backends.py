@@ -155,6 +155,11 @@ def test_auto_rule():
     assert auto_backend(1024, 1024, 0.05, torch.device("meta")) == "masked", "non-CPU devices stay masked"
 
 
+def test_auto_stays_masked_without_mkl(monkeypatch):
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: False)
+    assert auto_backend(1024, 1024, 0.05, torch.device("cpu")) == "masked"
+
+
 def test_auto_follows_the_mask_and_set_backend_sets_every_layer():
     layer = SparseLinear(256, 256)
     assert layer.backend == "auto" and layer.resolved_backend == "masked"
