@@ -3,9 +3,9 @@
 The README marks each quoted file with a pair of comments; everything between them is replaced
 by the file's current text::
 
-    <!-- BEGIN results/speed.md -->
+    <!-- BEGIN results/sparse_speed.md -->
     ...
-    <!-- END results/speed.md -->
+    <!-- END results/sparse_speed.md -->
 
     python benchmarks/readme_results.py           # rewrite README.md
     python benchmarks/readme_results.py --check   # exit 1 if README.md quotes a stale result
