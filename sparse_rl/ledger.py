@@ -32,6 +32,7 @@ import numpy as np
 import yaml
 
 from sparse_rl.run_config import ConfigError, read_yaml, run_name
+from sparse_rl.sparsity import SparsityConfig
 
 PROG = "sparse_rl.ledger"
 RECORD_FILES = ("config.yaml", "evaluations.npz", "summary.json", "series.csv")
@@ -41,7 +42,8 @@ SERIES_TAGS = {"train_flops": "flops/train_cumulative", "wall_clock_s": "time/wa
 """The TensorBoard tag of each series column (``sparse_rl.runs`` logs the last three)."""
 MACHINE_KEYS = ("wall_clock_s", "wall_clock_s_per_1k_steps", "cpu", "threads")
 IGNORED_KEYS = ("device", "threads")
-"""Config keys that change where a run ran, not what it computes: a record matches a trial without them."""
+"""Config keys that change where a run ran, not what it computes: a record matches a trial without them
+(and so does the sparsity ``backend``: see :func:`resolved`)."""
 
 Series = dict[str, np.ndarray]
 
@@ -63,7 +65,7 @@ class Ledger:
         record = self.record_dir(config)
         if not (record / "summary.json").is_file():
             return None
-        difference = config_difference(read_yaml(record / "config.yaml"), config)
+        difference = config_difference(resolved(read_yaml(record / "config.yaml")), resolved(config))
         if difference:
             raise ConfigError(f"the ledger record {record} holds another config than the trial ({difference}); "
                               "rename the grid or remove the record")
@@ -72,6 +74,14 @@ class Ledger:
     def add(self, run_dir: Path) -> Path:
         """Record the finished run ``run_dir``; return the record's directory."""
         return add_run(Path(run_dir), self)
+
+
+def resolved(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with its sparsity section as the settings it resolves to (a method preset's defaults
+    filled in, the execution backend left out), so a record matches a trial that spells them differently."""
+    settings = SparsityConfig.from_kwargs(**(config.get("sparsity") or {})).as_kwargs()
+    settings.pop("backend")
+    return {**config, "sparsity": settings}
 
 
 def config_difference(recorded: Mapping[str, Any], planned: Mapping[str, Any], prefix: str = "") -> str:
@@ -214,7 +224,7 @@ def add_run(run_dir: Path, ledger: Ledger) -> Path:
     config = read_yaml(run_dir / "config.yaml")
     record = ledger.record_dir(config)
     if (record / "config.yaml").is_file():
-        difference = config_difference(read_yaml(record / "config.yaml"), config)
+        difference = config_difference(resolved(read_yaml(record / "config.yaml")), resolved(config))
         if difference:
             raise ConfigError(f"{record} records another run ({difference})")
     series = read_series(run_dir)

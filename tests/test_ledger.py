@@ -154,3 +154,14 @@ def test_two_trial_sweep_into_a_ledger_then_a_second_sweep_reruns_nothing(tmp_pa
     out = capsys.readouterr().out
     assert "2 trials, 2 recorded in the ledger, 0 finished earlier, 0 to run" in out
     assert not (tmp_path / "second").exists()
+
+
+def test_a_record_matches_a_trial_that_spells_the_same_sparsity_settings_differently():
+    from sparse_rl.ledger import config_difference, resolved
+
+    explicit = {"algo": "sac", "sparsity": {"density": 0.1, "method": "rigl", "distribution": "erk",
+                                            "update_interval": 1000, "drop_fraction": 0.5, "update_end": 0.8}}
+    implicit = {"algo": "sac", "sparsity": {"density": 0.1, "method": "rigl", "backend": "sparse"}}
+    assert config_difference(resolved(explicit), resolved(implicit)) == ""
+    other = {"algo": "sac", "sparsity": {"density": 0.2, "method": "rigl"}}
+    assert "sparsity.density" in config_difference(resolved(explicit), resolved(other))
