@@ -49,7 +49,9 @@ def algo_classes(algo: str) -> tuple[type[OffPolicyAlgorithm], type[BasePolicy]]
 
     if algo not in ALGO_NAMES:
         raise ConfigError(f"unknown algo {algo!r}; allowed: {', '.join(ALGO_NAMES)}")
-    return {"sac": (SAC, SACPolicy), "td3": (TD3, TD3Policy)}[algo]
+    classes: dict[str, tuple[type[OffPolicyAlgorithm], type[BasePolicy]]] = {"sac": (SAC, SACPolicy),
+                                                                            "td3": (TD3, TD3Policy)}
+    return classes[algo]
 
 
 def default_config_path(algo: str) -> Path:

@@ -125,10 +125,12 @@ def matched_policy_kwargs(config: Mapping[str, Any], env: VecEnv) -> dict[str, A
     """``policy_kwargs`` of the run, narrowed to the sparse weight count when ``param_matched`` is set."""
     policy_kwargs = dict(config.get("policy_kwargs", {}))
     if config.get("param_matched") is not None:
+        observation, action = env.observation_space, env.action_space
+        if not isinstance(observation, gym.spaces.Box) or not isinstance(action, gym.spaces.Box):
+            raise ConfigError("param_matched needs Box observation and action spaces")
         sparse = {**config.get("sparsity", {}), "density": config["param_matched"], "method": "static"}
-        policy_kwargs["net_arch"] = matched_net_arch(POLICIES[config["algo"]], env.observation_space,
-                                                     env.action_space, policy_kwargs.get("net_arch", [256, 256]),
-                                                     sparse)
+        policy_kwargs["net_arch"] = matched_net_arch(POLICIES[config["algo"]], observation, action,
+                                                     policy_kwargs.get("net_arch", [256, 256]), sparse)
     return policy_kwargs
 
 
@@ -179,7 +181,7 @@ def load_model(run_dir: Path, config: Mapping[str, Any]) -> OffPolicyAlgorithm:
 
 def nonfinite_parameter(model: OffPolicyAlgorithm) -> str | None:
     """The first parameter of the model (``critic.qf0.0.weight``, ``log_ent_coef``) holding NaN or inf."""
-    named = [(f"policy.{name}", p) for name, p in model.policy.named_parameters()]
+    named: list[tuple[str, torch.Tensor]] = [(f"policy.{name}", p) for name, p in model.policy.named_parameters()]
     log_ent_coef = getattr(model, "log_ent_coef", None)  # SAC's, when the coefficient is learned
     if isinstance(log_ent_coef, torch.Tensor):
         named.append(("log_ent_coef", log_ent_coef))
@@ -190,12 +192,17 @@ LOSSES = {"train/critic_loss": "critic loss", "train/actor_loss": "actor loss", 
           "entropy coefficient loss", "train/ent_coef": "entropy coefficient"}
 
 
+def linear_layers(model: OffPolicyAlgorithm, net: str) -> list[torch.nn.Linear]:
+    """The linear layers of the policy's ``"actor"`` or ``"critic"``."""
+    network: torch.nn.Module = getattr(model.policy, net)
+    return [m for m in network.modules() if isinstance(m, torch.nn.Linear)]
+
+
 def network_densities(model: OffPolicyAlgorithm) -> dict[str, float]:
     """Active fraction of the weights of the actor and of the critics."""
     densities = {}
     for net in ("actor", "critic"):
-        network: torch.nn.Module = getattr(model.policy, net)
-        linears = [m for m in network.modules() if isinstance(m, torch.nn.Linear)]
+        linears = linear_layers(model, net)
         densities[net] = (sum(active_weights(layer) for layer in linears)
                           / max(1, sum(active_weights(layer, dense=True) for layer in linears)))
     return densities
@@ -208,6 +215,7 @@ class RunCallback(BaseCallback):
 
     DENSITY_EVERY = 100
     WEIGHT_CHECK_EVERY = 1000
+    model: OffPolicyAlgorithm
 
     def __init__(self, run_dir: Path, every: int, metrics: SparseMetricsCallback,
                  wall_clock_s: float = 0.0) -> None:
@@ -339,8 +347,7 @@ def cpu_model() -> str:
 def summarize(model: OffPolicyAlgorithm, metrics: SparseMetricsCallback, evaluation: EvalCallback,
               wall_clock_s: float) -> dict[str, Any]:
     """``summary.json``: final return, steps, weights, FLOPs (each with its dense count), wall-clock, machine."""
-    linears = [m for net in (model.policy.actor, model.policy.critic) for m in net.modules()
-               if isinstance(m, torch.nn.Linear)]
+    linears = linear_layers(model, "actor") + linear_layers(model, "critic")
     returns = evaluation.evaluations_results[-1] if evaluation.evaluations_results else []
     return {
         "final_return": float(np.mean(returns)) if len(returns) else None,

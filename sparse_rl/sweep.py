@@ -217,7 +217,7 @@ def run_on_ray(trials: list[Trial], logdir: Path, name: str, options: argparse.N
         )
         results = tuner.fit()
         failed = [results[index] for index in range(len(results)) if results[index].error is not None]
-        return {Path(result.config["trial"]["run_dir"]): str(result.error).strip() for result in failed}
+        return {Path((result.config or {})["trial"]["run_dir"]): str(result.error).strip() for result in failed}
     finally:
         ray.shutdown()
 
