@@ -398,6 +398,8 @@ def resume_run(run_dir: Path, progress_bar: bool = False, ledger: Ledger | None 
     """Continue the interrupted run in ``run_dir`` from its checkpoint to its ``total_steps``; return it."""
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    if (run_dir / "summary.json").is_file():
+        raise ConfigError(f"{run_dir} is finished (it has summary.json); there is nothing to resume")
     config = read_yaml(run_dir / "config.yaml")
     validate(config)
     torch.set_num_threads(config.get("threads", 1))

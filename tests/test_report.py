@@ -168,3 +168,9 @@ def test_runs_differing_in_a_criterion_parameter_are_separate_rows(tmp_path):
         (run / "config.yaml").write_text(yaml.safe_dump(config))
     results = write_report([runs], tmp_path / "out", reps=REPS).read_text()
     assert "| dst-ee+c0.01 | 0.1 | 3 |" in results and "| rigl | 0.1 | 3 |" in results
+
+
+def test_report_and_ledger_import_without_stable_baselines3():
+    code = "import sys, sparse_rl.report, sparse_rl.ledger; print('stable_baselines3' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr
