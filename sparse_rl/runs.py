@@ -60,7 +60,7 @@ OPTION_PATHS = {"seed": "seed", "total_steps": "total_steps", "n_envs": "n_envs"
                 "param_matched": "param_matched", "density": "sparsity.density",
                 "actor_density": "sparsity.actor_density", "critic_density": "sparsity.critic_density",
                 "method": "sparsity.method", "width_multiplier": "sparsity.width_multiplier",
-                "iso_params": "sparsity.iso_params"}
+                "iso_params": "sparsity.iso_params", "backend": "sparsity.backend"}
 """Run options (the train CLI's flags, a sweep trial's keys) and the config path each one sets."""
 OPTION_KEYS = ("algo", "env", "config", "set", *OPTION_PATHS)
 
@@ -262,13 +262,16 @@ class RunCallback(BaseCallback):
         if what is None and weights:
             parameter = nonfinite_parameter(self.model)
             what = None if parameter is None else f"weights in {parameter}"
-        if what is None:
-            return
+        if what is not None:
+            raise self.diverged(f"non-finite {what}")
+
+    def diverged(self, what: str) -> RunDiverged:
+        """The one-line error of a diverged run: the step, what was not finite, the checkpoint kept."""
         state = checkpoint_state(self.run_dir)
         kept = (f"the last finite checkpoint (step {state['env_steps']}) is kept in {self.run_dir / CHECKPOINT}"
                 if "env_steps" in state else "no checkpoint was written before it")
-        raise RunDiverged(f"diverged at env step {self.model.num_timesteps} (gradient step {self.model._n_updates}): "
-                          f"non-finite {what}; {kept}; try a lower learning rate")
+        return RunDiverged(f"diverged at env step {self.model.num_timesteps} (gradient step {self.model._n_updates}): "
+                           f"{what}; {kept}; try a lower learning rate")
 
     def save(self) -> None:
         """Write the checkpoint next to the old one, then swap, so a crash never leaves half of one;
@@ -424,6 +427,8 @@ def _train(model: OffPolicyAlgorithm, config: Mapping[str, Any], run_dir: Path, 
     except RunInterrupted:
         run_callback.save()
         raise
+    except FloatingPointError as error:  # a topology update refused non-finite scores (inside the optimizer step)
+        raise run_callback.diverged(str(error).splitlines()[0] if str(error) else "non-finite scores") from None
     except KeyboardInterrupt:  # a second signal, or one raised inside a step: save what there is
         run_callback.save()
         raise RunInterrupted(run_dir, model.num_timesteps, signal.SIGINT) from None

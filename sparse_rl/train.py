@@ -23,6 +23,7 @@ from typing import Any
 
 from sparse_rl.methods import METHODS
 from sparse_rl.run_config import ALGO_NAMES, parse_override
+from sparse_rl.sparsity import BACKENDS
 
 PROG = "sparse_rl.train"
 
@@ -43,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="multiply every hidden width by K (a wide sparse network; default 1)")
     parser.add_argument("--iso-params", action="store_const", const=True,
                         help="with --width-multiplier: the density that keeps the dense K=1 weight count")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="how sparse layers compute: masked (dense kernels on masked weights), sparse (active "
+                             "weights only) or auto (per layer, whichever is faster; the default)")
     parser.add_argument("--total-steps", type=int, help="environment steps to train for")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--n-envs", type=int, help="parallel environments (default: 1)")
@@ -71,8 +75,8 @@ def run_options(args: argparse.Namespace) -> dict[str, Any]:
     """The run options (:data:`sparse_rl.runs.OPTION_KEYS`) the command line gives."""
     options = {key: getattr(args, key) for key in (
         "algo", "env", "seed", "density", "actor_density", "critic_density", "method", "param_matched",
-        "width_multiplier", "iso_params", "total_steps", "n_envs", "eval_freq", "eval_episodes", "threads", "device",
-        "config")}
+        "width_multiplier", "iso_params", "backend", "total_steps", "n_envs", "eval_freq", "eval_episodes", "threads",
+        "device", "config")}
     options["set"] = dict(parse_override(assignment) for assignment in args.overrides)
     return options
 

@@ -179,7 +179,8 @@ def test_bad_input_exits_with_one_line_and_leaves_no_run_dir(args, message, tmp_
 
 def test_help_explains_every_flag():
     out = run_cli("--help", cwd=None).stdout
-    for flag in ("--algo", "--env", "--density", "--actor-density", "--critic-density", "--method", "--total-steps",
+    for flag in ("--algo", "--env", "--density", "--actor-density", "--critic-density", "--method", "--backend",
+                 "--width-multiplier", "--iso-params", "--ledger", "--grid", "--total-steps",
                  "--seed", "--n-envs", "--config", "--set", "--logdir", "--eval-freq", "--eval-episodes",
                  "--threads", "--device", "--resume", "--param-matched"):
         assert flag in out
@@ -207,6 +208,24 @@ def test_exponent_notation_is_a_number(raw, value):
     config = runs.make_config({"env": "Pendulum-v1", "method": "thresholds", "total_steps": "2e4",
                                "set": {"sparsity.threshold_alpha": "1e-3"}})  # as a sweep file gives them
     assert config["sparsity"]["threshold_alpha"] == 1e-3 and config["total_steps"] == 20000
+
+
+@pytest.mark.parametrize("backend", ["auto", "masked", "sparse"])
+def test_backend_flag_sets_the_sparsity_backend_and_keeps_the_run_name(backend):
+    config = runs.make_config(train.run_options(train.parse_args(
+        ["--env", "Pendulum-v1", "--density", "0.1", "--backend", backend])))
+    assert config["sparsity"]["backend"] == backend and run_name(config) == "sac-rigl-d0.1-s0"
+
+
+def test_a_topology_update_refusing_non_finite_scores_is_a_divergence(tmp_path, monkeypatch):
+    def refuse(self, *args, **kwargs):  # as the controller's pre-step hook raises it from inside SAC.train
+        raise FloatingPointError("topology update of critic: non-finite scores in qf0.0")
+
+    monkeypatch.setattr("stable_baselines3.SAC.train", refuse)
+    with pytest.raises(SystemExit, match=r"error: diverged at env step 201 \(gradient step 0\): topology update of "
+                                         r"critic: non-finite scores in qf0.0; no checkpoint"):
+        train.main(["--env", "Pendulum-v1", "--density", "0.2", "--logdir", str(tmp_path), *FAST])
+    assert not (tmp_path / "Pendulum-v1" / "sac-rigl-d0.2-s0" / "model.zip").exists()
 
 
 def test_criterion_ablations_get_their_own_run_directories():
