@@ -274,10 +274,10 @@ class RunCallback(BaseCallback):
                            f"{what}; {kept}; try a lower learning rate")
 
     def save(self) -> None:
-        """Write the checkpoint next to the old one, then swap, so a crash never leaves half of one;
+        """Write the checkpoint next to the old one, then swap, so a crash never leaves half of one (nor none);
         refuse (``RunDiverged``) to replace a finite checkpoint by a non-finite one."""
         self.check_finite()
-        fresh, final = self.run_dir / f"{CHECKPOINT}.tmp", self.run_dir / CHECKPOINT
+        fresh, final, old = (self.run_dir / f"{CHECKPOINT}{suffix}" for suffix in (".tmp", "", ".old"))
         shutil.rmtree(fresh, ignore_errors=True)
         fresh.mkdir()
         self.model.save(fresh / "model.zip")
@@ -285,8 +285,11 @@ class RunCallback(BaseCallback):
         state = {**self.metrics.flops_state(), "wall_clock_s": self.wall_clock_s,
                  "env_steps": int(self.model.num_timesteps), "gradient_steps": int(self.model._n_updates)}
         (fresh / "state.json").write_text(json.dumps(state))
-        shutil.rmtree(final, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
         fresh.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
         self._last_checkpoint = self.model.num_timesteps
 
 
