@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         ledgers = [ledger, *(Ledger(args.ledger, str(grid)) for grid in sweep.get("reuse") or [])] if ledger else []
         records = recorded(trials, ledgers)
         for trial in trials:  # finished before the ledger was given: record them instead of rerunning
-            if ledger is not None and trial.finished and trial.run_dir not in records:
+            if ledger is not None and not args.dry_run and trial.finished and trial.run_dir not in records:
                 records[trial.run_dir] = ledger.add(trial.run_dir)
     except ValueError as error:  # SweepError, ConfigError
         raise SystemExit(f"{PROG}: error: {error}") from None
