@@ -165,3 +165,15 @@ def test_a_record_matches_a_trial_that_spells_the_same_sparsity_settings_differe
     assert config_difference(resolved(explicit), resolved(implicit)) == ""
     other = {"algo": "sac", "sparsity": {"density": 0.2, "method": "rigl"}}
     assert "sparsity.density" in config_difference(resolved(explicit), resolved(other))
+
+
+def test_sweep_records_runs_that_finished_before_the_ledger_was_given(recorded, tmp_path, capsys):
+    run_root, _ = recorded
+    path = write_sweep(tmp_path, name="late", base={**TINY, "set": RUN["set"]}, grid={"density": [1.0, 0.2]})
+    book = tmp_path / "book"
+    sweep.main([str(path), "--logdir", str(run_root), "--ledger", str(book), "--dry-run"])
+    assert "0 recorded in the ledger, 2 finished earlier, 0 to run" in capsys.readouterr().out
+    assert not book.exists()  # a dry run writes nothing
+    sweep.main([str(path), "--logdir", str(run_root), "--ledger", str(book)])  # nothing to run: no Ray
+    assert "2 recorded in the ledger, 0 finished earlier, 0 to run" in capsys.readouterr().out
+    assert sorted(p.name for p in (book / "late" / "Pendulum-v1").iterdir()) == ["sac-dense-d1-s0", "sac-rigl-d0.2-s0"]
