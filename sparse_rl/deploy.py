@@ -247,7 +247,7 @@ class SparsePolicy:
                     weight = archive[prefix + "weight"]
                 else:
                     weight = csr_to_dense(archive[prefix + "data"], archive[prefix + "indices"],
-                                          archive[prefix + "indptr"], shape)  # type: ignore[arg-type]
+                                          archive[prefix + "indptr"], shape)  # type: ignore[arg-type]  # shape: a 2-tuple read back from the archive
                 layers.append(Layer(weight, archive[prefix + "bias"], str(archive[prefix + "activation"]),
                                     float(archive[prefix + "alpha"])))
             normalization = None

@@ -33,7 +33,7 @@ def replace_linear_layers(module: nn.Module, layer_class: type[nn.Linear] = Spar
         if name == skip:
             continue
         if type(child) is nn.Linear:
-            setattr(module, name, layer_class.from_dense(child))  # type: ignore[attr-defined]
+            setattr(module, name, layer_class.from_dense(child))  # type: ignore[attr-defined]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
         else:
             replace_linear_layers(child, layer_class, skip)
 
@@ -51,24 +51,24 @@ class SparseNetworkMixin:
         self.dense_output = dense_output
         self.sparse_init = sparse_init
         self.layer_kind = layer_kind
-        replace_linear_layers(self, KINDS[layer_kind].layer_class)  # type: ignore[arg-type]
+        replace_linear_layers(self, KINDS[layer_kind].layer_class)  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
         keep_dense = self.dense_layers + (tuple(self.output_layer_names()) if dense_output else ())
-        init_masks(sparse_layers(self), self.density, distribution, keep_dense)  # type: ignore[arg-type]
+        init_masks(sparse_layers(self), self.density, distribution, keep_dense)  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
         if sparse_init:
-            for layer in sparse_layers(self).values():  # type: ignore[arg-type]
+            for layer in sparse_layers(self).values():  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
                 rescale_to_active_fan_in(layer)
         self.backend = backend
-        set_backend(self, backend)  # type: ignore[arg-type]
+        set_backend(self, backend)  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
 
     def output_layer_names(self) -> list[str]:
         """Names of the linear layers that produce the network's outputs (the last one of every head)."""
-        return [last_linear(self, head) for head in self._output_heads()]  # type: ignore[arg-type]
+        return [last_linear(self, head) for head in self._output_heads()]  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
 
     def _output_heads(self) -> list[str]:
         raise NotImplementedError
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()  # type: ignore[misc]
+        data = super()._get_constructor_parameters()  # type: ignore[misc]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
         data.update(density=self.density, distribution=self.distribution, dense_layers=self.dense_layers,
                     layer_kind=self.layer_kind, dense_output=self.dense_output, backend=self.backend,
                     sparse_init=self.sparse_init)

@@ -77,7 +77,7 @@ class SparsePolicyMixin:
                  **kwargs: Any) -> None:
         sparsity = {key: kwargs.pop(key) for key in SPARSITY_KEYS if key in kwargs}
         self._setup_sparsity(observation_space, action_space, sparsity, kwargs)
-        super().__init__(observation_space, action_space, lr_schedule, **kwargs)  # type: ignore[call-arg]
+        super().__init__(observation_space, action_space, lr_schedule, **kwargs)  # type: ignore[call-arg]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
         if isinstance(lr_schedule, FloatSchedule):  # the algorithm's own schedule object
             lr_schedule.value_schedule = ProgressTap(lr_schedule.value_schedule, self)
 
@@ -118,19 +118,19 @@ class SparsePolicyMixin:
                                "critic": iso_param_density(n_obs + n_act, qf, 1, multiplier, n_critics)}
 
     def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> Any:
-        actor_kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)  # type: ignore[attr-defined]
-        return self._actor_class(**actor_kwargs, **self._network_kwargs("actor")).to(self.device)  # type: ignore[attr-defined]
+        actor_kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)  # type: ignore[attr-defined]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
+        return self._actor_class(**actor_kwargs, **self._network_kwargs("actor")).to(self.device)  # type: ignore[attr-defined]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
 
     def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> SparseContinuousCritic:
-        critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)  # type: ignore[attr-defined]
-        return SparseContinuousCritic(**critic_kwargs, **self._network_kwargs("critic")).to(self.device)  # type: ignore[attr-defined]
+        critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)  # type: ignore[attr-defined]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
+        return SparseContinuousCritic(**critic_kwargs, **self._network_kwargs("critic")).to(self.device)  # type: ignore[attr-defined]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
 
     def _build(self, lr_schedule: Any) -> None:
-        super()._build(lr_schedule)  # type: ignore[misc]
-        actor, critic = self.actor, self.critic  # type: ignore[attr-defined]
+        super()._build(lr_schedule)  # type: ignore[misc]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
+        actor, critic = self.actor, self.critic  # type: ignore[attr-defined]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
         self.actor_topology = self._make_controller("actor", actor, getattr(self, "actor_target", None),
                                                     actor.optimizer)
-        self.critic_topology = self._make_controller("critic", critic, self.critic_target,  # type: ignore[attr-defined]
+        self.critic_topology = self._make_controller("critic", critic, self.critic_target,  # type: ignore[attr-defined]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
                                                      critic.optimizer)
 
     def _network_kwargs(self, network: str) -> dict[str, Any]:
@@ -163,7 +163,7 @@ class SparsePolicyMixin:
             controller.set_progress(progress)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()  # type: ignore[misc]
+        data = super()._get_constructor_parameters()  # type: ignore[misc]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
         data.update(self.sparsity.as_kwargs())
         data["net_arch"] = self._base_net_arch if self._base_net_arch is not None else data["net_arch"]
         return data
