@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,8 +23,9 @@ from torch import nn
 from sparse_rl.criteria import Criterion
 from sparse_rl.layers import SparseLinear
 from sparse_rl.methods.kind import MethodKind, MethodPreset
+from sparse_rl.methods.masked import topology_controller
 from sparse_rl.schedules import UpdateSchedule
-from sparse_rl.topology import TopologyController, sparse_layers
+from sparse_rl.topology import TopologyController
 
 if TYPE_CHECKING:
     from sparse_rl.sparsity import SparsityConfig
@@ -96,13 +98,10 @@ class DSTD3Controller(TopologyController):
 
 
 def ds_td3_controller(config: SparsityConfig, network: str, online: nn.Module,
-                      target: nn.Module | None) -> DSTD3Controller:
-    """The DS-TD3 controller of one network."""
-    criteria = config.criteria()
-    prune, grow = criteria if criteria else (None, None)
-    return DSTD3Controller(sparse_layers(online), prune, grow, config.schedule(),
-                           sparse_layers(target) if target is not None else None, config.settings.target_rule,
-                           config.grow_uses_dense_gradient())
+                      target: nn.Module | None) -> TopologyController:
+    """The DS-TD3 controller of one network: the masked kind's, with this kind's target rule."""
+    return topology_controller(config, network, online, target,
+                               partial(DSTD3Controller, target_rule=config.settings.target_rule))
 
 
 KIND = MethodKind(

@@ -3,6 +3,7 @@ update schedule (:class:`~sparse_rl.topology.TopologyController`), and its prese
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from torch import nn
@@ -15,9 +16,8 @@ if TYPE_CHECKING:
     from sparse_rl.sparsity import SparsityConfig
 
 
-def topology_controller(config: SparsityConfig, network: str, online: nn.Module,
-                        target: nn.Module | None, controller_class: type[TopologyController] = TopologyController
-                        ) -> TopologyController:
+def topology_controller(config: SparsityConfig, network: str, online: nn.Module, target: nn.Module | None,
+                        controller_class: Callable[..., TopologyController] = TopologyController) -> TopologyController:
     """A ``controller_class`` for ``online``'s sparse layers on ``config``'s criteria and schedule."""
     criteria = config.criteria()
     prune, grow = criteria if criteria else (None, None)
