@@ -149,13 +149,8 @@ class SparsityConfig:
     @property
     def is_dense(self) -> bool:
         """Whether every network is fully dense (density 1) and stays so."""
-        return (not self.kind.learns_density and not self.kind.starts_dense and not self.iso_params
+        return (self.kind.holds_density and not self.iso_params
                 and all(self.network_density(network) == 1.0 for network in NETWORKS))
-
-    def initial_density(self, network: str) -> float:
-        """The density a network is built with: kinds that prune later or learn density start dense."""
-        kind = self.kind
-        return 1.0 if kind.starts_dense or kind.learns_density else self.network_density(network)
 
     def network_density(self, network: str) -> float:
         """Density of ``"actor"`` or ``"critic"`` (before any ``iso_params`` widening)."""

@@ -68,6 +68,11 @@ class MethodKind:
     starts_dense: bool = False
 
     @property
+    def holds_density(self) -> bool:
+        """Whether networks are built at their target density and keep it (neither pruned later nor learned)."""
+        return not (self.learns_density or self.starts_dense)
+
+    @property
     def setting_keys(self) -> tuple[str, ...]:
         """The ``policy_kwargs`` keys of the kind's own settings."""
         return tuple(f.name for f in fields(self.settings_class))

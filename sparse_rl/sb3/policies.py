@@ -105,7 +105,7 @@ class SparsePolicyMixin:
     def _widen(self, observation_space: spaces.Space, action_space: spaces.Box, kwargs: dict[str, Any]) -> None:
         """Multiply the hidden widths by ``width_multiplier``; with ``iso_params`` set the densities
         so each network keeps the weight count of its dense version at multiplier 1."""
-        if self.sparsity.kind.learns_density or self.sparsity.kind.starts_dense:
+        if not self.sparsity.kind.holds_density:
             raise ValueError(f"width_multiplier needs a method of fixed density, not {self.sparsity.method!r}")
         multiplier = self.sparsity.width_multiplier
         pi, qf = get_actor_critic_arch(kwargs.get("net_arch") or [256, 256])
@@ -134,9 +134,7 @@ class SparsePolicyMixin:
                                                      critic.optimizer)
 
     def _network_kwargs(self, network: str) -> dict[str, Any]:
-        kind = self.sparsity.kind
-        fixed = not (kind.starts_dense or kind.learns_density)
-        density = self._densities[network] if fixed else self.sparsity.initial_density(network)
+        density = self._densities[network] if self.sparsity.kind.holds_density else 1.0
         return dict(density=density, distribution=self.sparsity.distribution,
                     dense_layers=self.sparsity.network_dense_layers(network), layer_kind=self.sparsity.kind.name,
                     dense_output=self.sparsity.dense_output, backend=self.sparsity.backend,
