@@ -342,3 +342,14 @@ def test_sparse_init_restores_the_dense_pre_activation_scale(tmp_path):
         assert float(plain(x).std()) < 0.5 * float(dense(x).std())
     model.save(tmp_path / "model")
     assert SAC.load(tmp_path / "model").policy.sparsity.sparse_init
+
+
+@pytest.mark.parametrize("algo, use_sde", [("sac", False), ("sac", True), ("td3", False)])
+def test_iso_params_network_keeps_the_weight_count_of_its_dense_version(algo, use_sde):
+    sde = dict(use_sde=True) if use_sde else {}
+    dense = make(algo, env="HalfCheetah-v4", density=1.0, **sde).policy
+    wide = make(algo, env="HalfCheetah-v4", width_multiplier=4, iso_params=True, **sde).policy
+    for net in ("actor", "critic"):
+        dense_weights = sum(layer.nnz for layer in sparse_layers(getattr(dense, net)).values())
+        wide_weights = sum(layer.nnz for layer in sparse_layers(getattr(wide, net)).values())
+        assert wide_weights == pytest.approx(dense_weights, rel=0.01), net

@@ -13,9 +13,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gymnasium import spaces
+from stable_baselines3.sac.policies import SACPolicy
 from torch import nn
 
 from sparse_rl.flops import active_weights
+from sparse_rl.sb3.networks import actor_outputs
 from sparse_rl.width import mlp_weights
 
 
@@ -45,10 +47,10 @@ def matched_net_arch(policy_class: type, observation_space: spaces.Box, action_s
     """
     sparse = policy_class(observation_space, action_space, lambda _: 0.0, net_arch=list(net_arch), **sparsity)
     n_obs, n_act = int(observation_space.shape[0]), int(action_space.shape[0])
-    actor_outputs = n_act * (2 if hasattr(sparse.actor, "log_std") else 1)  # SAC: mean and log-std heads
+    actor_out = actor_outputs(n_act, isinstance(sparse, SACPolicy), getattr(sparse, "use_sde", False))
     n_critics = len(sparse.critic.q_networks)
     return {
-        "pi": closest_widths(net_arch, lambda w: mlp_weights(n_obs, w, actor_outputs),
+        "pi": closest_widths(net_arch, lambda w: mlp_weights(n_obs, w, actor_out),
                              network_weights(sparse.actor)),
         "qf": closest_widths(net_arch, lambda w: mlp_weights(n_obs + n_act, w, 1, n_critics),
                              network_weights(sparse.critic)),

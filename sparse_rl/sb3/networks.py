@@ -25,6 +25,12 @@ from sparse_rl.methods import KINDS
 from sparse_rl.topology import init_masks, sparse_layers
 
 
+def actor_outputs(action_dim: int, sac: bool, use_sde: bool = False) -> int:
+    """Output features of an actor's last layers: SAC's actor has a mean and a log-std head (with
+    gSDE the log-std is a parameter, not a layer); TD3's has one action head."""
+    return action_dim * (2 if sac and not use_sde else 1)
+
+
 def replace_linear_layers(module: nn.Module, layer_class: type[nn.Linear] = SparseLinear,
                           skip: str = "features_extractor") -> None:
     """Swap every plain ``nn.Linear`` under ``module`` (outside ``skip``) for a ``layer_class``

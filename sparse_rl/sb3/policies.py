@@ -30,7 +30,7 @@ from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
 from sparse_rl.controller import MaskController
-from sparse_rl.sb3.networks import SparseContinuousCritic, SparseSACActor, SparseTD3Actor
+from sparse_rl.sb3.networks import SparseContinuousCritic, SparseSACActor, SparseTD3Actor, actor_outputs
 from sparse_rl.sparsity import SPARSITY_KEYS, SparsityConfig
 from sparse_rl.topology import sparse_layers
 from sparse_rl.width import iso_param_density, widen
@@ -112,7 +112,7 @@ class SparsePolicyMixin:
         kwargs["net_arch"] = {"pi": widen(pi, multiplier), "qf": widen(qf, multiplier)}
         if self.sparsity.iso_params:
             n_obs, n_act = get_flattened_obs_dim(observation_space), int(action_space.shape[0])
-            actor_out = n_act * (2 if self._base_policy is SACPolicy and not kwargs.get("use_sde") else 1)
+            actor_out = actor_outputs(n_act, self._base_policy is SACPolicy, bool(kwargs.get("use_sde")))
             n_critics = kwargs.get("n_critics", 2)
             self._densities = {"actor": iso_param_density(n_obs, pi, actor_out, multiplier),
                                "critic": iso_param_density(n_obs + n_act, qf, 1, multiplier, n_critics)}
