@@ -12,7 +12,8 @@ subclasses it and fills in the hooks that differ:
 * :meth:`MaskController.needs_dense_grad`: whether optimizer step ``step`` scores with the
   dense weight gradient;
 * :meth:`MaskController.mirror_to_target`: how a target layer follows a new online mask
-  (the shared mask by default).
+  (the shared mask by default);
+* :meth:`MaskController.log_values`: the kind's own scalars for the logger.
 
 Counters are floating-point buffers (exact for integers below 2**53), so code that treats every
 ``state_dict`` entry as a float tensor (perturbing, averaging, casting) works on a policy.
@@ -134,3 +135,7 @@ class MaskController(nn.Module):
         if changed is not None:
             target.weight.masked_fill_(changed, 0)
         target.set_mask(online.mask)
+
+    def log_values(self) -> dict[str, float]:
+        """The kind's own scalars, logged once per rollout as ``sparsity/<name>/<network>`` (default: none)."""
+        return {}

@@ -40,7 +40,6 @@ SERIES_COLUMNS = ("env_steps", "wall_clock_s", "train_flops", "density_actor", "
 SERIES_TAGS = {"train_flops": "flops/train_cumulative", "wall_clock_s": "time/wall_clock_s",
                "density_actor": "sparsity/density/actor", "density_critic": "sparsity/density/critic"}
 """The TensorBoard tag of each series column (``sparse_rl.runs`` logs the last three)."""
-MACHINE_KEYS = ("wall_clock_s", "wall_clock_s_per_1k_steps", "cpu", "threads")
 IGNORED_KEYS = ("device", "threads")
 """Config keys that change where a run ran, not what it computes: a record matches a trial without them
 (and so does the sparsity ``backend``: see :func:`resolved`)."""

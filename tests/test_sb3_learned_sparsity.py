@@ -28,6 +28,8 @@ def test_thresholds_learn_density_that_is_logged_and_priced(tmp_path):
     densities = scalars(run_dir, "sparsity/density/critic/qf0.2")
     assert len(densities) >= 2 and densities[-1][1] < 1.0
     assert summary["train_flops"] < summary["dense_train_flops"]
+    resets = scalars(run_dir, "sparsity/threshold_resets/critic")
+    assert resets and resets[-1][1] == float(model.policy.critic_topology.resets)
 
 
 def test_thresholds_refuse_a_density_target(tmp_path):

@@ -146,6 +146,10 @@ class ThresholdController(MaskController):
             if layer.reset_if_dead():
                 self.resets += 1
 
+    def log_values(self) -> dict[str, float]:
+        """The dead-layer resets so far."""
+        return {"threshold_resets": float(self.resets)}
+
 
 @dataclass(frozen=True)
 class ThresholdSettings:

@@ -104,6 +104,8 @@ class SparseMetricsCallback(BaseCallback):
         for net, controller in policy.topology_controllers().items():
             for name, layer in controller.layers.items():
                 self.logger.record(f"sparsity/density/{net}/{name}", layer.density)
+            for key, value in controller.log_values().items():
+                self.logger.record(f"sparsity/{key}/{net}", value)
             if controller.last_stats:
                 stats = controller.last_stats
                 active = {name: controller.layers[name].nnz for name in stats}
