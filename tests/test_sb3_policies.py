@@ -353,3 +353,23 @@ def test_iso_params_network_keeps_the_weight_count_of_its_dense_version(algo, us
         dense_weights = sum(layer.nnz for layer in sparse_layers(getattr(dense, net)).values())
         wide_weights = sum(layer.nnz for layer in sparse_layers(getattr(wide, net)).values())
         assert wide_weights == pytest.approx(dense_weights, rel=0.01), net
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_dict_observations_with_her_train_like_multi_input_policy(algo, tmp_path):
+    from stable_baselines3 import HerReplayBuffer
+    from stable_baselines3.common.envs import BitFlippingEnv
+    from stable_baselines3.common.torch_layers import CombinedExtractor
+
+    env = BitFlippingEnv(n_bits=4, continuous=True, max_steps=4)
+    cls, policy = (SAC, SparseSACPolicy) if algo == "sac" else (TD3, SparseTD3Policy)
+    model = cls(policy, env, replay_buffer_class=HerReplayBuffer, learning_starts=40, batch_size=32, seed=0,
+                policy_kwargs=dict(density=0.3, net_arch=[32, 32], update_interval=20), device="cpu")
+    assert isinstance(model.policy.actor.features_extractor, CombinedExtractor)
+    model.learn(200)
+    for layer in sparse_layers(model.policy).values():
+        assert (layer.weight[~layer.mask] == 0).all()
+    model.save(tmp_path / "her")
+    loaded = cls.load(tmp_path / "her", env=env)
+    obs = env.reset(seed=0)[0]
+    assert np.array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])

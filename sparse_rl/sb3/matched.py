@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gymnasium import spaces
+from stable_baselines3.common.preprocessing import get_flattened_obs_dim
 from stable_baselines3.sac.policies import SACPolicy
 from torch import nn
 
@@ -37,7 +38,7 @@ def network_weights(network: nn.Module) -> int:
     return sum(active_weights(m) for m in network.modules() if isinstance(m, nn.Linear))
 
 
-def matched_net_arch(policy_class: type, observation_space: spaces.Box, action_space: spaces.Box,
+def matched_net_arch(policy_class: type, observation_space: spaces.Space, action_space: spaces.Box,
                      net_arch: Sequence[int], sparsity: dict[str, Any]) -> dict[str, list[int]]:
     """``dict(pi=..., qf=...)`` widths of a dense policy with the active weights of a sparse one.
 
@@ -46,7 +47,7 @@ def matched_net_arch(policy_class: type, observation_space: spaces.Box, action_s
     :param sparsity: the sparse policy's sparsity ``policy_kwargs`` (``density`` and the rest).
     """
     sparse = policy_class(observation_space, action_space, lambda _: 0.0, net_arch=list(net_arch), **sparsity)
-    n_obs, n_act = int(observation_space.shape[0]), int(action_space.shape[0])
+    n_obs, n_act = get_flattened_obs_dim(observation_space), int(action_space.shape[0])
     actor_out = actor_outputs(n_act, isinstance(sparse, SACPolicy), getattr(sparse, "use_sde", False))
     n_critics = len(sparse.critic.q_networks)
     return {

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import get_flattened_obs_dim
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, get_actor_critic_arch
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, get_actor_critic_arch
 from stable_baselines3.common.utils import FloatSchedule
 from stable_baselines3.sac.policies import SACPolicy
 from stable_baselines3.td3.policies import TD3Policy
@@ -90,6 +90,8 @@ class SparsePolicyMixin:
         unknown = sorted(set(kwargs) - set(allowed))
         if unknown:
             raise ValueError(f"unknown policy kwarg(s) {unknown}; allowed: {', '.join([*SPARSITY_KEYS, *allowed])}")
+        if isinstance(observation_space, spaces.Dict) and "features_extractor_class" not in kwargs:
+            kwargs["features_extractor_class"] = CombinedExtractor  # what SB3's MultiInputPolicy sets
         self.sparsity = SparsityConfig.from_kwargs(**sparsity)
         self._densities = {network: self.sparsity.network_density(network) for network in ("actor", "critic")}
         multiplier = self.sparsity.width_multiplier
@@ -180,7 +182,9 @@ class SparseSACPolicy(SparsePolicyMixin, SACPolicy):
     ``halo_xi``, ``halo_psi``, ``prune_start``, ``prune_end`` for ``halo``; ``target_rule`` for
     ``ds-td3``); the rest go to ``SACPolicy``. Adam and AdamW default to ``fused=True``.
     With gSDE (``use_sde=True``) the latent network and ``mu`` are sparse; the exploration matrix
-    and ``log_std`` are not weights of a linear layer and stay dense.
+    and ``log_std`` are not weights of a linear layer and stay dense. A ``Dict`` observation space
+    (goal-conditioned envs, ``HerReplayBuffer``) gets SB3's ``CombinedExtractor``, as
+    ``MultiInputPolicy`` does; the extractor's own layers stay dense.
     """
 
     _base_policy = SACPolicy
