@@ -189,13 +189,35 @@ def _lookup(config: Mapping[str, Any], path: str) -> tuple[bool, Any]:
     return key in target, target.get(key)
 
 
+def device_error(value: Any) -> str | None:
+    """Why ``value`` is not a torch device this machine has (SB3 would quietly train on the CPU
+    instead of a missing GPU), or ``None``. ``auto`` is SB3's: the GPU where there is one."""
+    import torch
+
+    has_mps = torch.backends.mps.is_available()
+    here = ", ".join(["auto", "cpu", *(["cuda"] if torch.cuda.is_available() else []), *(["mps"] if has_mps else [])])
+    if value == "auto":
+        return None
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        return f"device must be a torch device; allowed here: {here}; got {value!r}"
+    has_cuda = torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    if device.type == "cpu" or (device.type == "cuda" and has_cuda) or (device.type == "mps" and has_mps):
+        return None
+    return f"device {value!r} is not available on this machine; allowed here: {here}"
+
+
 def check_values(config: Mapping[str, Any]) -> None:
     """``ConfigError`` for a numeric field out of its range, a learning start at or past the end,
-    or sparsity settings the policy would refuse (all before any env or file exists)."""
+    a device this machine lacks, or sparsity settings the policy would refuse (all before any env
+    or file exists)."""
     for path, (check, expected) in NUMERIC_RULES.items():
         present, value = _lookup(config, path)
         if present and not check(value):
             raise ConfigError(f"{path} must be {expected}, got {value!r}")
+    if "device" in config and (error := device_error(config["device"])) is not None:
+        raise ConfigError(error)
     starts = (config.get("algo_kwargs") or {}).get("learning_starts", 100)
     if starts >= config.get("total_steps", 1):
         raise ConfigError(f"algo_kwargs.learning_starts ({starts}) must be below total_steps "

@@ -153,6 +153,8 @@ def run_cli(*args, cwd):
     (["--env", "Pendulum-v1", "--n-envs", "0"], "n_envs must be a positive integer, got 0"),
     (["--env", "Pendulum-v1", "--eval-freq", "0"], "eval_freq must be a positive integer"),
     (["--env", "Pendulum-v1", "--threads", "0"], "threads must be a positive integer"),
+    (["--env", "Pendulum-v1", "--device", "tpu"], "device must be a torch device; allowed here: auto, cpu"),
+    (["--env", "Pendulum-v1", "--device", "cuda:7"], "device 'cuda:7' is not available on this machine; allowed"),
     (["--env", "Pendulum-v1", "--set", "algo_kwargs.tau=1.5"], r"algo_kwargs.tau must be a number in \(0, 1\]"),
     (["--env", "Pendulum-v1", "--set", "algo_kwargs.gamma=-0.1"], r"algo_kwargs.gamma must be a number in \[0, 1\]"),
     (["--env", "Pendulum-v1", "--set", "algo_kwargs.learning_rate=0"],
