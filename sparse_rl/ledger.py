@@ -47,12 +47,20 @@ IGNORED_KEYS = ("device", "threads")
 Series = dict[str, np.ndarray]
 
 
+GRID_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+"""A grid's name is one directory of the ledger, never a path."""
+
+
 @dataclass(frozen=True)
 class Ledger:
     """The records of one grid: ``<root>/<grid>/<env>/<run name>/``."""
 
     root: Path
     grid: str
+
+    def __post_init__(self) -> None:
+        if not GRID_NAME.fullmatch(self.grid):
+            raise ConfigError(f"grid name must be letters, digits, '_', '-' or '.' (not first), got {self.grid!r}")
 
     def record_dir(self, config: Mapping[str, Any]) -> Path:
         """Where the record of the run of ``config`` lives."""
@@ -248,9 +256,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     add.add_argument("--ledger", type=Path, required=True, help="the ledger's root, e.g. results/ledger")
     add.add_argument("--grid", required=True, help="the grid the runs belong to (a sweep file's name)")
     args = parser.parse_args(argv)
-    ledger = Ledger(args.ledger, args.grid)
     try:
+        ledger = Ledger(args.ledger, args.grid)
         for run_dir in args.runs:
+            if not run_dir.is_dir():
+                raise ConfigError(f"no such run directory: {run_dir}")
             if not (run_dir / "summary.json").is_file():  # still training, or interrupted: record it later
                 print(f"{PROG}: skipping {run_dir}: not finished (no summary.json)", file=sys.stderr)
                 continue

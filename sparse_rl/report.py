@@ -47,7 +47,7 @@ from rliable import library as rly
 from rliable import metrics as rly_metrics
 
 from sparse_rl.ledger import Series, read_series
-from sparse_rl.run_config import run_label
+from sparse_rl.run_config import int_at_least, run_label
 
 PROG = "sparse_rl.report"
 CONFIG_KEYS = ("env", "algo", "seed", "total_steps")
@@ -353,9 +353,9 @@ def write_report(run_dirs: list[Path], out: Path, reps: int = 2000, grid: Path |
     if not runs:
         raise SystemExit(f"{PROG}: none of the {len(found)} run directories has evaluations.npz yet")
     groups = group_runs(runs)
+    completeness = grid_text(grid, runs) if grid is not None else ""
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.md"
-    completeness = grid_text(grid, runs) if grid is not None else ""
     text = results_markdown(groups, reps)
     results.write_text(text.replace("\n\n", f"\n{completeness}\n\n", 1) if completeness else text)
     caption = f"{budget_text(runs)}; machines: {machines_text(runs)}" + (f"\n{completeness}" if completeness else "")
@@ -369,11 +369,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories, or directories holding them")
     parser.add_argument("--out", type=Path, required=True, help="directory for results.md and the plots")
-    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples for the CIs")
+    parser.add_argument("--reps", type=int_at_least(1), default=2000, help="bootstrap resamples for the CIs")
     parser.add_argument("--grid", type=Path, metavar="SWEEP_FILE",
                         help="say how many of this sweep file's runs are complete (in results.md and the plots)")
     args = parser.parse_args(argv)
-    print(write_report(args.runs, args.out, reps=args.reps, grid=args.grid))
+    try:
+        print(write_report(args.runs, args.out, reps=args.reps, grid=args.grid))
+    except ValueError as error:  # an unreadable or invalid --grid file (ConfigError, SweepError)
+        raise SystemExit(f"{PROG}: error: {error}") from None
 
 
 if __name__ == "__main__":

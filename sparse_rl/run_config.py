@@ -8,6 +8,7 @@ a run (what ``sparse_rl.report`` needs) does not load it.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import inspect
 import math
@@ -104,6 +105,32 @@ def allowed_keys(algo: str) -> dict[str, tuple[str, ...]]:
 
 def _is_int(value: Any, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``low``, else a one-line error naming the allowed values."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+    return parse
+
+
+def number_at_least(low: float) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number >= ``low``, else a one-line error naming the allowed values."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value >= low):
+            raise argparse.ArgumentTypeError(f"must be a number >= {low}, got {text!r}")
+        return value
+    return parse
 
 
 def _in_range(value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False) -> bool:

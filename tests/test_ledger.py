@@ -177,3 +177,17 @@ def test_sweep_records_runs_that_finished_before_the_ledger_was_given(recorded, 
     sweep.main([str(path), "--logdir", str(run_root), "--ledger", str(book)])  # nothing to run: no Ray
     assert "2 recorded in the ledger, 0 finished earlier, 0 to run" in capsys.readouterr().out
     assert sorted(p.name for p in (book / "late" / "Pendulum-v1").iterdir()) == ["sac-dense-d1-s0", "sac-rigl-d0.2-s0"]
+
+
+@pytest.mark.parametrize("grid", ["../elsewhere", "a/b", ".hidden", ""])
+def test_a_grid_name_is_one_directory_never_a_path(grid, tmp_path):
+    with pytest.raises(ConfigError, match="grid name must be"):
+        Ledger(tmp_path, grid)
+    with pytest.raises(SystemExit, match="grid name must be"):
+        ledger.main(["add", str(tmp_path), "--ledger", str(tmp_path / "book"), "--grid", grid])
+
+
+def test_add_command_refuses_a_missing_run_directory(tmp_path):
+    with pytest.raises(SystemExit, match="no such run directory: .*missing"):
+        ledger.main(["add", str(tmp_path / "missing"), "--ledger", str(tmp_path / "book"), "--grid", "g"])
+    assert not (tmp_path / "book").exists()

@@ -174,3 +174,15 @@ def test_report_and_ledger_import_without_stable_baselines3():
     code = "import sys, sparse_rl.report, sparse_rl.ledger; print('stable_baselines3' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.stdout.strip() == "False", result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--reps", "0"], "argument --reps: must be an integer >= 1, got '0'"),
+    (["--grid", "missing.yaml"], "sparse_rl.report: error: cannot read config file missing.yaml"),
+])
+def test_bad_arguments_are_one_line_errors_before_anything_is_written(report, tmp_path, args, message):
+    result = subprocess.run([sys.executable, "-m", "sparse_rl.report", str(report[0]), "--out", str(tmp_path / "o"),
+                             *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "o").exists()

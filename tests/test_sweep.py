@@ -12,7 +12,7 @@ import yaml
 
 from sparse_rl import report, sweep
 from sparse_rl.run_config import read_yaml
-from sparse_rl.sweep import SweepError, plan_trials, trial_options
+from sparse_rl.sweep import SweepError, parse_sweep_args, plan_trials, trial_options
 
 SWEEP_FILES = sorted((Path(__file__).resolve().parents[1] / "configs" / "sweeps").glob("*.yaml"))
 
@@ -120,3 +120,14 @@ def test_unreachable_cluster_is_one_line_naming_the_address_and_ray_start(addres
     assert line.startswith(f"sparse_rl.sweep: error: cannot reach a Ray cluster at {address}")
     assert "ray start --head" in line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-concurrent", "0"], "argument --max-concurrent: must be an integer >= 1, got '0'"),
+    (["--max-failures", "-1"], "argument --max-failures: must be an integer >= 0, got '-1'"),
+    (["--gpus-per-trial", "nan"], "argument --gpus-per-trial: must be a number >= 0, got 'nan'"),
+])
+def test_bad_sweep_arguments_are_one_line_errors(args, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_sweep_args(["configs/sweeps/mujoco_100k.yaml", *args])
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
