@@ -17,7 +17,9 @@ method, density) across seeds and ``DIR`` receives:
   it, and the parameter, inference-FLOP and training-FLOP ratios to dense (from
   ``summary.json``; training FLOPs fall back to the cumulative FLOP series for a run that
   has no summary yet), the mean wall-clock seconds per 1,000 env steps and the wall-clock
-  ratio to dense; a line names the machines (CPU model, threads) the runs ran on;
+  ratio to dense; a line names the machines (CPU model, threads) the runs ran on; a second table
+  gives rliable's probability of improvement P(X > Y) with its CI for every group against dense and
+  every sparse group against the parameter-matched network of its density;
 * ``<env>_<algo>_return_vs_steps.png``, ``..._return_vs_flops.png`` and
   ``..._return_vs_wallclock.png``: the mean evaluation return across seeds (shaded min–max)
   against env steps, cumulative training FLOPs and wall-clock hours.
@@ -34,7 +36,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,8 @@ MISSING = "—"
 COLUMNS = ("env", "algo", "method", "density", "seeds", "final return IQM [95% CI]", "% of dense",
            "IQM − dense IQM", "params vs dense", "inference FLOPs vs dense", "training FLOPs vs dense",
            "s / 1k steps", "wall-clock vs dense")
+
+PAIR_COLUMNS = ("env", "algo", "X", "Y", "seeds X / Y", "P(X > Y) [95% CI]")
 
 GroupKey = tuple[str, str, str, float, str]
 """(env, algo, method, density, detail): a :class:`~sparse_rl.run_config.RunLabel`'s parts."""
@@ -164,13 +168,70 @@ def dense_key(groups: dict[GroupKey, list[Run]], env: str, algo: str) -> GroupKe
 def iqm_with_ci(final_returns: Sequence[float], reps: int) -> tuple[float, float, float]:
     """IQM of the final returns and its 95 % stratified-bootstrap CI, with rliable."""
     scores = {"runs": np.asarray(final_returns, dtype=float).reshape(-1, 1)}
-    with warnings.catch_warnings():  # rliable passes arch the random_state it deprecates; not ours to fix
-        warnings.filterwarnings("ignore", "random_state is deprecated", FutureWarning)
-        point, interval = rly.get_interval_estimates(
-            scores, lambda x: np.array([rly_metrics.aggregate_iqm(x)]), reps=reps,
-            random_state=np.random.RandomState(0))
-    (low,), (high,) = interval["runs"]
-    return float(point["runs"][0]), float(low), float(high)
+    return bootstrap(scores, lambda x: np.array([rly_metrics.aggregate_iqm(x)]), reps)
+
+
+def bootstrap(scores: dict[str, Any], statistic: Callable[..., np.ndarray], reps: int) -> tuple[float, float, float]:
+    """rliable's point estimate of ``statistic`` over ``scores`` (one key) and its 95 % stratified-bootstrap
+    CI, the same on every call: rliable draws its resamples from numpy's global generator and ignores the
+    ``random_state`` it passes on, so the global generator is seeded for the call and restored after it."""
+    saved = np.random.get_state()
+    np.random.seed(0)
+    try:
+        with warnings.catch_warnings():  # rliable passes arch the random_state it deprecates; not ours to fix
+            warnings.filterwarnings("ignore", "random_state is deprecated", FutureWarning)
+            point, interval = rly.get_interval_estimates(scores, statistic, reps=reps)
+    finally:
+        np.random.set_state(saved)
+    (key,) = scores
+    (low,), (high,) = interval[key]
+    return float(point[key][0]), float(low), float(high)
+
+
+def improvement_probability(x: Sequence[float], y: Sequence[float], reps: int) -> tuple[float, float, float]:
+    """P(X > Y), rliable's probability of improvement (the Mann–Whitney statistic over final returns:
+    how often a run of X beats a run of Y, ties counting half), with its 95 % stratified-bootstrap CI."""
+    scores = {"pair": [np.asarray(x, dtype=float).reshape(-1, 1), np.asarray(y, dtype=float).reshape(-1, 1)]}
+    return bootstrap(scores, lambda a, b: np.array([rly_metrics.probability_of_improvement(a, b)]), reps)
+
+
+def compared_pairs(groups: dict[GroupKey, list[Run]]) -> list[tuple[GroupKey, GroupKey]]:
+    """The (X, Y) groups the report compares: every group against its dense group, and every sparse
+    group against the parameter-matched dense group of the same env, algo and density."""
+    pairs = []
+    for key in groups:
+        env, algo, method, density, _ = key
+        dense = dense_key(groups, env, algo)
+        if dense is not None and key != dense:
+            pairs.append((key, dense))
+        matched = [other for other in groups if other[:2] == (env, algo) and other[2] == "matched"
+                   and other[3] == density and other[4] == ""]
+        if method not in ("dense", "matched") and matched:
+            pairs.append((key, matched[0]))
+    return pairs
+
+
+def group_name(key: GroupKey) -> str:
+    """``rigl 0.1``, ``dense 1.0``, ``rigl-w4-iso 0.045 (a0.04/c0.05)``: a group's method and density."""
+    _, _, method, density, detail = key
+    return f"{method} {density}" + (f" ({detail})" if detail else "")
+
+
+def comparison_markdown(groups: dict[GroupKey, list[Run]], reps: int) -> str:
+    """A table of P(X > Y) for the pairs of :func:`compared_pairs`; empty when there is none."""
+    pairs = compared_pairs(groups)
+    if not pairs:
+        return ""
+    lines = ["Probability of improvement (rliable): P(X > Y) is how often a run of X ends above a run of Y "
+             "(final returns, ties half), with its 95 % stratified-bootstrap CI; 0.5 is no difference.", "",
+             "| " + " | ".join(PAIR_COLUMNS) + " |", "|" + "---|" * len(PAIR_COLUMNS)]
+    for x, y in pairs:
+        x_finals, y_finals = ([run.final_return for run in groups[key]] for key in (x, y))
+        probability, low, high = improvement_probability(x_finals, y_finals, reps)
+        cells = (x[0], x[1], group_name(x), group_name(y), f"{len(x_finals)} / {len(y_finals)}",
+                 f"{probability:.2f} [{low:.2f}, {high:.2f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def summary_ratio(run: Run, name: str, dense_runs: Sequence[Run] = ()) -> float | None:
@@ -266,7 +327,8 @@ def results_markdown(groups: dict[GroupKey, list[Run]], reps: int) -> str:
                  seconds_per_1k_steps(group), mean_ratio(summary_ratio(run, "wall_clock_s_per_1k_steps", dense_runs)
                                                          for run in group))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    comparison = comparison_markdown(groups, reps)
+    return "\n".join(lines) + "\n" + (f"\n{comparison}" if comparison else "")
 
 
 def seed_band(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -58,7 +58,7 @@ def test_report_over_records_equals_report_over_run_directories(recorded, tmp_pa
     from_runs = report.write_report([run_root], tmp_path / "from_runs", reps=50)
     from_records = report.write_report([ledger_root / "tiny"], tmp_path / "from_records", reps=50)
     assert table(from_runs) == table(from_records)
-    assert len(table(from_runs)) == 4  # header, rule, dense, rigl
+    assert len(table(from_runs)) == 4 + 3  # header, rule, dense, rigl; then header, rule, rigl vs dense
     for kind in ("steps", "flops", "wallclock"):
         assert (tmp_path / "from_records" / f"Pendulum-v1_sac_return_vs_{kind}.png").is_file()
 

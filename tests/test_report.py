@@ -10,7 +10,7 @@ from scipy.stats import trim_mean
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from sparse_rl.report import COLUMNS, main, write_report
+from sparse_rl.report import COLUMNS, PAIR_COLUMNS, improvement_probability, iqm_with_ci, main, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV, ALGO, STEPS, REPS = "Pendulum-v1", "sac", 10_000, 200
@@ -37,6 +37,8 @@ def make_run(root: Path, method: str, density: float, seed: int, final: float,
     run.mkdir(parents=True)
     config = dict(algo=ALGO, env=ENV, seed=seed, total_steps=STEPS,
                   sparsity=dict(density=density, method="rigl" if method == "dense" else method))
+    if method == "matched":  # a narrow dense network with the weight count of ``density``
+        config.update(param_matched=density, sparsity=dict(density=1.0))
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     flops_fraction = 1.0 if density == 1.0 else SPARSE_TRAIN_FLOPS
     if summary:
@@ -65,12 +67,14 @@ def make_runs(root: Path, dense_finals=DENSE_FINALS, sparse_finals=SPARSE_FINALS
     return runs
 
 
-def table_rows(results: Path) -> list[dict[str, str]]:
-    """The rows of the results table as dicts keyed by column."""
-    lines = [line for line in results.read_text().splitlines() if line.startswith("| ")]
-    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    assert tuple(header) == COLUMNS
-    return [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[1:]]
+def table_rows(results: Path, columns: tuple[str, ...] = COLUMNS) -> list[dict[str, str]]:
+    """The rows of the results table with these columns, as dicts keyed by column."""
+    text = results.read_text()
+    header = "| " + " | ".join(columns) + " |"
+    assert header in text
+    lines = text[text.index(header):].split("\n\n")[0].splitlines()
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    return [dict(zip(columns, row)) for row in cells]
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +100,37 @@ def test_iqm_and_ci_follow_rliable(report):
     assert dense["% of dense"] == "100.0" and dense["IQM − dense IQM"] == "+0.0"
     assert sparse["IQM − dense IQM"] == f"{trim_mean(SPARSE_FINALS, 0.25) - trim_mean(DENSE_FINALS, 0.25):+.1f}"
     assert sparse["% of dense"] == f"{100 * trim_mean(SPARSE_FINALS, 0.25) / trim_mean(DENSE_FINALS, 0.25):.1f}"
+
+
+def test_confidence_intervals_are_the_same_on_every_call_and_leave_numpys_generator_alone():
+    np.random.seed(123)
+    expected_draw = np.random.rand()
+    np.random.seed(123)
+    first = iqm_with_ci([4954.8, 5747.7, 5467.3, 5142.8, 5060.2], 500)
+    assert np.random.rand() == expected_draw
+    assert iqm_with_ci([4954.8, 5747.7, 5467.3, 5142.8, 5060.2], 500) == first
+    pair = improvement_probability([1.0, 5.0, 3.0], [2.0, 4.0, 0.5], 500)
+    assert improvement_probability([1.0, 5.0, 3.0], [2.0, 4.0, 0.5], 500) == pair
+
+
+def test_pairs_table_gives_the_share_of_run_pairs_won_against_dense_and_against_matched(tmp_path):
+    finals = {("dense", 1.0): [100.0, 120.0, 200.0], ("rigl", 0.1): [80.0, 90.0, 130.0],
+              ("matched", 0.1): [10.0, 20.0, 30.0]}
+    # rigl beats dense in 2 of 9 run pairs (130 > 100, 130 > 120), and every matched run in all 9
+    expected = {("rigl 0.1", "dense 1.0"): 2 / 9, ("rigl 0.1", "matched 0.1"): 1.0, ("matched 0.1", "dense 1.0"): 0.0}
+    runs = tmp_path / "runs"
+    for (method, density), values in finals.items():
+        for seed, final in enumerate(values):
+            make_run(runs, method, density, seed, final)
+    rows = table_rows(write_report([runs], tmp_path / "out", reps=REPS), PAIR_COLUMNS)
+    got = {(row["X"], row["Y"]): row for row in rows}
+    assert set(got) == set(expected)
+    for pair, probability in expected.items():
+        point, low, high = (float(x) for x in got[pair]["P(X > Y) [95% CI]"].replace("[", "").replace(
+            ",", "").replace("]", "").split())
+        assert point == pytest.approx(probability, abs=0.005)
+        assert 0.0 <= low <= point <= high <= 1.0
+        assert got[pair]["seeds X / Y"] == "3 / 3"
 
 
 def test_ratio_columns_come_from_summary(report):
