@@ -129,8 +129,9 @@ def matched_policy_kwargs(config: Mapping[str, Any], env: VecEnv) -> dict[str, A
         if not isinstance(observation, gym.spaces.Box) or not isinstance(action, gym.spaces.Box):
             raise ConfigError("param_matched needs Box observation and action spaces")
         sparse = {**config.get("sparsity", {}), "density": config["param_matched"], "method": "static"}
+        use_sde = bool((config.get("algo_kwargs") or {}).get("use_sde", False))
         policy_kwargs["net_arch"] = matched_net_arch(POLICIES[config["algo"]], observation, action,
-                                                     policy_kwargs.get("net_arch", [256, 256]), sparse)
+                                                     policy_kwargs.get("net_arch", [256, 256]), sparse, use_sde)
     return policy_kwargs
 
 

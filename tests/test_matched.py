@@ -30,13 +30,17 @@ def test_closest_widths_is_nearest_among_scalings(n_in, n_out, target):
     assert all(error <= abs(mlp_weights(n_in, scaled_widths(net_arch, f), n_out) - target) for f in range(1, 65))
 
 
-@pytest.mark.parametrize("policy_class, net_arch", [(SparseSACPolicy, [256, 256]), (SparseTD3Policy, [400, 300])])
+@pytest.mark.parametrize("policy_class, net_arch, sde", [(SparseSACPolicy, [256, 256], {}),
+                                                       (SparseSACPolicy, [256, 256], {"use_sde": True}),
+                                                       (SparseTD3Policy, [400, 300], {})])
 @pytest.mark.parametrize("density", [0.5, 0.1])
-def test_matched_dense_network_has_the_sparse_weight_count(policy_class, net_arch, density):
-    env = gym.make("Pendulum-v1")
-    arch = matched_net_arch(policy_class, env.observation_space, env.action_space, net_arch, dict(density=density))
-    sparse = policy_class(env.observation_space, env.action_space, lambda _: 1e-3, net_arch=net_arch, density=density)
-    dense = policy_class(env.observation_space, env.action_space, lambda _: 1e-3, net_arch=arch, density=1.0)
+def test_matched_dense_network_has_the_sparse_weight_count(policy_class, net_arch, sde, density):
+    env = gym.make("HalfCheetah-v4")
+    arch = matched_net_arch(policy_class, env.observation_space, env.action_space, net_arch, dict(density=density),
+                            **sde)
+    sparse = policy_class(env.observation_space, env.action_space, lambda _: 1e-3, net_arch=net_arch,
+                          density=density, **sde)
+    dense = policy_class(env.observation_space, env.action_space, lambda _: 1e-3, net_arch=arch, density=1.0, **sde)
     for network in ("actor", "critic"):
         want, got = network_weights(getattr(sparse, network)), network_weights(getattr(dense, network))
         assert abs(got - want) / want < 0.02, (network, want, got)

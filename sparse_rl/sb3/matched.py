@@ -39,16 +39,18 @@ def network_weights(network: nn.Module) -> int:
 
 
 def matched_net_arch(policy_class: type, observation_space: spaces.Space, action_space: spaces.Box,
-                     net_arch: Sequence[int], sparsity: dict[str, Any]) -> dict[str, list[int]]:
+                     net_arch: Sequence[int], sparsity: dict[str, Any], use_sde: bool = False) -> dict[str, list[int]]:
     """``dict(pi=..., qf=...)`` widths of a dense policy with the active weights of a sparse one.
 
     :param policy_class: ``SparseSACPolicy`` or ``SparseTD3Policy``.
     :param net_arch: the sparse policy's hidden widths (one list shared by actor and critic).
     :param sparsity: the sparse policy's sparsity ``policy_kwargs`` (``density`` and the rest).
+    :param use_sde: SAC with gSDE, whose log-std is a parameter and not a layer.
     """
-    sparse = policy_class(observation_space, action_space, lambda _: 0.0, net_arch=list(net_arch), **sparsity)
+    sde = {"use_sde": True} if use_sde else {}
+    sparse = policy_class(observation_space, action_space, lambda _: 0.0, net_arch=list(net_arch), **sde, **sparsity)
     n_obs, n_act = get_flattened_obs_dim(observation_space), int(action_space.shape[0])
-    actor_out = actor_outputs(n_act, isinstance(sparse, SACPolicy), getattr(sparse, "use_sde", False))
+    actor_out = actor_outputs(n_act, isinstance(sparse, SACPolicy), use_sde)
     n_critics = len(sparse.critic.q_networks)
     return {
         "pi": closest_widths(net_arch, lambda w: mlp_weights(n_obs, w, actor_out),
