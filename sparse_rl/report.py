@@ -14,12 +14,13 @@ method, density) across seeds and ``DIR`` receives:
 * ``results.md``: one row per group with the IQM of the final evaluation return and its 95 %
   stratified-bootstrap CI (rliable), the IQM as a percentage of the dense group's (same env
   and algo, density 1.0; blank when the dense IQM is not positive) and as a difference from
-  it, and the parameter, inference-FLOP and training-FLOP ratios to dense (from
-  ``summary.json``; training FLOPs fall back to the cumulative FLOP series for a run that
-  has no summary yet), the mean wall-clock seconds per 1,000 env steps and the wall-clock
-  ratio to dense; a line names the machines (CPU model, threads) the runs ran on; a second table
-  gives rliable's probability of improvement P(X > Y) with its CI for every group against dense and
-  every sparse group against the parameter-matched network of its density;
+  it, the parameter ratio to dense, the final actor and critic densities, the inference-FLOP
+  and training-FLOP ratios to dense (from ``summary.json``; training FLOPs fall back to the
+  cumulative FLOP series for a run that has no summary yet), the mean wall-clock seconds per
+  1,000 env steps and the wall-clock ratio to dense; a line names the machines (CPU model,
+  threads) the runs ran on. A second table gives rliable's probability of improvement
+  P(X > Y) with its CI, each group against dense and each sparse group against the
+  parameter-matched network of its density;
 * ``<env>_<algo>_return_vs_steps.png``, ``..._return_vs_flops.png`` and
   ``..._return_vs_wallclock.png``: the mean evaluation return across seeds (shaded min–max)
   against env steps, cumulative training FLOPs and wall-clock hours.
@@ -55,8 +56,8 @@ PROG = "sparse_rl.report"
 CONFIG_KEYS = ("env", "algo", "seed", "total_steps")
 MISSING = "—"
 COLUMNS = ("env", "algo", "method", "density", "seeds", "final return IQM [95% CI]", "% of dense",
-           "IQM − dense IQM", "params vs dense", "inference FLOPs vs dense", "training FLOPs vs dense",
-           "s / 1k steps", "wall-clock vs dense")
+           "IQM − dense IQM", "params vs dense", "actor / critic density", "inference FLOPs vs dense",
+           "training FLOPs vs dense", "s / 1k steps", "wall-clock vs dense")
 
 PAIR_COLUMNS = ("env", "algo", "X", "Y", "seeds X / Y", "P(X > Y) [95% CI]")
 
@@ -265,6 +266,16 @@ def train_flops_ratio(run: Run, dense_runs: Sequence[Run]) -> float | None:
     return float(flops[-1] / np.mean(dense)) if dense else None
 
 
+def final_densities(runs: Sequence[Run]) -> str:
+    """The runs' mean final actor and critic densities (``0.26 / 0.16``), which methods that learn their
+    density end at and ``actor_density``/``critic_density`` set apart; ``—`` if no summary has them."""
+    known = [run.summary["network_density"] for run in runs if run.summary is not None
+             and {"actor", "critic"} <= set(run.summary.get("network_density") or {})]
+    if not known:
+        return MISSING
+    return " / ".join(f"{np.mean([density[net] for density in known]):.2f}" for net in ("actor", "critic"))
+
+
 def seconds_per_1k_steps(runs: Sequence[Run]) -> str:
     """The runs' mean wall-clock seconds per 1,000 env steps; ``—`` if no summary has it."""
     known = [run.summary["wall_clock_s_per_1k_steps"] for run in runs
@@ -322,6 +333,7 @@ def results_markdown(groups: dict[GroupKey, list[Run]], reps: int) -> str:
                  f"{100 * iqm / dense_iqm:.1f}" if dense_iqm is not None and dense_iqm > 0 else MISSING,
                  f"{iqm - dense_iqm:+.1f}" if dense_iqm is not None else MISSING,
                  mean_ratio(summary_ratio(run, "params", dense_runs) for run in group),
+                 final_densities(group),
                  mean_ratio(summary_ratio(run, "inference_flops", dense_runs) for run in group),
                  mean_ratio(train_flops_ratio(run, dense_runs) for run in group),
                  seconds_per_1k_steps(group), mean_ratio(summary_ratio(run, "wall_clock_s_per_1k_steps", dense_runs)

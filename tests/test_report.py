@@ -44,6 +44,7 @@ def make_run(root: Path, method: str, density: float, seed: int, final: float,
     if summary:
         (run / "summary.json").write_text(json.dumps(dict(
             params=round(10_000 * density), dense_params=10_000,
+            network_density=dict(actor=density, critic=density / 2 if density < 1 else 1.0),
             inference_flops=20_000 * density, dense_inference_flops=20_000.0,
             train_flops=1e6 * STEPS * flops_fraction, dense_train_flops=1e6 * STEPS)))
     if evaluations:
@@ -131,6 +132,12 @@ def test_pairs_table_gives_the_share_of_run_pairs_won_against_dense_and_against_
         assert point == pytest.approx(probability, abs=0.005)
         assert 0.0 <= low <= point <= high <= 1.0
         assert got[pair]["seeds X / Y"] == "3 / 3"
+
+
+def test_final_network_densities_come_from_summary(report):
+    dense, sparse = table_rows(report[1])
+    assert dense["actor / critic density"] == "1.00 / 1.00"
+    assert sparse["actor / critic density"] == "0.10 / 0.05"
 
 
 def test_ratio_columns_come_from_summary(report):
