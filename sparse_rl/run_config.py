@@ -216,9 +216,17 @@ def _lookup(config: Mapping[str, Any], path: str) -> tuple[bool, Any]:
     return key in target, target.get(key)
 
 
-def device_error(value: Any) -> str | None:
-    """Why ``value`` is not a torch device this machine has (SB3 would quietly train on the CPU
-    instead of a missing GPU), or ``None``. ``auto`` is SB3's: the GPU where there is one."""
+def check_device(config: Mapping[str, Any]) -> None:
+    """``ConfigError`` unless the config's ``device`` is a torch device this machine has (SB3 would
+    quietly train on the CPU instead of a missing GPU). ``auto`` is SB3's: the GPU where there is one.
+    Checked where the run trains (:mod:`sparse_rl.runs`), not where a sweep plans it: a cluster's
+    head node may have no GPU its workers have."""
+    error = _device_error(config.get("device", "cpu"))
+    if error is not None:
+        raise ConfigError(error)
+
+
+def _device_error(value: Any) -> str | None:
     import torch
 
     has_mps = torch.backends.mps.is_available()
@@ -237,14 +245,11 @@ def device_error(value: Any) -> str | None:
 
 def check_values(config: Mapping[str, Any]) -> None:
     """``ConfigError`` for a numeric field out of its range, a learning start at or past the end,
-    a device this machine lacks, or sparsity settings the policy would refuse (all before any env
-    or file exists)."""
+    or sparsity settings the policy would refuse (all before any env or file exists)."""
     for path, (check, expected) in NUMERIC_RULES.items():
         present, value = _lookup(config, path)
         if present and not check(value):
             raise ConfigError(f"{path} must be {expected}, got {value!r}")
-    if "device" in config and (error := device_error(config["device"])) is not None:
-        raise ConfigError(error)
     starts = (config.get("algo_kwargs") or {}).get("learning_starts", 100)
     if starts >= config.get("total_steps", 1):
         raise ConfigError(f"algo_kwargs.learning_starts ({starts}) must be below total_steps "

@@ -45,7 +45,7 @@ from stable_baselines3.common.preprocessing import get_action_dim
 from stable_baselines3.common.vec_env import VecEnv
 
 from sparse_rl.flops import active_weights
-from sparse_rl.run_config import ConfigError, algo_classes, build_config, read_yaml, run_name, validate
+from sparse_rl.run_config import ConfigError, algo_classes, build_config, check_device, read_yaml, run_name, validate
 from sparse_rl.sb3 import SparseMetricsCallback, SparseSACPolicy, SparseTD3Policy
 from sparse_rl.sb3.flops import inference_flops
 from sparse_rl.sb3.matched import matched_net_arch
@@ -391,6 +391,7 @@ def summary_text(summary: Mapping[str, Any], run_dir: Path) -> str:
 def start_run(config: dict[str, Any], logdir: Path, progress_bar: bool = False, ledger: Ledger | None = None) -> Path:
     """Train the run of ``config`` (from :func:`make_config`) into a new directory under ``logdir``; return it."""
     validate(config)
+    check_device(config)
     run_dir = run_dir_of(config, logdir)
     if run_dir.exists():
         raise ConfigError(f"{run_dir} exists; continue it with --resume {run_dir} or choose another --logdir/--seed")
@@ -409,6 +410,7 @@ def resume_run(run_dir: Path, progress_bar: bool = False, ledger: Ledger | None 
         raise ConfigError(f"{run_dir} is finished (it has summary.json); there is nothing to resume")
     config = read_yaml(run_dir / "config.yaml")
     validate(config)
+    check_device(config)
     torch.set_num_threads(config.get("threads", 1))
     return _train(load_model(run_dir, config), config, run_dir, progress_bar, ledger, resumed=True)
 

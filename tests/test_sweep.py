@@ -131,3 +131,9 @@ def test_bad_sweep_arguments_are_one_line_errors(args, message, capsys):
     with pytest.raises(SystemExit):
         parse_sweep_args(["configs/sweeps/mujoco_100k.yaml", *args])
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_sweep_plans_gpu_trials_on_a_machine_without_one(tmp_path):
+    # a cluster's head node may lack the GPUs its workers have: the device is checked where a trial trains
+    trials = plan_trials({"base": TINY, "trials": [{"seed": 0}]}, tmp_path, gpus_per_trial=0.5)
+    assert trials[0].config["device"] == "cuda"
