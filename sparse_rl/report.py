@@ -50,7 +50,7 @@ from rliable import library as rly
 from rliable import metrics as rly_metrics
 
 from sparse_rl.ledger import Series, read_series
-from sparse_rl.run_config import int_at_least, run_label
+from sparse_rl.run_config import at_least, run_label
 
 PROG = "sparse_rl.report"
 CONFIG_KEYS = ("env", "algo", "seed", "total_steps")
@@ -443,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories, or directories holding them")
     parser.add_argument("--out", type=Path, required=True, help="directory for results.md and the plots")
-    parser.add_argument("--reps", type=int_at_least(1), default=2000, help="bootstrap resamples for the CIs")
+    parser.add_argument("--reps", type=at_least(int, 1), default=2000, help="bootstrap resamples for the CIs")
     parser.add_argument("--grid", type=Path, metavar="SWEEP_FILE",
                         help="say how many of this sweep file's runs are complete (in results.md and the plots)")
     args = parser.parse_args(argv)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
@@ -107,28 +107,21 @@ def _is_int(value: Any, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-def int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse ``type``: an integer >= ``low``, else a one-line error naming the allowed values."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
-        return value
-    return parse
+NumberT = TypeVar("NumberT", int, float)
 
 
-def number_at_least(low: float) -> Callable[[str], float]:
-    """An argparse ``type``: a finite number >= ``low``, else a one-line error naming the allowed values."""
-    def parse(text: str) -> float:
+def at_least(convert: Callable[[str], NumberT], low: NumberT) -> Callable[[str], NumberT]:
+    """An argparse ``type``: a finite ``int`` or ``float`` (as ``convert`` reads it) >= ``low``, else a
+    one-line error naming the allowed values."""
+    what = "an integer" if convert is int else "a number"
+
+    def parse(text: str) -> NumberT:
         try:
-            value = float(text)
+            value = convert(text)
         except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value >= low):
-            raise argparse.ArgumentTypeError(f"must be a number >= {low}, got {text!r}")
+            value = None
+        if value is None or not (math.isfinite(value) and value >= low):
+            raise argparse.ArgumentTypeError(f"must be {what} >= {low}, got {text!r}")
         return value
     return parse
 

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from sparse_rl.ledger import Ledger
-from sparse_rl.run_config import ConfigError, int_at_least, number_at_least, read_yaml
+from sparse_rl.run_config import ConfigError, at_least, read_yaml
 from sparse_rl.runs import CHECKPOINT, OPTION_KEYS, make_config, run_dir_of
 
 PROG = "sparse_rl.sweep"
@@ -252,10 +252,10 @@ def parse_sweep_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="record finished trials in DIR/<name>/ and skip trials recorded there (or in the "
                              "file's reuse grids), e.g. results/ledger")
     parser.add_argument("--address", help="address of an existing Ray cluster (default: $RAY_ADDRESS, else local)")
-    parser.add_argument("--max-concurrent", type=int_at_least(1), help="trials at a time (default: one per CPU)")
-    parser.add_argument("--gpus-per-trial", type=number_at_least(0), default=0.0,
+    parser.add_argument("--max-concurrent", type=at_least(int, 1), help="trials at a time (default: one per CPU)")
+    parser.add_argument("--gpus-per-trial", type=at_least(float, 0), default=0.0,
                         help="GPUs per trial; > 0 trains on cuda")
-    parser.add_argument("--max-failures", type=int_at_least(0),
+    parser.add_argument("--max-failures", type=at_least(int, 0),
                         help="retries of a failing trial (default: the file's, else 2)")
     parser.add_argument("--dry-run", action="store_true", help="list the trials and what is done, and exit")
     return parser.parse_args(argv)

@@ -78,6 +78,11 @@ def table_rows(results: Path, columns: tuple[str, ...] = COLUMNS) -> list[dict[s
     return [dict(zip(columns, row)) for row in cells]
 
 
+def estimate_with_ci(cell: str) -> tuple[float, ...]:
+    """``(point, low, high)`` of a table cell written as ``point [low, high]``."""
+    return tuple(float(x) for x in cell.replace("[", "").replace(",", "").replace("]", "").split())
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("report")
@@ -94,8 +99,7 @@ def test_table_has_one_row_per_group_sorted_by_density(report):
 def test_iqm_and_ci_follow_rliable(report):
     dense, sparse = table_rows(report[1])
     for row, finals in ((dense, DENSE_FINALS), (sparse, SPARSE_FINALS)):
-        iqm, low, high = (float(x) for x in row["final return IQM [95% CI]"].replace("[", "").replace(
-            ",", "").replace("]", "").split())
+        iqm, low, high = estimate_with_ci(row["final return IQM [95% CI]"])
         assert iqm == pytest.approx(trim_mean(finals, 0.25), abs=0.05)
         assert min(finals) <= low <= iqm <= high <= max(finals)
     assert dense["% of dense"] == "100.0" and dense["IQM − dense IQM"] == "+0.0"
@@ -127,8 +131,7 @@ def test_pairs_table_gives_the_share_of_run_pairs_won_against_dense_and_against_
     got = {(row["X"], row["Y"]): row for row in rows}
     assert set(got) == set(expected)
     for pair, probability in expected.items():
-        point, low, high = (float(x) for x in got[pair]["P(X > Y) [95% CI]"].replace("[", "").replace(
-            ",", "").replace("]", "").split())
+        point, low, high = estimate_with_ci(got[pair]["P(X > Y) [95% CI]"])
         assert point == pytest.approx(probability, abs=0.005)
         assert 0.0 <= low <= point <= high <= 1.0
         assert got[pair]["seeds X / Y"] == "3 / 3"
