@@ -20,11 +20,18 @@ SB3's ``MlpPolicy``, the parameter-matched dense network of each density, and th
 (``width_multiplier=4, iso_params=True``, on ``auto``). As in ``benchmarks/speed.py``, all models
 first collect ``--learning-starts`` steps and then train in alternating chunks.
 
+Gathers (``--part traffic``): the sparse backend keeps the dense ``weight`` parameter, so each step
+gathers the active values out of it and scatters gradients and Adam's updates back. This part times
+one gather of the active values (``index_select`` at the CSR positions) against one dense pass over
+the same weight (a zero-fill) and against copying the same number of values stored contiguously. It
+shows what any O(nnz) work costs while the values live inside a dense tensor.
+
 Each part rewrites its own section of ``results/sparse_speed.md`` (the file keeps the other
 part's section) and records its own command line.
 
     python benchmarks/sparse_speed.py --part layers [--shapes 256x256 1024x1024 --batches 256 1]
     python benchmarks/sparse_speed.py --part e2e [--algos sac td3 --densities 0.5 0.1 0.05]
+    python benchmarks/sparse_speed.py --part traffic [--shapes 256x256 1024x1024]
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from sparse_rl.backends import SMALL_BATCH, auto_backend
 from sparse_rl.layers import SparseLinear, random_mask
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "sparse_speed.md"
-SECTIONS = {"layers": "## Per layer", "e2e": "## End to end"}
+SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "#### Gathers from a dense weight"}
 NET_ARCH = {"sac": [256, 256], "td3": [400, 300]}
 
 
@@ -122,6 +129,35 @@ def layer_tables(shapes: list[tuple[int, int]], batches: list[int], densities: l
             "|---|---|---|---|---|---|---|", *rows, "",
             "Break-even density (sparse faster below it):", "",
             "| layer (in×out) | batch | break-even density |", "|---|---|---|", *summary]
+
+
+def traffic_tables(shapes: list[tuple[int, int]], densities: list[float], repeats: int) -> list[str]:
+    """Median µs of a gather of the active values, a dense pass and a contiguous copy, timed alternately."""
+    from sparse_rl.backends import CsrStructure
+
+    rows = []
+    for in_features, out_features in shapes:
+        for density in densities:
+            generator = torch.Generator().manual_seed(0)
+            mask = random_mask((out_features, in_features), round(density * in_features * out_features), generator)
+            weight = torch.randn(out_features, in_features, generator=generator)
+            index = CsrStructure.from_mask(mask).index
+            values = weight.reshape(-1).index_select(0, index)
+            ops = {"gather": lambda: weight.reshape(-1).index_select(0, index),
+                   "dense": lambda: weight.zero_(), "contiguous": lambda: values.clone()}
+            times: dict[str, list[float]] = {name: [] for name in ops}
+            for i in range(repeats + 3):
+                for name, op in ops.items():
+                    start = time.perf_counter()
+                    op()
+                    if i >= 3:
+                        times[name].append(time.perf_counter() - start)
+            us = {name: statistics.median(values) * 1e6 for name, values in times.items()}
+            rows.append(f"| {in_features}×{out_features} | {density:g} | {index.numel()} | {us['gather']:.1f} "
+                        f"| {us['dense']:.1f} | {us['contiguous']:.1f} | {us['gather'] / us['dense']:.2f} |")
+            print(rows[-1], flush=True)
+    return ["| weight (in×out) | density | active values | gather µs | dense pass µs | contiguous copy µs "
+            "| gather ÷ dense pass |", "|---|---|---|---|---|---|---|", *rows]
 
 
 def build_models(algo: str, env_id: str, densities: list[float], width: int, common: dict) -> dict:
@@ -227,8 +263,10 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=["256x256", "1024x1024"], help="layers: in×out of each layer")
     parser.add_argument("--batches", nargs="+", type=int, default=[256, 1], help="layers: batch sizes")
     parser.add_argument("--densities", nargs="+", type=float, default=None,
-                        help="default: 1 0.5 0.2 0.1 0.05 (layers), 0.5 0.1 0.05 (e2e)")
-    parser.add_argument("--repeats", type=int, default=30, help="layers: timed steps per backend and configuration")
+                        help="default: 1 0.5 0.2 0.1 0.05 (layers), 0.5 0.1 0.05 (e2e), "
+                             "0.5 0.2 0.1 0.05 0.02 (traffic)")
+    parser.add_argument("--repeats", type=int, default=30,
+                        help="layers, traffic: timed repeats per backend (or operation) and configuration")
     parser.add_argument("--env", default="HalfCheetah-v4")
     parser.add_argument("--algos", nargs="+", default=list(NET_ARCH), choices=list(NET_ARCH))
     parser.add_argument("--width-multiplier", type=int, default=4, help="e2e: the wide network's multiplier")
@@ -252,6 +290,15 @@ def main() -> None:
                  f"gradient mask, fused Adam, weight mask), {args.repeats} steps per backend, the two backends "
                  "timed alternately, random masks:", "",
                  *layer_tables(shapes, args.batches, densities, args.repeats)]
+    elif args.part == "traffic":
+        shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
+        densities = sorted(args.densities or [0.5, 0.2, 0.1, 0.05, 0.02], reverse=True)
+        lines = [header, "",
+                 f"Median µs (wall-clock, {args.repeats} repeats, the three operations timed alternately) of "
+                 "gathering a weight's active values (float32, random mask, the CSR order the sparse backend "
+                 "uses), of one dense pass over the weight (a zero-fill), and of copying the same number of "
+                 "values stored contiguously:", "",
+                 *traffic_tables(shapes, densities, args.repeats)]
     else:
         lines = [header, "", *e2e_tables(args.algos, args.env, args.densities or [0.5, 0.1, 0.05],
                                           args.width_multiplier, args.rounds, args.chunk, args.learning_starts,
