@@ -111,6 +111,11 @@ class SparsityConfig:
             raise ValueError(f"unknown distribution {self.distribution!r}; allowed: {', '.join(DISTRIBUTIONS)}")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; allowed: {', '.join(BACKENDS)}")
+        for name in ("dense_output", "sparse_init", "iso_params"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if isinstance(self.dense_layers, str):
+            raise ValueError(f"dense_layers must be a list of layer names, got the string {self.dense_layers!r}")
         if isinstance(self.width_multiplier, bool) or not isinstance(self.width_multiplier, int) \
                 or self.width_multiplier < 1:
             raise ValueError(f"width_multiplier must be an integer >= 1, got {self.width_multiplier!r}")
