@@ -19,8 +19,9 @@ method, density) across seeds and ``DIR`` receives:
   cumulative FLOP series for a run that has no summary yet), the mean wall-clock seconds per
   1,000 env steps and the wall-clock ratio to dense; a line names the machines (CPU model,
   threads) the runs ran on. A second table gives rliable's probability of improvement
-  P(X > Y) with its CI, each group against dense and each sparse group against the
-  parameter-matched network of its density;
+  P(X > Y) with its CI, each group against dense, each sparse group against the
+  parameter-matched network of its density, and each variant of a method (``rigl+sparse-init``)
+  against the method itself (``rigl``) at the same density;
 * ``<env>_<algo>_return_vs_steps.png``, ``..._return_vs_flops.png`` and
   ``..._return_vs_wallclock.png``: the mean evaluation return across seeds (shaded min–max)
   against env steps, cumulative training FLOPs and wall-clock hours.
@@ -197,11 +198,13 @@ def improvement_probability(x: Sequence[float], y: Sequence[float], reps: int) -
 
 
 def compared_pairs(groups: dict[GroupKey, list[Run]]) -> list[tuple[GroupKey, GroupKey]]:
-    """The (X, Y) groups the report compares: every group against its dense group, and every sparse
-    group against the parameter-matched dense group of the same env, algo and density."""
+    """The (X, Y) groups the report compares: every group against its dense group, every sparse
+    group against the parameter-matched dense group of the same env, algo and density, and every
+    variant of a method (its label has a ``+``, e.g. ``rigl+sparse-init``) against the method's own
+    group of the same env, algo, density and network details."""
     pairs = []
     for key in groups:
-        env, algo, method, density, _ = key
+        env, algo, method, density, detail = key
         dense = dense_key(groups, env, algo)
         if dense is not None and key != dense:
             pairs.append((key, dense))
@@ -209,6 +212,9 @@ def compared_pairs(groups: dict[GroupKey, list[Run]]) -> list[tuple[GroupKey, Gr
                    and other[3] == density and other[4] == ""]
         if method not in ("dense", "matched") and matched:
             pairs.append((key, matched[0]))
+        base = (env, algo, method.split("+", 1)[0], density, detail)
+        if base[2] != method and base in groups:
+            pairs.append((key, base))
     return pairs
 
 

@@ -31,12 +31,14 @@ def write_scalars(logdir: Path, tag: str, points: list[tuple[int, float]]) -> No
 
 
 def make_run(root: Path, method: str, density: float, seed: int, final: float,
-             evaluations: bool = True, summary: bool = True) -> Path:
+             evaluations: bool = True, summary: bool = True, sparse_init: bool = False) -> Path:
     """A run directory laid out like ``python -m sparse_rl.train`` writes it."""
-    run = root / ENV / ALGO / f"{method}_d{density}" / f"seed{seed}"
+    run = root / ENV / ALGO / f"{method}{'+sparse-init' * sparse_init}_d{density}" / f"seed{seed}"
     run.mkdir(parents=True)
     config = dict(algo=ALGO, env=ENV, seed=seed, total_steps=STEPS,
                   sparsity=dict(density=density, method="rigl" if method == "dense" else method))
+    if sparse_init:
+        config["sparsity"]["sparse_init"] = True
     if method == "matched":  # a narrow dense network with the weight count of ``density``
         config.update(param_matched=density, sparsity=dict(density=1.0))
     (run / "config.yaml").write_text(yaml.safe_dump(config))
@@ -135,6 +137,21 @@ def test_pairs_table_gives_the_share_of_run_pairs_won_against_dense_and_against_
         assert point == pytest.approx(probability, abs=0.005)
         assert 0.0 <= low <= point <= high <= 1.0
         assert got[pair]["seeds X / Y"] == "3 / 3"
+
+
+def test_a_method_variant_is_compared_with_its_method(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, (dense, rigl, variant) in enumerate(zip([100.0, 120.0, 200.0], [80.0, 90.0, 130.0],
+                                                      [85.0, 95.0, 70.0])):
+        make_run(runs, "dense", 1.0, seed, dense)
+        make_run(runs, "rigl", 0.1, seed, rigl)
+        make_run(runs, "rigl", 0.1, seed, variant, sparse_init=True)
+    rows = table_rows(write_report([runs], tmp_path / "out", reps=REPS), PAIR_COLUMNS)
+    got = {(row["X"], row["Y"]): row["P(X > Y) [95% CI]"] for row in rows}
+    assert set(got) == {("rigl 0.1", "dense 1.0"), ("rigl+sparse-init 0.1", "dense 1.0"),
+                        ("rigl+sparse-init 0.1", "rigl 0.1")}
+    # 85 > 80, 95 > 80 and 95 > 90: the variant wins 3 of the 9 run pairs against rigl
+    assert estimate_with_ci(got["rigl+sparse-init 0.1", "rigl 0.1"])[0] == pytest.approx(3 / 9, abs=0.005)
 
 
 def test_final_network_densities_come_from_summary(report):
