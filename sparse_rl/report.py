@@ -17,7 +17,9 @@ method, density) across seeds and ``DIR`` receives:
   it, the parameter ratio to dense, the final actor and critic densities, the inference-FLOP
   and training-FLOP ratios to dense (from ``summary.json``; training FLOPs fall back to the
   cumulative FLOP series for a run that has no summary yet), the mean wall-clock seconds per
-  1,000 env steps and the wall-clock ratio to dense; a line names the machines (CPU model,
+  1,000 env steps, the wall-clock ratio to dense and the CPU-time ratio to dense (CPU time is
+  what a shared machine's other work does not inflate; ``—`` for records written before runs
+  counted it); a line names the machines (CPU model,
   threads) the runs ran on. A second table gives rliable's probability of improvement
   P(X > Y) with its CI, each group against dense, each sparse group against the
   parameter-matched network of its density, and each variant of a method (``rigl+sparse-init``)
@@ -58,7 +60,7 @@ CONFIG_KEYS = ("env", "algo", "seed", "total_steps")
 MISSING = "—"
 COLUMNS = ("env", "algo", "method", "density", "seeds", "final return IQM [95% CI]", "% of dense",
            "IQM − dense IQM", "params vs dense", "actor / critic density", "inference FLOPs vs dense",
-           "training FLOPs vs dense", "s / 1k steps", "wall-clock vs dense")
+           "training FLOPs vs dense", "s / 1k steps", "wall-clock vs dense", "CPU time vs dense")
 
 PAIR_COLUMNS = ("env", "algo", "X", "Y", "seeds X / Y", "P(X > Y) [95% CI]")
 
@@ -343,7 +345,8 @@ def results_markdown(groups: dict[GroupKey, list[Run]], reps: int) -> str:
                  mean_ratio(summary_ratio(run, "inference_flops", dense_runs) for run in group),
                  mean_ratio(train_flops_ratio(run, dense_runs) for run in group),
                  seconds_per_1k_steps(group), mean_ratio(summary_ratio(run, "wall_clock_s_per_1k_steps", dense_runs)
-                                                         for run in group))
+                                                         for run in group),
+                 mean_ratio(summary_ratio(run, "cpu_s_per_1k_steps", dense_runs) for run in group))
         lines.append("| " + " | ".join(cells) + " |")
     comparison = comparison_markdown(groups, reps)
     return "\n".join(lines) + "\n" + (f"\n{comparison}" if comparison else "")

@@ -212,25 +212,32 @@ def network_densities(model: OffPolicyAlgorithm) -> dict[str, float]:
 class RunCallback(BaseCallback):
     """Owns what makes a run a run, at each step boundary (rollout start, after the previous train step):
     a stop requested by a signal, the divergence check, periodic checkpoints; and logs the run's
-    wall-clock (``time/wall_clock_s``, resumes included) and ``sparsity/density/<net>``."""
+    wall-clock (``time/wall_clock_s``, resumes included) and ``sparsity/density/<net>``, and counts the
+    process's CPU time (resumes included), which other processes on a shared machine do not inflate."""
 
     DENSITY_EVERY = 100
     WEIGHT_CHECK_EVERY = 1000
     model: OffPolicyAlgorithm
 
     def __init__(self, run_dir: Path, every: int, metrics: SparseMetricsCallback,
-                 wall_clock_s: float = 0.0) -> None:
+                 wall_clock_s: float = 0.0, cpu_s: float = 0.0) -> None:
         super().__init__()
         self.run_dir, self.every, self.metrics = run_dir, every, metrics
         self.stop_signal: int | None = None
         self._last_checkpoint = -1
         self._last_density = -self.DENSITY_EVERY
         self._wall_before, self._started = wall_clock_s, time.perf_counter()
+        self._cpu_before, self._cpu_started = cpu_s, time.process_time()
 
     @property
     def wall_clock_s(self) -> float:
         """Seconds this run has spent training, summed over its processes (resumes included)."""
         return self._wall_before + time.perf_counter() - self._started
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds this run has used (every thread of its processes, resumes included)."""
+        return self._cpu_before + time.process_time() - self._cpu_started
 
     def _on_training_start(self) -> None:
         self._last_checkpoint = self.model.num_timesteps
@@ -283,7 +290,7 @@ class RunCallback(BaseCallback):
         fresh.mkdir()
         self.model.save(fresh / "model.zip")
         self.model.save_replay_buffer(fresh / "replay_buffer.pkl")
-        state = {**self.metrics.flops_state(), "wall_clock_s": self.wall_clock_s,
+        state = {**self.metrics.flops_state(), "wall_clock_s": self.wall_clock_s, "cpu_s": self.cpu_s,
                  "env_steps": int(self.model.num_timesteps), "gradient_steps": int(self.model._n_updates)}
         (fresh / "state.json").write_text(json.dumps(state))
         shutil.rmtree(old, ignore_errors=True)
@@ -352,8 +359,9 @@ def cpu_model() -> str:
 
 
 def summarize(model: OffPolicyAlgorithm, metrics: SparseMetricsCallback, evaluation: EvalCallback,
-              wall_clock_s: float) -> dict[str, Any]:
-    """``summary.json``: final return, steps, weights, FLOPs (each with its dense count), wall-clock, machine."""
+              wall_clock_s: float, cpu_s: float) -> dict[str, Any]:
+    """``summary.json``: final return, steps, weights, FLOPs (each with its dense count), wall-clock and CPU
+    time, machine."""
     linears = linear_layers(model, "actor") + linear_layers(model, "critic")
     returns = evaluation.evaluations_results[-1] if evaluation.evaluations_results else []
     return {
@@ -365,6 +373,7 @@ def summarize(model: OffPolicyAlgorithm, metrics: SparseMetricsCallback, evaluat
         "inference_flops": inference_flops(model), "dense_inference_flops": inference_flops(model, dense=True),
         "train_flops": metrics.train_flops, "dense_train_flops": metrics.dense_train_flops,
         "wall_clock_s": wall_clock_s, "wall_clock_s_per_1k_steps": 1000 * wall_clock_s / max(1, model.num_timesteps),
+        "cpu_s": cpu_s, "cpu_s_per_1k_steps": 1000 * cpu_s / max(1, model.num_timesteps),
         "cpu": cpu_model(), "threads": torch.get_num_threads(),
     }
 
@@ -385,6 +394,8 @@ def summary_text(summary: Mapping[str, Any], run_dir: Path) -> str:
         f"  training FLOPs total   {ratio('train_flops')}",
         f"  wall-clock             {summary['wall_clock_s'] / 60:.1f} min "
         f"({summary['wall_clock_s_per_1k_steps']:.1f} s per 1,000 steps, {summary['threads']} thread(s))",
+        f"  CPU time               {summary['cpu_s'] / 60:.1f} min "
+        f"({summary['cpu_s_per_1k_steps']:.1f} s per 1,000 steps)",
     ])
 
 
@@ -423,7 +434,7 @@ def _train(model: OffPolicyAlgorithm, config: Mapping[str, Any], run_dir: Path, 
         metrics.load_flops_state(state)
     evaluation = make_eval_callback(config, run_dir, model.num_timesteps)
     run_callback = RunCallback(run_dir, config.get("checkpoint_freq", 50_000), metrics,
-                               float(state.get("wall_clock_s", 0.0)))
+                               float(state.get("wall_clock_s", 0.0)), float(state.get("cpu_s", 0.0)))
     try:
         with stop_on_signals(run_callback):
             model.learn(max(0, config["total_steps"] - model.num_timesteps), tb_log_name="tb",
@@ -443,7 +454,7 @@ def _train(model: OffPolicyAlgorithm, config: Mapping[str, Any], run_dir: Path, 
     model.logger.dump(model.num_timesteps)
     run_callback.save()
     model.save(run_dir / "model.zip")
-    summary = summarize(model, metrics, evaluation, run_callback.wall_clock_s)
+    summary = summarize(model, metrics, evaluation, run_callback.wall_clock_s, run_callback.cpu_s)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(summary_text(summary, run_dir))
     if ledger is not None:

@@ -45,7 +45,9 @@ def test_record_is_a_few_kb_and_holds_no_model(recorded):
         assert sorted(path.name for path in record.iterdir()) == sorted(ledger.RECORD_FILES)
         assert sum(path.stat().st_size for path in record.iterdir()) < 8 * 1024
         summary = json.loads((record / "summary.json").read_text())
-        assert {"wall_clock_s", "wall_clock_s_per_1k_steps", "cpu", "threads"} <= set(summary)
+        assert {"wall_clock_s", "wall_clock_s_per_1k_steps", "cpu_s", "cpu_s_per_1k_steps", "cpu",
+                "threads"} <= set(summary)
+        assert 0 < summary["cpu_s"] and summary["cpu_s_per_1k_steps"] == pytest.approx(summary["cpu_s"] / 0.3)
         series = ledger.read_series(record)
         assert series["env_steps"][-1] == 300 and np.all(np.diff(series["wall_clock_s"]) > 0)
         assert series["train_flops"][-1] == pytest.approx(summary["train_flops"], rel=1e-6)

@@ -154,6 +154,21 @@ def test_a_method_variant_is_compared_with_its_method(tmp_path):
     assert estimate_with_ci(got["rigl+sparse-init 0.1", "rigl 0.1"])[0] == pytest.approx(3 / 9, abs=0.005)
 
 
+def test_time_columns_are_ratios_to_dense_and_blank_without_cpu_time(tmp_path):
+    runs = make_runs(tmp_path)
+    for path in runs.rglob("summary.json"):  # dense: 20 s wall, 18 s CPU per 1k steps; rigl: 15 s and 6 s
+        summary = json.loads(path.read_text())
+        dense = "dense" in str(path)
+        summary.update(wall_clock_s_per_1k_steps=20.0 if dense else 15.0)
+        if dense or "seed0" not in str(path):  # rigl seed 0 is a record from before CPU time was counted
+            summary.update(cpu_s_per_1k_steps=18.0 if dense else 6.0)
+        path.write_text(json.dumps(summary))
+    dense, sparse = table_rows(write_report([runs], tmp_path / "out", reps=REPS))
+    columns = ("s / 1k steps", "wall-clock vs dense", "CPU time vs dense")
+    assert [dense[column] for column in columns] == ["20.0", "1.00×", "1.00×"]
+    assert [sparse[column] for column in columns] == ["15.0", "0.75×", "0.33×"]
+
+
 def test_final_network_densities_come_from_summary(report):
     dense, sparse = table_rows(report[1])
     assert dense["actor / critic density"] == "1.00 / 1.00"

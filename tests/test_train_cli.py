@@ -95,13 +95,17 @@ def test_signal_mid_run_checkpoints_then_resume_reaches_the_uninterrupted_counts
     assert saved.num_timesteps == 450 and saved._n_updates == 250  # the step's gradient step was taken
     assert all(torch.equal(captured["masks"][n], layer.mask) for n, layer in sparse_layers(saved.policy).items())
     assert not (run_dir / "model.zip").exists() and not (run_dir / "summary.json").exists()
+    checkpointed = json.loads((run_dir / "checkpoint" / "state.json").read_text())
     monkeypatch.setattr(SparseMetricsCallback, "_on_step", original)
     train.main(["--resume", str(run_dir), "--no-progress-bar"])
     final = SAC.load(run_dir / "model.zip", device="cpu")
     # exactly an uninterrupted run's counts: env steps 1..800, gradient steps at 201..800
     assert final.num_timesteps == 800
     assert int(final.policy.critic_topology.step) == final._n_updates == 600
-    assert json.loads((run_dir / "summary.json").read_text())["gradient_steps"] == 600
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["gradient_steps"] == 600
+    for seconds in ("wall_clock_s", "cpu_s"):  # both clocks count the first process's time too
+        assert 0 < checkpointed[seconds] < summary[seconds]
     with np.load(run_dir / "evaluations.npz") as evaluations:
         assert list(evaluations["timesteps"]) == [400, 800]
 
