@@ -48,50 +48,14 @@ from pathlib import Path
 
 import torch
 
-from sparse_rl.backends import SMALL_BATCH, auto_backend
+from sparse_rl.backends import SMALL_BATCH, auto_backend, auto_rule
+from sparse_rl.calibrate import time_layer
 from sparse_rl.layers import SparseLinear, random_mask
+from sparse_rl.machine import cpu_model
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "sparse_speed.md"
 SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "#### Gathers from a dense weight"}
 NET_ARCH = {"sac": [256, 256], "td3": [400, 300]}
-
-
-def layer_step(layer: SparseLinear, optimizer: torch.optim.Optimizer, x: torch.Tensor, dy: torch.Tensor) -> None:
-    """One training step of ``layer`` as a controller runs it."""
-    optimizer.zero_grad(set_to_none=True)
-    layer(x).backward(dy)
-    layer.mask_grad()
-    optimizer.step()
-    layer.apply_mask()
-
-
-def time_layer(in_features: int, out_features: int, batch: int, density: float, repeats: int,
-               seed: int = 0) -> dict[str, float]:
-    """Median seconds of one training step of the ``masked`` and ``sparse`` backends, timed alternately."""
-    generator = torch.Generator().manual_seed(seed)
-    mask = random_mask((out_features, in_features), round(density * in_features * out_features), generator)
-    steps = {}
-    for backend in ("masked", "sparse"):
-        torch.manual_seed(seed)
-        layer = SparseLinear(in_features, out_features)
-        layer.set_mask(mask)
-        layer.set_backend(backend)
-        layer.dense_grad_needed = False
-        optimizer = torch.optim.Adam(layer.parameters(), lr=1e-4, fused=True)
-        x = torch.randn(batch, in_features, generator=generator)
-        dy = torch.randn(batch, out_features, generator=generator)
-        if backend == "sparse":
-            dy = dy.t().contiguous().t()
-        x.requires_grad_(True)
-        steps[backend] = (layer, optimizer, x, dy)
-    times: dict[str, list[float]] = {backend: [] for backend in steps}
-    for i in range(repeats + 3):
-        for backend, args in steps.items():
-            start = time.process_time()
-            layer_step(*args)
-            if i >= 3:  # warm-up: the first steps allocate optimizer state and the CSR structure
-                times[backend].append(time.process_time() - start)
-    return {backend: statistics.median(values) for backend, values in times.items()}
 
 
 def break_even(densities: list[float], ratios: list[float]) -> str:
@@ -280,8 +244,12 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
     command = " ".join(["python", "benchmarks/sparse_speed.py", *sys.argv[1:]])
-    header = (f"Command: `{command}` (1 torch thread, float32; machine: {platform.machine()}, "
-              f"{os.cpu_count()} CPU cores, torch {torch.__version__}).")
+    rule, source = auto_rule()
+    rule_text = ", ".join(f"≥ {weights:,} weights at density ≤ {density:g}" for weights, density in rule)
+    header = (f"Command: `{command}` (1 torch thread, float32; machine: {cpu_model()}, {platform.machine()}, "
+              f"{os.cpu_count()} CPU cores, torch {torch.__version__}). `auto`'s rule: "
+              f"{'this machine' + chr(39) + 's calibration' if source != 'built-in' else 'the built-in one'} "
+              f"(sparse for layers {rule_text}).")
     if args.part == "layers":
         shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
         densities = sorted(args.densities or [1.0, 0.5, 0.2, 0.1, 0.05], reverse=True)

@@ -9,9 +9,11 @@
   set, the weight gradient is computed dense instead (one dense product), because
   gradient-based growth scores with it. The dense ``weight`` parameter stays, so optimizers,
   state dicts, target networks and the masking invariants do not change.
-* ``auto``: picks one of the two per layer with :func:`auto_backend`, a fixed rule taken from
-  ``benchmarks/sparse_speed.py``. The rule depends only on the layer's shape, density and device,
-  and no timing happens during a run.
+* ``auto``: picks one of the two per layer with :func:`auto_backend`, a fixed rule of (layer size,
+  density) rows. The rule is this machine's calibration (``python -m sparse_rl.calibrate``, which
+  times both backends on lone layers once and writes :func:`rule_path`) when one exists for its CPU
+  and torch, else the built-in :data:`AUTO_RULE`. It depends only on the layer's shape, density and
+  device, and no timing happens during a run.
 
 The kernels are PyTorch's own CSR kernels: ``torch.sparse.addmm``/``mm`` (MKL on x86 CPUs) and
 ``torch.sparse.sampled_addmm``. They need nothing beyond ``torch``, and
@@ -32,11 +34,17 @@ slower. A network with no sparse layer runs ``F.linear`` exactly as ``masked`` d
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from sparse_rl.machine import cpu_model
 
 BACKENDS = ("auto", "masked", "sparse")
 """The values a ``SparseLinear``'s ``backend`` accepts."""
@@ -45,16 +53,71 @@ SMALL_BATCH = 4
 """Below this many rows, the sparse backend runs dense kernels on the masked weight. At batch 1,
 for example one action from ``predict``, a CSR call costs more than the dense product it replaces."""
 
-AUTO_RULE: tuple[tuple[int, float], ...] = ((100_000, 0.10), (65_536, 0.04))
-"""``auto``'s table of ``(min_weights, max_density)`` rows: a CPU layer with at least ``min_weights``
-weights (in × out) at density ``max_density`` or below runs ``sparse``. The first row that matches
-by size decides. Layers smaller than the last row stay on ``masked``. The rows are measured on this
-project's CPU with ``benchmarks/sparse_speed.py`` at batch 256. For a lone layer (forward, backward,
-fused Adam) the break-even densities were 0.07–0.11 for 256×256, 0.12 for 400×300 and 0.12–0.13 for
-1024×1024; 128×128 and a MuJoCo input layer such as 23×256 never broke even. Inside SB3's SAC, a
-256×256 actor layer at density 0.044 made the training step 4 % slower than ``masked``. The Python
-autograd function and the transposes into and out of the sparse layout cost more there than the
-kernel saved. The 256×256 row therefore sits at 0.04, below the lone layer's break-even."""
+Rule = tuple[tuple[int, float], ...]
+"""``auto``'s table of ``(min_weights, max_density)`` rows, largest ``min_weights`` first."""
+
+AUTO_RULE: Rule = ((100_000, 0.10), (65_536, 0.04))
+"""The built-in rule, for machines without a calibration. A CPU layer with at least ``min_weights`` weights (in ×
+out) at density ``max_density`` or below runs ``sparse``. The first row that matches by size decides. Layers
+smaller than the last row stay on ``masked``. The rows were measured on an Intel Xeon (this project's machine
+until November 2026) with ``benchmarks/sparse_speed.py`` at batch 256. For a lone layer (forward, backward,
+fused Adam) the break-even densities were 0.07–0.11 for 256×256, 0.12 for 400×300 and 0.12–0.13 for 1024×1024;
+128×128 and a MuJoCo input layer such as 23×256 never broke even. Inside SB3's SAC, a 256×256 actor layer at
+density 0.044 made the training step 4 % slower than ``masked``. The Python autograd function and the transposes
+into and out of the sparse layout cost more there than the kernel saved. The 256×256 row therefore sits at 0.04,
+below the lone layer's break-even. The break-even moves with the CPU (on an AMD EPYC it was 0.3 for 256×256),
+which is what ``python -m sparse_rl.calibrate`` is for."""
+
+RULE_PATH_ENV = "SPARSE_RL_AUTO_RULE"
+"""The environment variable naming the calibration file (see :func:`rule_path`)."""
+
+
+def rule_path() -> Path:
+    """Where ``python -m sparse_rl.calibrate`` writes this machine's rule and ``auto`` reads it:
+    ``$SPARSE_RL_AUTO_RULE``, else ``$XDG_CACHE_HOME/sparse_rl/auto_rule.json`` (``~/.cache`` by default)."""
+    if os.environ.get(RULE_PATH_ENV):
+        return Path(os.environ[RULE_PATH_ENV])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "sparse_rl" / "auto_rule.json"
+
+
+def machine_key() -> dict[str, str]:
+    """What a calibration is valid for: the CPU model and the torch version that were timed."""
+    return {"cpu": cpu_model(), "torch": torch.__version__}
+
+
+def write_rule(rule: Rule, path: Path, measurements: list[dict[str, float]] | None = None) -> None:
+    """Write ``rule`` as this machine's calibration (with the measurements it came from)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {**machine_key(), "rule": [[weights, density] for weights, density in rule],
+              "measurements": measurements or []}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def read_rule(path: Path) -> Rule | None:
+    """The rule in a calibration file, or ``None`` when it was measured on another CPU or torch
+    (with a warning). A file that is not a calibration is a ``ValueError`` naming it."""
+    try:
+        record = json.loads(path.read_text())
+        rule = tuple((int(weights), float(density)) for weights, density in record["rule"])
+        measured_on = {key: str(record[key]) for key in machine_key()}
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not an auto-backend calibration ({error}); "
+                         "rerun python -m sparse_rl.calibrate or delete it") from None
+    if measured_on != machine_key():
+        warnings.warn(f"{path} was calibrated on {measured_on}, this is {machine_key()}; "
+                      "auto uses the built-in rule (rerun python -m sparse_rl.calibrate)", stacklevel=2)
+        return None
+    return tuple(sorted(rule, reverse=True))
+
+
+@functools.cache
+def auto_rule() -> tuple[Rule, str]:
+    """The rule ``auto`` follows in this process and where it came from (``"calibrated <file>"`` or
+    ``"built-in"``). Read once, so every layer of a run follows the same rule."""
+    path = rule_path()
+    rule = read_rule(path) if path.is_file() else None
+    return (AUTO_RULE, "built-in") if rule is None else (rule, f"calibrated {path}")
 
 @dataclass(frozen=True)
 class CsrStructure:
@@ -117,8 +180,8 @@ def _row_pointers(rows: torch.Tensor, num_rows: int) -> torch.Tensor:
 
 
 def auto_backend(in_features: int, out_features: int, density: float, device: torch.device) -> str:
-    """The backend ``auto`` resolves to for a layer. The rule is fixed (:data:`AUTO_RULE`), taken
-    from measurements on a CPU (``benchmarks/sparse_speed.py``), and does not depend on the batch size.
+    """The backend ``auto`` resolves to for a layer. The rule (:func:`auto_rule`: this machine's
+    calibration, else :data:`AUTO_RULE`) is fixed for the process and does not depend on the batch size.
 
     CUDA and every other non-CPU device use ``masked``. Dense GEMM on a GPU beats cuSPARSE at the
     densities DST uses, and the kernels here were never measured on one. A torch build without MKL
@@ -128,7 +191,7 @@ def auto_backend(in_features: int, out_features: int, density: float, device: to
     if device.type != "cpu" or not torch.backends.mkl.is_available():
         return "masked"
     weights = in_features * out_features
-    for min_weights, max_density in AUTO_RULE:
+    for min_weights, max_density in auto_rule()[0]:
         if weights >= min_weights:
             return "sparse" if density <= max_density else "masked"
     return "masked"

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from sparse_rl.machine import cpu_model
 from sparse_rl.run_config import ConfigError, read_yaml, run_name
 from sparse_rl.sparsity import SparsityConfig
 
@@ -211,8 +212,6 @@ def write_series(path: Path, series: Series) -> None:
 
 def completed_summary(run_dir: Path, series: Series) -> dict[str, Any]:
     """``summary.json`` with the machine fields filled for runs that predate them (wall-clock from the events)."""
-    from sparse_rl.runs import cpu_model
-
     summary = json.loads((run_dir / "summary.json").read_text())
     if "wall_clock_s" not in summary:
         known = series["wall_clock_s"][~np.isnan(series["wall_clock_s"])]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import platform
 import shutil
 import signal
 import threading
@@ -44,7 +43,9 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.preprocessing import get_action_dim
 from stable_baselines3.common.vec_env import VecEnv
 
+from sparse_rl.backends import auto_rule
 from sparse_rl.flops import active_weights
+from sparse_rl.machine import cpu_model
 from sparse_rl.run_config import ConfigError, algo_classes, build_config, check_device, read_yaml, run_name, validate
 from sparse_rl.sb3 import SparseMetricsCallback, SparseSACPolicy, SparseTD3Policy
 from sparse_rl.sb3.flops import inference_flops
@@ -348,16 +349,6 @@ def final_evaluation(evaluation: EvalCallback) -> None:
     evaluation.on_step()
 
 
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def summarize(model: OffPolicyAlgorithm, metrics: SparseMetricsCallback, evaluation: EvalCallback,
               wall_clock_s: float, cpu_s: float) -> dict[str, Any]:
     """``summary.json``: final return, steps, weights, FLOPs (each with its dense count), wall-clock and CPU
@@ -375,6 +366,7 @@ def summarize(model: OffPolicyAlgorithm, metrics: SparseMetricsCallback, evaluat
         "wall_clock_s": wall_clock_s, "wall_clock_s_per_1k_steps": 1000 * wall_clock_s / max(1, model.num_timesteps),
         "cpu_s": cpu_s, "cpu_s_per_1k_steps": 1000 * cpu_s / max(1, model.num_timesteps),
         "cpu": cpu_model(), "threads": torch.get_num_threads(),
+        "auto_rule": {"source": auto_rule()[1].split()[0], "rows": [list(row) for row in auto_rule()[0]]},
     }
 
 

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from sparse_rl import ledger, report, runs, sweep
+from sparse_rl.backends import AUTO_RULE
 from sparse_rl.ledger import Ledger
 from sparse_rl.run_config import ConfigError
 from tests.test_report import write_scalars
@@ -46,7 +47,8 @@ def test_record_is_a_few_kb_and_holds_no_model(recorded):
         assert sum(path.stat().st_size for path in record.iterdir()) < 8 * 1024
         summary = json.loads((record / "summary.json").read_text())
         assert {"wall_clock_s", "wall_clock_s_per_1k_steps", "cpu_s", "cpu_s_per_1k_steps", "cpu",
-                "threads"} <= set(summary)
+                "threads", "auto_rule"} <= set(summary)
+        assert summary["auto_rule"] == {"source": "built-in", "rows": [list(row) for row in AUTO_RULE]}
         assert 0 < summary["cpu_s"] and summary["cpu_s_per_1k_steps"] == pytest.approx(summary["cpu_s"] / 0.3)
         series = ledger.read_series(record)
         assert series["env_steps"][-1] == 300 and np.all(np.diff(series["wall_clock_s"]) > 0)

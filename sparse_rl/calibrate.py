@@ -1,0 +1,161 @@
+"""``python -m sparse_rl.calibrate``: measure where the ``sparse`` backend beats ``masked`` on this machine.
+
+    python -m sparse_rl.calibrate                      # writes ~/.cache/sparse_rl/auto_rule.json
+    python -m sparse_rl.calibrate --dry-run            # measure and print, write nothing
+
+The break-even density of CSR kernels against dense GEMM moves with the CPU and the BLAS build: for a
+256×256 layer at batch 256 it was about 0.1 on this project's Intel Xeon and 0.3 on an AMD EPYC, so a
+rule measured on one machine is wrong on the other. This command times one training step of a lone
+layer (:func:`time_layer`: forward, backward, gradient mask, fused Adam, weight mask) on both backends,
+alternately, for each shape and density, and writes the rule ``auto`` follows from then on
+(:func:`sparse_rl.backends.auto_rule`): for each layer size, the highest measured density up to which
+every measured ``sparse`` step took at most ``--margin`` × the ``masked`` one. The margin keeps ``auto``
+off layers where the lone-layer gain is too small to survive inside a network. Layers smaller than the
+smallest shape stay on ``masked``. The file records the CPU model and torch version; on another CPU or
+torch it is ignored. Timing happens here, once, never inside a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from sparse_rl.backends import Rule, auto_rule, rule_path, write_rule
+from sparse_rl.layers import SparseLinear, random_mask
+from sparse_rl.run_config import at_least
+
+SHAPES = ((256, 256), (400, 300), (1024, 1024))
+"""Default layers timed, (in, out): SAC's and TD3's hidden layers, and a wide (×4) one."""
+
+DENSITIES = (0.5, 0.3, 0.2, 0.1, 0.05, 0.02)
+"""Default densities timed."""
+
+
+def layer_step(layer: SparseLinear, optimizer: torch.optim.Optimizer, x: torch.Tensor, dy: torch.Tensor) -> None:
+    """One training step of ``layer`` as a controller runs it."""
+    optimizer.zero_grad(set_to_none=True)
+    layer(x).backward(dy)
+    layer.mask_grad()
+    optimizer.step()
+    layer.apply_mask()
+
+
+def time_layer(in_features: int, out_features: int, batch: int, density: float, repeats: int,
+               seed: int = 0) -> dict[str, float]:
+    """Median CPU seconds of one training step of the ``masked`` and ``sparse`` backends, timed alternately.
+
+    The input is row-major (as from a dense layer); the output gradient has the layout of the layer's
+    output, row-major for ``masked`` and feature-major for ``sparse``, as the next layer hands it back.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    mask = random_mask((out_features, in_features), round(density * in_features * out_features), generator)
+    steps = {}
+    for backend in ("masked", "sparse"):
+        torch.manual_seed(seed)
+        layer = SparseLinear(in_features, out_features)
+        layer.set_mask(mask)
+        layer.set_backend(backend)
+        layer.dense_grad_needed = False
+        optimizer = torch.optim.Adam(layer.parameters(), lr=1e-4, fused=True)
+        x = torch.randn(batch, in_features, generator=generator)
+        dy = torch.randn(batch, out_features, generator=generator)
+        if backend == "sparse":
+            dy = dy.t().contiguous().t()
+        x.requires_grad_(True)
+        steps[backend] = (layer, optimizer, x, dy)
+    times: dict[str, list[float]] = {backend: [] for backend in steps}
+    for i in range(repeats + 3):
+        for backend, args in steps.items():
+            start = time.process_time()
+            layer_step(*args)
+            if i >= 3:  # warm-up: the first steps allocate optimizer state and the CSR structure
+                times[backend].append(time.process_time() - start)
+    return {backend: statistics.median(values) for backend, values in times.items()}
+
+
+def max_sparse_density(ratios: dict[float, float], margin: float) -> float:
+    """The highest density up to which every measured ``sparse ÷ masked`` ratio is at most ``margin``
+    (0 when the lowest density already misses it)."""
+    best = 0.0
+    for density in sorted(ratios):
+        if ratios[density] > margin:
+            break
+        best = density
+    return best
+
+
+def measure_rule(shapes: tuple[tuple[int, int], ...] = SHAPES, densities: tuple[float, ...] = DENSITIES,
+                 batch: int = 256, repeats: int = 30, margin: float = 0.9,
+                 report: bool = True) -> tuple[Rule, list[dict[str, float]]]:
+    """Time every shape at every density and return the rule with its measurements."""
+    rows, measurements = [], []
+    for in_features, out_features in shapes:
+        ratios = {}
+        for density in densities:
+            median = time_layer(in_features, out_features, batch, density, repeats)
+            ratios[density] = median["sparse"] / median["masked"]
+            measurements.append({"in": in_features, "out": out_features, "batch": batch, "density": density,
+                                 "masked_s": median["masked"], "sparse_s": median["sparse"]})
+            if report:
+                print(f"{in_features}x{out_features} batch {batch} density {density:g}: masked "
+                      f"{median['masked'] * 1e6:.0f} µs, sparse {median['sparse'] * 1e6:.0f} µs, "
+                      f"ratio {ratios[density]:.2f}", flush=True)
+        rows.append((in_features * out_features, max_sparse_density(ratios, margin)))
+    return tuple(sorted(rows, reverse=True)), measurements
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sparse_rl.calibrate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", type=shape, default=list(SHAPES), metavar="INxOUT",
+                        help="layers to time (default: %(default)s)")
+    parser.add_argument("--densities", nargs="+", type=fraction, default=list(DENSITIES))
+    parser.add_argument("--batch", type=at_least(int, 4), default=256, help="rows per step (default 256)")
+    parser.add_argument("--repeats", type=at_least(int, 1), default=30, help="timed steps per backend and point")
+    parser.add_argument("--margin", type=fraction, default=0.9,
+                        help="sparse must take at most this share of masked's time (default 0.9)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="calibration file (default: $SPARSE_RL_AUTO_RULE, else ~/.cache/sparse_rl/auto_rule.json)")
+    parser.add_argument("--dry-run", action="store_true", help="measure and print the rule, write nothing")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    rule, measurements = measure_rule(tuple(args.shapes), tuple(args.densities), args.batch, args.repeats,
+                                      args.margin)
+    print("rule (min weights -> sparse at density <=):",
+          ", ".join(f"{weights} -> {density:g}" for weights, density in rule))
+    if args.dry_run:
+        return
+    path = args.out or rule_path()
+    write_rule(rule, path, measurements)
+    auto_rule.cache_clear()
+    print(f"wrote {path}")
+
+
+def shape(text: str) -> tuple[int, int]:
+    """``"256x256"`` as ``(256, 256)``."""
+    try:
+        in_features, out_features = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape must be INxOUT with positive integers, e.g. 256x256; got {text!r}")
+    if in_features < 1 or out_features < 1:
+        raise argparse.ArgumentTypeError(f"shape must be INxOUT with positive integers, e.g. 256x256; got {text!r}")
+    return in_features, out_features
+
+
+def fraction(text: str) -> float:
+    """An argparse ``type``: a number in (0, 1], else a one-line error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return value
+
+
+if __name__ == "__main__":
+    main()
