@@ -26,12 +26,19 @@ one gather of the active values (``index_select`` at the CSR positions) against 
 the same weight (a zero-fill) and against copying the same number of values stored contiguously. It
 shows what any O(nnz) work costs while the values live inside a dense tensor.
 
+Breakdown (``--part breakdown``): where one SAC gradient step's CPU time goes, for ``MlpPolicy``, the
+sparse policy at ``--densities`` on ``auto`` and the wide network. Module hooks time the forward and
+backward of the square hidden layers, of the input and output layers and of the ReLUs; "rest" is
+everything else in SB3's ``train()`` (losses, distributions, optimizers, masks, Polyak updates,
+Python). The hooks add their own overhead to each timed module, so the shares are approximate.
+
 Each part rewrites its own section of ``results/sparse_speed.md`` (the file keeps the other
 part's section) and records its own command line.
 
     python benchmarks/sparse_speed.py --part layers [--shapes 256x256 1024x1024 --batches 256 1]
     python benchmarks/sparse_speed.py --part e2e [--algos sac td3 --densities 0.5 0.1 0.05]
     python benchmarks/sparse_speed.py --part traffic [--shapes 256x256 1024x1024]
+    python benchmarks/sparse_speed.py --part breakdown [--densities 0.1]
 """
 
 from __future__ import annotations
@@ -54,7 +61,8 @@ from sparse_rl.layers import SparseLinear, random_mask
 from sparse_rl.machine import cpu_model
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "sparse_speed.md"
-SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "#### Gathers from a dense weight"}
+SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "#### Gathers from a dense weight",
+            "breakdown": "#### Where a SAC gradient step's time goes"}
 NET_ARCH = {"sac": [256, 256], "td3": [400, 300]}
 
 
@@ -202,6 +210,71 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
             "|---|---|---|---|---|---|---|", *wide_rows]
 
 
+def time_breakdown(model, steps: int) -> tuple[float, dict[str, float]]:
+    """CPU seconds per gradient step of ``model.train`` in all, and in each kind of module (forward, backward)."""
+    spent: dict[str, float] = {}
+
+    def timer(kind: str, start_attr: str):
+        def start(module, *_):
+            setattr(module, start_attr, time.process_time())
+
+        def stop(module, *_):
+            spent[kind] = spent.get(kind, 0.0) + time.process_time() - getattr(module, start_attr)
+        return start, stop
+
+    handles = []
+    for module in model.policy.modules():
+        if isinstance(module, torch.nn.Linear):
+            kind = "hidden" if module.in_features == module.out_features else "in/out"
+        elif isinstance(module, torch.nn.ReLU):
+            kind = "ReLU"
+        else:
+            continue
+        forward_start, forward_stop = timer(f"{kind} fwd", "_fwd_start")
+        backward_start, backward_stop = timer(f"{kind} bwd", "_bwd_start")
+        handles += [module.register_forward_pre_hook(forward_start), module.register_forward_hook(forward_stop),
+                    module.register_full_backward_pre_hook(backward_start),
+                    module.register_full_backward_hook(backward_stop)]
+    start = time.process_time()
+    model.train(gradient_steps=steps, batch_size=model.batch_size)
+    total = (time.process_time() - start) / steps
+    for handle in handles:
+        handle.remove()
+    return total, {kind: seconds / steps for kind, seconds in spent.items()}
+
+
+def breakdown_tables(env_id: str, densities: list[float], width: int, chunk: int, learning_starts: int,
+                     seed: int) -> list[str]:
+    from stable_baselines3 import SAC
+
+    from sparse_rl import SparseSACPolicy
+
+    common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
+    models = {"MlpPolicy": SAC("MlpPolicy", env_id, policy_kwargs=dict(net_arch=NET_ARCH["sac"]), **common)}
+    for density in densities:
+        models[f"sparse {density:g}"] = SAC(SparseSACPolicy, env_id, **common, policy_kwargs=dict(
+            net_arch=NET_ARCH["sac"], density=density, method="rigl", update_end=None, backend="auto"))
+    models[f"wide ×{width}"] = SAC(SparseSACPolicy, env_id, **common, policy_kwargs=dict(
+        net_arch=NET_ARCH["sac"], width_multiplier=width, iso_params=True, method="rigl", update_end=None,
+        backend="auto"))
+    kinds = [f"{kind} {part}" for kind in ("hidden", "in/out", "ReLU") for part in ("fwd", "bwd")]
+    rows = []
+    for name, model in models.items():
+        model.learn(learning_starts + 1)
+        model.train(gradient_steps=10, batch_size=model.batch_size)  # warm-up: optimizer state, CSR structures
+        total, spent = time_breakdown(model, chunk)
+        rest = total - sum(spent.values())
+        rows.append(f"| {name} | {total * 1e3:.2f} | " + " | ".join(
+            f"{spent.get(kind, 0.0) * 1e3:.2f} ({spent.get(kind, 0.0) / total:.0%})" for kind in kinds)
+            + f" | {rest * 1e3:.2f} ({rest / total:.0%}) |")
+        print(rows[-1], flush=True)
+    return [f"SAC on {env_id}, seed {seed}: CPU ms per gradient step of SB3's `train()` (batch 256), {chunk} steps "
+            f"after {learning_starts} learning-starts steps, and the ms (share) spent in the forward and backward of "
+            "each kind of module, timed by module hooks (which add overhead of their own). \"hidden\" are the "
+            "square hidden layers, \"in/out\" the input and output layers, \"rest\" everything else.", "",
+            "| model | step ms | " + " | ".join(kinds) + " | rest |", "|---|---|" + "---|" * (len(kinds) + 1), *rows]
+
+
 def write_section(path: Path, part: str, lines: list[str]) -> str:
     """Replace ``part``'s section of the results file (keeping the other's); returns the new text."""
     sections = {}
@@ -267,6 +340,9 @@ def main() -> None:
                  "uses), of one dense pass over the weight (a zero-fill), and of copying the same number of "
                  "values stored contiguously:", "",
                  *traffic_tables(shapes, densities, args.repeats)]
+    elif args.part == "breakdown":
+        lines = [header, "", *breakdown_tables(args.env, args.densities or [0.1], args.width_multiplier, args.chunk,
+                                               args.learning_starts, args.seed)]
     else:
         lines = [header, "", *e2e_tables(args.algos, args.env, args.densities or [0.5, 0.1, 0.05],
                                           args.width_multiplier, args.rounds, args.chunk, args.learning_starts,
