@@ -44,7 +44,8 @@ class SparsityConfig:
     :param prune_kwargs: parameters of the prune criterion (e.g. ``{"gamma": 1.0}`` for ``mest``).
     :param grow_kwargs: parameters of the grow criterion (e.g. ``{"c": 1e-3}`` for ``ucb``).
     :param backend: how sparse layers compute: ``masked`` (dense kernels on masked weights),
-        ``sparse`` (active weights only) or ``auto`` (per layer, whichever is faster).
+        ``sparse`` (active weights only) or ``auto`` (per layer, by the table of
+        :func:`sparse_rl.backends.auto_rule`: this machine's calibration, else the built-in one).
     :param sparse_init: sparse-aware initialisation: each output neuron's initial weights are rescaled by
         sqrt(dense fan-in / active fan-in), so its pre-activation variance matches the dense layer's.
     :param width_multiplier: every hidden width is multiplied by this integer (>= 1).

@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with --width-multiplier: the density that keeps the dense K=1 weight count")
     parser.add_argument("--backend", choices=BACKENDS,
                         help="how sparse layers compute: masked (dense kernels on masked weights), sparse (active "
-                             "weights only) or auto (per layer, whichever is faster; the default)")
+                             "weights only) or auto (per layer, from this machine's table: run python -m "
+                             "sparse_rl.calibrate once; the default)")
     parser.add_argument("--total-steps", type=int, help="environment steps to train for")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--n-envs", type=int, help="parallel environments (default: 1)")
