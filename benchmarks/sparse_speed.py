@@ -32,6 +32,9 @@ backward of the square hidden layers, of the input and output layers and of the 
 everything else in SB3's ``train()`` (losses, distributions, optimizers, masks, Polyak updates,
 Python). The hooks add their own overhead to each timed module, so the shares are approximate.
 
+Kernels (``--part kernels``): the forward product alone, dense ``torch.mm`` against MKL's CSR
+``torch.sparse.mm``, in µs and in multiply-adds per second, at the first of ``--batches``.
+
 Each part rewrites its own section of ``results/sparse_speed.md`` (the file keeps the other
 part's section) and records its own command line.
 
@@ -39,6 +42,7 @@ part's section) and records its own command line.
     python benchmarks/sparse_speed.py --part e2e [--algos sac td3 --densities 0.5 0.1 0.05]
     python benchmarks/sparse_speed.py --part traffic [--shapes 256x256 1024x1024]
     python benchmarks/sparse_speed.py --part breakdown [--densities 0.1]
+    python benchmarks/sparse_speed.py --part kernels [--shapes 256x256 1024x1024 --densities 0.1 0.068 0.05]
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ from sparse_rl.machine import cpu_model
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "sparse_speed.md"
 SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "#### Gathers from a dense weight",
-            "breakdown": "#### Where a SAC gradient step's time goes"}
+            "breakdown": "#### Where a SAC gradient step's time goes", "kernels": "#### Kernel throughput"}
 NET_ARCH = {"sac": [256, 256], "td3": [400, 300]}
 
 
@@ -103,6 +107,40 @@ def layer_tables(shapes: list[tuple[int, int]], batches: list[int], densities: l
             "| layer (in×out) | batch | break-even density |", "|---|---|---|", *summary]
 
 
+def median_us(ops: dict, repeats: int) -> dict[str, float]:
+    """Median wall-clock µs of each operation, the operations timed alternately after 3 warm-up rounds."""
+    times: dict[str, list[float]] = {name: [] for name in ops}
+    for i in range(repeats + 3):
+        for name, op in ops.items():
+            start = time.perf_counter()
+            op()
+            if i >= 3:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1e6 for name, values in times.items()}
+
+
+def kernel_tables(shapes: list[tuple[int, int]], densities: list[float], batch: int, repeats: int) -> list[str]:
+    """Median µs and GFLOP/s of the dense product ``W X`` against MKL's CSR product on the active weights."""
+    rows = []
+    for in_features, out_features in shapes:
+        for density in densities:
+            generator = torch.Generator().manual_seed(0)
+            mask = random_mask((out_features, in_features), round(density * in_features * out_features), generator)
+            weight = torch.randn(out_features, in_features, generator=generator) * mask
+            x = torch.randn(in_features, batch, generator=generator)
+            with warnings.catch_warnings():  # torch warns that CSR support is in beta
+                warnings.simplefilter("ignore", UserWarning)
+                csr = weight.to_sparse_csr()
+            us = median_us({"dense": lambda: weight @ x, "csr": lambda: torch.sparse.mm(csr, x)}, repeats)
+            dense_gflops = 2 * in_features * out_features * batch / us["dense"] / 1e3
+            csr_gflops = 2 * int(mask.sum()) * batch / us["csr"] / 1e3
+            rows.append(f"| {in_features}×{out_features} | {batch} | {density:g} | {us['dense']:.0f} | {us['csr']:.0f} "
+                        f"| {dense_gflops:.1f} | {csr_gflops:.1f} | {csr_gflops / dense_gflops:.2f} |")
+            print(rows[-1], flush=True)
+    return ["| weight (in×out) | batch | density | dense µs | CSR µs | dense GFLOP/s | CSR GFLOP/s (active) "
+            "| CSR ÷ dense GFLOP/s |", "|---|---|---|---|---|---|---|---|", *rows]
+
+
 def traffic_tables(shapes: list[tuple[int, int]], densities: list[float], repeats: int) -> list[str]:
     """Median µs of a gather of the active values, a dense pass and a contiguous copy, timed alternately."""
     from sparse_rl.backends import CsrStructure
@@ -115,16 +153,8 @@ def traffic_tables(shapes: list[tuple[int, int]], densities: list[float], repeat
             weight = torch.randn(out_features, in_features, generator=generator)
             index = CsrStructure.from_mask(mask).index
             values = weight.reshape(-1).index_select(0, index)
-            ops = {"gather": lambda: weight.reshape(-1).index_select(0, index),
-                   "dense": lambda: weight.zero_(), "contiguous": lambda: values.clone()}
-            times: dict[str, list[float]] = {name: [] for name in ops}
-            for i in range(repeats + 3):
-                for name, op in ops.items():
-                    start = time.perf_counter()
-                    op()
-                    if i >= 3:
-                        times[name].append(time.perf_counter() - start)
-            us = {name: statistics.median(values) * 1e6 for name, values in times.items()}
+            us = median_us({"gather": lambda: weight.reshape(-1).index_select(0, index),
+                            "dense": lambda: weight.zero_(), "contiguous": lambda: values.clone()}, repeats)
             rows.append(f"| {in_features}×{out_features} | {density:g} | {index.numel()} | {us['gather']:.1f} "
                         f"| {us['dense']:.1f} | {us['contiguous']:.1f} | {us['gather'] / us['dense']:.2f} |")
             print(rows[-1], flush=True)
@@ -301,9 +331,9 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[256, 1], help="layers: batch sizes")
     parser.add_argument("--densities", nargs="+", type=float, default=None,
                         help="default: 1 0.5 0.2 0.1 0.05 (layers), 0.5 0.1 0.05 (e2e), "
-                             "0.5 0.2 0.1 0.05 0.02 (traffic)")
+                             "0.5 0.2 0.1 0.05 0.02 (traffic), 0.1 0.068 0.05 (kernels), 0.1 (breakdown)")
     parser.add_argument("--repeats", type=int, default=30,
-                        help="layers, traffic: timed repeats per backend (or operation) and configuration")
+                        help="layers, traffic, kernels: timed repeats per backend (or operation) and configuration")
     parser.add_argument("--env", default="HalfCheetah-v4")
     parser.add_argument("--algos", nargs="+", default=list(NET_ARCH), choices=list(NET_ARCH))
     parser.add_argument("--width-multiplier", type=int, default=4, help="e2e: the wide network's multiplier")
@@ -340,6 +370,15 @@ def main() -> None:
                  "uses), of one dense pass over the weight (a zero-fill), and of copying the same number of "
                  "values stored contiguously:", "",
                  *traffic_tables(shapes, densities, args.repeats)]
+    elif args.part == "kernels":
+        shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
+        densities = sorted(args.densities or [0.1, 0.068, 0.05], reverse=True)
+        lines = [header, "",
+                 f"Median µs (wall-clock, {args.repeats} repeats, the two products timed alternately) of one forward "
+                 f"product `W X` at batch {args.batches[0]}, `X` row-major `(in, batch)` as the sparse backend holds "
+                 "it: dense `torch.mm` on the masked weight against `torch.sparse.mm` on its CSR copy (MKL), and "
+                 "the multiply-adds per second each does (the CSR product counted at its active weights only):", "",
+                 *kernel_tables(shapes, densities, args.batches[0], args.repeats)]
     elif args.part == "breakdown":
         lines = [header, "", *breakdown_tables(args.env, args.densities or [0.1], args.width_multiplier, args.chunk,
                                                args.learning_starts, args.seed)]
