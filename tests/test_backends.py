@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from sparse_rl.backends import AUTO_RULE, SMALL_BATCH, CsrStructure, auto_backend, is_feature_major
 from sparse_rl.layers import SparseLinear, random_mask, set_backend
+from sparse_rl.methods import METHODS
 
 TOL = dict(rtol=1e-4, atol=1e-5)
 
@@ -269,3 +270,32 @@ def test_a_network_without_sparse_layers_runs_exactly_like_masked():
     torch.testing.assert_close(net(x), reference(x), rtol=0, atol=0)
     net[2].set_mask(random_mask((256, 256), 1000))  # the group notices that a layer turned sparse
     assert net[2].resolved_backend == "sparse" and is_feature_major(net[0](x))
+
+
+@pytest.mark.parametrize("method", [name for name in METHODS if name not in ("dense", "thresholds")])
+def test_every_method_trains_on_the_sparse_backend_with_its_masks_exact(method):
+    """Each method's controller drives layers on ``sparse`` (as ``auto`` does once a machine's calibration
+    puts its layers there): the run trains, updates its topology, and keeps masked weights at exactly zero,
+    online and target, with each fixed-density layer's count unchanged."""
+    from stable_baselines3 import TD3
+
+    from sparse_rl import SparseTD3Policy
+
+    own = dict(prune_start=100, prune_end=200) if method == "halo" else {}
+    model = TD3(SparseTD3Policy, "Pendulum-v1", learning_starts=64, batch_size=32, seed=0, device="cpu",
+                policy_kwargs=dict(density=0.2, method=method, backend="sparse", update_interval=20,
+                                   net_arch=[64, 64], **own))
+    layers = policy_layers(model)
+    counts = {name: layer.nnz for name, layer in layers.items()}
+    model.learn(300)
+    assert all(layer.backend == "sparse" for layer in layers.values())
+    with torch.no_grad():  # ds-td3 prunes a Polyak-updated target back to its count before the target's next forward
+        obs = torch.randn(8, 3)
+        model.critic_target(obs, model.actor_target(obs))
+    if METHODS[method].updates_topology:
+        assert sum(int(c.num_updates) for c in model.policy.topology_controllers().values()) >= 1
+    for name, layer in layers.items():
+        assert torch.isfinite(layer.weight).all(), name
+        assert (layer.weight[~layer.mask] == 0).all(), name
+        if method != "halo":
+            assert layer.nnz == counts[name], name

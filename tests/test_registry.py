@@ -111,6 +111,29 @@ def test_magnitude_target_rule_prunes_targets_back_to_the_online_count():
     assert layer.nnz == 5 and sorted(layer.weight[layer.mask].abs().tolist()) == [5.5, 6.5, 6.5, 7.5, 7.5]
 
 
+def test_magnitude_target_rule_sees_sb3s_polyak_update():
+    """SB3's ``polyak_update`` writes through ``.data``, which a version counter does not see: the next target
+    forward must still prune the target back to the online count."""
+    from stable_baselines3 import TD3
+    from stable_baselines3.common.utils import polyak_update
+
+    from sparse_rl import SparseTD3Policy
+
+    model = TD3(SparseTD3Policy, "Pendulum-v1", device="cpu", seed=0,
+                policy_kwargs=dict(method="ds-td3", density=0.3, net_arch=[16, 16]))
+    controller = model.policy.actor_topology
+    name, online = next((n, layer) for n, layer in controller.layers.items() if layer.density < 1)
+    target = controller.targets[name]
+    model.actor_target(torch.zeros(1, 3))  # a first target forward, as in training, before the update
+    with torch.no_grad():
+        online.set_mask(online.mask.flatten().roll(1).view_as(online.mask))  # active where the target is not
+        online.weight.copy_(online.mask.float())
+    polyak_update(model.actor.parameters(), model.actor_target.parameters(), 0.5)
+    assert target.weight.masked_fill(target.mask, 0).any(), "the update spread the target outside its mask"
+    model.actor_target(torch.zeros(1, 3))
+    assert target.nnz == online.nnz and not target.weight.masked_fill(target.mask, 0).any()
+
+
 def test_iso_param_density_keeps_the_weight_count():
     assert widen([256, 256], 4) == [1024, 1024]
     density = iso_param_density(17, [256, 256], 12, 4)

@@ -77,15 +77,16 @@ class DSTD3Controller(TopologyController):
 
     def _prune_target_hook(self, name: str) -> Any:
         online = self.layers[name]
-        seen = {"version": -1}
 
         def hook(target: SparseLinear, inputs: Any) -> None:
-            """Prune the target back to the online count if its weights changed (a Polyak update)
-            since the last prune; only positions active in the target or the online layer can be non-zero."""
-            if target.weight._version == seen["version"]:
-                return
+            """Prune the target back to the online count if a Polyak update left weights outside its mask;
+            only positions active in the target or the online layer can be non-zero. The check reads the
+            weights, not their version counter: SB3's ``polyak_update`` writes through ``.data``, which
+            the counter does not see."""
+            with torch.no_grad():
+                if not target.weight.masked_fill(target.mask, 0).any():
+                    return
             prune_to_count(target, online.nnz, target.mask | online.mask)
-            seen["version"] = target.weight._version
 
         return hook
 
