@@ -272,17 +272,19 @@ def test_a_network_without_sparse_layers_runs_exactly_like_masked():
     assert net[2].resolved_backend == "sparse" and is_feature_major(net[0](x))
 
 
+@pytest.mark.parametrize("algo", ["sac", "td3"])
 @pytest.mark.parametrize("method", [name for name in METHODS if name not in ("dense", "thresholds")])
-def test_every_method_trains_on_the_sparse_backend_with_its_masks_exact(method):
+def test_every_method_trains_on_the_sparse_backend_with_its_masks_exact(method, algo):
     """Each method's controller drives layers on ``sparse`` (as ``auto`` does once a machine's calibration
     puts its layers there): the run trains, updates its topology, and keeps masked weights at exactly zero,
     online and target, with each fixed-density layer's count unchanged."""
-    from stable_baselines3 import TD3
+    from stable_baselines3 import SAC, TD3
 
-    from sparse_rl import SparseTD3Policy
+    from sparse_rl import SparseSACPolicy, SparseTD3Policy
 
+    algo_class, policy_class = {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy)}[algo]
     own = dict(prune_start=100, prune_end=200) if method == "halo" else {}
-    model = TD3(SparseTD3Policy, "Pendulum-v1", learning_starts=64, batch_size=32, seed=0, device="cpu",
+    model = algo_class(policy_class, "Pendulum-v1", learning_starts=64, batch_size=32, seed=0, device="cpu",
                 policy_kwargs=dict(density=0.2, method=method, backend="sparse", update_interval=20,
                                    net_arch=[64, 64], **own))
     layers = policy_layers(model)
@@ -291,7 +293,7 @@ def test_every_method_trains_on_the_sparse_backend_with_its_masks_exact(method):
     assert all(layer.backend == "sparse" for layer in layers.values())
     with torch.no_grad():  # ds-td3 prunes a Polyak-updated target back to its count before the target's next forward
         obs = torch.randn(8, 3)
-        model.critic_target(obs, model.actor_target(obs))
+        model.critic_target(obs, model.actor_target(obs) if algo == "td3" else model.actor(obs))
     if METHODS[method].updates_topology:
         assert sum(int(c.num_updates) for c in model.policy.topology_controllers().values()) >= 1
     for name, layer in layers.items():
