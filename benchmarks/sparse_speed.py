@@ -348,10 +348,11 @@ def main() -> None:
 
     command = " ".join(["python", "benchmarks/sparse_speed.py", *sys.argv[1:]])
     rule, source = auto_rule()
+    apostrophe = "'"
     rule_text = ", ".join(f"≥ {weights:,} weights at density ≤ {density:g}" for weights, density in rule)
     header = (f"Command: `{command}` (1 torch thread, float32; machine: {cpu_model()}, {platform.machine()}, "
               f"{os.cpu_count()} CPU cores, torch {torch.__version__}). `auto`'s rule: "
-              f"{'this machine' + chr(39) + 's calibration' if source != 'built-in' else 'the built-in one'} "
+              f"{'the built-in one' if source == 'built-in' else 'this machine' + apostrophe + 's calibration'} "
               f"(sparse for layers {rule_text}).")
     if args.part == "layers":
         shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]

@@ -353,6 +353,7 @@ def summarize(model: OffPolicyAlgorithm, metrics: SparseMetricsCallback, evaluat
               wall_clock_s: float, cpu_s: float) -> dict[str, Any]:
     """``summary.json``: final return, steps, weights, FLOPs (each with its dense count), wall-clock and CPU
     time, machine."""
+    rule, rule_source = auto_rule()
     linears = linear_layers(model, "actor") + linear_layers(model, "critic")
     returns = evaluation.evaluations_results[-1] if evaluation.evaluations_results else []
     return {
@@ -366,7 +367,8 @@ def summarize(model: OffPolicyAlgorithm, metrics: SparseMetricsCallback, evaluat
         "wall_clock_s": wall_clock_s, "wall_clock_s_per_1k_steps": 1000 * wall_clock_s / max(1, model.num_timesteps),
         "cpu_s": cpu_s, "cpu_s_per_1k_steps": 1000 * cpu_s / max(1, model.num_timesteps),
         "cpu": cpu_model(), "threads": torch.get_num_threads(),
-        "auto_rule": {"source": auto_rule()[1].split()[0], "rows": [list(row) for row in auto_rule()[0]]},
+        "auto_rule": {"source": "built-in" if rule_source == "built-in" else "calibrated",
+                      "rows": [list(row) for row in rule]},
     }
 
 
