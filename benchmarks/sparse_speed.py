@@ -60,7 +60,7 @@ from pathlib import Path
 import torch
 
 from sparse_rl.backends import SMALL_BATCH, auto_backend, auto_rule
-from sparse_rl.calibrate import time_layer
+from sparse_rl.calibrate import alternating_medians, time_layer
 from sparse_rl.layers import SparseLinear, random_mask
 from sparse_rl.machine import cpu_model
 
@@ -109,14 +109,7 @@ def layer_tables(shapes: list[tuple[int, int]], batches: list[int], densities: l
 
 def median_us(ops: dict, repeats: int) -> dict[str, float]:
     """Median wall-clock µs of each operation, the operations timed alternately after 3 warm-up rounds."""
-    times: dict[str, list[float]] = {name: [] for name in ops}
-    for i in range(repeats + 3):
-        for name, op in ops.items():
-            start = time.perf_counter()
-            op()
-            if i >= 3:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) * 1e6 for name, values in times.items()}
+    return {name: seconds * 1e6 for name, seconds in alternating_medians(ops, repeats).items()}
 
 
 def kernel_tables(shapes: list[tuple[int, int]], densities: list[float], batch: int, repeats: int) -> list[str]:
@@ -162,8 +155,10 @@ def traffic_tables(shapes: list[tuple[int, int]], densities: list[float], repeat
             "| gather ÷ dense pass |", "|---|---|---|---|---|---|---|", *rows]
 
 
-def build_models(algo: str, env_id: str, densities: list[float], width: int, common: dict) -> dict:
-    """The models of one algorithm's end-to-end comparison, by name."""
+def build_models(algo: str, env_id: str, densities: list[float], width: int, common: dict,
+                 backends: tuple[str, ...] = ("auto", "masked"), matched: bool = True) -> dict:
+    """The models of one algorithm's comparison, by name: ``mlp``, ``{backend} {density}`` for each backend,
+    ``matched {density}`` (the parameter-matched dense network) if ``matched``, and ``wide``."""
     from stable_baselines3 import SAC, TD3
 
     from sparse_rl import SparseSACPolicy, SparseTD3Policy
@@ -174,13 +169,14 @@ def build_models(algo: str, env_id: str, densities: list[float], width: int, com
     env = algo_class("MlpPolicy", env_id, **common).env
     models = {"mlp": algo_class("MlpPolicy", env_id, policy_kwargs=dict(net_arch=net_arch), **common)}
     for density in densities:
-        for backend in ("auto", "masked"):
+        for backend in backends:
             models[f"{backend} {density}"] = algo_class(policy_class, env_id, **common, policy_kwargs=dict(
                 net_arch=net_arch, density=density, method="rigl", update_end=None, backend=backend))
-        matched = matched_net_arch(policy_class, env.observation_space, env.action_space, net_arch,
-                                   dict(density=density))
-        models[f"matched {density}"] = algo_class(policy_class, env_id, **common,
-                                                  policy_kwargs=dict(net_arch=matched, density=1.0))
+        if matched:
+            matched_arch = matched_net_arch(policy_class, env.observation_space, env.action_space, net_arch,
+                                            dict(density=density))
+            models[f"matched {density}"] = algo_class(policy_class, env_id, **common,
+                                                      policy_kwargs=dict(net_arch=matched_arch, density=1.0))
     models["wide"] = algo_class(policy_class, env_id, **common, policy_kwargs=dict(
         net_arch=net_arch, width_multiplier=width, iso_params=True, method="rigl", update_end=None, backend="auto"))
     return models
@@ -275,18 +271,9 @@ def time_breakdown(model, steps: int) -> tuple[float, dict[str, float]]:
 
 def breakdown_tables(env_id: str, densities: list[float], width: int, chunk: int, learning_starts: int,
                      seed: int) -> list[str]:
-    from stable_baselines3 import SAC
-
-    from sparse_rl import SparseSACPolicy
-
     common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
-    models = {"MlpPolicy": SAC("MlpPolicy", env_id, policy_kwargs=dict(net_arch=NET_ARCH["sac"]), **common)}
-    for density in densities:
-        models[f"sparse {density:g}"] = SAC(SparseSACPolicy, env_id, **common, policy_kwargs=dict(
-            net_arch=NET_ARCH["sac"], density=density, method="rigl", update_end=None, backend="auto"))
-    models[f"wide ×{width}"] = SAC(SparseSACPolicy, env_id, **common, policy_kwargs=dict(
-        net_arch=NET_ARCH["sac"], width_multiplier=width, iso_params=True, method="rigl", update_end=None,
-        backend="auto"))
+    models = build_models("sac", env_id, densities, width, common, backends=("auto",), matched=False)
+    labels = {"mlp": "MlpPolicy", "wide": f"wide ×{width}"} | {f"auto {d}": f"sparse {d:g}" for d in densities}
     kinds = [f"{kind} {part}" for kind in ("hidden", "in/out", "ReLU") for part in ("fwd", "bwd")]
     rows = []
     for name, model in models.items():
@@ -294,7 +281,7 @@ def breakdown_tables(env_id: str, densities: list[float], width: int, chunk: int
         model.train(gradient_steps=10, batch_size=model.batch_size)  # warm-up: optimizer state, CSR structures
         total, spent = time_breakdown(model, chunk)
         rest = total - sum(spent.values())
-        rows.append(f"| {name} | {total * 1e3:.2f} | " + " | ".join(
+        rows.append(f"| {labels[name]} | {total * 1e3:.2f} | " + " | ".join(
             f"{spent.get(kind, 0.0) * 1e3:.2f} ({spent.get(kind, 0.0) / total:.0%})" for kind in kinds)
             + f" | {rest * 1e3:.2f} ({rest / total:.0%}) |")
         print(rows[-1], flush=True)

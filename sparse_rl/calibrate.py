@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -67,14 +69,24 @@ def time_layer(in_features: int, out_features: int, batch: int, density: float, 
             dy = dy.t().contiguous().t()
         x.requires_grad_(True)
         steps[backend] = (layer, optimizer, x, dy)
-    times: dict[str, list[float]] = {backend: [] for backend in steps}
-    for i in range(repeats + 3):
-        for backend, args in steps.items():
-            start = time.process_time()
-            layer_step(*args)
-            if i >= 3:  # warm-up: the first steps allocate optimizer state and the CSR structure
-                times[backend].append(time.process_time() - start)
-    return {backend: statistics.median(values) for backend, values in times.items()}
+    return alternating_medians({backend: partial(layer_step, *args) for backend, args in steps.items()},
+                               repeats, time.process_time)
+
+
+def alternating_medians(ops: dict[str, Callable[[], object]], repeats: int,
+                        clock: Callable[[], float] = time.perf_counter, warmup: int = 3) -> dict[str, float]:
+    """Median seconds (by ``clock``) of each operation, the operations run in turn, ``warmup`` rounds untimed.
+
+    Warm-up rounds let the first calls allocate what they keep (optimizer state, CSR structures).
+    """
+    times: dict[str, list[float]] = {name: [] for name in ops}
+    for i in range(repeats + warmup):
+        for name, op in ops.items():
+            start = clock()
+            op()
+            if i >= warmup:
+                times[name].append(clock() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def max_sparse_density(ratios: dict[float, float], margin: float) -> float:
