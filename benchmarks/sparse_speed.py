@@ -166,8 +166,8 @@ def build_models(algo: str, env_id: str, densities: list[float], width: int, com
 
     algo_class, policy_class = {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy)}[algo]
     net_arch = NET_ARCH[algo]
-    env = algo_class("MlpPolicy", env_id, **common).env
     models = {"mlp": algo_class("MlpPolicy", env_id, policy_kwargs=dict(net_arch=net_arch), **common)}
+    env = models["mlp"].env
     for density in densities:
         for backend in backends:
             models[f"{backend} {density}"] = algo_class(policy_class, env_id, **common, policy_kwargs=dict(
@@ -335,11 +335,11 @@ def main() -> None:
 
     command = " ".join(["python", "benchmarks/sparse_speed.py", *sys.argv[1:]])
     rule, source = auto_rule()
-    apostrophe = "'"
+    rule_name = "the built-in one" if source == "built-in" else "this machine's calibration"
     rule_text = ", ".join(f"≥ {weights:,} weights at density ≤ {density:g}" for weights, density in rule)
     header = (f"Command: `{command}` (1 torch thread, float32; machine: {cpu_model()}, {platform.machine()}, "
               f"{os.cpu_count()} CPU cores, torch {torch.__version__}). `auto`'s rule: "
-              f"{'the built-in one' if source == 'built-in' else 'this machine' + apostrophe + 's calibration'} "
+              f"{rule_name} "
               f"(sparse for layers {rule_text}).")
     if args.part == "layers":
         shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
