@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from sparse_rl.backends import Rule, auto_rule, rule_path, write_rule
+from sparse_rl.backends.auto import Rule, auto_rule, rule_path, write_rule
 from sparse_rl.layers import SparseLinear, random_mask
 from sparse_rl.run_config import at_least
 

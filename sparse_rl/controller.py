@@ -99,13 +99,13 @@ class MaskController(nn.Module):
                 layer.mask_grad()
 
     @torch.no_grad()
-    def set_layer_mask(self, name: str, mask: torch.Tensor, changed: torch.Tensor | None = None) -> None:
-        """Give online layer ``name`` its new ``mask`` (weights at ``changed`` positions zeroed first),
-        then let its target follow through :meth:`mirror_to_target`."""
+    def set_layer_mask(self, name: str, mask: torch.Tensor, changed: torch.Tensor | None = None,
+                       optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Give online layer ``name`` its new ``mask`` (:meth:`SparseLinear.relayout`: weights and ``optimizer``
+        state at ``changed`` positions and grown ones start at 0, survivors keep theirs), then let its target follow
+        through :meth:`mirror_to_target`."""
         layer = self.layers[name]
-        if changed is not None:
-            layer.weight.masked_fill_(changed, 0)
-        layer.set_mask(mask)
+        layer.relayout(mask, changed, optimizer)
         target = self.targets.get(name)
         if target is not None:
             self.mirror_to_target(layer, target, changed)
@@ -131,10 +131,9 @@ class MaskController(nn.Module):
     @torch.no_grad()
     def mirror_to_target(self, online: SparseLinear, target: SparseLinear, changed: torch.Tensor | None) -> None:
         """Make ``target`` follow ``online``'s new mask: the shared-mask rule (Polyak averaging then
-        keeps the target's masked weights at exactly 0)."""
-        if changed is not None:
-            target.weight.masked_fill_(changed, 0)
-        target.set_mask(online.mask)
+        keeps the target's masked weights at exactly 0). A compact target is re-laid through the same permutation as
+        its online layer, so ``polyak_update``, which pairs parameters in order, keeps pairing the same weights."""
+        target.relayout(online.mask, changed)
 
     def log_values(self) -> dict[str, float]:
         """The kind's own scalars, logged once per rollout as ``sparsity/<name>/<network>`` (default: none)."""

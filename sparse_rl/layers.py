@@ -1,14 +1,16 @@
-"""``SparseLinear``: a linear layer whose weight carries a boolean connectivity mask."""
+"""``SparseLinear``: a linear layer with a fixed sparsity pattern, stored masked or compact."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import warnings
+from typing import Any, ClassVar, TypeVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from sparse_rl.backends import BACKENDS, SMALL_BATCH, CsrStructure, auto_backend, dense_linear, sparse_linear
+from sparse_rl.backends import REGISTRY, Backend, check_backend, resolve
+from sparse_rl.backends.compact import CompactStructure, relaid, relayout_map
+from sparse_rl.backends.csr import CsrStructure
 
 LinearT = TypeVar("LinearT", bound=nn.Linear)
 
@@ -23,75 +25,164 @@ def copy_linear(cls: type[LinearT], linear: nn.Linear) -> LinearT:
 
 
 class SparseLinear(nn.Linear):
-    """An ``nn.Linear`` with a boolean ``mask`` buffer shaped like its weight.
+    """An ``nn.Linear`` whose weight has a fixed pattern of active positions.
 
-    Invariant: ``weight[~mask] == 0`` exactly. Call :meth:`mask_grad` before the optimizer step
-    and :meth:`apply_mask` after it to keep the invariant. The controllers do both from optimizer
-    hooks. Biases stay dense.
+    Two layouts hold the pattern (``layout``):
 
-    How the layer computes is its ``backend`` (:mod:`sparse_rl.backends`):
+    * ``"masked"``: the dense ``weight`` parameter and a boolean ``mask`` buffer, with the invariant
+      ``weight[~mask] == 0`` exactly. :meth:`mask_grad` before the optimizer step and :meth:`apply_mask` after it
+      keep it (the controllers do both from optimizer hooks).
+    * ``"compact"``: only the active values, the parameter ``values`` (nnz, in CSR order), and their index
+      (:class:`~sparse_rl.backends.compact.CompactStructure`). There is no dense weight: ``layer.weight`` and
+      ``layer.mask`` are built on demand, read-only copies.
 
-    * ``"masked"`` runs the dense ``F.linear``, and ``weight.grad`` is the dense gradient;
-    * ``"sparse"`` multiplies active weights only, and ``weight.grad`` is the gradient at the
-      active positions, zero elsewhere. When ``dense_grad_needed`` is set, it is the dense gradient.
-      Batches of fewer than :data:`~sparse_rl.backends.SMALL_BATCH` rows run ``F.linear``, with the
-      dense gradient;
-    * ``"auto"`` (the default) resolves to one of the two from the layer's shape, density and device.
+    How the layer computes is its ``backend`` (:mod:`sparse_rl.backends`): ``masked`` (dense kernels), ``sparse``
+    (MKL's CSR on the masked layout), ``compact`` (this package's kernels on the compact layout) or ``auto`` (the
+    default), resolved from the layer's shape, density and device. Setting a backend of the other layout converts
+    the layer (:func:`set_backend` also moves optimizer state). Biases stay dense.
 
-    ``dense_grad_needed`` (default ``True``, so a lone layer behaves like ``nn.Linear``) is set by the
-    controller after each optimizer step. It says whether the *next* backward pass must produce the
-    dense weight gradient that gradient-based growth scores with.
+    ``dense_grad_needed`` (default ``True``, so a lone layer behaves like ``nn.Linear``) is set by the controller
+    after each optimizer step: whether the *next* backward pass must produce the dense weight gradient that
+    gradient-based growth scores with (:meth:`score_grad`).
     """
+
+    compact_capable: bool = True
+    """Whether ``auto`` may lay this layer out compactly (false where the density changes as it learns)."""
+    LAYOUTS: ClassVar[tuple[str, ...]] = ("masked", "compact")
 
     mask: torch.Tensor
     mask_values: torch.Tensor
     backend: str
-    dense_grad_needed: bool
+    layout: str
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
         # The mask in the weight's dtype: multiplying by it is ~7x faster than by a bool tensor.
         # Derived from ``mask``, so not saved; refreshed by set_mask and after loading a state dict.
         self.register_buffer("mask_values", torch.ones_like(self.weight), persistent=False)
         self.backend = "auto"
-        self.dense_grad_needed = True
+        self.layout = "masked"
+        self._dense_grad_needed = True
+        self._dense_grad: torch.Tensor | None = None
         self._mask_version = 0
+        self._compact: CompactStructure | None = None
         self._structure: tuple[tuple[Any, ...], CsrStructure] | None = None
-        self._resolved: tuple[tuple[Any, ...], str] | None = None
+        self._resolved: tuple[tuple[Any, ...], Backend] | None = None
         self._layout_group: LayoutGroup | None = None
-        self._dispatch: str | None = None  # "linear", "dense_fm" or "sparse"; None: decide at the next call
 
     @classmethod
     def from_dense(cls, linear: nn.Linear) -> SparseLinear:
         """A fully connected ``SparseLinear`` holding a copy of ``linear``'s parameters."""
         return copy_linear(cls, linear)
 
+    def __getattr__(self, name: str) -> Any:
+        compact = self.__dict__.get("_compact")
+        if compact is not None and name in ("weight", "mask"):
+            values = self._parameters["values"]
+            assert values is not None
+            return compact.dense(values.detach()) if name == "weight" else compact.mask()
+        return super().__getattr__(name)
+
+    # -- the pattern, whatever the layout -----------------------------------------------------------------------
+
     @property
     def nnz(self) -> int:
-        """Number of active (unmasked) weights."""
-        return int(self.mask.sum())
+        """Number of active weights."""
+        return self._compact.nnz if self._compact is not None else int(self.mask.sum())
 
     @property
     def density(self) -> float:
         """Fraction of the weight matrix that is active."""
-        return self.nnz / self.mask.numel()
+        return self.nnz / (self.in_features * self.out_features)
+
+    @property
+    def device(self) -> torch.device:
+        return self.bias.device if self.bias is not None else self.trainable_weight().device
+
+    def trainable_weight(self) -> nn.Parameter:
+        """The parameter the optimizer updates: ``weight`` (masked) or ``values`` (compact)."""
+        return self._parameters["values" if self._compact is not None else "weight"]  # type: ignore[return-value]
+
+    def compact_structure(self) -> CompactStructure:
+        """The compact layout's index structure (``ValueError`` on the masked layout)."""
+        if self._compact is None:
+            raise ValueError("this layer is on the masked layout; set_backend('compact') lays it out compactly")
+        return self._compact
+
+    @property
+    def dense_grad_needed(self) -> bool:
+        return self._dense_grad_needed
+
+    @dense_grad_needed.setter
+    def dense_grad_needed(self, needed: bool) -> None:
+        self._dense_grad_needed = needed
+        if not needed:
+            self._dense_grad = None
+
+    def accumulate_dense_grad(self, grad: torch.Tensor) -> None:
+        """Called by the compact kernels' backward on steps that need the dense weight gradient. It starts afresh
+        when the optimizer's ``zero_grad`` has cleared ``values.grad`` since the last call, as ``.grad`` would."""
+        values_grad = self.trainable_weight().grad
+        if self._dense_grad is None or values_grad is None or not bool(values_grad.any()):
+            self._dense_grad = grad
+        else:
+            self._dense_grad = self._dense_grad + grad
+
+    def score_weight(self) -> torch.Tensor:
+        """The dense weight that prune and grow scores read (built on demand in the compact layout)."""
+        return self.weight
+
+    def score_grad(self) -> torch.Tensor | None:
+        """The dense weight gradient of the last backward pass, as topology scores read it. In the compact layout
+        it is the dense product kept on steps that announced ``dense_grad_needed``, else the active positions'
+        gradient with zeros elsewhere."""
+        if self._compact is None:
+            return self.weight.grad
+        if self._dense_grad is not None:
+            return self._dense_grad
+        values_grad = self.trainable_weight().grad
+        return None if values_grad is None else self._compact.dense(values_grad)
+
+    # -- changing the pattern -----------------------------------------------------------------------------------
 
     @torch.no_grad()
     def set_mask(self, mask: torch.Tensor) -> None:
-        """Replace the mask and zero the weights it removes."""
-        if mask.shape != self.weight.shape:
-            raise ValueError(f"mask shape {tuple(mask.shape)} != weight shape {tuple(self.weight.shape)}")
+        """Replace the mask (masked layout: zero the weights it removes; compact: a re-layout, see :meth:`relayout`)."""
+        if mask.shape != (self.out_features, self.in_features):
+            raise ValueError(f"mask shape {tuple(mask.shape)} != weight shape {(self.out_features, self.in_features)}")
+        if self._compact is not None:
+            self.relayout(mask)
+            return
         self.mask.copy_(mask.to(torch.bool))
         self._refresh_mask_values()
         self.apply_mask()
+
+    @torch.no_grad()
+    def relayout(self, mask: torch.Tensor, changed: torch.Tensor | None = None,
+                 optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Give the layer a new pattern ``mask``. Surviving weights keep their values and optimizer state exactly;
+        grown weights, and those at the boolean ``changed`` positions (dropped and regrown), start at 0 with zeroed
+        optimizer state (looked up in ``optimizer``). The compact layout keeps its count."""
+        if self._compact is None:
+            if changed is not None:
+                self.weight.masked_fill_(changed, 0)
+            self.set_mask(mask)
+            if changed is not None:
+                _reset_state(optimizer, self.weight, lambda slot: slot.masked_fill_(changed, 0))
+            return
+        new = mask.flatten().nonzero().squeeze(1)
+        values = self.trainable_weight()
+        if new.numel() != values.numel():
+            raise ValueError(f"a compact layer keeps its {values.numel()} active weights; the new mask has "
+                             f"{new.numel()} (use the masked layout for methods whose density changes)")
+        source, keep = relayout_map(self._compact.positions, new, mask.numel(), changed)
+        values.copy_(relaid(values, source, keep))
+        _reset_state(optimizer, values, lambda slot: slot.copy_(relaid(slot, source, keep)))
+        self._compact = CompactStructure.from_positions(new, self._compact.shape)
+        self._mask_version += 1
+        self._invalidate()
 
     def _refresh_mask_values(self) -> None:
         self.mask_values = self.mask.to(self.weight.dtype)
@@ -99,129 +190,240 @@ class SparseLinear(nn.Linear):
         self._invalidate()
 
     def _invalidate(self) -> None:
-        """Forget the kernel choice (the mask, the backend, the device or the dtype changed)."""
-        group = getattr(self, "_layout_group", None)
+        """Forget the kernel choice (the pattern, the backend, the device or the dtype changed)."""
+        self._resolved = None
+        group = self.__dict__.get("_layout_group")
         if group is not None:
             group.invalidate()
-        else:
-            self._dispatch = None
 
     def _apply(self, fn: Any, recurse: bool = True) -> SparseLinear:
         result = super()._apply(fn, recurse)
+        if self._compact is not None:
+            self._compact = self._compact.to(self.device)
         self._invalidate()
         return result
 
-    def set_backend(self, backend: str) -> None:
-        """Compute with ``"masked"``, ``"sparse"`` or ``"auto"`` kernels (see the class docstring)."""
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
-        self.backend = backend
-        self._invalidate()
+    # -- backends and layouts -----------------------------------------------------------------------------------
 
-    def _cache_key(self) -> tuple[Any, ...]:
-        return self._mask_version, self.weight.device, self.weight.dtype
+    def set_backend(self, backend: str) -> tuple[nn.Parameter, nn.Parameter] | None:
+        """Compute with ``backend`` (see the class docstring). When that needs the other layout, the layer is
+        converted and ``(old parameter, new parameter)`` is returned, so that optimizers can follow
+        (:func:`set_backend` does it); else ``None``."""
+        self.backend = check_backend(backend)
+        if backend == "compact" and not self.compact_capable:
+            raise ValueError("backend 'compact' needs a method with a fixed count per layer and targets that share "
+                             "the online pattern; this method keeps the masked layout (allowed: auto, masked, sparse)")
+        self._invalidate()
+        return self._convert(self.strategy().layout)
 
     @property
     def resolved_backend(self) -> str:
-        """The backend this layer computes with now: ``"masked"`` or ``"sparse"``."""
-        if self.backend != "auto":
-            return self.backend
-        key = self._cache_key()
+        """The name of the backend this layer computes with now (``auto`` resolved)."""
+        return self.strategy().name
+
+    def strategy(self) -> Backend:
+        """The backend this layer computes with now (``auto`` resolved; cached until the pattern, device or
+        backend changes)."""
+        key = (self._mask_version, self.device, self.backend)
         if self._resolved is None or self._resolved[0] != key:
-            self._resolved = key, auto_backend(self.in_features, self.out_features, self.density, self.weight.device)
+            self._resolved = key, resolve(self)
         return self._resolved[1]
 
+    @torch.no_grad()
+    def _convert(self, layout: str) -> tuple[nn.Parameter, nn.Parameter] | None:
+        if layout == self.layout:
+            return None
+        old = self.trainable_weight()
+        if layout == "compact":
+            structure = CompactStructure.from_mask(self.mask)
+            new = nn.Parameter(old.detach().flatten()[structure.positions].clone(), requires_grad=old.requires_grad)
+            del self.weight, self.mask, self.mask_values
+            self._parameters = {"values": new, **{k: v for k, v in self._parameters.items()}}
+            self._compact = structure
+        else:
+            structure = self.compact_structure()
+            new = nn.Parameter(structure.dense(old.detach()), requires_grad=old.requires_grad)
+            del self.values
+            self._compact = None
+            self._parameters = {"weight": new, **{k: v for k, v in self._parameters.items()}}
+            self.register_buffer("mask", structure.mask())
+            self.register_buffer("mask_values", self.mask.to(new.dtype), persistent=False)
+        self.layout = layout
+        self._dense_grad = None
+        self._mask_version += 1
+        self._invalidate()
+        return old, new
+
     def csr_structure(self) -> CsrStructure:
-        """The mask's CSR structure, rebuilt only when the mask (or the device or dtype) changed."""
-        key = self._cache_key()
+        """The mask's CSR structure for the ``sparse`` backend, rebuilt only when the mask, device or dtype changed."""
+        key = self._mask_version, self.weight.device, self.weight.dtype
         if self._structure is None or self._structure[0] != key:
             self._structure = key, CsrStructure.from_mask(self.mask, self._mask_version, self.weight.dtype)
         return self._structure[1]
 
-    def _decide_dispatch(self) -> str:
-        if self.resolved_backend == "sparse":
-            self._dispatch = "sparse"
-        elif self.backend == "auto" and self._layout_group is not None and self._layout_group.any_sparse():
-            self._dispatch = "dense_fm"  # the dense kernel, feature-major like the sparse layers of its network
-        else:
-            self._dispatch = "linear"
-        return self._dispatch
+    def in_sparse_network(self) -> bool:
+        """Whether another layer of this layer's network computes with sparse kernels (then it runs feature-major)."""
+        return self._layout_group is not None and self._layout_group.any_sparse()
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        dispatch = self._dispatch or self._decide_dispatch()
-        if dispatch == "linear" or input.dim() == 1 or (input.dim() == 2 and input.shape[0] < SMALL_BATCH):
-            return F.linear(input, self.weight, self.bias)
-        if dispatch == "dense_fm":
-            return dense_linear(input, self.weight, self.bias, feature_major=True)
-        return sparse_linear(input, self.weight, self.bias, self.csr_structure(), self.dense_grad_needed)
+        return self.strategy().forward(self, input)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_structure"] = state["_resolved"] = state["_dispatch"] = None  # derived from the mask; rebuilt on use
-        return state
-
-    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
-        """Save the mask as 0/1 in the weight's dtype, so every state-dict entry is a float tensor
-        (code that perturbs, averages or casts a policy's state dict works unchanged)."""
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        destination[prefix + "mask"] = self.mask.to(self.weight.dtype)
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        """Load a mask saved as 0/1 floats (or booleans), binarised at 0.5; masked weights are zeroed."""
-        key = prefix + "mask"
-        if key in state_dict and torch.is_tensor(state_dict[key]):
-            state_dict[key] = state_dict[key] > 0.5 if state_dict[key].is_floating_point() else state_dict[key].bool()
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._refresh_mask_values()
-        self.apply_mask()
+    # -- masking (masked layout; no-ops in the compact one, where absent weights do not exist) ------------------
 
     @torch.no_grad()
     def apply_mask(self) -> None:
         """Zero the weights at masked positions."""
-        self.weight.mul_(self.mask_values)
+        if self._compact is None:
+            self.weight.mul_(self.mask_values)
 
     @torch.no_grad()
     def mask_grad(self) -> None:
         """Zero the gradient at masked positions (no-op when there is no gradient)."""
-        if self.weight.grad is not None:
+        if self._compact is None and self.weight.grad is not None:
             self.weight.grad.mul_(self.mask_values)
+
+    # -- saving and loading -------------------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_structure"] = state["_resolved"] = None  # derived from the pattern; rebuilt on use
+        state["_dense_grad"] = None
+        return state
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        """Masked: the mask as 0/1 in the weight's dtype. Compact: the positions as float64 (exact below 2**53).
+        Either way every entry is a float tensor, so code that perturbs, averages or casts a policy's state dict
+        works unchanged."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._compact is None:
+            destination[prefix + "mask"] = self.mask.to(self.weight.dtype)
+        else:
+            destination[prefix + "positions"] = self._compact.positions.to(torch.float64)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Load either layout's entries into this layer's layout (a ``model.zip`` of the masked release included)."""
+        _to_layout(state_dict, prefix, self)
+        if self._compact is not None and prefix + "positions" in state_dict:
+            positions = _valid_positions(state_dict.pop(prefix + "positions"), state_dict.get(prefix + "values"),
+                                         self.out_features * self.in_features, prefix)
+            self._compact = CompactStructure.from_positions(positions.to(self.device),
+                                                            (self.out_features, self.in_features))
+            values = self.trainable_weight()
+            if values.numel() != positions.numel():
+                values.data = values.data.new_zeros(positions.numel())
+            self._mask_version += 1
+            self._invalidate()
+            super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+            return
+        key = prefix + "mask"
+        if key in state_dict and torch.is_tensor(state_dict[key]):
+            state_dict[key] = state_dict[key] > 0.5 if state_dict[key].is_floating_point() else state_dict[key].bool()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self._compact is None:
+            self._refresh_mask_values()
+            self.apply_mask()
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, density={self.density:.3f}, backend={self.backend}"
 
 
+def _reset_state(optimizer: torch.optim.Optimizer | None, param: torch.Tensor, move: Any) -> None:
+    """Apply ``move`` to every per-element optimizer slot of ``param`` (Adam's moments, SGD's momentum, ...)."""
+    if optimizer is None:
+        return
+    for slot in optimizer.state.get(param, {}).values():
+        if torch.is_tensor(slot) and slot.shape == param.shape:
+            move(slot)
+
+
+@torch.no_grad()
+def _to_layout(state_dict: dict[str, Any], prefix: str, layer: SparseLinear) -> None:
+    """Rewrite a layer's entries saved in the other layout into ``layer``'s layout, in place."""
+    weight, mask, values, positions = (prefix + key for key in ("weight", "mask", "values", "positions"))
+    if layer.layout == "compact" and weight in state_dict and mask in state_dict:
+        active = (state_dict.pop(mask) > 0.5).flatten()
+        state_dict[positions] = active.nonzero().squeeze(1).to(torch.float64)
+        state_dict[values] = state_dict.pop(weight).flatten()[active]
+    elif layer.layout == "masked" and values in state_dict and positions in state_dict:
+        index = _valid_positions(state_dict.pop(positions), state_dict[values], layer.out_features * layer.in_features,
+                                 prefix)
+        structure = CompactStructure.from_positions(index, (layer.out_features, layer.in_features))
+        state_dict[weight] = structure.dense(state_dict.pop(values))
+        state_dict[mask] = structure.mask()
+
+
+def _valid_positions(saved: torch.Tensor, values: torch.Tensor | None, numel: int, prefix: str) -> torch.Tensor:
+    """The saved float positions as ascending int64. Entries that are not a valid pattern (not integers, out of
+    range, repeated: a perturbed state dict) are repaired to one, with a warning, so no kernel reads outside it."""
+    count = saved.numel() if values is None else values.numel()
+    positions = saved.detach().round().clamp(0, numel - 1).to(torch.int64).cpu()
+    unique = torch.unique(positions)
+    exact = torch.equal(positions.double(), saved.detach().cpu().double())
+    if unique.numel() == count and torch.equal(unique, positions) and exact:
+        return positions
+    warnings.warn(f"{prefix}positions is not a valid sparsity pattern; it was repaired to {count} distinct "
+                  "in-range positions", stacklevel=4)
+    free = torch.ones(numel, dtype=torch.bool)
+    free[unique] = False
+    filler = free.nonzero().squeeze(1)[: max(count - unique.numel(), 0)]
+    return torch.cat([unique[:count], filler]).sort().values
+
+
 class LayoutGroup:
-    """The ``SparseLinear`` layers of one network, grouped by :func:`set_backend`. When any of them
-    runs sparse, the group's dense ``auto`` layers return feature-major activations too, so that no
-    layer copies its input into the sparse kernels' layout (:mod:`sparse_rl.backends`)."""
+    """The ``SparseLinear`` layers of one network, grouped by :func:`set_backend`. When any of them computes with
+    sparse kernels, the group's dense ``auto`` layers return feature-major activations too, so that no layer copies
+    its input into the sparse kernels' layout (:mod:`sparse_rl.backends.masked`)."""
 
     def __init__(self, layers: list[SparseLinear]) -> None:
         self.layers = layers
-        self._any_sparse: tuple[torch.device, bool] | None = None
+        self._any_sparse: bool | None = None
 
     def invalidate(self) -> None:
-        """Forget the cached answer and the layers' kernel choices (a mask or a backend changed)."""
+        """Forget the cached answer (a pattern or a backend changed)."""
         self._any_sparse = None
-        for layer in self.layers:
-            layer._dispatch = None
 
     def any_sparse(self) -> bool:
-        """Whether any layer of the group resolves to the sparse backend."""
-        device = self.layers[0].weight.device
-        if self._any_sparse is None or self._any_sparse[0] != device:
-            self._any_sparse = device, any(layer.resolved_backend == "sparse" for layer in self.layers)
-        return self._any_sparse[1]
+        """Whether any layer of the group computes with sparse kernels."""
+        if self._any_sparse is None:
+            self._any_sparse = any(layer.strategy().sparse_kernels for layer in self.layers)
+        return self._any_sparse
 
 
-def set_backend(module: nn.Module, backend: str) -> int:
-    """Set the backend (``"auto"``, ``"masked"`` or ``"sparse"``) of every ``SparseLinear`` in
-    ``module``, and group them as one network (:class:`LayoutGroup`); returns how many layers were set."""
+def set_backend(module: nn.Module, backend: str, optimizers: tuple[torch.optim.Optimizer, ...] = ()) -> int:
+    """Set the backend of every ``SparseLinear`` in ``module`` and group them as one network (:class:`LayoutGroup`).
+    Layers that change layout get a new parameter; each optimizer in ``optimizers`` is moved onto it, with its
+    per-element state converted. Returns how many layers were set."""
+    check_backend(backend)
     layers = [m for m in module.modules() if isinstance(m, SparseLinear)]
     group = LayoutGroup(layers) if layers else None
     for layer in layers:
         layer._layout_group = group
-        layer.set_backend(backend)
+        swapped = layer.set_backend(backend)
+        if swapped is not None:
+            for optimizer in optimizers:
+                _swap_parameter(optimizer, layer, *swapped)
     return len(layers)
+
+
+def _swap_parameter(optimizer: torch.optim.Optimizer, layer: SparseLinear, old: nn.Parameter,
+                    new: nn.Parameter) -> None:
+    for group in optimizer.param_groups:
+        group["params"] = [new if p is old else p for p in group["params"]]
+    state = optimizer.state.pop(old, None)
+    if state is not None:
+        optimizer.state[new] = {key: convert_state(layer, slot) for key, slot in state.items()}
+
+
+def convert_state(layer: SparseLinear, slot: Any) -> Any:
+    """A per-element optimizer slot saved for either layout, in ``layer``'s layout now (other entries unchanged)."""
+    if not torch.is_tensor(slot):
+        return slot
+    shape = (layer.out_features, layer.in_features)
+    if layer.layout == "compact" and tuple(slot.shape) == shape:
+        return slot.flatten()[layer.compact_structure().positions].clone()
+    if layer.layout == "masked" and slot.dim() == 1 and slot.numel() == layer.nnz and slot.numel() != shape[0]:
+        return CompactStructure.from_mask(layer.mask).dense(slot)
+    return slot
 
 
 def random_mask(shape: tuple[int, ...], count: int, generator: torch.Generator | None = None,
@@ -235,3 +437,6 @@ def random_mask(shape: tuple[int, ...], count: int, generator: torch.Generator |
     flat = torch.zeros(numel, dtype=torch.bool)
     flat[torch.randperm(numel, generator=generator)[:count]] = True
     return flat.view(shape).to(device)
+
+
+__all__ = ["REGISTRY", "LayoutGroup", "SparseLinear", "convert_state", "copy_linear", "random_mask", "set_backend"]

@@ -43,7 +43,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.preprocessing import get_action_dim
 from stable_baselines3.common.vec_env import VecEnv
 
-from sparse_rl.backends import auto_rule
+from sparse_rl.backends.auto import auto_rule
 from sparse_rl.flops import active_weights
 from sparse_rl.machine import cpu_model
 from sparse_rl.run_config import ConfigError, algo_classes, build_config, check_device, read_yaml, run_name, validate

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from sparse_rl.backends import check_backend
 from sparse_rl.criteria import GRADIENT_CRITERIA, Criterion, resolve_criterion
 from sparse_rl.distributions import DISTRIBUTIONS, check_density
 from sparse_rl.methods.kind import MethodKind, MethodPreset
@@ -18,7 +19,6 @@ from sparse_rl.methods.registry import KINDS, get_method
 from sparse_rl.schedules import UpdateSchedule
 
 NETWORKS = ("actor", "critic")
-BACKENDS = ("auto", "masked", "sparse")
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,9 @@ class SparsityConfig:
     :param grow: grow criterion overriding the method's.
     :param prune_kwargs: parameters of the prune criterion (e.g. ``{"gamma": 1.0}`` for ``mest``).
     :param grow_kwargs: parameters of the grow criterion (e.g. ``{"c": 1e-3}`` for ``ucb``).
-    :param backend: how sparse layers compute: ``masked`` (dense kernels on masked weights),
-        ``sparse`` (active weights only) or ``auto`` (per layer, by the table of
-        :func:`sparse_rl.backends.auto_rule`: this machine's calibration, else the built-in one).
+    :param backend: how sparse layers store and compute (:data:`sparse_rl.backends.BACKENDS`): ``compact``
+        (active values only, this package's kernels), ``masked`` (dense kernels on masked weights), ``sparse``
+        (MKL's CSR on masked weights) or ``auto`` (per layer, :mod:`sparse_rl.backends.auto`).
     :param sparse_init: sparse-aware initialisation: each output neuron's initial weights are rescaled by
         sqrt(dense fan-in / active fan-in), so its pre-activation variance matches the dense layer's.
     :param width_multiplier: every hidden width is multiplied by this integer (>= 1).
@@ -110,8 +110,7 @@ class SparsityConfig:
             raise ValueError("method 'dense' needs density 1.0 (and no actor/critic density below 1)")
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"unknown distribution {self.distribution!r}; allowed: {', '.join(DISTRIBUTIONS)}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r}; allowed: {', '.join(BACKENDS)}")
+        check_backend(self.backend)
         for name in ("dense_output", "sparse_init", "iso_params"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")

@@ -165,7 +165,7 @@ class TopologyController(MaskController):
             if active == old_mask.numel():
                 stats[name] = self._stats(layer, old_mask, 0)
                 continue
-            inputs = ScoreInputs(layer.weight, layer.weight.grad, old_mask, self.active_count(name),
+            inputs = ScoreInputs(layer.score_weight(), layer.score_grad(), old_mask, self.active_count(name),
                                  int(self.num_updates))
             prune_scores, grow_scores = self.prune(inputs), self.grow(inputs)
             if not (bool(torch.isfinite(prune_scores[old_mask]).all())
@@ -178,8 +178,7 @@ class TopologyController(MaskController):
             changed[dropped] = True
             changed[grown] = True
             changed = changed.view_as(old_mask)
-            self.set_layer_mask(name, new_mask, changed)
-            reset_optimizer_state(optimizer, layer.weight, changed)
+            self.set_layer_mask(name, new_mask, changed, optimizer)
             self.active_count(name).add_(new_mask)
             stats[name] = self._stats(layer, old_mask, count)
         self.last_stats = stats

@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sparse_rl.backends import BACKENDS
 from sparse_rl.methods import METHODS
 from sparse_rl.run_config import ALGO_NAMES, parse_override
-from sparse_rl.sparsity import BACKENDS
 
 PROG = "sparse_rl.train"
 

@@ -8,7 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparse_rl.backends import AUTO_RULE, SMALL_BATCH, CsrStructure, auto_backend, is_feature_major
+from sparse_rl.backends.auto import AUTO_RULE, auto_backend
+from sparse_rl.backends.csr import CsrStructure
+from sparse_rl.backends.masked import SMALL_BATCH, is_feature_major
 from sparse_rl.layers import SparseLinear, random_mask, set_backend
 from sparse_rl.methods import METHODS
 
@@ -143,26 +145,32 @@ def test_copies_compute_the_same_and_drop_the_cache():
         torch.testing.assert_close(clone(x), expected)
 
 
-def test_auto_rule():
+def test_auto_rule_without_compact_layout():
+    """Layers that cannot be compact (and machines without the compiled kernels) follow the MKL table."""
     cpu = torch.device("cpu")
-    assert auto_backend(256, 256, 0.03, cpu) == "sparse"
-    assert auto_backend(256, 256, 0.1, cpu) == "masked"
-    assert auto_backend(1024, 1024, 0.1, cpu) == "sparse"
-    assert auto_backend(1024, 1024, 1.0, cpu) == "masked"
-    assert auto_backend(17, 256, 0.01, cpu) == "masked", "small layers stay on dense kernels"
+
+    def pick(in_features, out_features, density, device=cpu):
+        return auto_backend(in_features, out_features, density, device, compact_capable=False)
+
+    assert pick(256, 256, 0.03) == "sparse"
+    assert pick(256, 256, 0.1) == "masked"
+    assert pick(1024, 1024, 0.1) == "sparse"
+    assert pick(1024, 1024, 1.0) == "masked"
+    assert pick(17, 256, 0.01) == "masked", "small layers stay on dense kernels"
     for min_weights, max_density in AUTO_RULE:
-        assert auto_backend(min_weights, 1, max_density, cpu) == "sparse"
-    assert auto_backend(AUTO_RULE[-1][0] - 1, 1, 0.001, cpu) == "masked"
-    assert auto_backend(1024, 1024, 0.05, torch.device("meta")) == "masked", "non-CPU devices stay masked"
+        assert pick(min_weights, 1, max_density) == "sparse"
+    assert pick(AUTO_RULE[-1][0] - 1, 1, 0.001) == "masked"
+    assert pick(1024, 1024, 0.05, torch.device("meta")) == "masked", "non-CPU devices stay masked"
 
 
 def test_auto_stays_masked_without_mkl(monkeypatch):
     monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: False)
-    assert auto_backend(1024, 1024, 0.05, torch.device("cpu")) == "masked"
+    assert auto_backend(1024, 1024, 0.05, torch.device("cpu"), compact_capable=False) == "masked"
 
 
 def test_auto_follows_the_mask_and_set_backend_sets_every_layer():
     layer = SparseLinear(256, 256)
+    layer.compact_capable = False
     assert layer.backend == "auto" and layer.resolved_backend == "masked"
     layer.set_mask(random_mask((256, 256), 1500))
     assert layer.resolved_backend == "sparse"
@@ -245,7 +253,7 @@ def test_a_network_with_a_sparse_layer_runs_feature_major_and_matches_masked():
     reference = copy.deepcopy(net)
     set_backend(reference, "masked")
     set_backend(net, "auto")
-    assert [layer.resolved_backend for layer in net if isinstance(layer, SparseLinear)] == ["masked", "sparse",
+    assert [layer.resolved_backend for layer in net if isinstance(layer, SparseLinear)] == ["masked", "compact",
                                                                                             "masked"]
     seen = []
     net[2].register_forward_hook(lambda module, args, output: seen.append((is_feature_major(args[0]),

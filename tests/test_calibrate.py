@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sparse_rl import calibrate
-from sparse_rl.backends import AUTO_RULE, auto_backend, auto_rule, machine_key, read_rule, rule_path, write_rule
+from sparse_rl.backends.auto import AUTO_RULE, auto_backend, auto_rule, machine_key, read_rule, rule_path, write_rule
 
 CPU = torch.device("cpu")
 
@@ -26,6 +26,11 @@ def test_max_sparse_density_is_the_top_of_the_run_of_wins_from_the_lowest_densit
     assert best == 0.0 or best in ratios
 
 
+def table_backend(*args):
+    """``auto``'s choice for a layer that cannot be compact: the calibrated (or built-in) MKL table."""
+    return auto_backend(*args, compact_capable=False)
+
+
 def test_without_a_calibration_auto_follows_the_built_in_rule():
     assert not rule_path().exists()
     assert auto_rule() == (AUTO_RULE, "built-in")
@@ -39,11 +44,11 @@ def test_a_calibration_of_this_machine_decides_auto(tmp_path, monkeypatch):
     rule, source = auto_rule()
     assert rule == ((1_000_000, 0.2), (65_536, 0.3)), "rows come back largest layer first"
     assert source == f"calibrated {path}"
-    assert auto_backend(256, 256, 0.3, CPU) == "sparse"
-    assert auto_backend(256, 256, 0.31, CPU) == "masked"
-    assert auto_backend(1024, 1024, 0.25, CPU) == "masked", "the 1M-weight row decides for 1024x1024"
-    assert auto_backend(17, 256, 0.01, CPU) == "masked", "layers under the smallest row stay masked"
-    assert auto_backend(256, 256, 0.05, torch.device("meta")) == "masked", "non-CPU devices stay masked"
+    assert table_backend(256, 256, 0.3, CPU) == "sparse"
+    assert table_backend(256, 256, 0.31, CPU) == "masked"
+    assert table_backend(1024, 1024, 0.25, CPU) == "masked", "the 1M-weight row decides for 1024x1024"
+    assert table_backend(17, 256, 0.01, CPU) == "masked", "layers under the smallest row stay masked"
+    assert table_backend(256, 256, 0.05, torch.device("meta")) == "masked", "non-CPU devices stay masked"
 
 
 def test_a_calibration_from_another_cpu_is_ignored_with_a_warning(tmp_path):

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from sparse_rl import ledger, report, runs, sweep
-from sparse_rl.backends import AUTO_RULE
+from sparse_rl.backends.auto import AUTO_RULE
 from sparse_rl.ledger import Ledger
 from sparse_rl.run_config import ConfigError
 from tests.test_report import write_scalars

@@ -112,4 +112,5 @@ KIND = MethodKind(
                           defaults={"distribution": "er", "dense_output": True, "update_interval": 1000,
                                     "drop_fraction": 0.05, "decay": "constant", "update_end": 0.95}),),
     settings_class=DSTD3Settings,
+    compact=False,  # the magnitude rule gives each target a pattern of its own, which Polyak's pairing cannot follow
 )

@@ -40,6 +40,8 @@ class HaloLinear(SparseLinear):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.scale = nn.Parameter(torch.ones_like(self.weight))
 
+    compact_capable = False  # its magnitude prunes change the count
+
 
 def halo_penalty(weight: torch.Tensor, scale: torch.Tensor, xi: float, psi: float) -> torch.Tensor:
     """``ξ Σ |θ|/λ² + ψ Σ |λ|``."""

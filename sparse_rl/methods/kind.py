@@ -57,6 +57,8 @@ class MethodKind:
     :param settings_class: a frozen dataclass of the kind's own ``policy_kwargs`` keys.
     :param learns_density: the kind learns its density instead of holding a target one.
     :param starts_dense: networks are built dense and pruned later (the target density applies then).
+    :param compact: whether its layers may take the compact layout (a fixed count per layer, and targets that
+        share the online pattern); ``auto`` keeps the others on the masked layout.
     """
 
     name: str
@@ -66,6 +68,7 @@ class MethodKind:
     settings_class: type = NoSettings
     learns_density: bool = False
     starts_dense: bool = False
+    compact: bool = True
 
     @property
     def holds_density(self) -> bool:

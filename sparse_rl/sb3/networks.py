@@ -64,6 +64,9 @@ class SparseNetworkMixin:
             for layer in sparse_layers(self).values():  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
                 rescale_to_active_fan_in(layer)
         self.backend = backend
+        if not (KINDS[layer_kind].compact and KINDS[layer_kind].holds_density):
+            for layer in sparse_layers(self).values():  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
+                layer.compact_capable = False
         set_backend(self, backend)  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
 
     def output_layer_names(self) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
 from sparse_rl.controller import MaskController
+from sparse_rl.layers import convert_state, set_backend
 from sparse_rl.sb3.networks import SparseContinuousCritic, SparseSACActor, SparseTD3Actor, actor_outputs
 from sparse_rl.sparsity import SPARSITY_KEYS, SparsityConfig
 from sparse_rl.topology import sparse_layers
@@ -134,6 +136,29 @@ class SparsePolicyMixin:
                                                     actor.optimizer)
         self.critic_topology = self._make_controller("critic", critic, self.critic_target,  # type: ignore[attr-defined]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
                                                      critic.optimizer)
+        for optimizer in (actor.optimizer, critic.optimizer):
+            optimizer.register_load_state_dict_pre_hook(self._optimizer_state_in_layout)
+
+    def _optimizer_state_in_layout(self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+        """Convert saved per-element optimizer state to each layer's layout before it loads (a ``model.zip`` of
+        the masked release into compact layers, or the reverse)."""
+        params = [param for group in optimizer.param_groups for param in group["params"]]
+        owners = {id(layer.trainable_weight()): layer for layer in sparse_layers(self).values()}  # type: ignore[arg-type]  # mixin: SB3's policy, later in the MRO, makes self an nn.Module
+        for index, slots in state_dict["state"].items():
+            layer = owners.get(id(params[int(index)])) if int(index) < len(params) else None
+            if layer is not None:
+                state_dict["state"][index] = {key: convert_state(layer, slot) for key, slot in slots.items()}
+
+    def set_backend(self, backend: str) -> None:
+        """Compute every sparse layer (actor, critics and targets) with ``backend``, converting layouts where it
+        needs the other one; the optimizers follow onto the new parameters with their state converted."""
+        optimizers = (self.actor.optimizer, self.critic.optimizer)  # type: ignore[attr-defined]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
+        for name in ("actor", "actor_target", "critic", "critic_target"):
+            network = getattr(self, name, None)
+            if network is not None:
+                set_backend(network, backend, optimizers)
+                network.backend = backend
+        self.sparsity = replace(self.sparsity, backend=backend)
 
     def _network_kwargs(self, network: str) -> dict[str, Any]:
         density = self._densities[network] if self.sparsity.kind.holds_density else 1.0

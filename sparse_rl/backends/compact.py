@@ -1,0 +1,163 @@
+"""``compact``: a layer that stores only its active weights, so its training step costs what its active weights cost.
+
+Layout. The trainable parameter is ``values``, the active weights in CSR order (row-major positions, ascending);
+beside it, :class:`CompactStructure` holds the ``int32`` row pointers and columns the kernels read, and the
+transposed structure the input gradient reads. There is no dense weight: the gradient, Adam's moments, target
+networks, Polyak averaging and the state dict are all O(nnz). The dense weight is built only on demand (scoring on a
+topology update, FLOP checks, export, a switch to the masked layout).
+
+Kernels (:mod:`sparse_rl.backends.kernels`). Activations are feature-major ``(features, batch)``:
+
+* forward ``Yᵀ = W Xᵀ``: per output row, its active weights times rows of ``Xᵀ``, batch columns in registers;
+* input gradient ``dXᵀ = Wᵀ dYᵀ``: the same loop over ``Wᵀ``'s CSR, values gathered through ``perm_t``;
+* weight gradient: one dot product of ``dYᵀ[r]`` and ``Xᵀ[c]`` per active ``(r, c)``. On the steps where the
+  layer's ``dense_grad_needed`` is set (one step ahead of a gradient-scored topology update), one dense product
+  ``dYᵀ X`` instead, kept by the layer for scoring (:meth:`~sparse_rl.layers.SparseLinear.score_grad`).
+
+A topology update re-lays the layer (:func:`relayout_map`): one gather moves the values and every optimizer
+moment of the surviving weights to their new places, and grown weights start at 0 with zeroed moments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from sparse_rl.backends import kernels
+from sparse_rl.backends.masked import is_feature_major
+
+if TYPE_CHECKING:
+    from sparse_rl.layers import SparseLinear
+
+
+@dataclass(frozen=True)
+class CompactStructure:
+    """The index structure of a compact layer.
+
+    :param shape: ``(out, in)``.
+    :param positions: flat row-major positions of the active weights, ascending (``int64``, nnz): ``values[j]``
+        is ``W.flatten()[positions[j]]``.
+    :param crow: CSR row pointers of ``W`` (``int32``, out + 1).
+    :param col: CSR columns of ``W`` (``int32``, nnz).
+    :param crow_t: CSR row pointers of ``Wᵀ`` (``int32``, in + 1).
+    :param col_t: CSR columns of ``Wᵀ``, i.e. ``W``'s rows (``int32``, nnz).
+    :param perm_t: ``Wᵀ``'s j-th value is ``values[perm_t[j]]`` (``int32``, nnz).
+    """
+
+    shape: tuple[int, int]
+    positions: torch.Tensor
+    crow: torch.Tensor
+    col: torch.Tensor
+    crow_t: torch.Tensor
+    col_t: torch.Tensor
+    perm_t: torch.Tensor
+
+    @classmethod
+    @torch.no_grad()
+    def from_positions(cls, positions: torch.Tensor, shape: tuple[int, int]) -> CompactStructure:
+        """The structure of the ascending flat ``positions`` in an ``(out, in)`` weight."""
+        out_features, in_features = shape
+        positions = positions.to(torch.int64)
+        rows, cols = positions // in_features, positions % in_features
+        perm_t = torch.argsort(cols * out_features + rows)
+        return cls(shape, positions, _row_pointers(rows, out_features), cols.to(torch.int32),
+                   _row_pointers(cols, in_features), rows[perm_t].to(torch.int32), perm_t.to(torch.int32))
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor) -> CompactStructure:
+        """The structure of a boolean ``(out, in)`` mask."""
+        return cls.from_positions(mask.flatten().nonzero().squeeze(1), tuple(mask.shape))  # type: ignore[arg-type]
+
+    @property
+    def nnz(self) -> int:
+        return self.positions.numel()
+
+    def mask(self) -> torch.Tensor:
+        """The boolean ``(out, in)`` mask (built on demand)."""
+        flat = torch.zeros(self.shape[0] * self.shape[1], dtype=torch.bool, device=self.positions.device)
+        flat[self.positions] = True
+        return flat.view(self.shape)
+
+    def dense(self, values: torch.Tensor) -> torch.Tensor:
+        """The dense ``(out, in)`` weight holding ``values`` at the active positions (built on demand)."""
+        flat = values.new_zeros(self.shape[0] * self.shape[1])
+        flat[self.positions] = values
+        return flat.view(self.shape)
+
+    def to(self, device: torch.device) -> CompactStructure:
+        """This structure on ``device``."""
+        moved = {name: getattr(self, name).to(device) for name in ("positions", "crow", "col", "crow_t", "col_t",
+                                                                     "perm_t")}
+        return CompactStructure(self.shape, **moved)
+
+
+def _row_pointers(rows: torch.Tensor, num_rows: int) -> torch.Tensor:
+    crow = torch.zeros(num_rows + 1, dtype=torch.int32, device=rows.device)
+    crow[1:] = torch.bincount(rows, minlength=num_rows).cumsum(0)
+    return crow
+
+
+@torch.no_grad()
+def relayout_map(old: torch.Tensor, new: torch.Tensor, numel: int,
+                 changed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each new active position's value comes from: ``(source, keep)``, with ``source`` an index into the old
+    values and ``keep`` false for a grown weight (or one in the boolean ``changed``, e.g. dropped and regrown)."""
+    lookup = torch.full((numel,), -1, dtype=torch.int64, device=old.device)
+    lookup[old] = torch.arange(old.numel(), device=old.device)
+    source = lookup[new]
+    keep = source >= 0
+    if changed is not None:
+        keep &= ~changed.flatten()[new]
+    return source.clamp(min=0), keep
+
+
+@torch.no_grad()
+def relaid(tensor: torch.Tensor, source: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``tensor`` (one value per old active weight) moved to the new order: survivors gathered, the rest 0."""
+    return torch.where(keep, tensor[source], torch.zeros((), dtype=tensor.dtype, device=tensor.device))
+
+
+class _CompactLinearFunction(torch.autograd.Function):
+    """``y = x Wᵀ + b`` from the active values of ``W`` (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,
+                structure: CompactStructure, layer: SparseLinear) -> torch.Tensor:
+        ctx.input_feature_major = is_feature_major(x)
+        x_t = x.t().contiguous()  # (in, batch); a no-op for feature-major input
+        y_t = kernels.forward(values, structure.crow, structure.col, x_t, bias, structure.shape[1])
+        ctx.save_for_backward(x_t, values)
+        ctx.structure, ctx.layer, ctx.has_bias = structure, layer, bias is not None
+        return y_t.t()
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x_t, values = ctx.saved_tensors
+        structure: CompactStructure = ctx.structure
+        dy_t = grad_output.t().contiguous()  # (out, batch); a no-op for feature-major gradients
+        grad_x = grad_values = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, dy_t,
+                                        structure.shape[0]).t()
+            if not ctx.input_feature_major:  # the input's own layout, so that element-wise ops never mix layouts
+                grad_x = grad_x.contiguous()
+        if ctx.needs_input_grad[1]:
+            if ctx.layer.dense_grad_needed:
+                dense = dy_t @ x_t.t()
+                ctx.layer.accumulate_dense_grad(dense)
+                grad_values = dense.flatten()[structure.positions]
+            else:
+                grad_values = kernels.values_grad(structure.crow, structure.col, dy_t, x_t)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = dy_t.sum(1)
+        return grad_x, grad_values, grad_bias, None, None
+
+
+def forward(layer: SparseLinear, x: torch.Tensor) -> torch.Tensor:
+    """The ``compact`` backend's forward pass of ``layer`` (compact layout): every batch size, batch 1 included."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    y = _CompactLinearFunction.apply(x2, layer.values, layer.bias, layer.compact_structure(), layer)
+    return y if x.dim() == 2 else y.reshape(*lead, layer.out_features)

@@ -1,0 +1,119 @@
+"""The compiled compact kernels (``sparse_rl/csrc/kernels.c``), or a fallback on torch's CSR ops when they are missing.
+
+The extension is built by ``pip install`` (``setup.py``, an optional extension: a machine without a C compiler
+installs the package without it). Without it, :func:`compiled` is false, ``auto`` never picks ``compact``, and an
+explicit ``backend="compact"`` runs the same layout on torch's CSR kernels (MKL on x86) after a one-line warning.
+
+The SIMD level (``avx512``, ``avx2``, ``generic``) is chosen at import from what the CPU reports; the environment
+variable ``SPARSE_RL_SIMD`` or :func:`set_simd_level` picks a lower one (the tests compare all of them).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from types import ModuleType
+
+import torch
+
+SIMD_ENV = "SPARSE_RL_SIMD"
+
+
+def _load() -> ModuleType | None:
+    if os.environ.get("SPARSE_RL_NO_KERNELS"):
+        return None
+    try:
+        from sparse_rl import _kernels  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    if os.environ.get(SIMD_ENV):
+        _kernels.set_level(os.environ[SIMD_ENV])
+    return _kernels
+
+
+_EXTENSION = _load()
+_warned = False
+
+
+def compiled() -> bool:
+    """Whether the compiled kernels are available."""
+    return _EXTENSION is not None
+
+
+def simd_levels() -> list[str]:
+    """The SIMD levels this CPU runs, best first (empty without the compiled kernels)."""
+    return list(_EXTENSION.levels()) if _EXTENSION is not None else []
+
+
+def simd_level() -> str:
+    """The SIMD level the kernels use now, or ``"torch"`` for the fallback."""
+    return str(_EXTENSION.level()) if _EXTENSION is not None else "torch"
+
+
+def set_simd_level(level: str) -> None:
+    """Use another SIMD level of :func:`simd_levels` (``ValueError`` naming the allowed ones otherwise)."""
+    if _EXTENSION is None or level not in simd_levels():
+        raise ValueError(f"SIMD level {level!r} is not available here; allowed: {', '.join(simd_levels()) or 'none'}")
+    _EXTENSION.set_level(level)
+
+
+def _warn_fallback() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn("sparse_rl's compiled kernels are not built (reinstall with a C compiler: pip install -e .); "
+                      "backend='compact' runs on torch's CSR kernels", stacklevel=3)
+
+
+def _check(*tensors: torch.Tensor) -> bool:
+    """Whether the compiled kernels can run on these tensors (CPU float32/int32, contiguous)."""
+    return _EXTENSION is not None and all(t.device.type == "cpu" and t.is_contiguous() for t in tensors) \
+        and tensors[0].dtype == torch.float32
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    with warnings.catch_warnings():  # torch warns once per process that CSR support is in beta
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def forward(values: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, x_t: torch.Tensor,
+            bias: torch.Tensor | None, cols: int) -> torch.Tensor:
+    """``W xᵀ + b`` as ``(rows, batch)``, for ``W`` in CSR and ``x_t = xᵀ`` contiguous ``(cols, batch)``."""
+    rows, batch = crow.numel() - 1, x_t.shape[1]
+    if _check(values, x_t) and (bias is None or bias.is_contiguous()):
+        y_t = x_t.new_empty(rows, batch)
+        _EXTENSION.forward(values.data_ptr(), crow.data_ptr(), col.data_ptr(),  # type: ignore[union-attr]
+                           x_t.data_ptr(), 0 if bias is None else bias.data_ptr(), y_t.data_ptr(), rows, batch)
+        return y_t
+    _warn_fallback()
+    w = _csr(crow, col, values, (rows, cols))
+    return torch.sparse.mm(w, x_t) if bias is None else torch.addmm(bias.unsqueeze(1), w, x_t)
+
+
+def input_grad(values: torch.Tensor, perm_t: torch.Tensor, crow_t: torch.Tensor, col_t: torch.Tensor,
+               dy_t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``Wᵀ dyᵀ`` as ``(cols, batch)``: the forward loop over ``Wᵀ``'s CSR, whose values are ``values[perm_t]``."""
+    cols, batch = crow_t.numel() - 1, dy_t.shape[1]
+    if _check(values, dy_t):
+        dx_t = dy_t.new_empty(cols, batch)
+        scratch = torch.empty_like(values)
+        _EXTENSION.input_grad(values.data_ptr(), perm_t.data_ptr(), crow_t.data_ptr(),  # type: ignore[union-attr]
+                              col_t.data_ptr(), dy_t.data_ptr(), dx_t.data_ptr(), scratch.data_ptr(), cols,
+                              values.numel(), batch)
+        return dx_t
+    _warn_fallback()
+    return torch.sparse.mm(_csr(crow_t, col_t, values[perm_t.long()], (cols, rows)), dy_t)
+
+
+def values_grad(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+    """The gradient of ``W``'s active values: ``dot(dyᵀ[r], xᵀ[col[j]])`` for every active ``(r, col[j])``."""
+    rows, cols = crow.numel() - 1, x_t.shape[0]
+    if _check(dy_t, x_t):
+        grad = dy_t.new_empty(col.numel())
+        _EXTENSION.values_grad(crow.data_ptr(), col.data_ptr(), dy_t.data_ptr(),  # type: ignore[union-attr]
+                               x_t.data_ptr(), grad.data_ptr(), rows, dy_t.shape[1])
+        return grad
+    _warn_fallback()
+    pattern = _csr(crow, col, dy_t.new_zeros(col.numel()), (rows, cols))
+    return torch.sparse.sampled_addmm(pattern, dy_t, x_t.t(), beta=0.0).values()

@@ -1,0 +1,48 @@
+"""``masked``: the dense kernel on a weight whose masked entries are zero; the activation layouts all backends share.
+
+Every weight is multiplied and the weight gradient is dense. This is the layout of methods whose density changes as
+they learn (``thresholds``, ``halo``), of every non-CPU device, and of a user's explicit ``backend="masked"``.
+
+Layouts. The sparse kernels (``sparse``, ``compact``) read and write activations feature-major, ``(features,
+batch)`` row-major, and return ``(W xᵀ)ᵀ``, a transposed view. In a network where any layer runs a sparse kernel,
+the dense ``auto`` layers also return feature-major ``(W xᵀ + b)ᵀ`` (the same GEMM with other transpose flags), so
+activations stay feature-major throughout with no copies. Each layer returns its input gradient in its input's
+layout: ReLU and its backward on mixed layouts ran several times slower. A network with no sparse layer runs
+``F.linear`` exactly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from sparse_rl.layers import SparseLinear
+
+SMALL_BATCH = 4
+"""Below this many rows, the ``sparse`` backend runs dense kernels on the masked weight: at batch 1 (one action
+from ``predict``) a CSR call costs more than the dense product it replaces."""
+
+
+def is_feature_major(x: torch.Tensor) -> bool:
+    """Whether a 2-d ``x`` is stored transposed (``x.t()`` contiguous) and not also row-major."""
+    return x.dim() == 2 and not x.is_contiguous() and x.t().is_contiguous()
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 feature_major: bool = False) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` with the dense kernel. The result is feature-major, ``(W xᵀ + b)ᵀ``,
+    when ``feature_major`` is set or ``x`` itself is feature-major. Otherwise ``F.linear`` runs
+    and the result is row-major. Dense GEMM reads either layout."""
+    if x.dim() != 2 or not (feature_major or is_feature_major(x)):
+        return F.linear(x, weight, bias)
+    return (torch.mm(weight, x.t()) if bias is None else torch.addmm(bias.unsqueeze(1), weight, x.t())).t()
+
+
+def forward(layer: SparseLinear, x: torch.Tensor) -> torch.Tensor:
+    """The ``masked`` backend's forward pass: feature-major when the layer's network runs sparse kernels."""
+    if layer.backend == "auto" and x.dim() == 2 and x.shape[0] >= SMALL_BATCH and layer.in_sparse_network():
+        return dense_linear(x, layer.weight, layer.bias, feature_major=True)
+    return F.linear(x, layer.weight, layer.bias)

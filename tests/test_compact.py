@@ -1,0 +1,346 @@
+"""The compact layout: only active values stored, this package's kernels, and re-layout at topology updates."""
+
+import copy
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sparse_rl.backends import kernels
+from sparse_rl.layers import SparseLinear, random_mask, set_backend
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def layer_pair(in_features: int, out_features: int, count: int, seed: int, bias: bool = True):
+    """The same layer on ``masked`` and on ``compact``."""
+    torch.manual_seed(seed)
+    masked = SparseLinear(in_features, out_features, bias=bias)
+    masked.set_mask(random_mask((out_features, in_features), count, torch.Generator().manual_seed(seed)))
+    masked.set_backend("masked")
+    compact = copy.deepcopy(masked)
+    compact.set_backend("compact")
+    return masked, compact
+
+
+def run(layer: SparseLinear, x: torch.Tensor, upstream: torch.Tensor):
+    x = x.detach().clone().requires_grad_(True)
+    y = layer(x)
+    y.backward(upstream)
+    return y.detach(), x.grad
+
+
+@pytest.fixture(params=kernels.simd_levels() or ["torch"])
+def simd(request):  # the level stays set for every example of one test run
+    """Every SIMD level this CPU runs (and torch's kernels where the extension is not built)."""
+    if request.param == "torch":
+        yield request.param
+        return
+    before = kernels.simd_level()
+    kernels.set_simd_level(request.param)
+    yield request.param
+    kernels.set_simd_level(before)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(in_features=st.integers(1, 90), out_features=st.integers(1, 90), batch=st.integers(1, 300),
+       fraction=st.floats(0, 1), seed=st.integers(0, 2**16), feature_major=st.booleans(), bias=st.booleans(),
+       dense_grad=st.booleans())
+def test_compact_equals_masked(simd, in_features, out_features, batch, fraction, seed, feature_major, bias,
+                               dense_grad):
+    """Outputs, input gradients, value gradients and (on update steps) the dense gradient agree to float32
+    tolerance, at every SIMD level, for every batch from 1 row up."""
+    count = round(fraction * in_features * out_features)
+    masked, compact = layer_pair(in_features, out_features, count, seed, bias)
+    compact.dense_grad_needed = dense_grad
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, in_features, generator=generator)
+    if feature_major:
+        x = x.t().contiguous().t()
+    upstream = torch.randn(batch, out_features, generator=generator)
+    y_masked, dx_masked = run(masked, x, upstream)
+    y_compact, dx_compact = run(compact, x, upstream)
+    torch.testing.assert_close(y_compact, y_masked, **TOL)
+    torch.testing.assert_close(dx_compact, dx_masked, **TOL)
+    assert compact.values.grad.shape == (count,)
+    torch.testing.assert_close(compact.values.grad, masked.weight.grad[masked.mask], **TOL)
+    if bias:
+        torch.testing.assert_close(compact.bias.grad, masked.bias.grad, **TOL)
+    if dense_grad:
+        torch.testing.assert_close(compact.score_grad(), masked.weight.grad, **TOL)
+    else:
+        assert compact.score_grad() is not None and (compact.score_grad()[~compact.mask] == 0).all()
+
+
+def test_the_compact_layout_holds_no_dense_tensor():
+    _, compact = layer_pair(512, 512, 5000, 0)
+    assert [name for name, _ in compact.named_parameters()] == ["values", "bias"]
+    assert not list(compact.buffers())
+    state = compact.state_dict()
+    assert list(state) == ["values", "bias", "positions"] and all(v.is_floating_point() for v in state.values())
+    assert sum(v.numel() for v in state.values()) == 2 * 5000 + 512
+    assert compact.nnz == 5000 and compact.layout == "compact"
+
+
+def test_layouts_convert_both_ways_and_state_dicts_load_across_layouts():
+    masked, compact = layer_pair(40, 30, 333, 1)
+    assert torch.equal(compact.weight, masked.weight) and torch.equal(compact.mask, masked.mask)
+    other = SparseLinear(40, 30)
+    other.set_mask(random_mask((30, 40), 100))  # another count: loading takes the saved one
+    other.set_backend("compact")
+    other.load_state_dict(masked.state_dict())
+    assert other.nnz == 333 and torch.equal(other.weight, masked.weight)
+    back = SparseLinear(40, 30)
+    back.set_backend("masked")
+    back.load_state_dict(compact.state_dict())
+    assert torch.equal(back.weight, masked.weight) and torch.equal(back.mask, masked.mask)
+    compact.set_backend("masked")
+    assert compact.layout == "masked" and torch.equal(compact.weight, masked.weight)
+
+
+def test_a_perturbed_state_dict_is_repaired_to_a_valid_pattern_with_a_warning():
+    _, compact = layer_pair(20, 10, 50, 2)
+    state = {key: torch.rand_like(value) for key, value in compact.state_dict().items()}
+    with pytest.warns(UserWarning, match="not a valid sparsity pattern"):
+        compact.load_state_dict(state)
+    assert compact.nnz == 50 and int(compact.mask.sum()) == 50
+    compact(torch.randn(8, 20)).sum().backward()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), drop=st.floats(0.05, 0.9))
+def test_relayout_keeps_survivors_and_their_moments_exactly(seed, drop):
+    """A re-layout moves every surviving value and Adam moment to its new place unchanged; grown and changed
+    positions start at 0 with zeroed moments; the count never changes."""
+    masked, compact = layer_pair(30, 20, 150, seed)
+    optimizers = {}
+    for name, layer in (("masked", masked), ("compact", compact)):
+        optimizer = torch.optim.Adam(layer.parameters(), lr=1e-2)
+        for _ in range(3):
+            optimizer.zero_grad()
+            layer(torch.randn(16, 30, generator=torch.Generator().manual_seed(seed))).square().sum().backward()
+            layer.mask_grad()
+            optimizer.step()
+            layer.apply_mask()
+        optimizers[name] = optimizer
+    torch.testing.assert_close(compact.weight, masked.weight, **TOL)
+    generator = torch.Generator().manual_seed(seed + 1)
+    old = masked.mask.clone()
+    active = old.flatten().nonzero().squeeze(1)
+    dropped = active[torch.randperm(active.numel(), generator=generator)[: round(drop * active.numel())]]
+    inactive = (~old).flatten().nonzero().squeeze(1)
+    grown = inactive[torch.randperm(inactive.numel(), generator=generator)[: dropped.numel()]]
+    new = old.flatten().clone()
+    new[dropped], new[grown] = False, True
+    new = new.view_as(old)
+    changed = torch.zeros_like(new)
+    changed.view(-1)[dropped], changed.view(-1)[grown] = True, True
+    structure = compact.compact_structure()
+    before = {key: structure.dense(slot) for key, slot in optimizers["compact"].state[compact.values].items()
+              if torch.is_tensor(slot) and slot.dim() == 1}
+    weight_before = compact.weight
+    masked.relayout(new, changed, optimizers["masked"])
+    compact.relayout(new, changed, optimizers["compact"])
+    assert compact.nnz == 150 and torch.equal(compact.mask, new)
+    survivors = old & new
+    assert torch.equal(compact.weight[survivors], weight_before[survivors])
+    assert (compact.weight[new & ~old] == 0).all()
+    for key, dense_before in before.items():
+        after = compact.compact_structure().dense(optimizers["compact"].state[compact.values][key])
+        assert torch.equal(after[survivors], dense_before[survivors]) and (after[new & ~old] == 0).all()
+        torch.testing.assert_close(after, optimizers["masked"].state[masked.weight][key], **TOL)
+    torch.testing.assert_close(compact.weight, masked.weight, **TOL)
+
+
+def test_a_compact_layer_keeps_its_count():
+    _, compact = layer_pair(10, 10, 30, 0)
+    with pytest.raises(ValueError, match="keeps its 30 active weights; the new mask has 31"):
+        compact.relayout(random_mask((10, 10), 31))
+
+
+def test_layers_whose_density_changes_refuse_the_compact_layout():
+    from sparse_rl.methods.halo import HaloLinear
+
+    with pytest.raises(ValueError, match="backend 'compact' needs a method with a fixed count"):
+        HaloLinear(8, 8).set_backend("compact")
+
+
+def compact_policies(algo: str, **policy_kwargs):
+    from stable_baselines3 import SAC, TD3
+
+    from sparse_rl import SparseSACPolicy, SparseTD3Policy
+
+    algo_class, policy_class = {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy)}[algo]
+    kwargs = dict(density=0.2, backend="compact", update_interval=10, update_end=None, net_arch=[64, 64])
+    return algo_class, algo_class(policy_class, "Pendulum-v1", learning_starts=64, batch_size=32, seed=0,
+                                  device="cpu", policy_kwargs={**kwargs, **policy_kwargs})
+
+
+def sparse_layers_of(model):
+    return {name: m for name, m in model.policy.named_modules() if isinstance(m, SparseLinear)}
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+@pytest.mark.parametrize("method", ["rigl", "set", "dst-ee"])
+def test_policies_keep_counts_targets_and_state_after_every_step_and_update(algo, method):
+    """On the compact layout: exact counts after every optimizer step and update, targets laid out like their
+    online layers, and optimizer state O(nnz)."""
+    _, model = compact_policies(algo, method=method)
+    layers = sparse_layers_of(model)
+    compact = {name for name, layer in layers.items() if layer.layout == "compact"}
+    assert {name.split(".")[0] for name in compact} >= {"actor", "critic", "critic_target"}
+    counts = {name: layer.nnz for name, layer in layers.items()}
+    checks = []
+
+    def check(*_):
+        checks.append(all(layer.nnz == counts[name] for name, layer in layers.items()))
+
+    for network in (model.actor, model.critic):
+        network.optimizer.register_step_post_hook(check)
+    model.learn(300)
+    assert checks and all(checks)
+    assert all(int(c.num_updates) >= 2 for c in model.policy.topology_controllers().values())
+    for name, layer in layers.items():
+        for online, target in (("critic", "critic_target"), ("actor", "actor_target")):
+            if name.startswith(target + "."):
+                source = layers[online + name[len(target):]]
+                assert torch.equal(layer.compact_structure().positions, source.compact_structure().positions), name
+    for network in (model.actor, model.critic):
+        for layer in (m for m in network.modules() if isinstance(m, SparseLinear) and m.layout == "compact"):
+            assert all(slot.shape == (layer.nnz,) for slot in network.optimizer.state[layer.values].values()
+                       if torch.is_tensor(slot) and slot.dim() > 0)
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_an_update_on_compact_equals_the_masked_update(algo):
+    """The same scores give the same new masks, weights, targets and Adam moments in both layouts."""
+    _, masked_model = compact_policies(algo, backend="masked")
+    masked_model.learn(120)
+    compact_policy = copy.deepcopy(masked_model.policy)
+    compact_policy.set_backend("compact")
+    policies = {"masked": masked_model.policy, "compact": compact_policy}
+    generator = torch.Generator().manual_seed(0)
+    grads = {name: torch.randn(layer.out_features, layer.in_features, generator=generator)
+             for name, layer in sparse_layers_of(masked_model).items()}
+    for policy in policies.values():
+        for name, layer in ((n, m) for n, m in policy.named_modules() if isinstance(m, SparseLinear)):
+            if layer.layout == "masked":
+                layer.weight.grad = grads[name].clone()
+            else:
+                layer.values.grad = grads[name].flatten()[layer.compact_structure().positions].clone()
+                layer._dense_grad = grads[name].clone()
+        for network, controller in (("actor", policy.actor_topology), ("critic", policy.critic_topology)):
+            controller.update(0.3, getattr(policy, network).optimizer)
+    layers = {key: {n: m for n, m in policy.named_modules() if isinstance(m, SparseLinear)}
+              for key, policy in policies.items()}
+    for name, masked in layers["masked"].items():
+        compact = layers["compact"][name]
+        assert torch.equal(compact.mask, masked.mask), name
+        assert torch.equal(compact.weight, masked.weight), name
+    for network in ("actor", "critic"):
+        masked_opt, compact_opt = (getattr(policies[k], network).optimizer for k in ("masked", "compact"))
+        for name, masked in ((n, m) for n, m in layers["masked"].items() if n.startswith(network + ".")):
+            compact = layers["compact"][name]
+            if compact.layout != "compact":
+                continue
+            for key, slot in compact_opt.state[compact.values].items():
+                if torch.is_tensor(slot) and slot.dim() == 1:
+                    assert torch.equal(compact.compact_structure().dense(slot), masked_opt.state[masked.weight][key])
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_save_load_predict_round_trip_across_layouts(algo, tmp_path):
+    algo_class, model = compact_policies(algo)
+    model.learn(150)
+    obs = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    actions = model.predict(obs, deterministic=True)[0]
+    assert all(value.is_floating_point() for value in model.policy.state_dict().values())
+    model.save(tmp_path / "model")
+    loaded = algo_class.load(tmp_path / "model", device="cpu")
+    assert np.array_equal(loaded.predict(obs, deterministic=True)[0], actions)
+    as_masked = algo_class.load(tmp_path / "model", device="cpu",
+                                custom_objects=dict(policy_kwargs=dict(model.policy_kwargs, backend="masked")))
+    assert {layer.layout for layer in sparse_layers_of(as_masked).values()} == {"masked"}
+    np.testing.assert_allclose(as_masked.predict(obs, deterministic=True)[0], actions, rtol=1e-5, atol=1e-6)
+    loaded.set_env(model.get_env())
+    loaded.learn(100, reset_num_timesteps=False)
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_models_saved_by_the_masked_release_load_compact_and_predict_the_same(algo):
+    """``tests/fixtures``: models written by sparse_rl 0.1.0 (dense weight + float mask per layer)."""
+    from stable_baselines3 import SAC, TD3
+
+    algo_class = {"sac": SAC, "td3": TD3}[algo]
+    expected = np.load(FIXTURES / "predictions_v0_1_0.npz")
+    model = algo_class.load(FIXTURES / f"{algo}_pendulum_v0_1_0.zip", device="cpu")
+    layouts = {layer.layout for layer in sparse_layers_of(model).values()}
+    assert "compact" in layouts
+    np.testing.assert_allclose(model.predict(expected["obs"], deterministic=True)[0], expected[f"{algo}_actions"],
+                               rtol=1e-5, atol=1e-6)
+    for network in (model.actor, model.critic):
+        for layer in (m for m in network.modules() if isinstance(m, SparseLinear) and m.layout == "compact"):
+            assert network.optimizer.state[layer.values]["exp_avg"].shape == (layer.nnz,)
+    import gymnasium as gym
+
+    model.set_env(gym.make("Pendulum-v1"))
+    model.learning_starts = 0
+    model.learn(64)
+
+
+def test_without_the_extension_compact_runs_on_torch_kernels_with_one_warning(monkeypatch):
+    masked, compact = layer_pair(50, 40, 400, 3)
+    monkeypatch.setattr(kernels, "_EXTENSION", None)
+    monkeypatch.setattr(kernels, "_warned", False)
+    x, upstream = torch.randn(32, 50), torch.randn(32, 40)
+    compact.dense_grad_needed = False
+    with pytest.warns(UserWarning, match="compiled kernels are not built"):
+        y, dx = run(compact, x, upstream)
+    y_masked, dx_masked = run(masked, x, upstream)
+    torch.testing.assert_close(y, y_masked, **TOL)
+    torch.testing.assert_close(dx, dx_masked, **TOL)
+    torch.testing.assert_close(compact.values.grad, masked.weight.grad[masked.mask], **TOL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(compact, x, upstream)  # once per process
+    from sparse_rl.backends.auto import auto_backend
+
+    assert auto_backend(256, 256, 0.05, torch.device("cpu")) != "compact", "auto never picks the fallback"
+
+
+def test_a_process_without_the_extension_imports_and_trains():
+    code = ("import torch, sparse_rl.backends.kernels as k; from sparse_rl.layers import SparseLinear, random_mask;"
+            "l = SparseLinear(300, 300); l.set_mask(random_mask((300, 300), 900)); assert not k.compiled();"
+            "assert l.resolved_backend in ('masked', 'sparse'); l(torch.randn(8, 300)).sum().backward(); print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={"SPARSE_RL_NO_KERNELS": "1", "PATH": ""}, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_simd_levels_are_named_and_a_bad_one_is_a_clear_error():
+    if not kernels.compiled():
+        pytest.skip("the compiled kernels are not built here")
+    assert kernels.simd_levels()[-1] == "generic" and kernels.simd_level() in kernels.simd_levels()
+    with pytest.raises(ValueError, match="allowed: .*generic"):
+        kernels.set_simd_level("neon9000")
+
+
+def test_set_backend_on_a_module_moves_optimizer_state():
+    masked, _ = layer_pair(30, 30, 200, 4)
+    net = torch.nn.Sequential(masked)
+    optimizer = torch.optim.Adam(net.parameters())
+    net(torch.randn(8, 30)).sum().backward()
+    optimizer.step()
+    exp_avg = optimizer.state[masked.weight]["exp_avg"].clone()
+    set_backend(net, "compact", (optimizer,))
+    assert optimizer.param_groups[0]["params"][0] is masked.values
+    assert torch.equal(optimizer.state[masked.values]["exp_avg"], exp_avg[masked.mask])
+    net(torch.randn(8, 30)).sum().backward()
+    optimizer.step()
