@@ -13,6 +13,10 @@ every measured ``sparse`` step took at most ``--margin`` × the ``masked`` one. 
 off layers where the lone-layer gain is too small to survive inside a network. Layers smaller than the
 smallest shape stay on ``masked``. The file records the CPU model and torch version; on another CPU or
 torch it is ignored. Timing happens here, once, never inside a run.
+
+The rule decides only where the compiled compact kernels are missing. Where they are built, ``auto`` lays
+fixed-count layers out compactly by a constant rule (:mod:`sparse_rl.backends.auto`), and this command prints
+the ``compact`` step beside the others so that its margin over that rule can be read on each machine.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from sparse_rl.backends.auto import Rule, auto_rule, rule_path, write_rule
+from sparse_rl.backends.auto import Rule, auto_backend, auto_rule, rule_path, write_rule
 from sparse_rl.layers import SparseLinear, random_mask
 from sparse_rl.run_config import at_least
 
@@ -47,16 +51,16 @@ def layer_step(layer: SparseLinear, optimizer: torch.optim.Optimizer, x: torch.T
 
 
 def time_layer(in_features: int, out_features: int, batch: int, density: float, repeats: int,
-               seed: int = 0) -> dict[str, float]:
-    """Median CPU seconds of one training step of the ``masked`` and ``sparse`` backends, timed alternately.
+               seed: int = 0, backends: tuple[str, ...] = ("masked", "sparse", "compact")) -> dict[str, float]:
+    """Median CPU seconds of one training step of each backend, timed alternately.
 
     The input is row-major (as from a dense layer); the output gradient has the layout of the layer's
-    output, row-major for ``masked`` and feature-major for ``sparse``, as the next layer hands it back.
+    output, row-major for ``masked`` and feature-major for the sparse kernels, as the next layer hands it back.
     """
     generator = torch.Generator().manual_seed(seed)
     mask = random_mask((out_features, in_features), round(density * in_features * out_features), generator)
     steps = {}
-    for backend in ("masked", "sparse"):
+    for backend in backends:
         torch.manual_seed(seed)
         layer = SparseLinear(in_features, out_features)
         layer.set_mask(mask)
@@ -65,7 +69,7 @@ def time_layer(in_features: int, out_features: int, batch: int, density: float, 
         optimizer = torch.optim.Adam(layer.parameters(), lr=1e-4, fused=True)
         x = torch.randn(batch, in_features, generator=generator)
         dy = torch.randn(batch, out_features, generator=generator)
-        if backend == "sparse":
+        if backend != "masked":
             dy = dy.t().contiguous().t()
         x.requires_grad_(True)
         steps[backend] = (layer, optimizer, x, dy)
@@ -111,11 +115,13 @@ def measure_rule(shapes: tuple[tuple[int, int], ...] = SHAPES, densities: tuple[
             median = time_layer(in_features, out_features, batch, density, repeats)
             ratios[density] = median["sparse"] / median["masked"]
             measurements.append({"in": in_features, "out": out_features, "batch": batch, "density": density,
-                                 "masked_s": median["masked"], "sparse_s": median["sparse"]})
+                                 **{f"{backend}_s": seconds for backend, seconds in median.items()}})
             if report:
+                compact = auto_backend(in_features, out_features, density, torch.device("cpu"))
                 print(f"{in_features}x{out_features} batch {batch} density {density:g}: masked "
-                      f"{median['masked'] * 1e6:.0f} µs, sparse {median['sparse'] * 1e6:.0f} µs, "
-                      f"ratio {ratios[density]:.2f}", flush=True)
+                      f"{median['masked'] * 1e6:.0f} µs, sparse {median['sparse'] * 1e6:.0f} µs "
+                      f"(ratio {ratios[density]:.2f}), compact {median['compact'] * 1e6:.0f} µs "
+                      f"(ratio {median['compact'] / median['masked']:.2f}); auto picks {compact}", flush=True)
         rows.append((in_features * out_features, max_sparse_density(ratios, margin)))
     return tuple(sorted(rows, reverse=True)), measurements
 

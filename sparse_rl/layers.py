@@ -8,7 +8,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
-from sparse_rl.backends import REGISTRY, Backend, check_backend, resolve
+from sparse_rl.backends import Backend, check_backend, layout_for, resolve
 from sparse_rl.backends.compact import CompactStructure, relaid, relayout_map
 from sparse_rl.backends.csr import CsrStructure
 
@@ -214,7 +214,7 @@ class SparseLinear(nn.Linear):
             raise ValueError("backend 'compact' needs a method with a fixed count per layer and targets that share "
                              "the online pattern; this method keeps the masked layout (allowed: auto, masked, sparse)")
         self._invalidate()
-        return self._convert(self.strategy().layout)
+        return self._convert(layout_for(self, backend))
 
     @property
     def resolved_backend(self) -> str:
@@ -439,4 +439,4 @@ def random_mask(shape: tuple[int, ...], count: int, generator: torch.Generator |
     return flat.view(shape).to(device)
 
 
-__all__ = ["REGISTRY", "LayoutGroup", "SparseLinear", "convert_state", "copy_linear", "random_mask", "set_backend"]
+__all__ = ["LayoutGroup", "SparseLinear", "convert_state", "copy_linear", "random_mask", "set_backend"]

@@ -53,9 +53,19 @@ def check_backend(name: str) -> str:
 
 
 def resolve(layer: SparseLinear) -> Backend:
-    """The backend ``layer`` computes with: its own setting, or what ``auto`` picks for its shape and density."""
+    """The backend ``layer`` computes with: its own setting, or what ``auto`` picks within the layer's layout (a
+    compact layer stays compact; a masked one takes ``sparse`` or ``masked`` by its density, which may change)."""
     if layer.backend != "auto":
         return REGISTRY[layer.backend]
-    name = auto_backend(layer.in_features, layer.out_features, layer.density, layer.device,
-                        compact_capable=layer.compact_capable)
-    return REGISTRY[name]
+    if layer.layout == "compact":
+        return REGISTRY["compact"]
+    return REGISTRY[auto_backend(layer.in_features, layer.out_features, layer.density, layer.device,
+                                 compact_capable=False)]
+
+
+def layout_for(layer: SparseLinear, backend: str) -> str:
+    """The layout ``layer`` takes when its backend is set to ``backend`` (``auto``: compact where it pays)."""
+    if backend != "auto":
+        return REGISTRY[backend].layout
+    return REGISTRY[auto_backend(layer.in_features, layer.out_features, layer.density, layer.device,
+                                 compact_capable=layer.compact_capable)].layout
