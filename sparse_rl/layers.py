@@ -69,7 +69,7 @@ class SparseLinear(nn.Linear):
         self._mask_version = 0
         self._compact: CompactStructure | None = None
         self._structure: tuple[tuple[Any, ...], CsrStructure] | None = None
-        self._resolved: tuple[tuple[Any, ...], Backend] | None = None
+        self._resolved: Backend | None = None
         self._layout_group: LayoutGroup | None = None
 
     @classmethod
@@ -78,11 +78,12 @@ class SparseLinear(nn.Linear):
         return copy_linear(cls, linear)
 
     def __getattr__(self, name: str) -> Any:
-        compact = self.__dict__.get("_compact")
-        if compact is not None and name in ("weight", "mask"):
-            values = self._parameters["values"]
-            assert values is not None
-            return compact.dense(values.detach()) if name == "weight" else compact.mask()
+        if name == "weight" or name == "mask":
+            compact = self.__dict__.get("_compact")
+            if compact is not None:
+                values = self._parameters["values"]
+                assert values is not None
+                return compact.dense(values.detach()) if name == "weight" else compact.mask()
         return super().__getattr__(name)
 
     # -- the pattern, whatever the layout -----------------------------------------------------------------------
@@ -224,10 +225,10 @@ class SparseLinear(nn.Linear):
     def strategy(self) -> Backend:
         """The backend this layer computes with now (``auto`` resolved; cached until the pattern, device or
         backend changes)."""
-        key = (self._mask_version, self.device, self.backend)
-        if self._resolved is None or self._resolved[0] != key:
-            self._resolved = key, resolve(self)
-        return self._resolved[1]
+        resolved = self._resolved
+        if resolved is None:
+            resolved = self._resolved = resolve(self)
+        return resolved
 
     @torch.no_grad()
     def _convert(self, layout: str) -> tuple[nn.Parameter, nn.Parameter] | None:

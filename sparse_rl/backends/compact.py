@@ -159,5 +159,6 @@ def forward(layer: SparseLinear, x: torch.Tensor) -> torch.Tensor:
     """The ``compact`` backend's forward pass of ``layer`` (compact layout): every batch size, batch 1 included."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    y = _CompactLinearFunction.apply(x2, layer.values, layer.bias, layer.compact_structure(), layer)
+    parameters = layer._parameters
+    y = _CompactLinearFunction.apply(x2, parameters["values"], parameters["bias"], layer._compact, layer)
     return y if x.dim() == 2 else y.reshape(*lead, layer.out_features)

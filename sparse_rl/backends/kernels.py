@@ -65,10 +65,11 @@ def _warn_fallback() -> None:
                       "backend='compact' runs on torch's CSR kernels", stacklevel=3)
 
 
-def _check(*tensors: torch.Tensor) -> bool:
-    """Whether the compiled kernels can run on these tensors (CPU float32/int32, contiguous)."""
-    return _EXTENSION is not None and all(t.device.type == "cpu" and t.is_contiguous() for t in tensors) \
-        and tensors[0].dtype == torch.float32
+def _check(first: torch.Tensor, second: torch.Tensor) -> bool:
+    """Whether the compiled kernels can run on these tensors (CPU float32, contiguous; the index tensors are built
+    by :class:`~sparse_rl.backends.compact.CompactStructure` on the same device)."""
+    return (_EXTENSION is not None and first.dtype == torch.float32 and second.dtype == torch.float32
+            and first.is_cpu and second.is_cpu and first.is_contiguous() and second.is_contiguous())
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
