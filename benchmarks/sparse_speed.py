@@ -1,48 +1,47 @@
-"""Wall-clock of the ``sparse`` execution backend against ``masked`` (dense kernels), in one run.
+"""Wall-clock and memory of the sparse backends (``compact``, ``sparse``) against ``masked`` and dense agents.
 
-Per layer: one training step of a lone ``SparseLinear``. The step is forward, backward (input and
-weight gradient, ``dense_grad_needed`` off as between topology updates), the controller's gradient
-mask, fused Adam and the weight mask. The grid is every shape, batch and density given, with the
-same random mask for both backends. The input is row-major (as from a dense layer). The output gradient has the
-layout of the layer's output: row-major for ``masked``, feature-major for ``sparse``, as the next
-layer would hand it back. The two backends are timed
-alternately, one step each, and the table reports medians. The break-even density is where
-sparse ÷ masked crosses 1, interpolated linearly in log-density between the measured densities.
+Per layer (``--part layers``): one training step of a lone ``SparseLinear`` (forward, backward with the input and
+weight gradient, ``dense_grad_needed`` off as between topology updates, the gradient mask, fused Adam, the weight
+mask) on ``masked``, ``sparse`` and ``compact``, the same random mask for each, timed alternately one step each;
+medians. The input is row-major (as from a dense layer); the output gradient has the layout of the layer's output
+(row-major for ``masked``, feature-major for the sparse kernels), as the next layer hands it back. The break-even
+density is where compact ÷ masked crosses 1, interpolated linearly in log-density.
 
 Times are the process's CPU time (``time.process_time``), not wall-clock time. With one torch thread
 the two are the same on an idle machine. On a shared one, CPU time leaves out the time other
 processes take from this one.
 
-End to end (``--part e2e``): ms per environment step of SAC/TD3 on HalfCheetah-v4, with one
-gradient step per environment step and topology updates included (RigL, ΔT = 1000, never stopped).
-The models are the sparse policy at each density on ``backend=auto`` and on ``backend=masked``,
-SB3's ``MlpPolicy``, the parameter-matched dense network of each density, and the wide network
-(``width_multiplier=4, iso_params=True``, on ``auto``). As in ``benchmarks/speed.py``, all models
-first collect ``--learning-starts`` steps and then train in alternating chunks.
+End to end (``--part e2e``): ms per environment step of SAC/TD3 on HalfCheetah-v4, with one gradient step per
+environment step and topology updates included (RigL, ΔT = 1000, never stopped). The models are the sparse policy
+at each density on ``backend=auto`` (compact where the compiled kernels are built) and on ``backend=masked``, SB3's
+``MlpPolicy``, the parameter-matched dense network of each density, the wide network (``width_multiplier=4,
+iso_params=True``, on ``auto``) and, with the ``bench`` extra installed, SBX's dense agent (the JAX SB3, one
+thread). All models first collect ``--learning-starts`` steps and then train in alternating chunks.
 
-Gathers (``--part traffic``): the sparse backend keeps the dense ``weight`` parameter, so each step
-gathers the active values out of it and scatters gradients and Adam's updates back. This part times
-one gather of the active values (``index_select`` at the CSR positions) against one dense pass over
-the same weight (a zero-fill) and against copying the same number of values stored contiguously. It
-shows what any O(nnz) work costs while the values live inside a dense tensor.
+Gathers (``--part traffic``): why a half-way fix does not pay. With values inside a dense tensor, one gather of the
+active values (``index_select`` at the CSR positions) against one dense pass over the weight (a zero-fill) and a
+copy of the same number of values stored contiguously.
 
-Breakdown (``--part breakdown``): where one SAC gradient step's CPU time goes, for ``MlpPolicy``, the
-sparse policy at ``--densities`` on ``auto`` and the wide network. Module hooks time the forward and
-backward of the square hidden layers, of the input and output layers and of the ReLUs; "rest" is
-everything else in SB3's ``train()`` (losses, distributions, optimizers, masks, Polyak updates,
-Python). The hooks add their own overhead to each timed module, so the shares are approximate.
+Breakdown (``--part breakdown``): where one SAC gradient step's CPU time goes, for ``MlpPolicy``, the sparse policy
+at ``--densities`` on ``auto`` and the wide network. Module hooks time the forward and backward of the square hidden
+layers, of the input and output layers and of the ReLUs; "rest" is everything else in SB3's ``train()``. The hooks
+add overhead of their own, so the shares are approximate.
 
-Kernels (``--part kernels``): the forward product alone, dense ``torch.mm`` against MKL's CSR
-``torch.sparse.mm``, in µs and in multiply-adds per second, at the first of ``--batches``.
+Kernels (``--part kernels``): multiply-adds per second of the compact kernels (forward, input gradient, weight
+gradient at the active positions) against torch's MKL products for the same three, and dense GEMM's rate.
+
+Memory (``--part memory``): peak RSS of building a SAC model and training ``--chunk`` steps, each model in its own
+process.
 
 Each part rewrites its own section of ``results/sparse_speed.md`` (the file keeps the other
-part's section) and records its own command line.
+parts' sections) and records its own command line.
 
     python benchmarks/sparse_speed.py --part layers [--shapes 256x256 1024x1024 --batches 256 1]
     python benchmarks/sparse_speed.py --part e2e [--algos sac td3 --densities 0.5 0.1 0.05]
     python benchmarks/sparse_speed.py --part traffic [--shapes 256x256 1024x1024]
     python benchmarks/sparse_speed.py --part breakdown [--densities 0.1]
-    python benchmarks/sparse_speed.py --part kernels [--shapes 256x256 1024x1024 --densities 0.1 0.068 0.05]
+    python benchmarks/sparse_speed.py --part kernels [--shapes 256x256 1024x1024 --densities 0.2 0.1 0.05 0.02]
+    python benchmarks/sparse_speed.py --part memory [--chunk 200]
 """
 
 from __future__ import annotations
@@ -52,6 +51,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -59,14 +59,15 @@ from pathlib import Path
 
 import torch
 
-from sparse_rl.backends import SMALL_BATCH, auto_backend, auto_rule
+from sparse_rl.backends.auto import auto_backend, auto_rule
 from sparse_rl.calibrate import alternating_medians, time_layer
 from sparse_rl.layers import SparseLinear, random_mask
 from sparse_rl.machine import cpu_model
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "sparse_speed.md"
 SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "#### Gathers from a dense weight",
-            "breakdown": "#### Where a SAC gradient step's time goes", "kernels": "#### Kernel throughput"}
+            "breakdown": "#### Where a SAC gradient step's time goes", "kernels": "#### Kernel throughput",
+            "memory": "#### Peak memory"}
 NET_ARCH = {"sac": [256, 256], "td3": [400, 300]}
 
 
@@ -92,18 +93,17 @@ def layer_tables(shapes: list[tuple[int, int]], batches: list[int], densities: l
             ratios = []
             for density in densities:
                 median = time_layer(in_features, out_features, batch, density, repeats)
-                ratio = median["sparse"] / median["masked"]
+                ratio = median["compact"] / median["masked"]
                 ratios.append(ratio)
                 auto = auto_backend(in_features, out_features, density, torch.device("cpu"))
                 rows.append(f"| {in_features}×{out_features} | {batch} | {density:g} | {median['masked'] * 1e6:.0f} "
-                            f"| {median['sparse'] * 1e6:.0f} | {ratio:.2f} | {auto} |")
+                            f"| {median['sparse'] * 1e6:.0f} | {median['compact'] * 1e6:.0f} "
+                            f"| {median['sparse'] / median['masked']:.2f} | {ratio:.2f} | {auto} |")
                 print(rows[-1], flush=True)
-            even = (break_even(densities, ratios) if batch >= SMALL_BATCH
-                    else f"none: below batch {SMALL_BATCH} both backends run F.linear")
-            summary.append(f"| {in_features}×{out_features} | {batch} | {even} |")
-    return ["| layer (in×out) | batch | density | masked µs | sparse µs | sparse ÷ masked | auto picks |",
-            "|---|---|---|---|---|---|---|", *rows, "",
-            "Break-even density (sparse faster below it):", "",
+            summary.append(f"| {in_features}×{out_features} | {batch} | {break_even(densities, ratios)} |")
+    return ["| layer (in×out) | batch | density | masked µs | sparse µs | compact µs | sparse ÷ masked "
+            "| compact ÷ masked | auto picks |", "|---|---|---|---|---|---|---|---|---|", *rows, "",
+            "Break-even density of `compact` (faster than `masked` below it):", "",
             "| layer (in×out) | batch | break-even density |", "|---|---|---|", *summary]
 
 
@@ -113,30 +113,52 @@ def median_us(ops: dict, repeats: int) -> dict[str, float]:
 
 
 def kernel_tables(shapes: list[tuple[int, int]], densities: list[float], batch: int, repeats: int) -> list[str]:
-    """Median µs and GFLOP/s of the dense product ``W X`` against MKL's CSR product on the active weights."""
+    """GFLOP/s of active multiply-adds: the compact kernels (forward, input gradient, weight gradient at the active
+    positions) against torch's MKL products for the same three (CSR ``W X``, CSR ``Wᵀ dY``, ``sampled_addmm``), and
+    dense GEMM's rate on the whole weight."""
+    from sparse_rl.backends import kernels
+    from sparse_rl.backends.compact import CompactStructure
+
     rows = []
     for in_features, out_features in shapes:
         for density in densities:
             generator = torch.Generator().manual_seed(0)
             mask = random_mask((out_features, in_features), round(density * in_features * out_features), generator)
             weight = torch.randn(out_features, in_features, generator=generator) * mask
-            x = torch.randn(in_features, batch, generator=generator)
+            x, dy = (torch.randn(n, batch, generator=generator) for n in (in_features, out_features))
+            structure = CompactStructure.from_mask(mask)
+            values = weight.flatten()[structure.positions].contiguous()
             with warnings.catch_warnings():  # torch warns that CSR support is in beta
                 warnings.simplefilter("ignore", UserWarning)
-                csr = weight.to_sparse_csr()
-            us = median_us({"dense": lambda: weight @ x, "csr": lambda: torch.sparse.mm(csr, x)}, repeats)
-            dense_gflops = 2 * in_features * out_features * batch / us["dense"] / 1e3
-            csr_gflops = 2 * int(mask.sum()) * batch / us["csr"] / 1e3
-            rows.append(f"| {in_features}×{out_features} | {batch} | {density:g} | {us['dense']:.0f} | {us['csr']:.0f} "
-                        f"| {dense_gflops:.1f} | {csr_gflops:.1f} | {csr_gflops / dense_gflops:.2f} |")
+                csr, csr_t = weight.to_sparse_csr(), weight.t().contiguous().to_sparse_csr()
+            pattern = csr.clone()
+            ops = {"dense": lambda: weight @ x, "mkl fwd": lambda: torch.sparse.mm(csr, x),
+                   "mkl in": lambda: torch.sparse.mm(csr_t, dy),
+                   "mkl w": lambda: torch.sparse.sampled_addmm(pattern, dy, x.t(), beta=0.0),
+                   "fwd": lambda: kernels.forward(values, structure.crow, structure.col, x, None, in_features),
+                   "in": lambda: kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, dy,
+                                                    out_features),
+                   "w": lambda: kernels.values_grad(structure.crow, structure.col, dy, x)}
+            us = median_us(ops, repeats)
+            active = 2 * structure.nnz * batch / 1e3
+            rate = {name: active / us[name] for name in ops if name != "dense"}
+            dense = 2 * in_features * out_features * batch / 1e3 / us["dense"]
+            ours = [rate["fwd"], rate["in"], rate["w"]]
+            vs_mkl = min(rate[k] / rate["mkl " + k] for k in ("fwd", "in", "w"))
+            rows.append(f"| {in_features}×{out_features} | {batch} | {density:g} | {dense:.1f} | "
+                        + " | ".join(f"{rate['mkl ' + k]:.1f} / {rate[k]:.1f}" for k in ("fwd", "in", "w"))
+                        + f" | {vs_mkl:.2f} | {min(ours) / dense:.2f} |")
             print(rows[-1], flush=True)
-    return ["| weight (in×out) | batch | density | dense µs | CSR µs | dense GFLOP/s | CSR GFLOP/s (active) "
-            "| CSR ÷ dense GFLOP/s |", "|---|---|---|---|---|---|---|---|", *rows]
+    levels = ", ".join(kernels.simd_levels()) or "none"
+    return [f"SIMD level of the compact kernels: {kernels.simd_level()} (of {levels}).", "",
+            "| weight (in×out) | batch | density | dense GEMM GFLOP/s | forward MKL / ours | input grad MKL / ours "
+            "| weight grad MKL / ours | ours ÷ MKL (lowest) | ours ÷ dense GEMM (lowest) |",
+            "|---|---|---|---|---|---|---|---|---|", *rows]
 
 
 def traffic_tables(shapes: list[tuple[int, int]], densities: list[float], repeats: int) -> list[str]:
     """Median µs of a gather of the active values, a dense pass and a contiguous copy, timed alternately."""
-    from sparse_rl.backends import CsrStructure
+    from sparse_rl.backends.csr import CsrStructure
 
     rows = []
     for in_features, out_features in shapes:
@@ -179,7 +201,23 @@ def build_models(algo: str, env_id: str, densities: list[float], width: int, com
                                                       policy_kwargs=dict(net_arch=matched_arch, density=1.0))
     models["wide"] = algo_class(policy_class, env_id, **common, policy_kwargs=dict(
         net_arch=net_arch, width_multiplier=width, iso_params=True, method="rigl", update_end=None, backend="auto"))
+    peer = sbx_model(algo, env_id, net_arch, common)
+    if peer is not None:
+        models["sbx"] = peer
     return models
+
+
+def sbx_model(algo: str, env_id: str, net_arch: list[int], common: dict):
+    """SBX's dense SAC/TD3 (the JAX SB3, ``pip install -e ".[bench]"``) on one CPU thread, or ``None`` without it."""
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    try:
+        import sbx
+    except ImportError:
+        print("sbx-rl is not installed (pip install -e \".[bench]\"): no SBX row", flush=True)
+        return None
+    algo_class = {"sac": sbx.SAC, "td3": sbx.TD3}[algo]
+    return algo_class("MlpPolicy", env_id, policy_kwargs=dict(net_arch=net_arch),
+                      learning_starts=common["learning_starts"], seed=common["seed"])
 
 
 def time_models(models: dict, rounds: int, chunk: int, learning_starts: int) -> dict[str, float]:
@@ -199,8 +237,8 @@ def sparse_share(model) -> str:
     """Which of the model's online layers run ``sparse``, as ``sparse / all`` weight counts."""
     layers = [m for name, m in model.policy.named_modules()
               if isinstance(m, SparseLinear) and "target" not in name]
-    on_sparse = sum(m.weight.numel() for m in layers if m.resolved_backend == "sparse")
-    return f"{on_sparse / sum(m.weight.numel() for m in layers):.0%}"
+    on_sparse = sum(m.in_features * m.out_features for m in layers if m.resolved_backend in ("sparse", "compact"))
+    return f"{on_sparse / sum(m.in_features * m.out_features for m in layers):.0%}"
 
 
 def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
@@ -210,12 +248,12 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
     for algo in algos:
         models = build_models(algo, env_id, densities, width, common)
         per_step = time_models(models, rounds, chunk, learning_starts)
-        mlp = per_step["mlp"]
+        mlp, peer = per_step["mlp"], per_step.get("sbx", math.nan)
         for density in densities:
             auto, masked, matched = (per_step[f"{kind} {density}"] for kind in ("auto", "masked", "matched"))
             rows.append(f"| {algo} | {density:g} | {auto * 1e3:.2f} | {masked * 1e3:.2f} | {mlp * 1e3:.2f} "
-                        f"| {matched * 1e3:.2f} | {auto / mlp:.2f} | {auto / matched:.2f} | {auto / masked:.2f} "
-                        f"| {sparse_share(models[f'auto {density}'])} |")
+                        f"| {matched * 1e3:.2f} | {peer * 1e3:.2f} | {mlp / auto:.2f} | {auto / matched:.2f} "
+                        f"| {peer / auto:.2f} | {auto / masked:.2f} | {sparse_share(models[f'auto {density}'])} |")
             print(rows[-1], flush=True)
         wide = models["wide"]
         wide_rows.append(f"| {algo} | {[w * width for w in NET_ARCH[algo]]} | {wide.policy.actor.density:.3f} "
@@ -226,14 +264,55 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
     return [f"{env_id}, seed {seed}: median ms per environment step over {rounds} alternating chunks of {chunk} "
             f"steps per model, after {learning_starts} learning-starts steps; one gradient step per environment "
             "step, RigL topology updates every 1000 steps included. \"sparse layers\" is the share of the "
-            "online weights whose layers `auto` runs on the sparse backend.", "",
-            "| algo | density | auto ms | masked ms | MlpPolicy ms | matched dense ms | auto ÷ MlpPolicy "
-            "| auto ÷ matched | auto ÷ masked | sparse layers |",
-            "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+            "online weights whose layers `auto` runs on a sparse backend (compact where the kernels are built). "
+            "SBX is the JAX SB3's dense agent of the same widths, on one thread, in the same process.", "",
+            "| algo | density | auto ms | masked ms | MlpPolicy ms | matched dense ms | SBX ms | speed-up vs MlpPolicy "
+            "| auto ÷ matched | speed-up vs SBX | auto ÷ masked | sparse layers |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
             f"Wide network: every hidden width ×{width}, density set so each network keeps the weight count of "
             "its dense version at width ×1 (`iso_params`), backend `auto`:", "",
             "| algo | actor widths | actor density | wide ms | MlpPolicy ms | wide ÷ MlpPolicy | sparse layers |",
             "|---|---|---|---|---|---|---|", *wide_rows]
+
+
+MEMORY_MODELS = {
+    "MlpPolicy": {}, "sparse 0.1 auto": dict(density=0.1), "sparse 0.1 masked": dict(density=0.1, backend="masked"),
+    "wide ×4 iso auto": dict(width_multiplier=4, iso_params=True),
+    "wide ×16 iso auto": dict(width_multiplier=16, iso_params=True),
+    "wide ×16 iso masked": dict(width_multiplier=16, iso_params=True, backend="masked"),
+}
+"""The memory table's SAC models (policy_kwargs of ``SparseSACPolicy``; ``MlpPolicy`` is SB3's own)."""
+
+
+def peak_rss_mb(name: str, env_id: str, steps: int) -> float:
+    """Build one model of :data:`MEMORY_MODELS` and train ``steps`` gradient steps in this process; its peak RSS."""
+    import resource
+
+    from stable_baselines3 import SAC
+
+    from sparse_rl import SparseSACPolicy
+
+    kwargs = MEMORY_MODELS[name]
+    common = dict(learning_starts=100, buffer_size=10_000, seed=0, device="cpu")
+    model = (SAC("MlpPolicy", env_id, **common) if not kwargs else
+             SAC(SparseSACPolicy, env_id, **common, policy_kwargs=dict(update_end=None, update_interval=100, **kwargs)))
+    model.learn(100 + steps)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_tables(env_id: str, steps: int) -> list[str]:
+    """Peak RSS of each memory model, each in a fresh process."""
+    rows, base = [], None
+    for name in MEMORY_MODELS:
+        result = subprocess.run([sys.executable, __file__, "--memory-of", name, "--env", env_id, "--chunk", str(steps)],
+                                capture_output=True, text=True, check=True)
+        mb = float(result.stdout.strip().splitlines()[-1])
+        base = base or mb
+        rows.append(f"| {name} | {mb:.0f} | {mb / base:.2f} |")
+        print(rows[-1], flush=True)
+    return [f"SAC on {env_id}: peak resident memory (`ru_maxrss`) of a fresh process that builds the model (replay "
+            f"buffer 10,000 rows) and trains {steps} gradient steps after 100 random ones; RigL updates every 100 "
+            "steps.", "", "| model | peak RSS MB | ÷ MlpPolicy |", "|---|---|---|", *rows]
 
 
 def time_breakdown(model, steps: int) -> tuple[float, dict[str, float]]:
@@ -318,7 +397,7 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[256, 1], help="layers: batch sizes")
     parser.add_argument("--densities", nargs="+", type=float, default=None,
                         help="default: 1 0.5 0.2 0.1 0.05 (layers), 0.5 0.1 0.05 (e2e), "
-                             "0.5 0.2 0.1 0.05 0.02 (traffic), 0.1 0.068 0.05 (kernels), 0.1 (breakdown)")
+                             "0.5 0.2 0.1 0.05 0.02 (traffic, kernels), 0.1 (breakdown)")
     parser.add_argument("--repeats", type=int, default=30,
                         help="layers, traffic, kernels: timed repeats per backend (or operation) and configuration")
     parser.add_argument("--env", default="HalfCheetah-v4")
@@ -329,9 +408,13 @@ def main() -> None:
     parser.add_argument("--learning-starts", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--memory-of", choices=list(MEMORY_MODELS), help=argparse.SUPPRESS)  # memory: one model
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if args.memory_of:
+        print(peak_rss_mb(args.memory_of, args.env, args.chunk))
+        return
 
     command = " ".join(["python", "benchmarks/sparse_speed.py", *sys.argv[1:]])
     rule, source = auto_rule()
@@ -360,13 +443,16 @@ def main() -> None:
                  *traffic_tables(shapes, densities, args.repeats)]
     elif args.part == "kernels":
         shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
-        densities = sorted(args.densities or [0.1, 0.068, 0.05], reverse=True)
+        densities = sorted(args.densities or [0.2, 0.1, 0.05, 0.02], reverse=True)
         lines = [header, "",
-                 f"Median µs (wall-clock, {args.repeats} repeats, the two products timed alternately) of one forward "
-                 f"product `W X` at batch {args.batches[0]}, `X` row-major `(in, batch)` as the sparse backend holds "
-                 "it: dense `torch.mm` on the masked weight against `torch.sparse.mm` on its CSR copy (MKL), and "
-                 "the multiply-adds per second each does (the CSR product counted at its active weights only):", "",
+                 f"GFLOP/s (medians of {args.repeats} wall-clock repeats, all products timed alternately) at batch "
+                 f"{args.batches[0]}, activations feature-major `(features, batch)` as the sparse backends hold them, "
+                 "random masks; sparse products counted at their active weights, dense GEMM at the whole weight. "
+                 "MKL's three are `torch.sparse.mm` on `W`'s and on `Wᵀ`'s CSR copy and `torch.sparse.sampled_addmm`:",
+                 "",
                  *kernel_tables(shapes, densities, args.batches[0], args.repeats)]
+    elif args.part == "memory":
+        lines = [header, "", *memory_tables(args.env, args.chunk)]
     elif args.part == "breakdown":
         lines = [header, "", *breakdown_tables(args.env, args.densities or [0.1], args.width_multiplier, args.chunk,
                                                args.learning_starts, args.seed)]

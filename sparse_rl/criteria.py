@@ -27,7 +27,8 @@ class ScoreInputs:
     grad: torch.Tensor | None
     mask: torch.Tensor
     active_count: torch.Tensor
-    """Number of earlier topology updates after which each weight was active (DST-EE's N_i)."""
+    """Number of earlier topology updates after which each weight was active (DST-EE's N_i); a 0-d zero for
+    criteria not registered with ``needs_counts``, whose controllers keep no counts."""
     update_index: int
     """1-based index of this topology update (DST-EE's t)."""
 
@@ -43,24 +44,31 @@ GROW_CRITERIA: dict[str, Criterion] = {}
 GRADIENT_CRITERIA: set[str] = set()
 
 
-def _register(registry: dict[str, Criterion], name: str, needs_grad: bool = False):
+def _register(registry: dict[str, Criterion], name: str, needs_grad: bool = False, needs_counts: bool = False):
     def decorate(fn: Criterion) -> Criterion:
         registry[name] = fn
         if needs_grad:
             GRADIENT_CRITERIA.add(name)
+        fn.needs_active_count = needs_counts  # type: ignore[attr-defined]
         return fn
 
     return decorate
 
 
-def prune_criterion(name: str, needs_grad: bool = False):
+def needs_active_count(criterion: Criterion | None) -> bool:
+    """Whether ``criterion`` reads :attr:`ScoreInputs.active_count` (then its controller keeps a dense count per
+    weight; otherwise it keeps none)."""
+    return bool(getattr(getattr(criterion, "func", criterion), "needs_active_count", False))
+
+
+def prune_criterion(name: str, needs_grad: bool = False, needs_counts: bool = False):
     """Register ``fn`` as the prune score called ``name``."""
-    return _register(PRUNE_CRITERIA, name, needs_grad)
+    return _register(PRUNE_CRITERIA, name, needs_grad, needs_counts)
 
 
-def grow_criterion(name: str, needs_grad: bool = False):
+def grow_criterion(name: str, needs_grad: bool = False, needs_counts: bool = False):
     """Register ``fn`` as the grow score called ``name``."""
-    return _register(GROW_CRITERIA, name, needs_grad)
+    return _register(GROW_CRITERIA, name, needs_grad, needs_counts)
 
 
 @prune_criterion("magnitude")
@@ -134,7 +142,7 @@ def gradient(inputs: ScoreInputs) -> torch.Tensor:
     return inputs.require_grad("gradient").abs()
 
 
-@grow_criterion("ucb", needs_grad=True)
+@grow_criterion("ucb", needs_grad=True, needs_counts=True)
 def ucb(inputs: ScoreInputs, c: float = 1e-3, eps: float = 1.0) -> torch.Tensor:
     """|g| + c·sqrt(ln t / (N_i + ε)) (DST-EE, Huang et al. 2023): gradient magnitude plus an
     exploration bonus for weights that have rarely been active."""

@@ -13,12 +13,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from sparse_rl.controller import MaskController
-from sparse_rl.criteria import Criterion, ScoreInputs
+from sparse_rl.criteria import Criterion, ScoreInputs, needs_active_count
 from sparse_rl.distributions import layer_counts, layer_densities
 from sparse_rl.layers import SparseLinear, random_mask
 from sparse_rl.schedules import UpdateSchedule, check_drop_fraction
@@ -120,12 +121,25 @@ class TopologyController(MaskController):
         self.schedule = schedule if prune is not None else None
         self.grow_uses_gradient = grow_uses_gradient
         self._count_names = {name: "active_count_" + name.replace(".", "_") for name in self.layers}
-        for name, layer in self.layers.items():
-            self.register_buffer(self._count_names[name], torch.zeros_like(layer.weight, dtype=torch.float32))
+        self.tracks_activity = needs_active_count(prune) or needs_active_count(grow)
+        if self.tracks_activity:  # dense per weight, so only for the criteria that read it (DST-EE's ucb)
+            for name, layer in self.layers.items():
+                shape = (layer.out_features, layer.in_features)
+                self.register_buffer(self._count_names[name], torch.zeros(shape, device=layer.device))
 
     def active_count(self, name: str) -> torch.Tensor:
-        """Topology updates after which each weight of layer ``name`` was active."""
+        """Topology updates after which each weight of layer ``name`` was active (a 0-d zero when not tracked)."""
+        if not self.tracks_activity:
+            return torch.zeros(())
         return getattr(self, self._count_names[name])
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Models saved before counts were kept only for the criteria that read them carry counts for every
+        method: those of a controller that keeps none are dropped."""
+        if not self.tracks_activity:
+            for key in [key for key in state_dict if key.startswith(prefix + "active_count_")]:
+                del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def needs_dense_grad(self, step: int) -> bool:
         """Every ``interval``-th step when growth scores with gradients: a superset of the update
@@ -179,7 +193,8 @@ class TopologyController(MaskController):
             changed[grown] = True
             changed = changed.view_as(old_mask)
             self.set_layer_mask(name, new_mask, changed, optimizer)
-            self.active_count(name).add_(new_mask)
+            if self.tracks_activity:
+                self.active_count(name).add_(new_mask)
             stats[name] = self._stats(layer, old_mask, count)
         self.last_stats = stats
         return stats

@@ -344,3 +344,12 @@ def test_set_backend_on_a_module_moves_optimizer_state():
     assert torch.equal(optimizer.state[masked.values]["exp_avg"], exp_avg[masked.mask])
     net(torch.randn(8, 30)).sum().backward()
     optimizer.step()
+
+
+def test_the_kernels_are_built_wherever_a_c_compiler_is():
+    """The README's install builds the extension; only a machine without a compiler falls back."""
+    import shutil
+
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler here: the package runs on torch's kernels")
+    assert kernels.compiled(), "pip install -e . should have built sparse_rl._kernels (see setup.py)"

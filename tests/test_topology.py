@@ -115,8 +115,11 @@ def test_hooks_run_the_schedule_and_keep_masks_through_training():
     counts = init_masks(layers, 0.3)
     initial = {name: layer.mask.clone() for name, layer in layers.items()}
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-3)
+    assert not TopologyController(layers, resolve_criterion("prune", "magnitude"),
+                                  resolve_criterion("grow", "gradient")).tracks_activity, "RigL keeps no counts"
     controller = TopologyController(layers, resolve_criterion("prune", "magnitude"),
-                                    resolve_criterion("grow", "gradient"), UpdateSchedule(interval=5, end=23))
+                                    resolve_criterion("grow", "ucb"), UpdateSchedule(interval=5, end=23))
+    assert controller.tracks_activity
     controller.attach(optimizer)
     for _ in range(30):
         optimizer.zero_grad()

@@ -23,7 +23,7 @@ def _load() -> ModuleType | None:
     if os.environ.get("SPARSE_RL_NO_KERNELS"):
         return None
     try:
-        from sparse_rl import _kernels  # type: ignore[attr-defined]
+        from sparse_rl import _kernels
     except ImportError:
         return None
     if os.environ.get(SIMD_ENV):
