@@ -13,7 +13,8 @@ Times are the process's CPU time (``time.process_time``), not wall-clock time. W
 the two are the same on an idle machine. On a shared one, CPU time leaves out the time other
 processes take from this one.
 
-End to end (``--part e2e``): ms per environment step of SAC/TD3 on HalfCheetah-v4, with one
+End to end (``--part e2e``): ms per environment step of SAC/TD3 (``--algos`` also takes sb3-contrib's
+``tqc`` and ``crossq``, with their default networks; they get no wide network) on HalfCheetah-v4, with one
 gradient step per environment step and topology updates included (RigL, ΔT = 1000, never stopped).
 The models are the sparse policy at each density on ``backend=auto`` and on ``backend=masked``,
 SB3's ``MlpPolicy``, the parameter-matched dense network of each density, and the wide network
@@ -67,7 +68,21 @@ from sparse_rl.machine import cpu_model
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "sparse_speed.md"
 SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "#### Gathers from a dense weight",
             "breakdown": "#### Where a SAC gradient step's time goes", "kernels": "#### Kernel throughput"}
-NET_ARCH = {"sac": [256, 256], "td3": [400, 300]}
+NET_ARCH: dict[str, list[int] | dict[str, list[int]]] = {
+    "sac": [256, 256], "td3": [400, 300], "tqc": [256, 256], "crossq": {"pi": [256, 256], "qf": [1024, 1024]}}
+WIDE_ALGOS = ("sac", "td3")
+"""Algorithms whose e2e comparison includes the wide network (a 4x-wide CrossQ critic would be 4096 wide)."""
+
+
+def algo_and_policy(algo: str) -> tuple[type, type]:
+    """The algorithm class and its sparse policy class."""
+    from sb3_contrib import TQC, CrossQ
+    from stable_baselines3 import SAC, TD3
+
+    from sparse_rl import SparseCrossQPolicy, SparseSACPolicy, SparseTD3Policy, SparseTQCPolicy
+
+    return {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy), "tqc": (TQC, SparseTQCPolicy),
+            "crossq": (CrossQ, SparseCrossQPolicy)}[algo]
 
 
 def break_even(densities: list[float], ratios: list[float]) -> str:
@@ -158,13 +173,10 @@ def traffic_tables(shapes: list[tuple[int, int]], densities: list[float], repeat
 def build_models(algo: str, env_id: str, densities: list[float], width: int, common: dict,
                  backends: tuple[str, ...] = ("auto", "masked"), matched: bool = True) -> dict:
     """The models of one algorithm's comparison, by name: ``mlp``, ``{backend} {density}`` for each backend,
-    ``matched {density}`` (the parameter-matched dense network) if ``matched``, and ``wide``."""
-    from stable_baselines3 import SAC, TD3
-
-    from sparse_rl import SparseSACPolicy, SparseTD3Policy
+    ``matched {density}`` (the parameter-matched dense network) if ``matched``, and ``wide`` (SAC, TD3)."""
     from sparse_rl.sb3.matched import matched_net_arch
 
-    algo_class, policy_class = {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy)}[algo]
+    algo_class, policy_class = algo_and_policy(algo)
     net_arch = NET_ARCH[algo]
     models = {"mlp": algo_class("MlpPolicy", env_id, policy_kwargs=dict(net_arch=net_arch), **common)}
     env = models["mlp"].env
@@ -177,6 +189,8 @@ def build_models(algo: str, env_id: str, densities: list[float], width: int, com
                                             dict(density=density))
             models[f"matched {density}"] = algo_class(policy_class, env_id, **common,
                                                       policy_kwargs=dict(net_arch=matched_arch, density=1.0))
+    if algo not in WIDE_ALGOS:
+        return models
     models["wide"] = algo_class(policy_class, env_id, **common, policy_kwargs=dict(
         net_arch=net_arch, width_multiplier=width, iso_params=True, method="rigl", update_end=None, backend="auto"))
     return models
@@ -217,7 +231,9 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
                         f"| {matched * 1e3:.2f} | {auto / mlp:.2f} | {auto / matched:.2f} | {auto / masked:.2f} "
                         f"| {sparse_share(models[f'auto {density}'])} |")
             print(rows[-1], flush=True)
-        wide = models["wide"]
+        wide = models.get("wide")
+        if wide is None:
+            continue
         wide_rows.append(f"| {algo} | {[w * width for w in NET_ARCH[algo]]} | {wide.policy.actor.density:.3f} "
                          f"| {per_step['wide'] * 1e3:.2f} | {mlp * 1e3:.2f} | {per_step['wide'] / mlp:.2f} "
                          f"| {sparse_share(wide)} |")
@@ -322,7 +338,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30,
                         help="layers, traffic, kernels: timed repeats per backend (or operation) and configuration")
     parser.add_argument("--env", default="HalfCheetah-v4")
-    parser.add_argument("--algos", nargs="+", default=list(NET_ARCH), choices=list(NET_ARCH))
+    parser.add_argument("--algos", nargs="+", default=list(WIDE_ALGOS), choices=list(NET_ARCH))
     parser.add_argument("--width-multiplier", type=int, default=4, help="e2e: the wide network's multiplier")
     parser.add_argument("--rounds", type=int, default=3, help="e2e: alternating chunks per model")
     parser.add_argument("--chunk", type=int, default=200, help="e2e: environment steps per chunk")

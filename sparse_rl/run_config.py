@@ -43,7 +43,8 @@ class ConfigError(ValueError):
 
 
 def algo_classes(algo: str) -> tuple[type[OffPolicyAlgorithm], type[BasePolicy]]:
-    """(algorithm class, its policy base class) of ``"sac"``, ``"td3"`` (SB3), ``"tqc"`` or ``"crossq"`` (sb3-contrib)."""
+    """(algorithm class, its policy base class) of ``"sac"``, ``"td3"`` (SB3), ``"tqc"`` or ``"crossq"``
+    (sb3-contrib)."""
     from sb3_contrib import TQC, CrossQ
     from sb3_contrib.crossq.policies import CrossQPolicy
     from sb3_contrib.tqc.policies import TQCPolicy

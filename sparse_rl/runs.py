@@ -119,7 +119,8 @@ def run_dir_of(config: Mapping[str, Any], logdir: Path) -> Path:
     return Path(logdir) / str(config["env"]) / run_name(config)
 
 
-POLICIES = {"sac": SparseSACPolicy, "td3": SparseTD3Policy, "tqc": SparseTQCPolicy, "crossq": SparseCrossQPolicy}
+POLICIES: dict[str, Any] = {"sac": SparseSACPolicy, "td3": SparseTD3Policy, "tqc": SparseTQCPolicy,
+                             "crossq": SparseCrossQPolicy}
 
 
 def matched_policy_kwargs(config: Mapping[str, Any], env: VecEnv) -> dict[str, Any]:

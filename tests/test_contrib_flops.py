@@ -39,7 +39,7 @@ def test_crossq_critic_step_pays_the_joint_batch_and_quantile_heads_count_as_lay
     step = model_step_flops(crossq, dense=True)
     critic_weights = sum(p.numel() for n, p in crossq.policy.critic.named_parameters() if n.endswith("weight"))
     actor_weights = sum(p.numel() for n, p in crossq.policy.actor.named_parameters() if n.endswith("weight"))
-    first_layers = 2 * 24 * (3 + 1)  # both heads' first layers read (obs, action): no input gradient without BatchRenorm
+    first_layers = 2 * 24 * (3 + 1)  # both heads' first layers read (obs, action): no input gradient without BRN
     assert step.critic_step == 32 * (2 * actor_weights + 2 * 2 * critic_weights
                                      + 2 * (4 * critic_weights - 2 * first_layers))
     tqc = TQC("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[24, 16], n_quantiles=7), **kwargs)

@@ -182,3 +182,12 @@ def test_crossq_keeps_its_adam_betas_and_fused_adam():
     assert policy.optimizer_kwargs == {"betas": (0.5, 0.999), "fused": True}
     given = make("crossq", density=0.2, optimizer_kwargs={"betas": (0.9, 0.999)}).policy
     assert given.optimizer_kwargs["betas"] == (0.9, 0.999)
+
+
+def test_crossq_after_renorm_warmup_keeps_finite_weights_when_a_unit_has_no_active_input():
+    model = CrossQ(SparseCrossQPolicy, "Pendulum-v1", learning_starts=100, seed=0, device="cpu",
+                   policy_kwargs=dict(net_arch=[32], renorm_warmup_steps=1, density=0.5))
+    first = model.policy.actor_topology.layers["latent_pi.1"]
+    assert (first.mask.sum(dim=1) == 0).any(), "the case needs a hidden unit whose incoming weights are all masked"
+    model.learn(130)
+    assert all(bool(torch.isfinite(value).all()) for value in model.policy.state_dict().values())

@@ -1,5 +1,6 @@
 """Reading a saved SB3 model for export: load it (a ``model.zip`` or a run directory), check that it is a
-supported SAC, TD3, TQC or CrossQ model, read a saved ``VecNormalize``, and read the actor into plain :class:`Layer` objects."""
+supported SAC, TD3, TQC or CrossQ model, read a saved ``VecNormalize``, and read the actor into plain
+:class:`Layer` objects."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from sparse_rl.deploy import Layer, ObsNormalization
 from sparse_rl.export.errors import ExportError
 
 SUPPORTED = ("supported: SAC, TD3, TQC or CrossQ models (SparseSACPolicy, SparseTD3Policy, SparseTQCPolicy, "
-             "SparseCrossQPolicy or MlpPolicy) with a continuous Box action space and a flat Box observation space, given as a model.zip or a sparse_rl.train run directory")
+             "SparseCrossQPolicy or MlpPolicy) with a continuous Box action space and a flat Box observation space, "
+             "given as a model.zip or a sparse_rl.train run directory")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,7 +81,7 @@ def load_model(path: str | Path) -> Any:
     if not isinstance(policy_class, type):
         raise ExportError(f"{zip_path}: cannot read its policy class; {SUPPORTED}")
     algo = _algorithm_name(policy_class, data)
-    classes = {"SAC": SAC, "TD3": TD3, "TQC": TQC, "CROSSQ": CrossQ}
+    classes: dict[str, Any] = {"SAC": SAC, "TD3": TD3, "TQC": TQC, "CROSSQ": CrossQ}
     if algo not in classes:
         raise ExportError(f"{zip_path} is a {algo} model ({policy_class.__name__}, {action_space} action space); "
                           f"{SUPPORTED}")
@@ -232,7 +234,8 @@ def actor_layers(model: Any) -> list[Layer]:
         layers = mlp_layers([*actor.latent_pi, *(actor.mu if isinstance(actor.mu, nn.Sequential) else [actor.mu])])
         squash = {"identity": "tanh", "hardtanh": "clipped_tanh"}.get(layers[-1].activation)
         if squash is None:
-            raise ExportError(f"the {type(model).__name__} actor's mu layer ends in {layers[-1].activation}; cannot reproduce its squash")
+            raise ExportError(f"the {type(model).__name__} actor's mu layer ends in {layers[-1].activation}; "
+                              "cannot reproduce its squash")
         layers[-1].activation = squash
     else:
         layers = mlp_layers(list(actor.mu))

@@ -33,11 +33,12 @@ class SparseContribNetwork(SparseNetworkMixin):
     def __init__(self, *args: Any, density: float = 1.0, distribution: str = "erk",
                  dense_layers: Sequence[str] = (), layer_kind: str = "masked", dense_output: bool = False,
                  backend: str = "auto", sparse_init: bool = False, **kwargs: Any) -> None:
-        bound = inspect.signature(self._base_class.__init__).bind(self, *args, **kwargs)
+        bound = inspect.signature(type(self)._base_class).bind(*args, **kwargs)
         super().__init__(*args, **kwargs)
-        self._base_arguments = {key: value for key, value in bound.arguments.items() if key != "self"}
+        self._base_arguments = dict(bound.arguments)
         self._init_sparsity(density, distribution, dense_layers, layer_kind, dense_output, backend, sparse_init)
         float_step_counters(self)  # type: ignore[arg-type]  # mixin: sb3-contrib's network, later in the MRO, makes self an nn.Module
+        guard_zero_variance(self)  # type: ignore[arg-type]  # mixin: as above
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return {**super()._get_constructor_parameters(), **self._base_arguments}
@@ -49,6 +50,26 @@ def float_step_counters(module: nn.Module) -> None:
     for layer in module.modules():
         if isinstance(layer, BatchRenorm):
             layer.steps = layer.steps.to(torch.float64)
+
+
+def _finite_input_grad(module: nn.Module, grad_input: tuple[torch.Tensor | None, ...],
+                       grad_output: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...]:
+    return tuple(None if grad is None else torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+                 for grad in grad_input)
+
+
+def guard_zero_variance(module: nn.Module) -> None:
+    """Give every BatchRenorm a finite input gradient where a feature has zero batch variance.
+
+    After its warm-up, BatchRenorm's training forward takes ``sqrt(batch_var)``, whose gradient at 0 is
+    infinite and turns the input gradient of a constant feature into NaN. In a sparse network a unit
+    whose incoming weights are all masked outputs a constant, so this happens at once (sb3-contrib's own
+    ``test_crossq`` at density 0.5 had a NaN actor after its first actor step). A constant feature's
+    input gradient is 0, which the hook restores; the layer's forward and its parameter gradients are
+    unchanged."""
+    for layer in module.modules():
+        if isinstance(layer, BatchRenorm):
+            layer.register_full_backward_hook(_finite_input_grad)
 
 
 def gaussian_heads(network: nn.Module) -> list[str]:
@@ -67,7 +88,7 @@ class SparseTQCActor(SparseContribNetwork, TQCActor):
     _base_class = TQCActor
 
     def _output_heads(self) -> list[str]:
-        return gaussian_heads(self)  # type: ignore[arg-type]  # mixin: TQC's Actor, later in the MRO, makes self an nn.Module
+        return gaussian_heads(self)
 
 
 class SparseTQCCritic(SparseContribNetwork, TQCCritic):
@@ -86,7 +107,7 @@ class SparseCrossQActor(SparseContribNetwork, CrossQActor):
     _base_class = CrossQActor
 
     def _output_heads(self) -> list[str]:
-        return gaussian_heads(self)  # type: ignore[arg-type]  # mixin: CrossQ's Actor, later in the MRO, makes self an nn.Module
+        return gaussian_heads(self)
 
 
 class SparseCrossQCritic(SparseContribNetwork, CrossQCritic):

@@ -33,7 +33,6 @@ from stable_baselines3.common.buffers import NStepReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
-
 MAX_ENTROPY_ALGOS = (SAC, TQC, CrossQ)
 """Algorithms whose targets carry SAC's entropy term, so their n-step returns get the bonuses."""
 
