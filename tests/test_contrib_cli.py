@@ -35,7 +35,8 @@ def test_sparse_tqc_learns_pendulum_in_2k_steps_from_the_cli(tmp_path):
 @pytest.mark.slow
 def test_sparse_crossq_trains_pendulum_for_2k_steps_from_the_cli(tmp_path):
     train.main(["--algo", "crossq", "--density", "0.2", "--logdir", str(tmp_path), *SHORT,
-                "--set", "policy_kwargs.net_arch={pi: [64, 64], qf: [256, 256]}", "--set", "sparsity.update_interval=200"])
+                "--set", "policy_kwargs.net_arch={pi: [64, 64], qf: [256, 256]}",
+                "--set", "sparsity.update_interval=200"])
     run_dir = tmp_path / "Pendulum-v1" / "crossq-rigl-d0.2-s0"
     assert np.isfinite(evaluations(run_dir)).all()
     model = CrossQ.load(run_dir / "model.zip")
