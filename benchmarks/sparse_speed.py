@@ -245,8 +245,14 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
             "online weights whose layers `auto` runs on the sparse backend.", "",
             "| algo | density | auto ms | masked ms | MlpPolicy ms | matched dense ms | auto ÷ MlpPolicy "
             "| auto ÷ matched | auto ÷ masked | sparse layers |",
-            "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
-            f"Wide network: every hidden width ×{width}, density set so each network keeps the weight count of "
+            "|---|---|---|---|---|---|---|---|---|---|", *rows, *wide_table(width, wide_rows)]
+
+
+def wide_table(width: int, wide_rows: list[str]) -> list[str]:
+    """The wide network's table (none when no algorithm had one)."""
+    if not wide_rows:
+        return []
+    return ["", f"Wide network: every hidden width ×{width}, density set so each network keeps the weight count of "
             "its dense version at width ×1 (`iso_params`), backend `auto`:", "",
             "| algo | actor widths | actor density | wide ms | MlpPolicy ms | wide ÷ MlpPolicy | sparse layers |",
             "|---|---|---|---|---|---|---|", *wide_rows]
