@@ -191,3 +191,21 @@ def test_crossq_after_renorm_warmup_keeps_finite_weights_when_a_unit_has_no_acti
     assert (first.mask.sum(dim=1) == 0).any(), "the case needs a hidden unit whose incoming weights are all masked"
     model.learn(130)
     assert all(bool(torch.isfinite(value).all()) for value in model.policy.state_dict().values())
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_rlx2_adds_entropy_bonuses_and_leaves_batch_renorm_statistics_alone(algo):
+    from sparse_rl import SparseMetricsCallback
+    from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
+
+    cls, policy = ALGOS[algo]
+    model = cls(policy, "Pendulum-v1", policy_kwargs=dict(net_arch=[32, 32], density=0.3, method="rlx2"),
+                replay_buffer_class=RLx2ReplayBuffer, replay_buffer_kwargs=dict(n_steps=3, check_interval=100),
+                learning_starts=50, batch_size=32, seed=0, device="cpu")
+    model.learn(150, callback=SparseMetricsCallback())
+    buffer = model.replay_buffer
+    samples = buffer.sample(16)
+    steps = {name: float(module.steps) for name, module in batch_renorms(model).items()}
+    bonus = buffer.entropy_bonus(np.arange(16), np.zeros(16, dtype=int), samples.discounts)
+    assert bonus.shape == (16, 1) and bool(torch.isfinite(bonus).all()) and bool((bonus != 0).any())
+    assert steps == {name: float(module.steps) for name, module in batch_renorms(model).items()}

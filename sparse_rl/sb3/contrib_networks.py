@@ -52,10 +52,13 @@ def float_step_counters(module: nn.Module) -> None:
             layer.steps = layer.steps.to(torch.float64)
 
 
-def _finite_input_grad(module: nn.Module, grad_input: tuple[torch.Tensor | None, ...],
-                       grad_output: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...]:
-    return tuple(None if grad is None else torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-                 for grad in grad_input)
+def _finite(grad: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _finite_input_grad(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+    if inputs[0].requires_grad:
+        inputs[0].register_hook(_finite)
 
 
 def guard_zero_variance(module: nn.Module) -> None:
@@ -66,10 +69,11 @@ def guard_zero_variance(module: nn.Module) -> None:
     whose incoming weights are all masked outputs a constant, so this happens at once (sb3-contrib's own
     ``test_crossq`` at density 0.5 had a NaN actor after its first actor step). A constant feature's
     input gradient is 0, which the hook restores; the layer's forward and its parameter gradients are
-    unchanged."""
+    unchanged. (A hook on the input tensor, registered in a forward pre-hook, not a full backward hook:
+    that one warns whenever the input needs no gradient, as the observations do.)"""
     for layer in module.modules():
         if isinstance(layer, BatchRenorm):
-            layer.register_full_backward_hook(_finite_input_grad)
+            layer.register_forward_pre_hook(_finite_input_grad)
 
 
 def gaussian_heads(network: nn.Module) -> list[str]:
