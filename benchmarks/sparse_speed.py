@@ -11,7 +11,8 @@ Times are the process's CPU time (``time.process_time``), not wall-clock time. W
 the two are the same on an idle machine. On a shared one, CPU time leaves out the time other
 processes take from this one.
 
-End to end (``--part e2e``): ms per environment step of SAC/TD3 on HalfCheetah-v4, with one gradient step per
+End to end (``--part e2e``): ms per environment step of SAC/TD3 (``--algos`` also takes sb3-contrib's ``tqc`` and
+``crossq``, with their default networks; they get no wide network) on HalfCheetah-v4, with one gradient step per
 environment step and topology updates included (RigL, ΔT = 1000, never stopped). The models are the sparse policy
 at each density on ``backend=auto`` (compact where the compiled kernels are built) and on ``backend=masked``, SB3's
 ``MlpPolicy``, the parameter-matched dense network of each density, the wide network (``width_multiplier=4,
@@ -68,7 +69,21 @@ RESULTS = Path(__file__).resolve().parent.parent / "results" / "sparse_speed.md"
 SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "#### Gathers from a dense weight",
             "breakdown": "#### Where a SAC gradient step's time goes", "kernels": "#### Kernel throughput",
             "memory": "#### Peak memory"}
-NET_ARCH = {"sac": [256, 256], "td3": [400, 300]}
+NET_ARCH: dict[str, list[int] | dict[str, list[int]]] = {
+    "sac": [256, 256], "td3": [400, 300], "tqc": [256, 256], "crossq": {"pi": [256, 256], "qf": [1024, 1024]}}
+WIDE_ALGOS = ("sac", "td3")
+"""Algorithms whose e2e comparison includes the wide network (a 4x-wide CrossQ critic would be 4096 wide)."""
+
+
+def algo_and_policy(algo: str) -> tuple[type, type]:
+    """The algorithm class and its sparse policy class."""
+    from sb3_contrib import TQC, CrossQ
+    from stable_baselines3 import SAC, TD3
+
+    from sparse_rl import SparseCrossQPolicy, SparseSACPolicy, SparseTD3Policy, SparseTQCPolicy
+
+    return {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy), "tqc": (TQC, SparseTQCPolicy),
+            "crossq": (CrossQ, SparseCrossQPolicy)}[algo]
 
 
 def break_even(densities: list[float], ratios: list[float]) -> str:
@@ -178,15 +193,12 @@ def traffic_tables(shapes: list[tuple[int, int]], densities: list[float], repeat
 
 
 def build_models(algo: str, env_id: str, densities: list[float], width: int, common: dict,
-                 backends: tuple[str, ...] = ("auto", "masked"), matched: bool = True) -> dict:
+                 backends: tuple[str, ...] = ("auto", "masked"), matched: bool = True, peer: bool = True) -> dict:
     """The models of one algorithm's comparison, by name: ``mlp``, ``{backend} {density}`` for each backend,
-    ``matched {density}`` (the parameter-matched dense network) if ``matched``, and ``wide``."""
-    from stable_baselines3 import SAC, TD3
-
-    from sparse_rl import SparseSACPolicy, SparseTD3Policy
+    ``matched {density}`` (the parameter-matched dense network) if ``matched``, and ``wide`` (SAC, TD3)."""
     from sparse_rl.sb3.matched import matched_net_arch
 
-    algo_class, policy_class = {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy)}[algo]
+    algo_class, policy_class = algo_and_policy(algo)
     net_arch = NET_ARCH[algo]
     models = {"mlp": algo_class("MlpPolicy", env_id, policy_kwargs=dict(net_arch=net_arch), **common)}
     env = models["mlp"].env
@@ -199,15 +211,17 @@ def build_models(algo: str, env_id: str, densities: list[float], width: int, com
                                             dict(density=density))
             models[f"matched {density}"] = algo_class(policy_class, env_id, **common,
                                                       policy_kwargs=dict(net_arch=matched_arch, density=1.0))
-    models["wide"] = algo_class(policy_class, env_id, **common, policy_kwargs=dict(
-        net_arch=net_arch, width_multiplier=width, iso_params=True, method="rigl", update_end=None, backend="auto"))
-    peer = sbx_model(algo, env_id, net_arch, common)
-    if peer is not None:
-        models["sbx"] = peer
+    sbx = sbx_model(algo, env_id, net_arch, common) if peer else None
+    if sbx is not None:
+        models["sbx"] = sbx
+    if algo in WIDE_ALGOS:
+        models["wide"] = algo_class(policy_class, env_id, **common, policy_kwargs=dict(
+            net_arch=net_arch, width_multiplier=width, iso_params=True, method="rigl", update_end=None,
+            backend="auto"))
     return models
 
 
-def sbx_model(algo: str, env_id: str, net_arch: list[int], common: dict):
+def sbx_model(algo: str, env_id: str, net_arch: list[int] | dict[str, list[int]], common: dict):
     """SBX's dense SAC/TD3 (the JAX SB3, ``pip install -e ".[bench]"``) on one CPU thread, or ``None`` without it."""
     os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
     try:
@@ -215,7 +229,9 @@ def sbx_model(algo: str, env_id: str, net_arch: list[int], common: dict):
     except ImportError:
         print("sbx-rl is not installed (pip install -e \".[bench]\"): no SBX row", flush=True)
         return None
-    algo_class = {"sac": sbx.SAC, "td3": sbx.TD3}[algo]
+    algo_class = getattr(sbx, {"sac": "SAC", "td3": "TD3", "tqc": "TQC", "crossq": "CrossQ"}[algo], None)
+    if algo_class is None:
+        return None
     return algo_class("MlpPolicy", env_id, policy_kwargs=dict(net_arch=net_arch),
                       learning_starts=common["learning_starts"], seed=common["seed"])
 
@@ -255,7 +271,9 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
                         f"| {matched * 1e3:.2f} | {peer * 1e3:.2f} | {mlp / auto:.2f} | {auto / matched:.2f} "
                         f"| {peer / auto:.2f} | {auto / masked:.2f} | {sparse_share(models[f'auto {density}'])} |")
             print(rows[-1], flush=True)
-        wide = models["wide"]
+        wide = models.get("wide")
+        if wide is None:
+            continue
         wide_rows.append(f"| {algo} | {[w * width for w in NET_ARCH[algo]]} | {wide.policy.actor.density:.3f} "
                          f"| {per_step['wide'] * 1e3:.2f} | {mlp * 1e3:.2f} | {per_step['wide'] / mlp:.2f} "
                          f"| {sparse_share(wide)} |")
@@ -268,8 +286,14 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
             "SBX is the JAX SB3's dense agent of the same widths, on one thread, in the same process.", "",
             "| algo | density | auto ms | masked ms | MlpPolicy ms | matched dense ms | SBX ms | speed-up vs MlpPolicy "
             "| auto ÷ matched | speed-up vs SBX | auto ÷ masked | sparse layers |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
-            f"Wide network: every hidden width ×{width}, density set so each network keeps the weight count of "
+            "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, *wide_table(width, wide_rows)]
+
+
+def wide_table(width: int, wide_rows: list[str]) -> list[str]:
+    """The wide network's table (none when no algorithm had one)."""
+    if not wide_rows:
+        return []
+    return ["", f"Wide network: every hidden width ×{width}, density set so each network keeps the weight count of "
             "its dense version at width ×1 (`iso_params`), backend `auto`:", "",
             "| algo | actor widths | actor density | wide ms | MlpPolicy ms | wide ÷ MlpPolicy | sparse layers |",
             "|---|---|---|---|---|---|---|", *wide_rows]
@@ -351,7 +375,7 @@ def time_breakdown(model, steps: int) -> tuple[float, dict[str, float]]:
 def breakdown_tables(env_id: str, densities: list[float], width: int, chunk: int, learning_starts: int,
                      seed: int) -> list[str]:
     common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
-    models = build_models("sac", env_id, densities, width, common, backends=("auto",), matched=False)
+    models = build_models("sac", env_id, densities, width, common, backends=("auto",), matched=False, peer=False)
     labels = {"mlp": "MlpPolicy", "wide": f"wide ×{width}"} | {f"auto {d}": f"sparse {d:g}" for d in densities}
     kinds = [f"{kind} {part}" for kind in ("hidden", "in/out", "ReLU") for part in ("fwd", "bwd")]
     rows = []
@@ -401,7 +425,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30,
                         help="layers, traffic, kernels: timed repeats per backend (or operation) and configuration")
     parser.add_argument("--env", default="HalfCheetah-v4")
-    parser.add_argument("--algos", nargs="+", default=list(NET_ARCH), choices=list(NET_ARCH))
+    parser.add_argument("--algos", nargs="+", default=list(WIDE_ALGOS), choices=list(NET_ARCH))
     parser.add_argument("--width-multiplier", type=int, default=4, help="e2e: the wide network's multiplier")
     parser.add_argument("--rounds", type=int, default=3, help="e2e: alternating chunks per model")
     parser.add_argument("--chunk", type=int, default=200, help="e2e: environment steps per chunk")

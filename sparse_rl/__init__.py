@@ -23,6 +23,7 @@ _HOMES = {
     "LayerUpdateStats": "topology", "TopologyController": "topology", "init_masks": "topology",
     "sparse_layers": "topology", "update_mask": "topology",
     "SparseMetricsCallback": "sb3", "SparseSACPolicy": "sb3", "SparseTD3Policy": "sb3",
+    "SparseTQCPolicy": "sb3", "SparseCrossQPolicy": "sb3",
 }
 """Public name -> the submodule that defines it."""
 

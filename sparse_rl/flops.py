@@ -80,25 +80,35 @@ class TrainStepFlops:
     actor_topology_update: int
 
 
+STEP_ALGOS = ("sac", "td3", "tqc", "crossq")
+
+
 def actor_critic_step_flops(algo: str, actor: NetworkFlops, critic: NetworkFlops, batch_size: int,
                             dense: bool = False, extra_actor_forwards: int = 0) -> TrainStepFlops:
-    """FLOPs of Stable-Baselines3's SAC or TD3 ``train()`` per gradient step, from its loop:
+    """FLOPs of the ``train()`` of SB3's SAC and TD3 or sb3-contrib's TQC and CrossQ per gradient step:
 
-    SAC, per step: actor on next obs (no grad), target critics, critics, critic backward; actor on
-    obs, critics on its actions, backward through critics (to the actions) and actor.
+    SAC and TQC, per step: actor on next obs (no grad), target critics, critics, critic backward;
+    actor on obs, critics on its actions, backward through critics (to the actions) and actor.
+    TQC's quantile heads are the critics' last layers, so they count as layers do.
     TD3: target actor and target critics, critics, critic backward; per delayed actor step: actor,
-    first Q-head, backward through that head and the actor. ``extra_actor_forwards`` more actor
-    forwards per sample go with each critic step (RLx2's intermediate entropy bonuses).
+    first Q-head, backward through that head and the actor.
+    CrossQ: actor on next obs (no grad), then one joint critic forward of current and next batch
+    (2B rows: the second ``critic.forward`` SAC spends on its targets) and its backward over all 2B
+    rows; per delayed actor step as SAC. BatchRenorm is element-wise (no matrix FLOPs), but its
+    learned scale needs the input gradient of the layer after it (:func:`sparse_rl.sb3.flops.network_flops`).
+    ``extra_actor_forwards`` more actor forwards per sample go with each critic step (RLx2's bonuses).
     """
-    if algo not in ("sac", "td3"):
-        raise ValueError(f"unknown algo {algo!r}; allowed: sac, td3")
-    actor_q = critic if algo == "sac" else critic.subset(next(iter(critic.layers)).split(".")[0] + ".")
-    critic_step = (1 + extra_actor_forwards) * actor.forward(dense) + 2 * critic.forward(dense) + critic.backward(dense)
+    if algo not in STEP_ALGOS:
+        raise ValueError(f"unknown algo {algo!r}; allowed: {', '.join(STEP_ALGOS)}")
+    actor_q = critic if algo != "td3" else critic.subset(next(iter(critic.layers)).split(".")[0] + ".")
+    critic_rows = 2 if algo == "crossq" else 1
+    critic_step = ((1 + extra_actor_forwards) * actor.forward(dense) + 2 * critic.forward(dense)
+                   + critic_rows * critic.backward(dense))
     actor_step = (actor.forward(dense) + actor_q.forward(dense) + actor_q.backward(dense, input_grad=True)
                   + actor.backward(dense))
     return TrainStepFlops(
         critic_step=critic_step * batch_size,
         actor_step=actor_step * batch_size,
-        critic_topology_update=0 if dense else critic.dense_weight_grad_extra() * batch_size,
+        critic_topology_update=0 if dense else critic.dense_weight_grad_extra() * critic_rows * batch_size,
         actor_topology_update=0 if dense else actor.dense_weight_grad_extra() * batch_size,
     )

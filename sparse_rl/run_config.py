@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
     from stable_baselines3.common.policies import BasePolicy
 
-ALGO_NAMES = ("sac", "td3")
+ALGO_NAMES = ("sac", "td3", "tqc", "crossq")
 TOP_LEVEL_KEYS = ("algo", "env", "seed", "total_steps", "n_envs", "eval_freq", "eval_episodes", "checkpoint_freq",
                   "action_noise_std", "threads", "device", "param_matched", "algo_kwargs", "policy_kwargs", "sparsity",
                   "rlx2")
@@ -43,15 +43,19 @@ class ConfigError(ValueError):
 
 
 def algo_classes(algo: str) -> tuple[type[OffPolicyAlgorithm], type[BasePolicy]]:
-    """(SB3 algorithm class, its policy base class) of ``"sac"`` or ``"td3"``."""
+    """(algorithm class, its policy base class) of ``"sac"``, ``"td3"`` (SB3), ``"tqc"`` or ``"crossq"``
+    (sb3-contrib)."""
+    from sb3_contrib import TQC, CrossQ
+    from sb3_contrib.crossq.policies import CrossQPolicy
+    from sb3_contrib.tqc.policies import TQCPolicy
     from stable_baselines3 import SAC, TD3
     from stable_baselines3.sac.policies import SACPolicy
     from stable_baselines3.td3.policies import TD3Policy
 
     if algo not in ALGO_NAMES:
         raise ConfigError(f"unknown algo {algo!r}; allowed: {', '.join(ALGO_NAMES)}")
-    classes: dict[str, tuple[type[OffPolicyAlgorithm], type[BasePolicy]]] = {"sac": (SAC, SACPolicy),
-                                                                            "td3": (TD3, TD3Policy)}
+    classes: dict[str, tuple[type[OffPolicyAlgorithm], type[BasePolicy]]] = {
+        "sac": (SAC, SACPolicy), "td3": (TD3, TD3Policy), "tqc": (TQC, TQCPolicy), "crossq": (CrossQ, CrossQPolicy)}
     return classes[algo]
 
 
@@ -189,6 +193,10 @@ NUMERIC_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "policy_kwargs.net_arch": (_net_arch, "a list of positive layer widths (or {pi: [...], qf: [...]})"),
     "policy_kwargs.n_critics": (lambda v: _is_int(v, 1), "a positive integer"),
     "policy_kwargs.log_std_init": (lambda v: _in_range(v, -INF, INF), "a finite number"),
+    "policy_kwargs.n_quantiles": (lambda v: _is_int(v, 1), "a positive integer"),
+    "algo_kwargs.top_quantiles_to_drop_per_net": (lambda v: _is_int(v, 0), "an integer >= 0"),
+    "policy_kwargs.batch_norm_momentum": (lambda v: _in_range(v, 0, 1, low_open=True), "a number in (0, 1]"),
+    "policy_kwargs.renorm_warmup_steps": (lambda v: _is_int(v, 0), "an integer >= 0"),
     "rlx2.n_steps": (lambda v: _is_int(v, 1), "a positive integer"),
     "rlx2.n_step_delay": (lambda v: _is_int(v, 0) or _in_range(v, 0, 1, high_open=True),
                           "an integer >= 0 (gradient steps) or a fraction of training in [0, 1)"),

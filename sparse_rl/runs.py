@@ -47,7 +47,7 @@ from sparse_rl.backends.auto import auto_rule
 from sparse_rl.flops import active_weights
 from sparse_rl.machine import cpu_model
 from sparse_rl.run_config import ConfigError, algo_classes, build_config, check_device, read_yaml, run_name, validate
-from sparse_rl.sb3 import SparseMetricsCallback, SparseSACPolicy, SparseTD3Policy
+from sparse_rl.sb3 import SparseCrossQPolicy, SparseMetricsCallback, SparseSACPolicy, SparseTD3Policy, SparseTQCPolicy
 from sparse_rl.sb3.flops import inference_flops
 from sparse_rl.sb3.matched import matched_net_arch
 from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
@@ -119,7 +119,8 @@ def run_dir_of(config: Mapping[str, Any], logdir: Path) -> Path:
     return Path(logdir) / str(config["env"]) / run_name(config)
 
 
-POLICIES = {"sac": SparseSACPolicy, "td3": SparseTD3Policy}
+POLICIES: dict[str, Any] = {"sac": SparseSACPolicy, "td3": SparseTD3Policy, "tqc": SparseTQCPolicy,
+                             "crossq": SparseCrossQPolicy}
 
 
 def matched_policy_kwargs(config: Mapping[str, Any], env: VecEnv) -> dict[str, Any]:
@@ -131,8 +132,11 @@ def matched_policy_kwargs(config: Mapping[str, Any], env: VecEnv) -> dict[str, A
             raise ConfigError("param_matched needs Box observation and action spaces")
         sparse = {**config.get("sparsity", {}), "density": config["param_matched"], "method": "static"}
         use_sde = bool((config.get("algo_kwargs") or {}).get("use_sde", False))
-        policy_kwargs["net_arch"] = matched_net_arch(POLICIES[config["algo"]], observation, action,
-                                                     policy_kwargs.get("net_arch", [256, 256]), sparse, use_sde)
+        policy_class = POLICIES[config["algo"]]
+        net_arch = policy_kwargs.get("net_arch", policy_class._default_net_arch)
+        others = {key: value for key, value in policy_kwargs.items() if key != "net_arch"}
+        policy_kwargs["net_arch"] = matched_net_arch(policy_class, observation, action, net_arch, {**others, **sparse},
+                                                     use_sde)
     return policy_kwargs
 
 

@@ -385,7 +385,7 @@ def test_bad_input_is_a_one_line_error_naming_what_is_supported(tmp_path, kind):
         path = tmp_path / "nothing.zip"
         expected = "does not exist"
     message = export_error(str(path))
-    assert expected in message and "supported: SAC or TD3" in message
+    assert expected in message and "supported: SAC, TD3, TQC or CrossQ" in message
 
 
 def test_cli_error_has_no_traceback(tmp_path):

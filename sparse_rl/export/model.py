@@ -1,5 +1,6 @@
 """Reading a saved SB3 model for export: load it (a ``model.zip`` or a run directory), check that it is a
-supported SAC or TD3 model, read a saved ``VecNormalize``, and read the actor into plain :class:`Layer` objects."""
+supported SAC, TD3, TQC or CrossQ model, read a saved ``VecNormalize``, and read the actor into plain
+:class:`Layer` objects."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import numpy as np
 from sparse_rl.deploy import Layer, ObsNormalization
 from sparse_rl.export.errors import ExportError
 
-SUPPORTED = ("supported: SAC or TD3 models (SparseSACPolicy, SparseTD3Policy or MlpPolicy) with a continuous Box "
-             "action space and a flat Box observation space, given as a model.zip or a sparse_rl.train run directory")
+SUPPORTED = ("supported: SAC, TD3, TQC or CrossQ models (SparseSACPolicy, SparseTD3Policy, SparseTQCPolicy, "
+             "SparseCrossQPolicy or MlpPolicy) with a continuous Box action space and a flat Box observation space, "
+             "given as a model.zip or a sparse_rl.train run directory")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -32,13 +34,14 @@ def _zip_data(path: Path) -> dict[str, Any]:
 
 def _algorithm_name(policy_class: type, data: dict[str, Any]) -> str:
     """The SB3 algorithm that saved a model, from its policy class (and data for PPO/A2C)."""
+    from sb3_contrib.crossq.policies import CrossQPolicy
+    from sb3_contrib.tqc.policies import TQCPolicy
     from stable_baselines3.sac.policies import SACPolicy
     from stable_baselines3.td3.policies import TD3Policy
 
-    if issubclass(policy_class, SACPolicy):
-        return "SAC"
-    if issubclass(policy_class, TD3Policy):
-        return "TD3"
+    for base, name in ((SACPolicy, "SAC"), (TD3Policy, "TD3"), (TQCPolicy, "TQC"), (CrossQPolicy, "CROSSQ")):
+        if issubclass(policy_class, base):
+            return name
     parts = policy_class.__module__.split(".")
     if parts[0] == "stable_baselines3" and parts[1] not in ("common",):
         return parts[1].upper()
@@ -60,9 +63,10 @@ def model_zip_path(path: str | Path) -> Path:
 
 
 def load_model(path: str | Path) -> Any:
-    """The SAC or TD3 model saved at ``path`` (a ``model.zip`` or a ``sparse_rl.train`` run directory),
+    """The SAC, TD3, TQC or CrossQ model saved at ``path`` (a ``model.zip`` or a ``sparse_rl.train`` run directory),
     loaded on the CPU; :class:`ExportError` for anything else."""
     from gymnasium import spaces
+    from sb3_contrib import TQC, CrossQ
     from stable_baselines3 import SAC, TD3
     from stable_baselines3.common.preprocessing import is_image_space
     from stable_baselines3.common.save_util import json_to_data
@@ -77,7 +81,8 @@ def load_model(path: str | Path) -> Any:
     if not isinstance(policy_class, type):
         raise ExportError(f"{zip_path}: cannot read its policy class; {SUPPORTED}")
     algo = _algorithm_name(policy_class, data)
-    if algo not in ("SAC", "TD3"):
+    classes: dict[str, Any] = {"SAC": SAC, "TD3": TD3, "TQC": TQC, "CROSSQ": CrossQ}
+    if algo not in classes:
         raise ExportError(f"{zip_path} is a {algo} model ({policy_class.__name__}, {action_space} action space); "
                           f"{SUPPORTED}")
     if not isinstance(action_space, spaces.Box):
@@ -88,7 +93,7 @@ def load_model(path: str | Path) -> Any:
     configured = _run_config_algo(Path(path))
     if configured is not None and configured.upper() != algo:
         raise ExportError(f"{path}: config.yaml says algo {configured!r} but model.zip holds a {algo} model")
-    return (SAC if algo == "SAC" else TD3).load(zip_path, device="cpu")
+    return classes[algo].load(zip_path, device="cpu")
 
 
 def _run_config_algo(path: Path) -> str | None:
@@ -161,26 +166,61 @@ def _activation(module: Any) -> tuple[str, float] | None:
     return None
 
 
+def batch_renorm_affine(module: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(s, t) with ``module(x) = s * x + t`` in eval mode: a BatchRenorm (CrossQ) normalises with its
+    running statistics, ``scale * (x - ra_mean) / sqrt(ra_var + eps) + bias``."""
+    import torch
+
+    with torch.no_grad():
+        s = 1.0 / torch.sqrt(module.ra_var.double() + module.eps)
+        t = -module.ra_mean.double() * s
+        if module.affine:
+            s, t = module.scale.double() * s, module.scale.double() * t + module.bias.double()
+    return s.cpu().numpy(), t.cpu().numpy()
+
+
+def folded_linear(module: Any, affine: tuple[np.ndarray, np.ndarray] | None) -> Layer:
+    """A linear layer as a :class:`Layer`, with an element-wise affine map ``s * x + t`` of its input
+    (a BatchRenorm before it) folded in: ``W' = W diag(s)`` (same zeros as ``W``), ``b' = b + W t``."""
+    weight = effective_weight(module)
+    bias = module.bias.detach().cpu().numpy() if module.bias is not None else np.zeros(module.out_features)
+    if affine is None:
+        return Layer(weight, bias)
+    s, t = affine
+    return Layer((weight * s[None, :]).astype(np.float32), (bias + weight.astype(np.float64) @ t).astype(np.float32))
+
+
 def mlp_layers(modules: list[Any]) -> list[Layer]:
-    """``Linear``/activation modules in order as :class:`Layer` objects."""
+    """``Linear``/activation modules in order as :class:`Layer` objects; a BatchRenorm (eval mode, its
+    running statistics) is folded into the linear layer after it."""
+    from sb3_contrib.common.torch_layers import BatchRenorm
     from torch import nn
 
     layers: list[Layer] = []
+    affine: tuple[np.ndarray, np.ndarray] | None = None
     for module in modules:
         activation = _activation(module)
-        if isinstance(module, nn.Linear):
-            bias = module.bias.detach().cpu().numpy() if module.bias is not None else np.zeros(module.out_features)
-            layers.append(Layer(effective_weight(module), bias))
-        elif activation is not None and layers and layers[-1].activation == "identity":
+        if isinstance(module, BatchRenorm):
+            if affine is not None:
+                raise ExportError("cannot export two BatchRenorm layers in a row in the actor")
+            affine = batch_renorm_affine(module)
+        elif isinstance(module, nn.Linear):
+            layers.append(folded_linear(module, affine))
+            affine = None
+        elif activation is not None and affine is None and layers and layers[-1].activation == "identity":
             layers[-1].activation, layers[-1].alpha = activation
         elif activation is None or activation[0] != "identity":
             raise ExportError(f"cannot export a {type(module).__name__} in the actor; supported: Linear layers "
-                              "with ReLU, Tanh, ELU, LeakyReLU or symmetric Hardtanh activations")
+                              "with ReLU, Tanh, ELU, LeakyReLU or symmetric Hardtanh activations, and BatchRenorm "
+                              "before a Linear layer")
+    if affine is not None:
+        raise ExportError("cannot export a BatchRenorm with no Linear layer after it in the actor")
     return layers
 
 
 def actor_layers(model: Any) -> list[Layer]:
-    """The actor of a SAC or TD3 ``model`` as layers whose last activation is the tanh squash."""
+    """The actor of a SAC, TD3, TQC or CrossQ ``model`` as layers whose last activation is the tanh squash."""
+    from sb3_contrib import TQC, CrossQ
     from stable_baselines3 import SAC
     from stable_baselines3.common.torch_layers import FlattenExtractor
     from torch import nn
@@ -189,12 +229,13 @@ def actor_layers(model: Any) -> list[Layer]:
     if not isinstance(actor.features_extractor, FlattenExtractor):
         raise ExportError(f"cannot export an actor with a {type(actor.features_extractor).__name__} features "
                           f"extractor; {SUPPORTED}")
-    if isinstance(model, SAC):
+    if isinstance(model, (SAC, TQC, CrossQ)):  # squashed Gaussian actors: latent_pi, then mu
         # with gSDE, mu is Sequential(Linear, Hardtanh(-clip_mean, clip_mean)) and the squash is tanh of that
         layers = mlp_layers([*actor.latent_pi, *(actor.mu if isinstance(actor.mu, nn.Sequential) else [actor.mu])])
         squash = {"identity": "tanh", "hardtanh": "clipped_tanh"}.get(layers[-1].activation)
         if squash is None:
-            raise ExportError(f"the SAC actor's mu layer ends in {layers[-1].activation}; cannot reproduce its squash")
+            raise ExportError(f"the {type(model).__name__} actor's mu layer ends in {layers[-1].activation}; "
+                              "cannot reproduce its squash")
         layers[-1].activation = squash
     else:
         layers = mlp_layers(list(actor.mu))

@@ -1,9 +1,11 @@
-"""FLOPs of SB3 SAC/TD3 models: which layers each network has and which of them read its input."""
+"""FLOPs of SB3 SAC/TD3 and sb3-contrib TQC/CrossQ models: which layers each network has and which
+of them read its input."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from sb3_contrib import TQC, CrossQ
 from stable_baselines3 import SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.preprocessing import get_action_dim
@@ -15,7 +17,9 @@ from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
 
 def network_flops(network: nn.Module, input_dim: int, extra_forward: int = 0) -> NetworkFlops:
     """The linear layers of an SB3 actor or critic outside its features extractor; the input
-    layers are the first linear layer of each top-level block that takes ``input_dim`` features."""
+    layers are the first linear layer of each top-level block that takes ``input_dim`` features
+    directly (not through a layer with parameters, such as CrossQ's BatchRenorm, whose learned
+    scale needs that layer's input gradient)."""
     layers: dict[str, nn.Linear] = {}
     input_layers = set()
     for block_name, block in network.named_children():
@@ -23,10 +27,20 @@ def network_flops(network: nn.Module, input_dim: int, extra_forward: int = 0) ->
             continue
         linears = [(f"{block_name}.{n}" if n else block_name, m) for n, m in block.named_modules()
                    if isinstance(m, nn.Linear)]
-        if linears and linears[0][1].in_features == input_dim:
+        if linears and linears[0][1].in_features == input_dim and reads_block_input(block, linears[0][1]):
             input_layers.add(linears[0][0])
         layers.update(linears)
     return NetworkFlops(layers, frozenset(input_layers), extra_forward)
+
+
+def reads_block_input(block: nn.Module, layer: nn.Module) -> bool:
+    """Whether no module with parameters of its own comes before ``layer`` in ``block``."""
+    for module in block.modules():
+        if module is layer:
+            return True
+        if next(module.parameters(recurse=False), None) is not None:
+            return False
+    return True
 
 
 def sde_flops(actor: Any) -> int:
@@ -38,17 +52,20 @@ def sde_flops(actor: Any) -> int:
     return 2 * (2 * latent_dim * action_dim)
 
 
+ALGO_CLASSES = {"sac": SAC, "td3": TD3, "tqc": TQC, "crossq": CrossQ}
+
+
 def algo_name(model: BaseAlgorithm) -> str:
-    """``"sac"`` or ``"td3"``; ``ValueError`` for other algorithms."""
-    if isinstance(model, SAC):
-        return "sac"
-    if isinstance(model, TD3):
-        return "td3"
-    raise ValueError(f"FLOP accounting covers SAC and TD3, not {type(model).__name__}")
+    """``"sac"``, ``"td3"``, ``"tqc"`` or ``"crossq"``; ``ValueError`` for other algorithms."""
+    for name, algo_class in ALGO_CLASSES.items():
+        if isinstance(model, algo_class):
+            return name
+    raise ValueError(f"FLOP accounting covers {', '.join(c.__name__ for c in ALGO_CLASSES.values())}, "
+                     f"not {type(model).__name__}")
 
 
 def model_networks(model: BaseAlgorithm, sampled: bool = True) -> tuple[NetworkFlops, NetworkFlops]:
-    """(actor, critic) FLOP views of an SB3 SAC or TD3 model; ``sampled``: the actor samples its
+    """(actor, critic) FLOP views of a SAC, TD3, TQC or CrossQ model; ``sampled``: the actor samples its
     action (training), so gSDE's noise products count."""
     policy: Any = model.policy
     features_dim = policy.actor.features_extractor.features_dim
@@ -63,7 +80,7 @@ def model_step_flops(model: BaseAlgorithm, dense: bool = False) -> TrainStepFlop
     actor, critic = model_networks(model)
     algo = algo_name(model)
     buffer = getattr(model, "replay_buffer", None)
-    bonus_forwards = buffer.n_steps - 1 if algo == "sac" and isinstance(buffer, RLx2ReplayBuffer) else 0
+    bonus_forwards = buffer.n_steps - 1 if algo != "td3" and isinstance(buffer, RLx2ReplayBuffer) else 0
     batch_size: int = getattr(model, "batch_size")  # SAC and TD3 have one; BaseAlgorithm does not say so
     return actor_critic_step_flops(algo, actor, critic, batch_size, dense, bonus_forwards)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import get_flattened_obs_dim
-from stable_baselines3.sac.policies import SACPolicy
+from stable_baselines3.common.torch_layers import get_actor_critic_arch
 from torch import nn
 
 from sparse_rl.flops import active_weights
@@ -38,23 +38,29 @@ def network_weights(network: nn.Module) -> int:
     return sum(active_weights(m) for m in network.modules() if isinstance(m, nn.Linear))
 
 
-def matched_net_arch(policy_class: type, observation_space: spaces.Space, action_space: spaces.Box,
-                     net_arch: Sequence[int], sparsity: dict[str, Any], use_sde: bool = False) -> dict[str, list[int]]:
+def matched_net_arch(policy_class: Any, observation_space: spaces.Space, action_space: spaces.Box,
+                     net_arch: Sequence[int] | dict[str, list[int]], sparsity: dict[str, Any],
+                     use_sde: bool = False) -> dict[str, list[int]]:
     """``dict(pi=..., qf=...)`` widths of a dense policy with the active weights of a sparse one.
 
-    :param policy_class: ``SparseSACPolicy`` or ``SparseTD3Policy``.
-    :param net_arch: the sparse policy's hidden widths (one list shared by actor and critic).
-    :param sparsity: the sparse policy's sparsity ``policy_kwargs`` (``density`` and the rest).
-    :param use_sde: SAC with gSDE, whose log-std is a parameter and not a layer.
+    :param policy_class: a sparse policy class (``SparseSACPolicy``, ``SparseTD3Policy``,
+        ``SparseTQCPolicy``, ``SparseCrossQPolicy``).
+    :param net_arch: the sparse policy's hidden widths (one list shared by actor and critic, or ``dict(pi=, qf=)``).
+    :param sparsity: the sparse policy's ``policy_kwargs`` (``density`` and the rest; TQC's ``n_quantiles``).
+    :param use_sde: gSDE, whose log-std is a parameter and not a layer.
+
+    Only linear weights are matched: CrossQ's BatchRenorm parameters (2 per feature) are not counted.
     """
     sde = {"use_sde": True} if use_sde else {}
-    sparse = policy_class(observation_space, action_space, lambda _: 0.0, net_arch=list(net_arch), **sde, **sparsity)
+    arch = dict(net_arch) if isinstance(net_arch, dict) else list(net_arch)
+    sparse = policy_class(observation_space, action_space, lambda _: 0.0, net_arch=arch, **sde, **sparsity)
+    pi, qf = get_actor_critic_arch(arch)
     n_obs, n_act = get_flattened_obs_dim(observation_space), int(action_space.shape[0])
-    actor_out = actor_outputs(n_act, isinstance(sparse, SACPolicy), use_sde)
+    actor_out = actor_outputs(n_act, policy_class._gaussian_actor, use_sde)
+    critic_out = policy_class.critic_outputs(sparsity)
     n_critics = len(sparse.critic.q_networks)
     return {
-        "pi": closest_widths(net_arch, lambda w: mlp_weights(n_obs, w, actor_out),
-                             network_weights(sparse.actor)),
-        "qf": closest_widths(net_arch, lambda w: mlp_weights(n_obs + n_act, w, 1, n_critics),
+        "pi": closest_widths(pi, lambda w: mlp_weights(n_obs, w, actor_out), network_weights(sparse.actor)),
+        "qf": closest_widths(qf, lambda w: mlp_weights(n_obs + n_act, w, critic_out, n_critics),
                              network_weights(sparse.critic)),
     }

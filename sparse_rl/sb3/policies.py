@@ -74,6 +74,12 @@ class SparsePolicyMixin:
     critic_topology: MaskController
     _base_policy: type
     _actor_class: type
+    _critic_class: type = SparseContinuousCritic
+    _gaussian_actor: bool = True
+    """The actor has a mean and a log-std head (SAC, TQC, CrossQ), not one action head (TD3)."""
+    _has_targets: bool = True
+    """The algorithm keeps target critics (CrossQ has none)."""
+    _default_net_arch: list[int] | dict[str, list[int]] = [256, 256]
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Box, lr_schedule: Any,
                  **kwargs: Any) -> None:
@@ -95,6 +101,7 @@ class SparsePolicyMixin:
         if isinstance(observation_space, spaces.Dict) and "features_extractor_class" not in kwargs:
             kwargs["features_extractor_class"] = CombinedExtractor  # what SB3's MultiInputPolicy sets
         self.sparsity = SparsityConfig.from_kwargs(**sparsity)
+        self._check_targets()
         self._densities = {network: self.sparsity.network_density(network) for network in ("actor", "critic")}
         multiplier = self.sparsity.width_multiplier
         self._base_net_arch = kwargs.get("net_arch")
@@ -112,29 +119,42 @@ class SparsePolicyMixin:
         if not self.sparsity.kind.holds_density:
             raise ValueError(f"width_multiplier needs a method of fixed density, not {self.sparsity.method!r}")
         multiplier = self.sparsity.width_multiplier
-        pi, qf = get_actor_critic_arch(kwargs.get("net_arch") or [256, 256])
+        pi, qf = get_actor_critic_arch(kwargs.get("net_arch") or self._default_net_arch)
         kwargs["net_arch"] = {"pi": widen(pi, multiplier), "qf": widen(qf, multiplier)}
         if self.sparsity.iso_params:
             n_obs, n_act = get_flattened_obs_dim(observation_space), int(action_space.shape[0])
-            actor_out = actor_outputs(n_act, self._base_policy is SACPolicy, bool(kwargs.get("use_sde")))
+            actor_out = actor_outputs(n_act, self._gaussian_actor, bool(kwargs.get("use_sde")))
             n_critics = kwargs.get("n_critics", 2)
             self._densities = {"actor": iso_param_density(n_obs, pi, actor_out, multiplier),
-                               "critic": iso_param_density(n_obs + n_act, qf, 1, multiplier, n_critics)}
+                               "critic": iso_param_density(n_obs + n_act, qf, self.critic_outputs(kwargs), multiplier,
+                                                           n_critics)}
+
+    def _check_targets(self) -> None:
+        """Refuse a method whose target rule needs target networks when the algorithm has none."""
+        rule = getattr(self.sparsity.settings, "target_rule", "shared")
+        if not self._has_targets and rule != "shared":
+            raise ValueError(f"method {self.sparsity.method!r} with target_rule {rule!r} prunes target networks, "
+                             f"which {self._base_policy.__name__} does not have; allowed here: target_rule='shared'")
+
+    @classmethod
+    def critic_outputs(cls, kwargs: dict[str, Any]) -> int:
+        """Outputs of one critic head built with policy ``kwargs`` (1; TQC: its quantiles)."""
+        return 1
 
     def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> Any:
         actor_kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)  # type: ignore[attr-defined]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
         return self._actor_class(**actor_kwargs, **self._network_kwargs("actor")).to(self.device)  # type: ignore[attr-defined]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
 
-    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> SparseContinuousCritic:
+    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> Any:
         critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)  # type: ignore[attr-defined]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
-        return SparseContinuousCritic(**critic_kwargs, **self._network_kwargs("critic")).to(self.device)  # type: ignore[attr-defined]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
+        return self._critic_class(**critic_kwargs, **self._network_kwargs("critic")).to(self.device)  # type: ignore[attr-defined]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
 
     def _build(self, lr_schedule: Any) -> None:
         super()._build(lr_schedule)  # type: ignore[misc]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
         actor, critic = self.actor, self.critic  # type: ignore[attr-defined]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
         self.actor_topology = self._make_controller("actor", actor, getattr(self, "actor_target", None),
                                                     actor.optimizer)
-        self.critic_topology = self._make_controller("critic", critic, self.critic_target,  # type: ignore[attr-defined]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
+        self.critic_topology = self._make_controller("critic", critic, getattr(self, "critic_target", None),
                                                      critic.optimizer)
         for optimizer in (actor.optimizer, critic.optimizer):
             optimizer.register_load_state_dict_pre_hook(self._optimizer_state_in_layout)
@@ -225,3 +245,4 @@ class SparseTD3Policy(SparsePolicyMixin, TD3Policy):
 
     _base_policy = TD3Policy
     _actor_class = SparseTD3Actor
+    _gaussian_actor = False

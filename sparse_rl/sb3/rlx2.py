@@ -27,10 +27,26 @@ from typing import Any
 
 import numpy as np
 import torch
+from sb3_contrib import TQC, CrossQ
 from stable_baselines3 import SAC
 from stable_baselines3.common.buffers import NStepReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
+
+MAX_ENTROPY_ALGOS = (SAC, TQC, CrossQ)
+"""Algorithms whose targets carry SAC's entropy term, so their n-step returns get the bonuses."""
+
+
+def sampled_log_prob(actor: Any, states: torch.Tensor) -> torch.Tensor:
+    """``log π(ã|s)`` of actions the actor samples at ``states``, with any BatchRenorm layers (CrossQ)
+    in eval mode, so the bonus does not move their statistics; their mode is restored after."""
+    set_bn_mode = getattr(actor, "set_bn_training_mode", None)
+    if set_bn_mode is not None:
+        set_bn_mode(False)
+    _, log_prob = actor.action_log_prob(states)
+    if set_bn_mode is not None:
+        set_bn_mode(actor.training)
+    return log_prob
 
 
 class RLx2ReplayBuffer(NStepReplayBuffer):
@@ -133,7 +149,7 @@ class RLx2ReplayBuffer(NStepReplayBuffer):
         env_indices = np.random.randint(0, self.n_envs, size=batch_inds.shape)
         np.random.set_state(state)
         samples = super()._get_samples(batch_inds, env)
-        if self.n_steps == 1 or not isinstance(self._require_model(), SAC):
+        if self.n_steps == 1 or not isinstance(self._require_model(), MAX_ENTROPY_ALGOS):
             return samples
         assert samples.discounts is not None  # NStepReplayBuffer always sets them
         return samples._replace(rewards=samples.rewards + self.entropy_bonus(batch_inds, env_indices,
@@ -149,7 +165,7 @@ class RLx2ReplayBuffer(NStepReplayBuffer):
         states = np.asarray(self._normalize_obs(self.observations[index, env_indices[:, None]], env))
         states_t = self.to_torch(states.reshape(-1, *self.obs_shape))
         with torch.no_grad():
-            _, log_prob = model.actor.action_log_prob(states_t)
+            log_prob = sampled_log_prob(model.actor, states_t)
             alpha = torch.exp(model.log_ent_coef.detach()) if model.ent_coef_optimizer is not None \
                 else model.ent_coef_tensor
         log_prob = log_prob.reshape(len(batch_inds), len(ks))

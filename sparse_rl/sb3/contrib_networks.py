@@ -1,0 +1,124 @@
+"""Sparse versions of sb3-contrib's TQC and CrossQ networks.
+
+As in :mod:`sparse_rl.sb3.networks`, each class is sb3-contrib's own network with its ``nn.Linear``
+layers swapped for the method kind's layer at construction. Everything else stays as sb3-contrib
+builds it: TQC's quantile heads are the critics' last linear layers (one budget for all heads), and
+CrossQ's ``BatchRenorm1d`` layers are not linear layers, so they stay dense. Every constructor
+argument is recorded, so each network can be saved and loaded alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from sb3_contrib.common.torch_layers import BatchRenorm
+from sb3_contrib.crossq.policies import Actor as CrossQActor
+from sb3_contrib.crossq.policies import CrossQCritic
+from sb3_contrib.tqc.policies import Actor as TQCActor
+from sb3_contrib.tqc.policies import Critic as TQCCritic
+from torch import nn
+
+from sparse_rl.sb3.networks import SparseNetworkMixin
+
+
+class SparseContribNetwork(SparseNetworkMixin):
+    """Builds the sb3-contrib network ``_base_class`` (the next class in the MRO), then makes it
+    sparse; keyword parameters as :class:`~sparse_rl.sb3.networks.SparseSACActor`'s."""
+
+    _base_class: type
+
+    def __init__(self, *args: Any, density: float = 1.0, distribution: str = "erk",
+                 dense_layers: Sequence[str] = (), layer_kind: str = "masked", dense_output: bool = False,
+                 backend: str = "auto", sparse_init: bool = False, **kwargs: Any) -> None:
+        bound = inspect.signature(type(self)._base_class).bind(*args, **kwargs)
+        super().__init__(*args, **kwargs)
+        self._base_arguments = dict(bound.arguments)
+        self._init_sparsity(density, distribution, dense_layers, layer_kind, dense_output, backend, sparse_init)
+        float_step_counters(self)  # type: ignore[arg-type]  # mixin: sb3-contrib's network, later in the MRO, makes self an nn.Module
+        guard_zero_variance(self)  # type: ignore[arg-type]  # mixin: as above
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(), **self._base_arguments}
+
+
+def float_step_counters(module: nn.Module) -> None:
+    """Store every BatchRenorm step counter as float64 (exact up to 2**53 steps), so the network's
+    state dict holds only float tensors, as the masks and controller counters are stored."""
+    for layer in module.modules():
+        if isinstance(layer, BatchRenorm):
+            layer.steps = layer.steps.to(torch.float64)
+
+
+def _finite(grad: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _finite_input_grad(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+    if inputs[0].requires_grad:
+        inputs[0].register_hook(_finite)
+
+
+def guard_zero_variance(module: nn.Module) -> None:
+    """Give every BatchRenorm a finite input gradient where a feature has zero batch variance.
+
+    After its warm-up, BatchRenorm's training forward takes ``sqrt(batch_var)``, whose gradient at 0 is
+    infinite and turns the input gradient of a constant feature into NaN. In a sparse network a unit
+    whose incoming weights are all masked outputs a constant, so this happens at once (sb3-contrib's own
+    ``test_crossq`` at density 0.5 had a NaN actor after its first actor step). A constant feature's
+    input gradient is 0, which the hook restores; the layer's forward and its parameter gradients are
+    unchanged. (A hook on the input tensor, registered in a forward pre-hook, not a full backward hook:
+    that one warns whenever the input needs no gradient, as the observations do.)"""
+    for layer in module.modules():
+        if isinstance(layer, BatchRenorm):
+            layer.register_forward_pre_hook(_finite_input_grad)
+
+
+def gaussian_heads(network: nn.Module) -> list[str]:
+    """The output heads of a squashed-Gaussian actor: ``mu`` and, unless gSDE makes it a parameter, ``log_std``."""
+    return [name for name in ("mu", "log_std") if isinstance(getattr(network, name, None), nn.Module)]
+
+
+def critic_heads(network: Any) -> list[str]:
+    """The output heads of a multi-head critic: ``qf0`` ... ``qf{n_critics - 1}``."""
+    return [f"qf{index}" for index in range(network.n_critics)]
+
+
+class SparseTQCActor(SparseContribNetwork, TQCActor):
+    """sb3-contrib's TQC ``Actor`` with sparse linear layers."""
+
+    _base_class = TQCActor
+
+    def _output_heads(self) -> list[str]:
+        return gaussian_heads(self)
+
+
+class SparseTQCCritic(SparseContribNetwork, TQCCritic):
+    """sb3-contrib's TQC ``Critic``: ``n_critics`` quantile networks of ``n_quantiles`` outputs, one
+    density budget for all of them."""
+
+    _base_class = TQCCritic
+
+    def _output_heads(self) -> list[str]:
+        return critic_heads(self)
+
+
+class SparseCrossQActor(SparseContribNetwork, CrossQActor):
+    """sb3-contrib's CrossQ ``Actor`` with sparse linear layers; its BatchRenorm layers stay dense."""
+
+    _base_class = CrossQActor
+
+    def _output_heads(self) -> list[str]:
+        return gaussian_heads(self)
+
+
+class SparseCrossQCritic(SparseContribNetwork, CrossQCritic):
+    """sb3-contrib's ``CrossQCritic`` with sparse linear layers (one budget for all Q-heads); its
+    BatchRenorm layers stay dense."""
+
+    _base_class = CrossQCritic
+
+    def _output_heads(self) -> list[str]:
+        return critic_heads(self)
