@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from sparse_rl.controller import MaskController
+from sparse_rl.topology import init_masks
 
 if TYPE_CHECKING:
     from sparse_rl.sparsity import SparsityConfig
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 class NoSettings:
     """A method kind with no settings of its own."""
 
+
+MaskInit = Callable[..., dict[str, int]]
+"""``(layers, density, distribution, dense_layers) -> counts``: a network's first masks."""
 
 ControllerFactory = Callable[["SparsityConfig", str, nn.Module, "nn.Module | None"], MaskController]
 """``(settings, network name, online network, target network or None) -> controller``."""
@@ -57,6 +61,7 @@ class MethodKind:
     :param settings_class: a frozen dataclass of the kind's own ``policy_kwargs`` keys.
     :param learns_density: the kind learns its density instead of holding a target one.
     :param starts_dense: networks are built dense and pruned later (the target density applies then).
+    :param init_masks: gives a network's layers their first masks (random at each layer's count by default).
     """
 
     name: str
@@ -66,6 +71,7 @@ class MethodKind:
     settings_class: type = NoSettings
     learns_density: bool = False
     starts_dense: bool = False
+    init_masks: MaskInit = init_masks
 
     @property
     def holds_density(self) -> bool:

@@ -30,6 +30,7 @@ from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
 from sparse_rl.controller import MaskController
+from sparse_rl.dormant import DormantMonitor
 from sparse_rl.sb3.networks import SparseContinuousCritic, SparseSACActor, SparseTD3Actor, actor_outputs
 from sparse_rl.sparsity import SPARSITY_KEYS, SparsityConfig
 from sparse_rl.topology import sparse_layers
@@ -150,11 +151,20 @@ class SparsePolicyMixin:
         stays_dense = self.sparsity.is_dense and all(bool(layer.mask.all()) for layer in sparse_layers(online).values())
         if not stays_dense:
             controller.attach(optimizer)
+        sparsity = self.sparsity
+        monitor = DormantMonitor(controller, online, sparsity.update_interval, sparsity.recycle_dormant,
+                                 sparsity.recycle_interval, sparsity.recycle_regrow, sparsity.sparse_init)
+        monitor.attach(optimizer, controller_attached=not stays_dense)
+        self._dormant_monitors = {**getattr(self, "_dormant_monitors", {}), network: monitor}
         return controller
 
     def topology_controllers(self) -> dict[str, MaskController]:
         """The controllers by network name (``"actor"``, ``"critic"``)."""
         return {"actor": self.actor_topology, "critic": self.critic_topology}
+
+    def dormant_monitors(self) -> dict[str, DormantMonitor]:
+        """The dormant-neuron monitors by network name (``"actor"``, ``"critic"``)."""
+        return self._dormant_monitors
 
     def set_training_progress(self, progress: float) -> None:
         """Fraction of training done, for schedules whose end is a fraction of training (SB3's

@@ -1,0 +1,107 @@
+"""Hidden neurons of a network: which layer feeds which, dormant scores, and ReDo's recycling.
+
+A *hidden layer* is a linear layer inside an ``nn.Sequential`` that is followed there by an
+activation module and whose output another linear layer reads (its *consumers*: the next linear
+layer of the same ``Sequential``, or, for the last one, the network's top-level linear heads of
+matching width, e.g. SAC's ``mu`` and ``log_std``). Output layers have no consumers.
+
+A neuron is τ-dormant (Sokar et al. 2023, ReDo) when its mean |activation| over a batch, divided
+by the mean of that over its layer, is ≤ τ; it is *dead* when it has no incoming active weight.
+:func:`redo_reinit` is the one place that writes weights directly (re-initialised incoming
+weights, zeroed outgoing weights and their optimizer moments).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sparse_rl.layers import SparseLinear
+
+
+@dataclass(frozen=True)
+class HiddenLayer:
+    """A hidden layer: its activation module and the names of the layers that read its output."""
+
+    name: str
+    activation: nn.Module
+    consumers: tuple[str, ...]
+
+
+def hidden_layers(network: nn.Module) -> dict[str, HiddenLayer]:
+    """The hidden linear layers of ``network`` by qualified name (see the module docstring)."""
+    heads = {name: child for name, child in network.named_children() if isinstance(child, nn.Linear)}
+    found: dict[str, HiddenLayer] = {}
+    for seq_name, seq in network.named_modules():
+        if not isinstance(seq, nn.Sequential) or "features_extractor" in seq_name:
+            continue
+        items = list(seq.named_children())
+        linears = [i for i, (_, module) in enumerate(items) if isinstance(module, nn.Linear)]
+        for position, index in enumerate(linears):
+            layer = items[index][1]
+            if index + 1 >= len(items) \
+                    or isinstance(items[index + 1][1], nn.Linear):
+                continue
+            if position + 1 < len(linears):
+                consumers: tuple[str, ...] = (f"{seq_name}.{items[linears[position + 1]][0]}",)
+            else:
+                consumers = tuple(n for n, h in heads.items() if h.in_features == layer.out_features)
+            if consumers:
+                found[f"{seq_name}.{items[index][0]}"] = HiddenLayer(items[index][0], items[index + 1][1], consumers)
+    return found
+
+
+def dormant_scores(activations: torch.Tensor) -> torch.Tensor:
+    """Each neuron's mean |activation| over the batch (dim 0), divided by its layer's mean of that;
+    a layer whose activations are all 0 scores 0 everywhere."""
+    mean_abs = activations.detach().abs().float().mean(dim=0)
+    return mean_abs / mean_abs.mean().clamp_min(1e-12) if bool(mean_abs.any()) else torch.zeros_like(mean_abs)
+
+
+def dormant_neurons(scores: torch.Tensor, tau: float) -> torch.Tensor:
+    """The τ-dormant neurons (a boolean vector) of one layer's :func:`dormant_scores`."""
+    return scores <= tau
+
+
+def dead_neurons(layer: nn.Linear) -> torch.Tensor:
+    """Neurons of ``layer`` with no incoming active weight (a boolean vector); a layer without a
+    ``mask`` counts its non-zero weights."""
+    mask = getattr(layer, "mask", None)
+    return ~(layer.weight != 0 if mask is None else mask).any(dim=1)
+
+
+@torch.no_grad()
+def redo_reinit(layer: SparseLinear, consumers: list[SparseLinear], neurons: torch.Tensor,
+                optimizer: torch.optim.Optimizer | None, sparse_init: bool = False,
+                generator: torch.Generator | None = None) -> None:
+    """ReDo's recycling of ``neurons`` (a boolean vector over ``layer``'s outputs), the only direct
+    weight write of this package outside the layers: their active incoming weights are drawn anew
+    from PyTorch's ``nn.Linear`` initialisation U(±1/sqrt(fan-in)) (the active fan-in with
+    ``sparse_init``), their bias set to 0, their outgoing weights in every consumer set to 0, and
+    the optimizer's per-element state of all of these zeroed."""
+    rows = neurons.nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return
+    fan_in = layer.mask[rows].sum(dim=1, keepdim=True).clamp_min(1) if sparse_init else layer.in_features
+    bound = 1.0 / torch.sqrt(torch.as_tensor(fan_in, dtype=layer.weight.dtype)) if sparse_init \
+        else torch.as_tensor(1.0 / math.sqrt(layer.in_features), dtype=layer.weight.dtype)
+    fresh = (torch.rand(rows.numel(), layer.in_features, generator=generator, dtype=layer.weight.dtype) * 2 - 1)
+    layer.weight[rows] = fresh.to(layer.weight.device) * bound * layer.mask_values[rows]
+    _zero_state(optimizer, layer.weight, (rows, slice(None)))
+    if layer.bias is not None:
+        layer.bias[rows] = 0
+        _zero_state(optimizer, layer.bias, (rows,))
+    for consumer in consumers:
+        consumer.weight[:, rows] = 0
+        _zero_state(optimizer, consumer.weight, (slice(None), rows))
+
+
+def _zero_state(optimizer: torch.optim.Optimizer | None, param: torch.Tensor, index: tuple) -> None:
+    if optimizer is None:
+        return
+    for value in optimizer.state.get(param, {}).values():
+        if torch.is_tensor(value) and value.shape == param.shape:
+            value[index] = 0
