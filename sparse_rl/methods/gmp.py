@@ -90,14 +90,27 @@ class GMPController(MaskController):
                 kept[name] = kept_flat[offset:offset + s.numel()].view_as(s)
                 offset += s.numel()
         else:
-            kept = {name: _top(s.flatten(), min(counts[name], self.layers[name].nnz)).view_as(s)
-                    for name, s in scores.items()}
+            sizes = _within_active(counts, {name: layer.nnz for name, layer in self.layers.items()})
+            kept = {name: _top(s.flatten(), sizes[name]).view_as(s) for name, s in scores.items()}
         for name, layer in self.layers.items():
             removed = layer.mask & ~kept[name]
             if bool(removed.any()):
                 self.set_layer_mask(name, layer.mask & kept[name], removed)
                 reset_optimizer_state(optimizer, layer.weight, removed)
         self.num_updates += 1
+
+
+def _within_active(counts: Mapping[str, int], active: Mapping[str, int]) -> dict[str, int]:
+    """``counts`` capped at each layer's active weights (nothing regrows), the excess moved to layers
+    that still have active weights to spare, so the total stays ``sum(counts)`` (rounding can ask a
+    layer for one weight more than an earlier prune left it)."""
+    kept = {name: min(counts[name], active[name]) for name in counts}
+    deficit = sum(counts.values()) - sum(kept.values())
+    for name in kept:
+        extra = min(deficit, active[name] - kept[name])
+        kept[name] += extra
+        deficit -= extra
+    return kept
 
 
 def _top(scores: torch.Tensor, count: int) -> torch.Tensor:
