@@ -24,9 +24,8 @@ from sparse_rl.layers import SparseLinear
 
 @dataclass(frozen=True)
 class HiddenLayer:
-    """A hidden layer: its activation module and the names of the layers that read its output."""
+    """A hidden layer: the activation module after it and the names of the layers that read its output."""
 
-    name: str
     activation: nn.Module
     consumers: tuple[str, ...]
 
@@ -46,12 +45,16 @@ def hidden_layers(network: nn.Module) -> dict[str, HiddenLayer]:
                     or isinstance(items[index + 1][1], nn.Linear):
                 continue
             if position + 1 < len(linears):
-                consumers: tuple[str, ...] = (f"{seq_name}.{items[linears[position + 1]][0]}",)
+                consumers: tuple[str, ...] = (_join(seq_name, items[linears[position + 1]][0]),)
             else:
                 consumers = tuple(n for n, h in heads.items() if h.in_features == layer.out_features)
             if consumers:
-                found[f"{seq_name}.{items[index][0]}"] = HiddenLayer(items[index][0], items[index + 1][1], consumers)
+                found[_join(seq_name, items[index][0])] = HiddenLayer(items[index + 1][1], consumers)
     return found
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
 
 
 def dormant_scores(activations: torch.Tensor) -> torch.Tensor:

@@ -8,10 +8,10 @@ from stable_baselines3 import SAC, TD3
 from torch import nn
 
 from sparse_rl import SparseSACPolicy, SparseTD3Policy
+from sparse_rl.layers import SparseLinear
 from sparse_rl.methods.srigl import SRigLController, init_constant_fan_in
 from sparse_rl.sparsity import SparsityConfig
 from sparse_rl.topology import sparse_layers
-from sparse_rl.layers import SparseLinear
 
 
 def check_structure(controller: SRigLController) -> None:

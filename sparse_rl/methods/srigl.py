@@ -110,7 +110,7 @@ def srigl_layer_update(mask: torch.Tensor, weight: torch.Tensor, grad: torch.Ten
     allowed = ~forbidden.unsqueeze(0).expand_as(mask)
     fan_in_allowed = int((~forbidden).sum())
     live = mask.any(dim=1)
-    k = int(mask[live].sum(dim=1).max()) if bool(live.any()) else constant_fan_in(tuple(mask.shape), 1.0)
+    k = int(mask[live].sum(dim=1).max()) if bool(live.any()) else mask.shape[1]
     keep, salient = salient_counts(mask, weight, grad, drop_fraction, allowed)
     ablate = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
     if ablatable and gamma > 0:
@@ -137,7 +137,8 @@ class SRigLController(TopologyController):
                  grow_uses_gradient: bool = True, consumers: Mapping[str, tuple[str, ...]] | None = None,
                  gamma: float = 0.3) -> None:
         super().__init__(layers, prune, grow, schedule, targets, grow_uses_gradient)
-        self.consumers = {name: tuple(c for c in names if c in self.layers) for name, names in (consumers or {}).items()}
+        self.consumers = {name: tuple(c for c in names if c in self.layers)
+                          for name, names in (consumers or {}).items()}
         self.gamma = gamma
         self._budget_names = {name: "budget_" + name.replace(".", "_") for name in self.layers}
         for name, layer in self.layers.items():
