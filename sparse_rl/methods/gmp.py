@@ -1,14 +1,16 @@
 """Gradual magnitude pruning (Zhu & Gupta 2017), the "Prune" baseline of Graesser et al. (ICML 2022).
 
 Networks start dense. Every ``update_interval`` optimizer steps between ``prune_start`` and
-``prune_end`` (fractions of training by default: 0.2 and 0.8, Graesser et al.'s setup) the
+``prune_end`` (fractions of training by default: 0.2 and 0.8, as Graesser et al.'s
+``rigl/rl/tfagents/configs/sac_mujoco_pruning_config.gin``: steps 200k to 800k of 1M, every 1000) the
 smallest-magnitude active weights are pruned so the density follows the cubic schedule
 d_t = d_f + (1 - d_f)(1 - x)³ (x the position in [start, end]; s_t = s_f(1 - (1 - x)³) in
-sparsity) and equals the target exactly from ``prune_end`` on. ``gmp_scope="layer"`` (default,
-as Graesser et al.'s per-layer targets) prunes each layer to its ERK share of the network's
-density at that step; ``"global"`` ranks all the network's weights together. Pruned weights
-never regrow; masks change only through the controller, with the optimizer state of pruned
-weights zeroed. The FLOP accounting reads the current masks, so the dense phase is paid in full.
+sparsity) and equals the target exactly from ``prune_end`` on. ``gmp_scope="layer"`` (default, as
+that config's per-layer ERK targets, ``mask_init_method = 'erdos_renyi_kernel'``) gives layer l the
+sparsity s_l · s_t / s_f (s_l its final ERK sparsity), so every layer follows the cubic too;
+``"global"`` ranks all the network's weights together. Pruned weights never regrow; masks change
+only through the controller, with the optimizer state of pruned weights zeroed. The FLOP
+accounting reads the current masks, so the dense phase is paid in full.
 """
 
 from __future__ import annotations
@@ -66,12 +68,22 @@ class GMPController(MaskController):
         if scope not in SCOPES:
             raise ValueError(f"unknown gmp_scope {scope!r}; allowed: {', '.join(SCOPES)}")
         self.schedule, self.final, self.scope = schedule, dict(final), scope
+        self._at_final = False
 
     def on_step(self, optimizer: torch.optim.Optimizer | None) -> None:
-        """Prune if the schedule says so."""
-        density = self.schedule.density_at(self.current_step, self.known_progress())
+        """Prune if the schedule says so, and to the final density as soon as ``prune_end`` is reached
+        (when it is not a multiple of ``update_interval``)."""
+        step, progress = self.current_step, self.known_progress()
+        density = self.schedule.density_at(step, progress)
+        if density is None and not self._at_final and self._past_end(step, progress):
+            density = self.schedule.final_density
         if density is not None:
             self.prune(density, optimizer)
+            self._at_final = density == self.schedule.final_density
+
+    def _past_end(self, step: int, progress: float | None) -> bool:
+        position = progress if self.schedule.needs_progress else step
+        return position is not None and position >= self.schedule.end
 
     @torch.no_grad()
     def prune(self, density: float, optimizer: torch.optim.Optimizer | None = None) -> None:
