@@ -60,8 +60,9 @@ def _join(prefix: str, name: str) -> str:
 def dormant_scores(activations: torch.Tensor) -> torch.Tensor:
     """Each neuron's mean |activation| over the batch (dim 0), divided by its layer's mean of that;
     a layer whose activations are all 0 scores 0 everywhere."""
-    mean_abs = activations.detach().abs().float().mean(dim=0)
-    return mean_abs / mean_abs.mean().clamp_min(1e-12) if bool(mean_abs.any()) else torch.zeros_like(mean_abs)
+    mean_abs = activations.detach().abs().mean(dim=0)
+    layer_mean = mean_abs.mean()
+    return mean_abs / layer_mean if bool(layer_mean > 0) else torch.zeros_like(mean_abs)
 
 
 def dormant_neurons(scores: torch.Tensor, tau: float) -> torch.Tensor:

@@ -3,6 +3,8 @@ and both through SAC and TD3 with save and load."""
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from stable_baselines3 import SAC, TD3
 from torch import nn
 
@@ -107,3 +109,30 @@ def test_every_run_logs_dormant_fractions_and_recycling_runs_and_survives_save_l
     assert loaded.policy.sparsity.recycle_dormant == 0.1 and loaded.policy.sparsity.recycle_interval == 20
     loaded.set_env(model.get_env())
     loaded.learn(40, reset_num_timesteps=False)
+
+
+@settings(max_examples=50, deadline=None)
+@given(rows=st.lists(st.lists(st.floats(-10, 10), min_size=4, max_size=4), min_size=1, max_size=6),
+       tau=st.floats(0, 1))
+def test_dormant_neurons_match_a_plain_python_computation(rows, tau):
+    means = [sum(abs(row[j]) for row in rows) / len(rows) for j in range(4)]
+    layer_mean = sum(means) / 4
+    expected = [layer_mean == 0 or m / layer_mean <= tau for m in means]
+    scores = dormant_scores(torch.tensor(rows, dtype=torch.float64))
+    close = [abs(m / layer_mean - tau) < 1e-6 if layer_mean else False for m in means]
+    got = dormant_neurons(scores, tau).tolist()
+    assert all(g == e for g, e, c in zip(got, expected, close) if not c)
+
+
+def test_regrowth_moves_a_recycled_neurons_connections_to_its_largest_gradients():
+    network, controller = small_network()
+    first = network[0]
+    mask = first.mask.clone()
+    mask[0] = torch.tensor([True, False])
+    first.set_mask(mask)
+    monitor = DormantMonitor(controller, network, interval=1, recycle_tau=0.0, regrow=True)
+    monitor._armed = True
+    network(torch.rand(8, 2) + 1)
+    first.weight.grad = torch.tensor([[0.1, 5.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    assert monitor.recycle(None) == 1
+    assert first.mask[0].tolist() == [False, True] and first.weight[0, 1] != 0 and first.weight[0, 0] == 0
