@@ -51,6 +51,14 @@ class SparsityConfig:
     :param width_multiplier: every hidden width is multiplied by this integer (>= 1).
     :param iso_params: set the density so the widened network has the weight count of the dense
         network at width multiplier 1 (needs ``width_multiplier`` > 1 and ``density`` 1.0).
+    :param recycle_dormant: τ of ReDo's recycling (Sokar et al. 2023): every ``recycle_interval``
+        optimizer steps, the neurons whose mean |activation| on the replay batch, over their layer's
+        mean, is ≤ τ get their active incoming weights re-initialised (masks kept) and their outgoing
+        weights zeroed, Adam moments reset; ``None`` (default) recycles nothing. Methods of fixed
+        weight count only.
+    :param recycle_interval: optimizer steps between recyclings.
+    :param recycle_regrow: a recycled neuron's incoming connections also move to where its weight
+        gradient is largest (its fan-in kept).
     :param settings: the method kind's own settings (``threshold_alpha`` for ``thresholds``,
         ``halo_xi`` for ``halo``, ``target_rule`` for ``ds-td3``), flat keys in ``policy_kwargs``.
     """
@@ -74,6 +82,9 @@ class SparsityConfig:
     sparse_init: bool = False
     width_multiplier: int = 1
     iso_params: bool = False
+    recycle_dormant: float | None = None
+    recycle_interval: int = 1000
+    recycle_regrow: bool = False
     settings: Any = None
 
     @classmethod
@@ -111,7 +122,8 @@ class SparsityConfig:
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"unknown distribution {self.distribution!r}; allowed: {', '.join(DISTRIBUTIONS)}")
         check_backend(self.backend)
-        for name in ("dense_output", "sparse_init", "iso_params"):
+        self._check_recycling()
+        for name in ("dense_output", "sparse_init", "iso_params", "recycle_regrow"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.dense_layers, str):
@@ -141,6 +153,17 @@ class SparsityConfig:
         if preset.updates_topology or self.prune or self.grow:
             self.criteria()
         self.schedule()
+
+    def _check_recycling(self) -> None:
+        tau, interval = self.recycle_dormant, self.recycle_interval
+        if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 <= tau < 1):
+            raise ValueError(f"recycle_dormant must be None or a number in [0, 1), got {tau!r}")
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise ValueError(f"recycle_interval must be an integer >= 1, got {interval!r}")
+        if tau is not None and not self.kind.holds_density:
+            fixed = [p.name for k in KINDS.values() if k.holds_density for p in k.presets]
+            raise ValueError(f"recycle_dormant needs a method of fixed weight count ({', '.join(fixed)}), "
+                             f"not {self.method!r}")
 
     @property
     def preset(self) -> MethodPreset:

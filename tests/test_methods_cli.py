@@ -33,6 +33,8 @@ def test_every_method_trains_sac_through_the_cli_keeps_invariants_and_round_trip
         active = sum(layer.nnz for layer in layers.values())
         if learns_density:
             assert 0 < active < total
+        elif method == "srigl":  # k = round(d_l * fan_in) per neuron: within half a weight per neuron
+            assert abs(active - DENSITY * total) <= sum(layer.out_features for layer in layers.values()) / 2
         else:
             assert active == math.floor(DENSITY * total + 0.5)
         for layer in layers.values():

@@ -103,7 +103,9 @@ def test_network_densities_follow_their_budgets():
 def test_density_one_is_an_ordinary_dense_agent():
     model = make("sac", density=1.0)
     assert all(layer.mask.all() for layer in sparse_layers(model.policy).values())
-    assert not model.policy.critic.optimizer._optimizer_step_pre_hooks, "no masking work for dense agents"
+    hooks = model.policy.critic.optimizer._optimizer_step_pre_hooks.values()
+    assert all("DormantMonitor" in hook.__qualname__ for hook in hooks), \
+        "no masking work for dense agents (only the dormant-neuron count)"
 
 
 def test_save_load_round_trip_is_exact_and_learning_continues(tmp_path):

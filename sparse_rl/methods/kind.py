@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from sparse_rl.controller import MaskController
+from sparse_rl.topology import init_masks
 
 if TYPE_CHECKING:
     from sparse_rl.sparsity import SparsityConfig
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 class NoSettings:
     """A method kind with no settings of its own."""
 
+
+MaskInit = Callable[..., dict[str, int]]
+"""``(layers, density, distribution, dense_layers) -> counts``: a network's first masks."""
 
 ControllerFactory = Callable[["SparsityConfig", str, nn.Module, "nn.Module | None"], MaskController]
 """``(settings, network name, online network, target network or None) -> controller``."""
@@ -59,6 +63,7 @@ class MethodKind:
     :param starts_dense: networks are built dense and pruned later (the target density applies then).
     :param compact: whether its layers may take the compact layout (a fixed count per layer, and targets that
         share the online pattern); ``auto`` keeps the others on the masked layout.
+    :param init_masks: gives a network's layers their first masks (random at each layer's count by default).
     """
 
     name: str
@@ -69,6 +74,7 @@ class MethodKind:
     learns_density: bool = False
     starts_dense: bool = False
     compact: bool = True
+    init_masks: MaskInit = init_masks
 
     @property
     def holds_density(self) -> bool:

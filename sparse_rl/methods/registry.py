@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sparse_rl.methods import ds_td3, halo, masked, thresholds
+from sparse_rl.methods import ds_td3, gmp, halo, masked, srigl, thresholds
 from sparse_rl.methods.kind import MethodKind, MethodPreset
 
-KINDS: dict[str, MethodKind] = {kind.name: kind for kind in (masked.KIND, thresholds.KIND, halo.KIND, ds_td3.KIND)}
+KINDS: dict[str, MethodKind] = {kind.name: kind for kind in (masked.KIND, thresholds.KIND, halo.KIND, ds_td3.KIND,
+                                                              srigl.KIND, gmp.KIND)}
 """Method kinds by name."""
 
 METHODS: dict[str, MethodPreset] = {preset.name: preset for kind in KINDS.values() for preset in kind.presets}
@@ -31,7 +32,8 @@ def method_label(sparsity: Mapping[str, Any]) -> str:
 
     ``rigl``; ``rigl+prune-snip`` for a criterion override; ``dst-ee+c0.01`` for a criterion
     parameter; ``thresholds+threshold_alpha0.01`` for a kind's own setting away from its default;
-    ``rigl+sparse-init`` for sparse-aware initialisation. Run directory names and report rows both
+    ``rigl+sparse-init`` for sparse-aware initialisation; ``rigl+recycle_dormant0.1`` for ReDo's
+    recycling. Run directory names and report rows both
     use it, so an ablation never shares a directory or a row with the preset.
     """
     method = str(sparsity.get("method", "rigl"))
@@ -45,6 +47,11 @@ def method_label(sparsity: Mapping[str, Any]) -> str:
                   if hasattr(defaults, key) and sparsity[key] != getattr(defaults, key)]
     if sparsity.get("sparse_init"):
         parts.append("sparse-init")
+    if sparsity.get("recycle_dormant") is not None:
+        parts.append(_setting("recycle_dormant", sparsity["recycle_dormant"]))
+        parts += [_setting(key, sparsity[key]) for key, default in (("recycle_interval", 1000),
+                                                                     ("recycle_regrow", False))
+                  if sparsity.get(key, default) != default]
     return "+".join(parts)
 
 

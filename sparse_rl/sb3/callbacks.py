@@ -19,6 +19,9 @@ class SparseMetricsCallback(BaseCallback):
       network of the same architecture); a dense SAC/TD3 model (``MlpPolicy``) logs the same tags;
     - for sparse policies: ``sparsity/density/<net>/<layer>``, ``sparsity/churn/<net>`` (share of
       active weights new at the last topology update), ``sparsity/dead_neurons/<net>``;
+    - for sparse policies, every method: ``sparsity/dormant/<net>/tau0`` and ``.../tau0.1`` (share of
+      hidden neurons τ-dormant on the last measured replay batch, dead ones apart), ``.../dead`` (share
+      with no incoming weight) and, with ``recycle_dormant``, ``.../recycled`` (neurons recycled so far);
     - with :class:`~sparse_rl.sb3.rlx2.RLx2ReplayBuffer`: ``rlx2/buffer_size``,
       ``rlx2/policy_distance``, ``rlx2/n_steps``. That buffer needs its model, and this callback
       gives it at the start of ``learn()`` (method ``rlx2`` without the buffer is refused here).
@@ -106,6 +109,8 @@ class SparseMetricsCallback(BaseCallback):
                 self.logger.record(f"sparsity/density/{net}/{name}", layer.density)
             for key, value in controller.log_values().items():
                 self.logger.record(f"sparsity/{key}/{net}", value)
+            for key, value in policy.dormant_monitors()[net].log_values().items():
+                self.logger.record(f"sparsity/dormant/{net}/{key}", value)
             if controller.last_stats:
                 stats = controller.last_stats
                 active = {name: controller.layers[name].nnz for name in stats}

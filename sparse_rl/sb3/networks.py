@@ -22,7 +22,7 @@ from torch import nn
 from sparse_rl.distributions import check_density
 from sparse_rl.layers import SparseLinear, set_backend
 from sparse_rl.methods import KINDS
-from sparse_rl.topology import init_masks, sparse_layers
+from sparse_rl.topology import sparse_layers
 
 
 def actor_outputs(action_dim: int, sac: bool, use_sde: bool = False) -> int:
@@ -59,7 +59,7 @@ class SparseNetworkMixin:
         self.layer_kind = layer_kind
         replace_linear_layers(self, KINDS[layer_kind].layer_class)  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
         keep_dense = self.dense_layers + (tuple(self.output_layer_names()) if dense_output else ())
-        init_masks(sparse_layers(self), self.density, distribution, keep_dense)  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
+        KINDS[layer_kind].init_masks(sparse_layers(self), self.density, distribution, keep_dense)  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
         if sparse_init:
             for layer in sparse_layers(self).values():  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
                 rescale_to_active_fan_in(layer)

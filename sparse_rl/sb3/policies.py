@@ -31,6 +31,7 @@ from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
 from sparse_rl.controller import MaskController
+from sparse_rl.dormant import DormantMonitor
 from sparse_rl.layers import convert_state, set_backend
 from sparse_rl.sb3.networks import SparseContinuousCritic, SparseSACActor, SparseTD3Actor, actor_outputs
 from sparse_rl.sparsity import SPARSITY_KEYS, SparsityConfig
@@ -195,11 +196,20 @@ class SparsePolicyMixin:
         stays_dense = self.sparsity.is_dense and all(bool(layer.mask.all()) for layer in sparse_layers(online).values())
         if not stays_dense:
             controller.attach(optimizer)
+        sparsity = self.sparsity
+        monitor = DormantMonitor(controller, online, sparsity.update_interval, sparsity.recycle_dormant,
+                                 sparsity.recycle_interval, sparsity.recycle_regrow, sparsity.sparse_init)
+        monitor.attach(optimizer, controller_attached=not stays_dense)
+        self._dormant_monitors = {**getattr(self, "_dormant_monitors", {}), network: monitor}
         return controller
 
     def topology_controllers(self) -> dict[str, MaskController]:
         """The controllers by network name (``"actor"``, ``"critic"``)."""
         return {"actor": self.actor_topology, "critic": self.critic_topology}
+
+    def dormant_monitors(self) -> dict[str, DormantMonitor]:
+        """The dormant-neuron monitors by network name (``"actor"``, ``"critic"``)."""
+        return self._dormant_monitors
 
     def set_training_progress(self, progress: float) -> None:
         """Fraction of training done, for schedules whose end is a fraction of training (SB3's
@@ -225,7 +235,9 @@ class SparseSACPolicy(SparsePolicyMixin, SACPolicy):
     ``width_multiplier``, ``iso_params``, and the method kind's own settings
     (``threshold_alpha``, ``actor_threshold_alpha``, ``critic_threshold_alpha`` for ``thresholds``;
     ``halo_xi``, ``halo_psi``, ``prune_start``, ``prune_end`` for ``halo``; ``target_rule`` for
-    ``ds-td3``); the rest go to ``SACPolicy``. Adam and AdamW default to ``fused=True``.
+    ``ds-td3``; ``srigl_gamma`` for ``srigl``; ``prune_start``, ``prune_end``, ``gmp_scope`` for
+    ``gmp``), ``recycle_dormant``, ``recycle_interval``, ``recycle_regrow`` (ReDo's recycling, methods of
+    fixed weight count); the rest go to ``SACPolicy``. Adam and AdamW default to ``fused=True``.
     With gSDE (``use_sde=True``) the latent network and ``mu`` are sparse; the exploration matrix
     and ``log_std`` are not weights of a linear layer and stay dense. A ``Dict`` observation space
     (goal-conditioned envs, ``HerReplayBuffer``) gets SB3's ``CombinedExtractor``, as
