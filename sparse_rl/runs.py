@@ -43,6 +43,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.preprocessing import get_action_dim
 from stable_baselines3.common.vec_env import VecEnv
 
+from sparse_rl.backends import kernels
 from sparse_rl.backends.auto import auto_rule
 from sparse_rl.flops import active_weights
 from sparse_rl.machine import cpu_model
@@ -51,6 +52,7 @@ from sparse_rl.sb3 import SparseCrossQPolicy, SparseMetricsCallback, SparseSACPo
 from sparse_rl.sb3.flops import inference_flops
 from sparse_rl.sb3.matched import matched_net_arch
 from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
+from sparse_rl.topology import sparse_layers
 
 if TYPE_CHECKING:
     from sparse_rl.ledger import Ledger
@@ -373,7 +375,16 @@ def summarize(model: OffPolicyAlgorithm, metrics: SparseMetricsCallback, evaluat
         "cpu": cpu_model(), "threads": torch.get_num_threads(),
         "auto_rule": {"source": "built-in" if rule_source == "built-in" else "calibrated",
                       "rows": [list(row) for row in rule]},
+        "backends": backend_counts(model), "simd": kernels.simd_level(),
     }
+
+
+def backend_counts(model: OffPolicyAlgorithm) -> dict[str, int]:
+    """How many of the policy's sparse layers (online and target) compute with each backend."""
+    counts: dict[str, int] = {}
+    for layer in sparse_layers(model.policy).values():
+        counts[layer.resolved_backend] = counts.get(layer.resolved_backend, 0) + 1
+    return counts
 
 
 def summary_text(summary: Mapping[str, Any], run_dir: Path) -> str:
