@@ -2,7 +2,7 @@
 
 SB3's ``save_replay_buffer`` pickles the whole preallocated buffer: 308 MB for HalfCheetah's
 1M-row buffer after 15k steps. :func:`save_buffer` pickles a shallow copy whose per-row arrays are
-cut to the rows written so far (gzip level 1 on top, see ``README.md`` for the sizes) and
+cut to the rows written so far (``README.md`` gives the sizes) and
 :func:`load_buffer` grows them back to the buffer's size, so sampling after a resume sees exactly
 the buffer it would have seen.
 """
@@ -10,7 +10,6 @@ the buffer it would have seen.
 from __future__ import annotations
 
 import copy
-import gzip
 import pickle
 from pathlib import Path
 
@@ -28,7 +27,8 @@ def filled_rows(buffer: ReplayBuffer) -> int:
 
 
 def save_buffer(model: OffPolicyAlgorithm, path: Path) -> None:
-    """Write ``model``'s replay buffer, its per-row arrays cut to the filled rows, gzip-compressed."""
+    """Write ``model``'s replay buffer, its per-row arrays cut to the filled rows (uncompressed: gzip saves
+    about 5 % of a HalfCheetah buffer and takes ten times as long, ``benchmarks/buffer_size.py``)."""
     buffer = model.replay_buffer
     assert buffer is not None, "the model has no replay buffer"
     trimmed = copy.copy(buffer)
@@ -38,15 +38,13 @@ def save_buffer(model: OffPolicyAlgorithm, path: Path) -> None:
     for name in names:
         setattr(trimmed, name, getattr(buffer, name)[:rows])
     setattr(trimmed, TRIMMED, names)
-    with gzip.open(path, "wb", compresslevel=1) as file:
+    with open(path, "wb") as file:
         pickle.dump(trimmed, file, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def load_buffer(model: OffPolicyAlgorithm, path: Path) -> None:
     """Give ``model`` the replay buffer :func:`save_buffer` wrote to ``path`` (or an SB3 pickle)."""
     with open(path, "rb") as file:
-        compressed = file.read(2) == b"\x1f\x8b"
-    with (gzip.open(path, "rb") if compressed else open(path, "rb")) as file:
         buffer = pickle.load(file)
     for name in vars(buffer).pop(TRIMMED, ()):
         rows = getattr(buffer, name)

@@ -1,17 +1,17 @@
-"""Ray for ``sparse_rl.sweep``: connecting to a cluster (token authentication included), one console
-line per trial state change, and running the trials on Ray Tune. Imported only when the ``sweep``
-extra (``ray[tune]``) is installed.
+"""Ray for ``sparse_rl.sweep``: connecting to a cluster, one console line per trial state change, and
+running the trials on Ray Tune. Imported only when the ``sweep`` extra (``ray[tune]``) is installed.
 
 A cluster started with ``ray start --head`` on a machine that has a Ray token (``~/.ray/auth_token``,
-``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``) requires it; :func:`connect` then sends it (it sets
-``RAY_AUTH_MODE=token`` when a token is there and the variable is unset) and names the cause in one line
-when the cluster refuses: a token that is missing or not the cluster's, a Ray or Python version other
-than the cluster's, or nothing listening at the address.
+``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``) requires it; ``sparse_rl.sweep`` sends it
+(:func:`sparse_rl.sweep.send_token`) and :func:`connect` names the cause in one line when a cluster
+refuses: a token that is missing or not the cluster's, a Ray or Python version other than the
+cluster's, or nothing listening at the address.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import sys
@@ -44,12 +44,6 @@ def check_listening(address: str) -> None:
         raise ClusterError(f"cannot reach a Ray cluster at {address}: nothing listening "
                            f"({error.strerror or error}); start one with `ray start --head` and pass the address "
                            "it prints, or leave out --address to run locally") from None
-
-
-def token_available() -> bool:
-    """Whether this machine holds a Ray auth token where Ray looks for one."""
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
-    return bool(os.environ.get("RAY_AUTH_TOKEN")) or Path(path).is_file()
 
 
 @contextmanager
@@ -92,8 +86,6 @@ def connect(address: str | None, num_cpus: int | None, verbose: bool) -> None:
                  log_to_driver=verbose)
         return
     check_listening(address)
-    if "RAY_AUTH_MODE" not in os.environ and token_available():
-        os.environ["RAY_AUTH_MODE"] = "token"
     with captured_stderr() as log:
         try:
             ray.init(address=address, configure_logging=verbose, log_to_driver=verbose)
@@ -128,6 +120,9 @@ class TrialLines(tune.Callback):
 def tune_trials(trainable: Any, specs: list[dict[str, Any]], logdir: Path, name: str,
                 options: argparse.Namespace) -> dict[Path, str]:
     """Run one Tune trial per spec (named by its run label); the error text of each failed one, by run directory."""
+    if not options.verbose:  # Tune's own reporter and its per-failure tracebacks: TrialLines says it in one line
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1, "gpu": options.gpus_per_trial}),
         param_space={"trial": tune.grid_search(specs)},

@@ -382,15 +382,17 @@ def group_row(key: GroupKey, groups: dict[GroupKey, list[Run]], iqms: dict[Group
     dense_runs = groups[dense] if dense is not None else []
     dense_iqm = iqms[dense][0] if dense is not None else None
     unfinished = sum(not run.finished for run in group)
+    counts = [mean_ratio(summary_ratio(run, name, dense_runs) for run in group)
+              for name in ("params", "inference_flops")]
+    counts.append(mean_ratio(train_flops_ratio(run, dense_runs) for run in group))
+    if dense is None and method == "matched":  # its own dense count is its narrow network's, not the baseline's
+        counts = [NO_DENSE] * 3
     return (env, algo, method, f"{density} ({detail})" if detail else str(density), settings or "default",
             str(len(group)) + (f" ({unfinished} unfinished)" if unfinished else ""),
             f"{iqm:.1f} [{low:.1f}, {high:.1f}]",
             NO_DENSE if dense_iqm is None else f"{100 * iqm / dense_iqm:.1f}" if dense_iqm > 0 else MISSING,
             NO_DENSE if dense_iqm is None else f"{iqm - dense_iqm:+.1f}",
-            mean_ratio(summary_ratio(run, "params", dense_runs) for run in group),
-            final_densities(group),
-            mean_ratio(summary_ratio(run, "inference_flops", dense_runs) for run in group),
-            mean_ratio(train_flops_ratio(run, dense_runs) for run in group),
+            counts[0], final_densities(group), counts[1], counts[2],
             seconds_per_1k_steps(group),
             NO_DENSE if dense is None else
             mean_ratio(summary_ratio(run, "wall_clock_s_per_1k_steps", dense_runs) for run in group),

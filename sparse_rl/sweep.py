@@ -231,9 +231,18 @@ def parse_sweep_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def send_token(address: str | None) -> None:
+    """Send this machine's Ray auth token to the cluster at ``address``: set ``RAY_AUTH_MODE=token`` (before
+    Ray is imported, which reads it) when a token is where Ray looks for one and the variable is unset."""
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if address and "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or path.is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Plan, run and summarise a sweep; bad input is one line and exit status 2."""
     args = parse_sweep_args(argv)
+    send_token(args.address or os.environ.get("RAY_ADDRESS"))
     try:
         import ray  # noqa: F401  (the sweep extra)
     except ImportError as error:

@@ -208,7 +208,8 @@ def test_param_matched_run_is_a_narrow_dense_network_reported_as_matched(tmp_pat
     assert all(bool(layer.mask.all()) for layer in sparse_layers(model.policy.critic).values())
     assert model.policy.net_arch["qf"][0] < 64 and model.policy.net_arch["pi"][0] < 64
     results = report.write_report([tmp_path], tmp_path / "report", reps=50).read_text()
-    assert "| Pendulum-v1 | sac | matched | 0.2 | 1 |" in results
+    settings = "total_steps 800, learning_starts 200, net_arch [64, 64]"
+    assert f"| Pendulum-v1 | sac | matched | 0.2 | {settings} | 1 |" in results
     with pytest.raises(SystemExit, match="is finished .*nothing to resume"):
         train.main(["--resume", str(run_dir)])
 
