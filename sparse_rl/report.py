@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -189,9 +190,10 @@ def split_unlike(key: GroupKey, runs: list[Run]) -> dict[GroupKey, list[Run]]:
             parts.append([run])
         else:
             part.append(run)
-    keys = [key] + [(*key[:5], ", ".join(filter(None, (key[5], config_difference(comparable(parts[0][0].config),
-                                                                                   comparable(p[0].config))))))
-                    for p in parts[1:]]
+    differences = [re.sub(r": recorded (.*), planned (.*)", r" \2 (vs \1)",
+                          config_difference(comparable(parts[0][0].config), comparable(part[0].config)))
+                   for part in parts[1:]]
+    keys = [key] + [(*key[:5], ", ".join(filter(None, (key[5], difference)))) for difference in differences]
     return dict(zip(keys, parts))
 
 

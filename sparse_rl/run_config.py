@@ -392,7 +392,8 @@ def changed_settings(config: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
         return ()
     defaults = yaml.safe_load(_packaged_defaults(str(config["algo"]), str(config["env"])))
     sparsity = config.get("sparsity") or {}
-    defaults["sparsity"] = SparsityConfig.from_kwargs(method=sparsity.get("method", "rigl")).as_kwargs()
+    defaults["sparsity"] = SparsityConfig.from_kwargs(method=sparsity.get("method", "rigl"),
+                                                      density=sparsity.get("density", 1.0)).as_kwargs()
     paths = [*LABELLED_TOP, *(f"{section}.{key}" for section in LABELLED_SECTIONS for key in config.get(section) or {})]
     if sparsity.get("density", 1.0) < 1.0 or sparsity.get("iso_params"):  # a dense run has no schedule
         paths += [f"sparsity.{key}" for key in sparsity if key not in LABEL_SPARSITY_KEYS]
