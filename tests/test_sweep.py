@@ -108,7 +108,8 @@ def test_failing_trial_is_reported_with_its_error_and_others_finish(tmp_path, ca
     assert exit_info.value.code == 1
     out = capsys.readouterr().out
     assert (logdir / "Pendulum-v1" / "sac-dense-d1-t300-bs32-ls100-s0" / "summary.json").is_file()
-    failed = next(line for line in out.splitlines() if "sac-dense-d1-t300-bs32-ls100-s1" in line and "FAILED" in line)
+    diverging = "sac-dense-d1-t300-bs32-lr1000-ls100-s1"
+    failed = next(line for line in out.splitlines() if diverging in line and "FAILED" in line)
     assert "diverged at env step" in failed
 
 
