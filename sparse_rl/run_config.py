@@ -369,6 +369,15 @@ def _packaged_defaults(algo: str, env: str) -> str:
     return yaml.safe_dump(_merge(data.get("defaults") or {}, (data.get("envs") or {}).get(env_family(env)) or {}))
 
 
+def short_name(path: str) -> str:
+    """A changed setting's name in a label: :data:`SHORT_NAMES`, else the key (``tau``, ``update_interval``),
+    with its section for ``policy_kwargs`` and ``rlx2``, whose keys SAC's own arguments share (``use_sde``,
+    ``n_steps``)."""
+    section, _, key = path.rpartition(".")
+    return SHORT_NAMES.get(path) or (path.replace("policy_kwargs.", "policy.") if section in ("policy_kwargs", "rlx2")
+                                     else key)
+
+
 def short_value(value: Any) -> str:
     """``100k``, ``0.001``, ``64x64`` (a list), ``none`` (an empty one), ``pi64.qf256`` (a mapping)."""
     if isinstance(value, bool) or value is None:
@@ -430,7 +439,7 @@ class RunLabel:
     @property
     def settings_text(self) -> str:
         """``-t100k-arch64x64-lr0.001``: the changed settings as the name shows them; empty if none."""
-        return "".join(f"-{SHORT_NAMES.get(path, path)}{short_value(value)}" for path, value in self.settings)
+        return "".join(f"-{short_name(path)}{short_value(value)}" for path, value in self.settings)
 
     @property
     def core(self) -> str:
