@@ -40,7 +40,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ from rliable import library as rly
 from rliable import metrics as rly_metrics
 
 from sparse_rl.cli import OneLineParser
-from sparse_rl.ledger import Series, config_difference, read_series
+from sparse_rl.ledger import Series, config_difference, read_series, resolved
 from sparse_rl.run_config import at_least, run_label, run_name
 
 PROG = "sparse_rl.report"
@@ -173,11 +173,13 @@ def settings_text(settings: Iterable[tuple[str, Any]]) -> str:
     return ", ".join(f"{path.rsplit('.', 1)[-1]} {json.dumps(value)}" for path, value in settings)
 
 
-def comparable(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` without :data:`SAME_RUN_KEYS` and the sparsity backend: what runs of one row share."""
-    kept = {key: value for key, value in config.items() if key not in SAME_RUN_KEYS}
-    kept["sparsity"] = {k: v for k, v in (config.get("sparsity") or {}).items() if k != "backend"}
-    return kept
+def comparable(run: Run) -> dict[str, Any]:
+    """What runs of one row share: the run's config without :data:`SAME_RUN_KEYS`, its sparsity as the
+    settings it resolves to (:func:`~sparse_rl.ledger.resolved`), and for a dense network only its width."""
+    config = resolved({key: value for key, value in run.config.items() if key not in SAME_RUN_KEYS})
+    if run.method in ("dense", "matched"):  # a network that stays dense has no sparse schedule
+        config["sparsity"] = {"width_multiplier": config["sparsity"].get("width_multiplier", 1)}
+    return config
 
 
 def split_unlike(key: GroupKey, runs: list[Run]) -> dict[GroupKey, list[Run]]:
@@ -185,13 +187,13 @@ def split_unlike(key: GroupKey, runs: list[Run]) -> dict[GroupKey, list[Run]]:
     each further part's settings naming how it differs from the first."""
     parts: list[list[Run]] = []
     for run in runs:
-        part = next((p for p in parts if not config_difference(comparable(p[0].config), comparable(run.config))), None)
+        part = next((p for p in parts if not config_difference(comparable(p[0]), comparable(run))), None)
         if part is None:
             parts.append([run])
         else:
             part.append(run)
     differences = [re.sub(r": recorded (.*), planned (.*)", r" \2 (vs \1)",
-                          config_difference(comparable(parts[0][0].config), comparable(part[0].config)))
+                          config_difference(comparable(parts[0][0]), comparable(part[0])))
                    for part in parts[1:]]
     keys = [key] + [(*key[:5], ", ".join(filter(None, (key[5], difference)))) for difference in differences]
     return dict(zip(keys, parts))
@@ -533,6 +535,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--include-unfinished", action="store_true",
                         help="also report runs without summary.json (interrupted or still running), marked as such")
     args = parser.parse_args(argv)
+    from sparse_rl.quiet import filter_known_warnings  # --grid plans the sweep's runs, which checks their envs
+
+    filter_known_warnings()
     try:
         print(write_report(args.runs, args.out, reps=args.reps, grid=args.grid,
                            include_unfinished=args.include_unfinished))
