@@ -8,12 +8,17 @@ Each of ``RUNS`` is a run directory or a ledger record (one holding ``config.yam
 :mod:`sparse_rl.ledger`) or a directory searched recursively for them, so
 ``python -m sparse_rl.report runs/ --out report/`` reads every run under ``runs/`` and
 ``python -m sparse_rl.report results/ledger/mujoco_100k --out results/mujoco_100k`` every record
-of a grid. Runs are grouped by their :func:`~sparse_rl.run_config.run_label` (env, algo,
-method, density) across seeds and ``DIR`` receives:
+of a grid. A row holds runs that differ only in their seed: runs are grouped by their
+:func:`~sparse_rl.run_config.run_label` (env, algo, method and its settings, densities, width, and
+every other setting away from its packaged default: budget, architecture, hyperparameters; the
+``settings`` column names them), and a group whose configs still differ is split, the difference named.
+Runs without ``summary.json`` (interrupted, or still running) are left out with a warning unless
+``--include-unfinished``, which marks them in the ``seeds`` column. ``DIR`` receives:
 
 * ``results.md``: one row per group with the IQM of the final evaluation return and its 95 %
-  stratified-bootstrap CI (rliable), the IQM as a percentage of the dense group's (same env
-  and algo, density 1.0; blank when the dense IQM is not positive) and as a difference from
+  stratified-bootstrap CI (rliable), the IQM as a percentage of the dense group's (same env,
+  algo and settings, density 1.0: "no dense baseline" where the runs have none; blank when the
+  dense IQM is not positive) and as a difference from
   it, the parameter ratio to dense, the final actor and critic densities, the inference-FLOP
   and training-FLOP ratios to dense (from ``summary.json``; training FLOPs fall back to the
   cumulative FLOP series for a run that has no summary yet), the mean wall-clock seconds per
@@ -26,7 +31,8 @@ method, density) across seeds and ``DIR`` receives:
   against the method itself (``rigl``) at the same density;
 * ``<env>_<algo>_return_vs_steps.png``, ``..._return_vs_flops.png`` and
   ``..._return_vs_wallclock.png``: the mean evaluation return across seeds (shaded min–max)
-  against env steps, cumulative training FLOPs and wall-clock hours.
+  against env steps, cumulative training FLOPs (from the first evaluation with FLOPs, on a log axis)
+  and wall-clock hours.
 
 A run without ``evaluations.npz`` yet is skipped with a warning; one evaluation is enough. From Python, call
 :func:`write_report`.

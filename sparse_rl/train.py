@@ -5,7 +5,10 @@
     python -m sparse_rl.train --resume runs/HalfCheetah-v4/sac-rigl-d0.5-s0
     python -m sparse_rl.train --env HalfCheetah-v4 --density 0.1 --ledger results/ledger --grid mine
 
-A run directory ``<logdir>/<env>/<algo>-<method>-d<density>-s<seed>/`` holds ``config.yaml``
+A short run needs a learning start below its budget: ``--total-steps 2000 --learning-starts 200``.
+Bad input is one line on stderr and exit status 2, before any env is built or file written.
+
+A run directory ``<logdir>/<env>/<algo>-<method>-d<density>[-<settings>]-s<seed>/`` holds ``config.yaml``
 (the effective config), TensorBoard events (``tb_1/``), ``evaluations.npz`` (SB3's
 EvalCallback, always with an evaluation at the last step), ``checkpoint/`` (model, replay
 buffer, FLOP counters, wall-clock; for ``--resume``), ``model.zip`` and ``summary.json`` at the
