@@ -27,6 +27,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -445,9 +446,12 @@ class RunProgressBar(ProgressBarCallback):
         self.total_steps = total_steps
 
     def _on_training_start(self) -> None:
+        from tqdm import TqdmExperimentalWarning
         from tqdm.rich import tqdm
 
-        self.pbar = tqdm(total=self.total_steps, initial=self.model.num_timesteps)
+        with warnings.catch_warnings():  # as SB3's own bar: tqdm calls its rich bar experimental
+            warnings.simplefilter("ignore", TqdmExperimentalWarning)
+            self.pbar = tqdm(total=self.total_steps, initial=self.model.num_timesteps)
 
 
 def _train(model: OffPolicyAlgorithm, config: Mapping[str, Any], run_dir: Path, progress_bar: bool,

@@ -153,7 +153,7 @@ def test_first_run_interrupted_exported_resumed_and_documented(tmp_path):
     patterns, tags = readme_tags(), logged_tags(run_dir)
     undocumented = [tag for tag in tags if not any(re.fullmatch(p, tag) for p in patterns)]
     assert not undocumented, f"logged but not in the README's tag table: {undocumented}"
-    method_only = ("threshold_resets", "rlx2")
+    method_only = ("threshold_resets", "rlx2", "rollout")  # rollout/*: after the first finished episode (1,000 steps)
     unlogged = [p for p in patterns
                 if not any(re.fullmatch(p, t) for t in tags) and not any(m in p for m in method_only)]
     assert not unlogged, f"in the README's tag table but not logged: {unlogged}"
@@ -209,7 +209,8 @@ def test_report_never_mixes_unlike_runs(tmp_path):
 
     included = cli("sparse_rl.report", "runs", "--out", "all", "--reps", "50", "--include-unfinished", cwd=tmp_path)
     assert included.returncode == 0, included.stderr
-    row = next(line for line in (tmp_path / "all" / "results.md").read_text().splitlines() if "1000000" in line)
+    row = next(line for line in (tmp_path / "all" / "results.md").read_text().splitlines()
+               if line.startswith("| Pendulum") and "total_steps 1000000" in line)
     assert "| 1 (1 unfinished) |" in row and "no dense baseline" in row
 
 

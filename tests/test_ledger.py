@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from run_dirs import only_run
 
 from sparse_rl import ledger, report, runs, sweep
 from sparse_rl.backends import AUTO_RULE
@@ -86,7 +87,7 @@ def test_train_records_a_single_run_in_a_ledger(tmp_path):
 
 def test_add_command_records_finished_runs_and_skips_unfinished_ones(recorded, tmp_path, capsys):
     run_root, _ = recorded
-    run_dir = run_root / "Pendulum-v1" / "sac-rigl-d0.2-s0"
+    run_dir = only_run(run_root / "Pendulum-v1", "sac-rigl-d0.2-s0")
     ledger.main(["add", str(run_dir), "--ledger", str(tmp_path / "book"), "--grid", "g"])
     record = tmp_path / "book" / "g" / "Pendulum-v1" / "sac-rigl-d0.2-s0"
     assert f"{run_dir} -> {record}" in capsys.readouterr().out

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from run_dirs import only_run
 from stable_baselines3 import SAC
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -22,14 +23,6 @@ from sparse_rl.topology import sparse_layers
 FAST = ["--total-steps", "800", "--eval-freq", "400", "--eval-episodes", "2", "--no-progress-bar",
         "--set", "algo_kwargs.learning_starts=200", "--set", "sparsity.update_interval=100",
         "--set", "policy_kwargs.net_arch=[64, 64]"]
-
-
-def only_run(parent, name):
-    """The one run directory under ``parent`` whose name is ``name`` with the changed settings (``-t800-...``)
-    before its seed."""
-    core, seed = name.rsplit("-", 1)
-    (found,) = [path for path in parent.iterdir() if path.name.startswith(f"{core}-") and path.name.endswith(seed)]
-    return found
 
 
 def scalars(run_dir, tag):
