@@ -404,7 +404,8 @@ def changed_settings(config: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     defaults["sparsity"] = SparsityConfig.from_kwargs(method=sparsity.get("method", "rigl"),
                                                       density=sparsity.get("density", 1.0)).as_kwargs()
     paths = [*LABELLED_TOP, *(f"{section}.{key}" for section in LABELLED_SECTIONS for key in config.get(section) or {})]
-    if sparsity.get("density", 1.0) < 1.0 or sparsity.get("iso_params"):  # a dense run has no schedule
+    resolved = SparsityConfig.from_kwargs(**sparsity)
+    if config.get("param_matched") is None and not (resolved.is_dense and not resolved.iso_params):  # else no schedule
         paths += [f"sparsity.{key}" for key in sparsity if key not in LABEL_SPARSITY_KEYS]
     if sparsity.get("method") == "rlx2":
         paths += [f"rlx2.{key}" for key in config.get("rlx2") or {}]
