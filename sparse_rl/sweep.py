@@ -28,8 +28,12 @@ at all, so a grid continues across sessions and machines from its committed reco
 
 Locally each trial gets one CPU (and one torch thread), so as many trials run at once as the
 machine has cores (``--max-concurrent`` to lower it). ``--address`` (or ``RAY_ADDRESS``) sends
-the trials to an existing Ray cluster whose nodes have ``sparse_rl`` installed; give ``--logdir``
-(and ``--ledger``) paths all nodes share. Needs the ``sweep`` extra: ``pip install -e ".[sweep]"``.
+the trials to an existing Ray cluster (``ray start --head`` prints its address) whose nodes have
+``sparse_rl`` installed with the same Ray and Python; give ``--logdir`` (and ``--ledger``) paths all
+nodes share. A token in ``~/.ray/auth_token`` (or ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH``) is sent
+to the cluster; a cluster that refuses is one line naming why (:mod:`sparse_rl.ray_cluster`). The
+console shows one line per trial state change, trials named by their run label (``--verbose``: Ray's
+own output). Needs the ``sweep`` extra: ``pip install -e ".[sweep]"``.
 """
 
 from __future__ import annotations
