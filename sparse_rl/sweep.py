@@ -158,7 +158,9 @@ def run_trial(params: dict[str, Any]) -> None:
     from ray import tune
 
     from sparse_rl import runs
+    from sparse_rl.quiet import filter_known_warnings
 
+    filter_known_warnings()  # in the worker too: MuJoCo's log goes to the run directory
     spec = params["trial"]
     run_dir = Path(spec["run_dir"])
     ledger = Ledger(Path(spec["ledger"]), spec["grid"]) if spec["ledger"] else None
