@@ -16,7 +16,6 @@ import pytest
 import torch
 import yaml
 from gymnasium import spaces
-from run_dirs import only_run
 from stable_baselines3 import DQN, PPO, SAC, TD3
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
@@ -310,7 +309,7 @@ def test_a_hidden_layer_with_no_active_weight_keeps_one_zero_unit():
 def test_cli_exports_a_trained_run_directory(tmp_path, observations):
     """A SAC agent trained for a few hundred steps (RigL updates included), as a sparse_rl.train run
     directory; every format through the command line."""
-    run_dir = only_run(tmp_path / "Pendulum-v1", "sac-rigl-d0.2-s0")
+    run_dir = tmp_path / "Pendulum-v1" / "sac-rigl-d0.2-s0"
     run_dir.mkdir(parents=True)
     model = SAC(SparseSACPolicy, "Pendulum-v1", learning_starts=100, batch_size=64, seed=0,
                 policy_kwargs=dict(net_arch=[64, 64], density=0.2, update_interval=50))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sparse_rl.cli import OneLineParser, fail, missing_extra
+from sparse_rl.cli import OneLineParser, missing_extra
 from sparse_rl.export.errors import ExportError
 from sparse_rl.export.pipeline import FORMATS, export
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError as error:  # onnx or onnxruntime: the export extra
         missing_extra("sparse_rl.export", error, "export")
     except (ExportError, OSError) as error:
-        fail("sparse_rl.export", str(error))
+        raise SystemExit(f"sparse_rl.export: error: {error}") from None
     for path in paths:
         print(f"{path} ({path.stat().st_size} bytes)")
 
