@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -116,9 +117,11 @@ def test_sweep_skips_recorded_trials_and_refuses_a_changed_config(recorded, tmp_
     assert "1 trials, 1 recorded in the ledger" in capsys.readouterr().out
     changed = write_sweep(tmp_path, name="tiny", base={**TINY, "set": {**RUN["set"], "algo_kwargs.batch_size": 64}},
                           grid={"density": [1.0]})
-    with pytest.raises(SystemExit, match="holds another config than the trial .*algo_kwargs.batch_size: recorded 32, "
-                                         "planned 64"):
+    with pytest.raises(SystemExit) as exit_info:
         sweep.main([str(changed), "--logdir", str(tmp_path / "fresh"), "--ledger", str(ledger_root), "--dry-run"])
+    assert exit_info.value.code == 2
+    assert re.search("holds another config than the trial .*algo_kwargs.batch_size: recorded 32, planned 64",
+                     capsys.readouterr().err)
 
 
 def test_series_of_a_run_without_its_own_tags_comes_from_event_times_and_layer_sizes(tmp_path):

@@ -109,7 +109,7 @@ def test_failing_trial_is_reported_with_its_error_and_others_finish(tmp_path, ca
     out = capsys.readouterr().out
     assert (logdir / "Pendulum-v1" / "sac-dense-d1-t300-bs32-ls100-s0" / "summary.json").is_file()
     diverging = "sac-dense-d1-t300-bs32-lr1000-ls100-s1"
-    failed = next(line for line in out.splitlines() if diverging in line and "FAILED" in line)
+    failed = next((line for line in out.splitlines() if diverging in line and "FAILED" in line), out)
     assert "diverged at env step" in failed
 
 

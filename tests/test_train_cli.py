@@ -193,7 +193,7 @@ def test_help_explains_every_flag():
         assert flag in out
 
 
-def test_param_matched_run_is_a_narrow_dense_network_reported_as_matched(tmp_path):
+def test_param_matched_run_is_a_narrow_dense_network_reported_as_matched(tmp_path, capsys):
     train.main(["--env", "Pendulum-v1", "--param-matched", "0.2", "--logdir", str(tmp_path), *FAST])
     run_dir = only_run(tmp_path / "Pendulum-v1", "sac-matched-d0.2-s0")
     model = SAC.load(run_dir / "model.zip")
@@ -203,8 +203,9 @@ def test_param_matched_run_is_a_narrow_dense_network_reported_as_matched(tmp_pat
     results = report.write_report([tmp_path], tmp_path / "report", reps=50).read_text()
     settings = "total_steps 800, learning_starts 200, net_arch [64, 64]"
     assert f"| Pendulum-v1 | sac | matched | 0.2 | {settings} | 1 |" in results
-    with pytest.raises(SystemExit, match="is finished .*nothing to resume"):
+    with pytest.raises(SystemExit) as exit_info:
         train.main(["--resume", str(run_dir)])
+    assert exit_info.value.code == 2 and re.search("is finished .*nothing to resume", capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("raw, value", [
