@@ -29,7 +29,7 @@ from sparse_rl.sparsity import SparsityConfig
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
        "OMP_NUM_THREADS": "1"}
-SHORT = ["--total-steps", "600", "--learning-starts", "100", "--eval-freq", "300", "--eval-episodes", "1",
+SHORT = ["--total-steps", "2000", "--learning-starts", "100", "--eval-freq", "1000", "--eval-episodes", "1",
          "--set", "policy_kwargs.net_arch=[16]", "--set", "sparsity.update_interval=100", "--no-progress-bar"]
 
 
@@ -126,14 +126,14 @@ def test_first_run_interrupted_exported_resumed_and_documented(tmp_path):
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("runs/HalfCheetah-v4/*/tb_1/events*")) and time.monotonic() < deadline:
         time.sleep(0.2)
-    time.sleep(2)
+    time.sleep(1)  # well before the end (2,000 steps), even on an idle machine
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     (run_dir,) = (tmp_path / "runs" / "HalfCheetah-v4").iterdir()
-    assert run_dir.name == "sac-rigl-d0.5-t600-ls100-arch16-update_interval100-s0"
+    assert run_dir.name == "sac-rigl-d0.5-t2k-ls100-arch16-update_interval100-s0"
     first = out.splitlines()
-    assert first[0].startswith(f"run directory: runs/HalfCheetah-v4/{run_dir.name} (training 600 env steps")
+    assert first[0].startswith(f"run directory: runs/HalfCheetah-v4/{run_dir.name} (training 2,000 env steps")
     assert f"python -m sparse_rl.train --resume runs/HalfCheetah-v4/{run_dir.name}" in first[2]
     assert "out of date" not in err + out and "settotalmass" not in err + out and "Warning" not in err
     assert "settotalmass" in (run_dir / "MUJOCO_LOG.TXT").read_text() and not (tmp_path / "MUJOCO_LOG.TXT").exists()
@@ -147,8 +147,8 @@ def test_first_run_interrupted_exported_resumed_and_documented(tmp_path):
 
     resumed = cli("sparse_rl.train", "--resume", run_dir.relative_to(tmp_path), "--no-progress-bar", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming from step {step:,} of 600" in resumed.stdout.splitlines()[0]
-    assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 600
+    assert f"resuming from step {step:,} of 2,000" in resumed.stdout.splitlines()[0]
+    assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 2000
 
     patterns, tags = readme_tags(), logged_tags(run_dir)
     undocumented = [tag for tag in tags if not any(re.fullmatch(p, tag) for p in patterns)]
@@ -254,7 +254,8 @@ def ray_cluster(tmp_path):
         pytest.skip("the ray command is not installed (the sweep extra)")
     token = tmp_path / "auth_token"
     token.write_text("0123456789abcdef" * 4)
-    env = {**ENV, "RAY_AUTH_TOKEN_PATH": str(token), "RAY_AUTH_MODE": "token"}
+    env = {**ENV, "RAY_AUTH_TOKEN_PATH": str(token), "RAY_AUTH_MODE": "token", "HOME": str(tmp_path)}  # Ray writes
+    # a token of its own to ~/.ray/auth_token: the test's home, not the user's
     port = free_port()
     started = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
                               "--include-dashboard=false", "--disable-usage-stats"], capture_output=True, text=True,
@@ -276,7 +277,7 @@ def test_sweep_on_a_ray_start_cluster_with_token_auth(ray_cluster, tmp_path):
         "set": {"algo_kwargs.learning_starts": 100, "policy_kwargs.net_arch": [16]}}, "grid": {"density": [1.0, 0.5]}}))
     env = {key: value for key, value in ENV.items() if key != "RAY_AUTH_MODE"}
     result = cli("sparse_rl.sweep", sweep_file, "--address", address, "--logdir", tmp_path / "out", cwd=tmp_path,
-                 env={**env, "RAY_AUTH_TOKEN_PATH": str(token)}, timeout=300)
+                 env={**env, "RAY_AUTH_TOKEN_PATH": str(token), "HOME": str(tmp_path)}, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     names = ["sac-dense-d1-t300-ls100-arch16-s0", "sac-rigl-d0.5-t300-ls100-arch16-s0"]
