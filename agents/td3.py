@@ -4,12 +4,14 @@
 """
 
 import argparse
+from pathlib import Path
 
 import torch
 from stable_baselines3 import TD3
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from sparse_rl import SparseMetricsCallback, SparseTD3Policy
+from sparse_rl.quiet import filter_known_warnings, mujoco_log_to
 
 parser = argparse.ArgumentParser(description="Sparse TD3 with Stable-Baselines3")
 parser.add_argument("--env", default="HalfCheetah-v4")
@@ -18,6 +20,9 @@ parser.add_argument("--steps", type=int, default=300_000, help="environment step
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--logdir", default="runs/agents", help="TensorBoard log directory")
 args = parser.parse_args()
+filter_known_warnings()  # gymnasium's "v4 is out of date"; MuJoCo's warnings go to the log directory:
+Path(args.logdir).mkdir(parents=True, exist_ok=True)
+mujoco_log_to(Path(args.logdir))  # its MUJOCO_LOG.TXT, not the working directory's
 
 torch.set_num_threads(1)
 model = TD3(SparseTD3Policy, args.env, policy_kwargs=dict(density=args.density, method="rigl"),

@@ -41,7 +41,7 @@ SERIES_COLUMNS = ("env_steps", "wall_clock_s", "train_flops", "density_actor", "
 SERIES_TAGS = {"train_flops": "flops/train_cumulative", "wall_clock_s": "time/wall_clock_s",
                "density_actor": "sparsity/density/actor", "density_critic": "sparsity/density/critic"}
 """The TensorBoard tag of each series column (``sparse_rl.runs`` logs the last three)."""
-IGNORED_KEYS = ("device", "threads")
+IGNORED_KEYS = ("device", "threads", "checkpoint_freq")
 """Config keys that change where a run ran, not what it computes: a record matches a trial without them
 (and so does the sparsity ``backend``: see :func:`resolved`)."""
 
@@ -64,8 +64,9 @@ class Ledger:
             raise ConfigError(f"grid name must be letters, digits, '_', '-' or '.' (not first), got {self.grid!r}")
 
     def record_dir(self, config: Mapping[str, Any]) -> Path:
-        """Where the record of the run of ``config`` lives."""
-        return Path(self.root) / self.grid / str(config["env"]) / run_name(config)
+        """Where the record of the run of ``config`` lives: named without its changed settings, as records were
+        before run names had them (two configs of one name are told apart by :meth:`find`)."""
+        return Path(self.root) / self.grid / str(config["env"]) / run_name(config, settings=False)
 
     def find(self, config: Mapping[str, Any]) -> Path | None:
         """The record of the run of ``config``, if there is one; ``ConfigError`` when a record of that

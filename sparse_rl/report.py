@@ -8,12 +8,17 @@ Each of ``RUNS`` is a run directory or a ledger record (one holding ``config.yam
 :mod:`sparse_rl.ledger`) or a directory searched recursively for them, so
 ``python -m sparse_rl.report runs/ --out report/`` reads every run under ``runs/`` and
 ``python -m sparse_rl.report results/ledger/mujoco_100k --out results/mujoco_100k`` every record
-of a grid. Runs are grouped by their :func:`~sparse_rl.run_config.run_label` (env, algo,
-method, density) across seeds and ``DIR`` receives:
+of a grid. A row holds runs that differ only in their seed: runs are grouped by their
+:func:`~sparse_rl.run_config.run_label` (env, algo, method and its settings, densities, width, and
+every other setting away from its packaged default: budget, architecture, hyperparameters; the
+``settings`` column names them), and a group whose configs still differ is split, the difference named.
+Runs without ``summary.json`` (interrupted, or still running) are left out with a warning unless
+``--include-unfinished``, which marks them in the ``seeds`` column. ``DIR`` receives:
 
 * ``results.md``: one row per group with the IQM of the final evaluation return and its 95 %
-  stratified-bootstrap CI (rliable), the IQM as a percentage of the dense group's (same env
-  and algo, density 1.0; blank when the dense IQM is not positive) and as a difference from
+  stratified-bootstrap CI (rliable), the IQM as a percentage of the dense group's (same env,
+  algo and settings, density 1.0: "no dense baseline" where the runs have none; blank when the
+  dense IQM is not positive) and as a difference from
   it, the parameter ratio to dense, the final actor and critic densities, the inference-FLOP
   and training-FLOP ratios to dense (from ``summary.json``; training FLOPs fall back to the
   cumulative FLOP series for a run that has no summary yet), the mean wall-clock seconds per
@@ -26,7 +31,8 @@ method, density) across seeds and ``DIR`` receives:
   against the method itself (``rigl``) at the same density;
 * ``<env>_<algo>_return_vs_steps.png``, ``..._return_vs_flops.png`` and
   ``..._return_vs_wallclock.png``: the mean evaluation return across seeds (shaded min–max)
-  against env steps, cumulative training FLOPs and wall-clock hours.
+  against env steps, cumulative training FLOPs (from the first evaluation with FLOPs, on a log axis)
+  and wall-clock hours.
 
 A run without ``evaluations.npz`` yet is skipped with a warning; one evaluation is enough. From Python, call
 :func:`write_report`.
@@ -34,10 +40,10 @@ A run without ``evaluations.npz`` yet is skipped with a warning; one evaluation 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -52,20 +58,25 @@ from matplotlib.ticker import NullFormatter
 from rliable import library as rly
 from rliable import metrics as rly_metrics
 
-from sparse_rl.ledger import Series, read_series
-from sparse_rl.run_config import at_least, run_label
+from sparse_rl.cli import OneLineParser
+from sparse_rl.ledger import Series, config_difference, read_series, resolved
+from sparse_rl.run_config import at_least, run_label, run_name
 
 PROG = "sparse_rl.report"
 CONFIG_KEYS = ("env", "algo", "seed", "total_steps")
 MISSING = "—"
-COLUMNS = ("env", "algo", "method", "density", "seeds", "final return IQM [95% CI]", "% of dense",
+COLUMNS = ("env", "algo", "method", "density", "settings", "seeds", "final return IQM [95% CI]", "% of dense",
            "IQM − dense IQM", "params vs dense", "actor / critic density", "inference FLOPs vs dense",
            "training FLOPs vs dense", "s / 1k steps", "wall-clock vs dense", "CPU time vs dense")
 
 PAIR_COLUMNS = ("env", "algo", "X", "Y", "seeds X / Y", "P(X > Y) [95% CI]")
 
-GroupKey = tuple[str, str, str, float, str]
-"""(env, algo, method, density, detail): a :class:`~sparse_rl.run_config.RunLabel`'s parts."""
+GroupKey = tuple[str, str, str, float, str, str]
+"""(env, algo, method, density, detail, settings): a :class:`~sparse_rl.run_config.RunLabel`'s parts, the
+settings being every other field that changes what a run learns (:func:`settings_text`)."""
+NO_DENSE = "no dense baseline"
+SAME_RUN_KEYS = ("seed", "threads", "device", "eval_freq", "checkpoint_freq")
+"""Config keys in which runs of one row may differ; any other difference splits the row."""
 Curve = tuple[np.ndarray, np.ndarray]
 """(x, y) arrays of equal length, x increasing."""
 
@@ -81,6 +92,9 @@ class Run:
     density: float
     detail: str
     """What the density alone does not say (``actor 0.1``); see :attr:`~sparse_rl.run_config.RunLabel.detail`."""
+    settings: str
+    """The fields away from their defaults (``total_steps 4000, net_arch []``); empty if none."""
+    config: dict[str, Any]
     seed: int
     total_steps: int
     eval_steps: np.ndarray
@@ -92,7 +106,12 @@ class Run:
 
     @property
     def key(self) -> GroupKey:
-        return self.env, self.algo, self.method, self.density, self.detail
+        return self.env, self.algo, self.method, self.density, self.detail, self.settings
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run reached its budget (it has ``summary.json``)."""
+        return self.summary is not None
 
     def curve(self, column: str) -> Curve | None:
         """``column`` of the series against env steps, where known; None if never."""
@@ -146,7 +165,8 @@ def load_run(run_dir: Path) -> Run | None:
     label = run_label(config)
     return Run(
         path=run_dir, env=str(config["env"]), algo=str(config["algo"]), method=label.method,
-        density=float(label.density), detail=label.detail, seed=int(config["seed"]),
+        density=float(label.density), detail=label.detail, settings=settings_text(label.settings), config=config,
+        seed=int(config["seed"]),
         total_steps=int(config["total_steps"]), eval_steps=np.asarray(eval_steps),
         eval_returns=np.asarray(results, dtype=float).mean(axis=1),
         summary=json.loads(summary_path.read_text()) if summary_path.is_file() else None,
@@ -154,18 +174,52 @@ def load_run(run_dir: Path) -> Run | None:
     )
 
 
-def group_runs(runs: Iterable[Run]) -> dict[GroupKey, list[Run]]:
-    """Runs grouped by (env, algo, method, density), sorted by env, algo, density descending, method."""
-    groups: dict[GroupKey, list[Run]] = {}
+def settings_text(settings: Iterable[tuple[str, Any]]) -> str:
+    """``total_steps 4000, net_arch []``: changed settings (:func:`~sparse_rl.run_config.changed_settings`)."""
+    return ", ".join(f"{path.rsplit('.', 1)[-1]} {json.dumps(value)}" for path, value in settings)
+
+
+def comparable(run: Run) -> dict[str, Any]:
+    """What runs of one row share: the run's config without :data:`SAME_RUN_KEYS`, its sparsity as the
+    settings it resolves to (:func:`~sparse_rl.ledger.resolved`), and for a dense network only its width."""
+    config = resolved({key: value for key, value in run.config.items() if key not in SAME_RUN_KEYS})
+    if run.method in ("dense", "matched"):  # a network that stays dense has no sparse schedule
+        config["sparsity"] = {"width_multiplier": config["sparsity"].get("width_multiplier", 1)}
+    return config
+
+
+def split_unlike(key: GroupKey, runs: list[Run]) -> dict[GroupKey, list[Run]]:
+    """``runs`` of one label, split where their configs differ in more than :data:`SAME_RUN_KEYS`,
+    each further part's settings naming how it differs from the first."""
+    parts: list[list[Run]] = []
     for run in runs:
-        groups.setdefault(run.key, []).append(run)
-    order = sorted(groups, key=lambda key: (key[0], key[1], -key[3], key[2], key[4]))
+        part = next((p for p in parts if not config_difference(comparable(p[0]), comparable(run))), None)
+        if part is None:
+            parts.append([run])
+        else:
+            part.append(run)
+    differences = [re.sub(r": recorded (.*), planned (.*)", r" \2 (vs \1)",
+                          config_difference(comparable(parts[0][0]), comparable(part[0])))
+                   for part in parts[1:]]
+    keys = [key] + [(*key[:5], ", ".join(filter(None, (key[5], difference)))) for difference in differences]
+    return dict(zip(keys, parts))
+
+
+def group_runs(runs: Iterable[Run]) -> dict[GroupKey, list[Run]]:
+    """Runs grouped by label (env, algo, method, density, detail, settings) and split where their configs
+    differ otherwise; sorted by env, algo, settings, density descending, method."""
+    labelled: dict[GroupKey, list[Run]] = {}
+    for run in runs:
+        labelled.setdefault(run.key, []).append(run)
+    groups = {k: v for key, runs_of in labelled.items() for k, v in split_unlike(key, runs_of).items()}
+    order = sorted(groups, key=lambda key: (key[0], key[1], key[5], -key[3], key[2], key[4]))
     return {key: sorted(groups[key], key=lambda run: run.seed) for key in order}
 
 
-def dense_key(groups: dict[GroupKey, list[Run]], env: str, algo: str) -> GroupKey | None:
-    """The dense (density 1.0) group of ``env`` and ``algo``, if any."""
-    dense = [key for key in groups if key[:2] == (env, algo) and key[2] == "dense"]
+def dense_key(groups: dict[GroupKey, list[Run]], env: str, algo: str, settings: str = "") -> GroupKey | None:
+    """The dense (density 1.0) group of ``env`` and ``algo`` with the same settings (architecture, budget,
+    hyperparameters), if any."""
+    dense = [key for key in groups if key[:2] == (env, algo) and key[2] == "dense" and key[5] == settings]
     return min(dense, key=lambda key: bool(key[4]), default=None)  # the plain dense network first
 
 
@@ -206,24 +260,25 @@ def compared_pairs(groups: dict[GroupKey, list[Run]]) -> list[tuple[GroupKey, Gr
     group of the same env, algo, density and network details."""
     pairs = []
     for key in groups:
-        env, algo, method, density, detail = key
-        dense = dense_key(groups, env, algo)
+        env, algo, method, density, detail, settings = key
+        dense = dense_key(groups, env, algo, settings)
         if dense is not None and key != dense:
             pairs.append((key, dense))
         matched = [other for other in groups if other[:2] == (env, algo) and other[2] == "matched"
-                   and other[3] == density and other[4] == ""]
+                   and other[3] == density and other[4] == "" and other[5] == settings]
         if method not in ("dense", "matched") and matched:
             pairs.append((key, matched[0]))
-        base = (env, algo, method.split("+", 1)[0], density, detail)
+        base = (env, algo, method.split("+", 1)[0], density, detail, settings)
         if base[2] != method and base in groups:
             pairs.append((key, base))
     return pairs
 
 
 def group_name(key: GroupKey) -> str:
-    """``rigl 0.1``, ``dense 1.0``, ``rigl-w4-iso 0.045 (a0.04/c0.05)``: a group's method and density."""
-    _, _, method, density, detail = key
-    return f"{method} {density}" + (f" ({detail})" if detail else "")
+    """``rigl 0.1``, ``dense 1.0 [total_steps 4000]``, ``rigl 0.1 (width x4)``: a group's method, density and
+    settings."""
+    _, _, method, density, detail, settings = key
+    return f"{method} {density}" + (f" ({detail})" if detail else "") + (f" [{settings}]" if settings else "")
 
 
 def comparison_markdown(groups: dict[GroupKey, list[Run]], reps: int) -> str:
@@ -298,7 +353,9 @@ def machines_text(runs: Sequence[Run]) -> str:
         if run.summary is not None and "cpu" in run.summary:
             machine = f"{run.summary['cpu']}, {run.summary.get('threads', '?')} thread(s)"
             counts[machine] = counts.get(machine, 0) + 1
-    return "; ".join(f"{machine} ({count} runs)" for machine, count in counts.items()) or "not recorded"
+    unknown = len(runs) - sum(counts.values())
+    counts |= {"not recorded (no summary.json yet)": unknown} if unknown else {}
+    return "; ".join(f"{machine} ({count} of {len(runs)} runs)" for machine, count in counts.items())
 
 
 def mean_ratio(ratios: Iterable[float | None]) -> str:
@@ -323,31 +380,45 @@ def runs_text(runs: Sequence[Run]) -> str:
     return f"{', '.join(str(path.relative_to(parent)) for path in paths)} under {shown}"
 
 
+def group_row(key: GroupKey, groups: dict[GroupKey, list[Run]], iqms: dict[GroupKey, tuple[float, float, float]]
+              ) -> tuple[str, ...]:
+    """The cells of one group's row; the "vs dense" cells compare with the dense group of the same
+    settings (:func:`dense_key`), or say :data:`NO_DENSE` (weights and FLOPs then use each run's own
+    dense count, which its summary records for the same architecture)."""
+    env, algo, method, density, detail, settings = key
+    group = groups[key]
+    iqm, low, high = iqms[key]
+    dense = dense_key(groups, env, algo, settings)
+    dense_runs = groups[dense] if dense is not None else []
+    dense_iqm = iqms[dense][0] if dense is not None else None
+    unfinished = sum(not run.finished for run in group)
+    counts = [mean_ratio(summary_ratio(run, name, dense_runs) for run in group)
+              for name in ("params", "inference_flops")]
+    counts.append(mean_ratio(train_flops_ratio(run, dense_runs) for run in group))
+    if dense is None and method == "matched":  # its own dense count is its narrow network's, not the baseline's
+        counts = [NO_DENSE] * 3
+    return (env, algo, method, f"{density} ({detail})" if detail else str(density), settings or "default",
+            str(len(group)) + (f" ({unfinished} unfinished)" if unfinished else ""),
+            f"{iqm:.1f} [{low:.1f}, {high:.1f}]",
+            NO_DENSE if dense_iqm is None else f"{100 * iqm / dense_iqm:.1f}" if dense_iqm > 0 else MISSING,
+            NO_DENSE if dense_iqm is None else f"{iqm - dense_iqm:+.1f}",
+            counts[0], final_densities(group), counts[1], counts[2],
+            seconds_per_1k_steps(group),
+            NO_DENSE if dense is None else
+            mean_ratio(summary_ratio(run, "wall_clock_s_per_1k_steps", dense_runs) for run in group),
+            NO_DENSE if dense is None else
+            mean_ratio(summary_ratio(run, "cpu_s_per_1k_steps", dense_runs) for run in group))
+
+
 def results_markdown(groups: dict[GroupKey, list[Run]], reps: int) -> str:
     """The ``results.md`` text: a line naming the runs and budget, then one table row per group."""
     runs = [run for group in groups.values() for run in group]
     iqms = {key: iqm_with_ci([run.final_return for run in group], reps) for key, group in groups.items()}
-    lines = [f"Runs read ({len(runs)}): {runs_text(runs)}. Budget: {budget_text(runs)}.",
+    lines = [f"Runs read ({len(runs)}): {runs_text(runs)}. Budget: {budget_text(runs)}. Rows group runs that "
+             "differ only in their seed; `settings` names what differs from the packaged defaults.",
              f"Machines: {machines_text(runs)}.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for key, group in groups.items():
-        env, algo, method, density, detail = key
-        iqm, low, high = iqms[key]
-        dense = dense_key(groups, env, algo)
-        dense_runs = groups[dense] if dense is not None else []
-        dense_iqm = iqms[dense][0] if dense is not None else None
-        cells = (env, algo, method, f"{density} ({detail})" if detail else str(density), str(len(group)),
-                 f"{iqm:.1f} [{low:.1f}, {high:.1f}]",
-                 f"{100 * iqm / dense_iqm:.1f}" if dense_iqm is not None and dense_iqm > 0 else MISSING,
-                 f"{iqm - dense_iqm:+.1f}" if dense_iqm is not None else MISSING,
-                 mean_ratio(summary_ratio(run, "params", dense_runs) for run in group),
-                 final_densities(group),
-                 mean_ratio(summary_ratio(run, "inference_flops", dense_runs) for run in group),
-                 mean_ratio(train_flops_ratio(run, dense_runs) for run in group),
-                 seconds_per_1k_steps(group), mean_ratio(summary_ratio(run, "wall_clock_s_per_1k_steps", dense_runs)
-                                                         for run in group),
-                 mean_ratio(summary_ratio(run, "cpu_s_per_1k_steps", dense_runs) for run in group))
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(group_row(key, groups, iqms)) + " |" for key in groups]
     comparison = comparison_markdown(groups, reps)
     return "\n".join(lines) + "\n" + (f"\n{comparison}" if comparison else "")
 
@@ -368,7 +439,8 @@ def plot_curves(path: Path, title: str, xlabel: str, lines: dict[str, list[Curve
     axes = figure.subplots()
     for label, curves in lines.items():
         x, mean, low, high = seed_band(curves)
-        (line,) = axes.plot(x, mean, label=f"{label} ({len(curves)} seed{'' if len(curves) == 1 else 's'})")
+        (line,) = axes.plot(x, mean, marker="o" if len(x) == 1 else None,  # one point is a dot, not nothing
+                            label=f"{label} ({len(curves)} seed{'' if len(curves) == 1 else 's'})")
         axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     if log_x:
         axes.set_xscale("log")
@@ -382,7 +454,11 @@ def plot_curves(path: Path, title: str, xlabel: str, lines: dict[str, list[Curve
 def at_evaluations(run: Run, column: str, scale: float = 1.0) -> Curve | None:
     """(``column`` interpolated at the run's evaluation steps × ``scale``, evaluation returns); None if unknown."""
     curve = run.curve(column)
-    return None if curve is None else (scale * np.interp(run.eval_steps, *curve), run.eval_returns)
+    if curve is None:
+        return None
+    x = scale * np.interp(run.eval_steps, *curve)
+    counted = x > 0  # an evaluation before the first FLOP (or second) has no place on a log axis
+    return (x[counted], run.eval_returns[counted]) if counted.any() else None
 
 
 def plot_env_algo(groups: dict[GroupKey, list[Run]], env: str, algo: str, out: Path, caption: str = "") -> None:
@@ -390,10 +466,10 @@ def plot_env_algo(groups: dict[GroupKey, list[Run]], env: str, algo: str, out: P
     by_steps: dict[str, list[Curve]] = {}
     by_flops: dict[str, list[Curve]] = {}
     by_hours: dict[str, list[Curve]] = {}
-    for (group_env, group_algo, method, density, detail), group in groups.items():
+    for (group_env, group_algo, method, density, detail, settings), group in groups.items():
         if (group_env, group_algo) != (env, algo):
             continue
-        label = f"{method} d={density}" + (f" ({detail})" if detail else "")
+        label = f"{method} d={density}" + (f" ({detail})" if detail else "") + (f" [{settings}]" if settings else "")
         by_steps[label] = [(run.eval_steps, run.eval_returns) for run in group]
         for lines, column, scale in ((by_flops, "train_flops", 1.0), (by_hours, "wall_clock_s", 1 / 3600)):
             curves = [curve for curve in (at_evaluations(run, column, scale) for run in group) if curve is not None]
@@ -421,20 +497,27 @@ def grid_text(grid: Path, runs: Sequence[Run]) -> str:
     from sparse_rl.sweep import plan_trials
 
     sweep = read_yaml(grid)
-    planned = {(trial.config["env"], trial.run_dir.name) for trial in plan_trials(sweep, Path("."))}
-    done = planned & {(run.env, run.path.name) for run in runs if run.summary is not None}
+    planned = {(trial.config["env"], run_name(trial.config, settings=False)) for trial in plan_trials(sweep, Path("."))}
+    done = planned & {(run.env, run_name(run.config, settings=False)) for run in runs if run.summary is not None}
     return f"Grid {sweep.get('name') or grid.stem} ({grid}): {len(done)} of {len(planned)} runs complete."
 
 
-def write_report(run_dirs: list[Path], out: Path, reps: int = 2000, grid: Path | None = None) -> Path:
+def write_report(run_dirs: list[Path], out: Path, reps: int = 2000, grid: Path | None = None,
+                 include_unfinished: bool = False) -> Path:
     """Write ``results.md`` and the plots of the runs in or under ``run_dirs`` to ``out``; return results.md.
-    With ``grid`` (a sweep file), ``results.md`` and the plots say how many of its runs are complete."""
+    With ``grid`` (a sweep file), ``results.md`` and the plots say how many of its runs are complete.
+    Runs without ``summary.json`` are left out (with a warning) unless ``include_unfinished``."""
     found = find_run_dirs(map(Path, run_dirs))
     if not found:
         raise SystemExit(f"{PROG}: no run directories (with config.yaml) under {', '.join(map(str, run_dirs))}")
     runs = [run for run in map(load_run, found) if run is not None]
+    unfinished = [run for run in runs if not run.finished]
+    if unfinished and not include_unfinished:
+        warn(f"leaving out {len(unfinished)} unfinished run(s) (no summary.json; --include-unfinished adds them, "
+             f"marked): {', '.join(str(run.path) for run in unfinished)}")
+        runs = [run for run in runs if run.finished]
     if not runs:
-        raise SystemExit(f"{PROG}: none of the {len(found)} run directories has evaluations.npz yet")
+        raise SystemExit(f"{PROG}: none of the {len(found)} run directories has a finished run with evaluations")
     groups = group_runs(runs)
     completeness = grid_text(grid, runs) if grid is not None else ""
     out.mkdir(parents=True, exist_ok=True)
@@ -449,15 +532,21 @@ def write_report(run_dirs: list[Path], out: Path, reps: int = 2000, grid: Path |
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: ``python -m sparse_rl.report RUNS... --out DIR``."""
-    parser = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog=f"python -m {PROG}", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories, or directories holding them")
     parser.add_argument("--out", type=Path, required=True, help="directory for results.md and the plots")
     parser.add_argument("--reps", type=at_least(int, 1), default=2000, help="bootstrap resamples for the CIs")
     parser.add_argument("--grid", type=Path, metavar="SWEEP_FILE",
                         help="say how many of this sweep file's runs are complete (in results.md and the plots)")
+    parser.add_argument("--include-unfinished", action="store_true",
+                        help="also report runs without summary.json (interrupted or still running), marked as such")
     args = parser.parse_args(argv)
+    from sparse_rl.quiet import filter_known_warnings  # --grid plans the sweep's runs, which checks their envs
+
+    filter_known_warnings()
     try:
-        print(write_report(args.runs, args.out, reps=args.reps, grid=args.grid))
+        print(write_report(args.runs, args.out, reps=args.reps, grid=args.grid,
+                           include_unfinished=args.include_unfinished))
     except ValueError as error:  # an unreadable or invalid --grid file (ConfigError, SweepError)
         raise SystemExit(f"{PROG}: error: {error}") from None
 

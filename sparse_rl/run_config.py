@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import inspect
 import math
 import re
@@ -245,24 +246,36 @@ def _device_error(value: Any) -> str | None:
 
 
 def check_values(config: Mapping[str, Any]) -> None:
-    """``ConfigError`` for a numeric field out of its range, a learning start at or past the end,
-    or sparsity settings the policy would refuse (all before any env or file exists)."""
-    for path, (check, expected) in NUMERIC_RULES.items():
-        present, value = _lookup(config, path)
-        if present and not check(value):
-            raise ConfigError(f"{path} must be {expected}, got {value!r}")
-    starts = (config.get("algo_kwargs") or {}).get("learning_starts", 100)
-    if starts >= config.get("total_steps", 1):
-        raise ConfigError(f"algo_kwargs.learning_starts ({starts}) must be below total_steps "
-                          f"({config.get('total_steps')}): the run would never train")
+    """``ConfigError`` for sparsity settings the policy would refuse or a numeric field out of its range
+    (each field on its own; :func:`check_cross_fields` checks the rules between fields)."""
     try:
         SparsityConfig.from_kwargs(**(config.get("sparsity") or {}))
     except (TypeError, ValueError) as error:
         raise ConfigError(f"sparsity: {error}") from None
+    for path, (check, expected) in NUMERIC_RULES.items():
+        present, value = _lookup(config, path)
+        if present and not check(value):
+            raise ConfigError(f"{path} must be {expected}, got {value!r}")
+    matched = config.get("param_matched")
+    if matched is not None and (isinstance(matched, bool) or not isinstance(matched, (int, float))
+                                or not 0 < matched < 1):
+        raise ConfigError(f"param_matched must be a density in (0, 1), got {matched!r}")
 
 
-def validate(config: dict[str, Any]) -> None:
-    """``ConfigError`` naming the valid keys for any key that does not exist, or the valid range of a bad value."""
+def check_cross_fields(config: Mapping[str, Any]) -> None:
+    """``ConfigError`` for fields valid on their own that do not fit together: a parameter-matched run
+    that is not dense, a learning start at or past the end."""
+    if config.get("param_matched") is not None and (config.get("sparsity") or {}).get("density", 1.0) != 1.0:
+        raise ConfigError("param_matched trains a narrower dense network; it needs density 1.0")
+    starts = (config.get("algo_kwargs") or {}).get("learning_starts", 100)
+    total = config.get("total_steps", 1)
+    if starts >= total:
+        raise ConfigError(f"algo_kwargs.learning_starts ({starts}) must be below total_steps ({total}): the run "
+                          f"would never train; for a short run lower it too, e.g. --learning-starts {total // 10}")
+
+
+def check_keys(config: Mapping[str, Any]) -> None:
+    """``ConfigError`` naming the valid keys for any key that does not exist."""
     keys = allowed_keys(config["algo"])
     for key in config:
         if key not in keys[""]:
@@ -273,13 +286,17 @@ def validate(config: dict[str, Any]) -> None:
         for key in config.get(section, {}):
             if key not in keys[section]:
                 raise ConfigError(f"unknown config key {section}.{key}; valid: {', '.join(keys[section])}")
-    matched = config.get("param_matched")
-    if matched is not None:
-        if isinstance(matched, bool) or not isinstance(matched, (int, float)) or not 0 < matched < 1:
-            raise ConfigError(f"param_matched must be a density in (0, 1), got {matched!r}")
-        if config.get("sparsity", {}).get("density", 1.0) != 1.0:
-            raise ConfigError("param_matched trains a narrower dense network; it needs density 1.0")
+
+
+def validate(config: dict[str, Any], env_check: Callable[[str], None] | None = None) -> None:
+    """``ConfigError`` for the first bad field in the order a user reads them: unknown keys, each
+    field's own value (density, method, numeric ranges), the env (``env_check``, when given), and
+    only then the rules between fields."""
+    check_keys(config)
     check_values(config)
+    if env_check is not None:
+        env_check(str(config["env"]))
+    check_cross_fields(config)
 
 
 EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -322,8 +339,9 @@ def set_path(config: dict[str, Any], path: str, value: Any) -> None:
 
 
 def build_config(algo: str, env: str, config_file: Path | None, cli: Mapping[str, Any],
-                 overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The effective run config: file defaults < env section < CLI flags < ``--set`` overrides (path: value)."""
+                 overrides: Mapping[str, Any], env_check: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The effective run config: file defaults < env section < CLI flags < ``--set`` overrides (path: value),
+    validated (:func:`validate`, with ``env_check``)."""
     data = with_numbers(read_yaml(config_file or default_config_path(algo)))
     unknown = set(data) - {"defaults", "envs"}
     if unknown:
@@ -335,8 +353,77 @@ def build_config(algo: str, env: str, config_file: Path | None, cli: Mapping[str
             set_path(config, path, with_numbers(value))
     for path, value in overrides.items():
         set_path(config, path, with_numbers(copy.deepcopy(value)))
-    validate(config)
+    validate(config, env_check)
     return config
+
+
+LABELLED_SECTIONS = ("algo_kwargs", "policy_kwargs")
+LABELLED_TOP = ("total_steps", "n_envs", "action_noise_std")
+"""Config fields that change what a run trains: one away from its default shows in the run's label.
+``seed``, ``env``, ``algo`` and the sparsity fields have their own places in a name; ``eval_*``,
+``checkpoint_freq``, ``threads`` and ``device`` change how a run is measured or where it runs, not what it learns."""
+SHORT_NAMES = {"total_steps": "t", "n_envs": "envs", "action_noise_std": "noise", "algo_kwargs.learning_rate": "lr",
+               "algo_kwargs.learning_starts": "ls", "algo_kwargs.batch_size": "bs", "algo_kwargs.buffer_size": "buf",
+               "policy_kwargs.net_arch": "arch", "policy_kwargs.n_critics": "critics",
+               "policy_kwargs.activation_fn": "act"}
+LABEL_SPARSITY_KEYS = ("density", "actor_density", "critic_density", "method", "width_multiplier", "iso_params",
+                       "backend", "prune", "grow", "prune_kwargs", "grow_kwargs", "sparse_init")
+"""Sparsity fields the label shows elsewhere (or that only change how a layer computes: ``backend``)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _packaged_defaults(algo: str, env: str) -> str:
+    data = with_numbers(read_yaml(default_config_path(algo)))
+    return yaml.safe_dump(_merge(data.get("defaults") or {}, (data.get("envs") or {}).get(env_family(env)) or {}))
+
+
+def short_name(path: str) -> str:
+    """A changed setting's name in a label: :data:`SHORT_NAMES`, else the key (``tau``, ``update_interval``),
+    with its section for ``policy_kwargs`` and ``rlx2``, whose keys SAC's own arguments share (``use_sde``,
+    ``n_steps``)."""
+    section, _, key = path.rpartition(".")
+    return SHORT_NAMES.get(path) or (path.replace("policy_kwargs.", "policy.") if section in ("policy_kwargs", "rlx2")
+                                     else key)
+
+
+def short_value(value: Any) -> str:
+    """``100k``, ``0.001``, ``64x64`` (a list), ``none`` (an empty one), ``pi64.qf256`` (a mapping)."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, int) and value and value % 1000 == 0:
+        return f"{value // 1_000_000}M" if value % 1_000_000 == 0 else f"{value // 1000}k"
+    if isinstance(value, (int, float)):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "x".join(map(short_value, value)) or "none"
+    if isinstance(value, dict):
+        return ".".join(f"{key}{short_value(item)}" for key, item in sorted(value.items()))
+    return re.sub(r"[^A-Za-z0-9.+-]", "_", str(value).rsplit(".", 1)[-1])
+
+
+def changed_settings(config: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """(path, value) of each field of :data:`LABELLED_TOP`, :data:`LABELLED_SECTIONS`, the sparsity
+    schedule and (for ``rlx2``) the ``rlx2`` section that differs from the packaged default of its algo,
+    env and method, sorted by path."""
+    if config.get("algo") not in ALGO_NAMES or "env" not in config:
+        return ()
+    defaults = yaml.safe_load(_packaged_defaults(str(config["algo"]), str(config["env"])))
+    sparsity = config.get("sparsity") or {}
+    defaults["sparsity"] = SparsityConfig.from_kwargs(method=sparsity.get("method", "rigl"),
+                                                      density=sparsity.get("density", 1.0)).as_kwargs()
+    paths = [*LABELLED_TOP, *(f"{section}.{key}" for section in LABELLED_SECTIONS for key in config.get(section) or {})]
+    resolved = SparsityConfig.from_kwargs(**sparsity)
+    if config.get("param_matched") is None and not (resolved.is_dense and not resolved.iso_params):  # else no schedule
+        paths += [f"sparsity.{key}" for key in sparsity if key not in LABEL_SPARSITY_KEYS]
+    if sparsity.get("method") == "rlx2":
+        paths += [f"rlx2.{key}" for key in config.get("rlx2") or {}]
+    changed = []
+    for path in sorted(paths, key=lambda path: ("." in path, path)):  # the budget first
+        present, value = _lookup(config, path)
+        known, default = _lookup(defaults, path)
+        if present and (not known or with_numbers(value) != default):
+            changed.append((path, value))
+    return tuple(changed)
 
 
 @dataclass(frozen=True)
@@ -347,7 +434,8 @@ class RunLabel:
     parameter-matched dense baseline (``density`` is then the density it matches), else the
     method with what it changes of its preset (:func:`~sparse_rl.methods.method_label`).
     ``networks`` lists the actor/critic densities that differ from ``density``; ``width`` is the
-    width multiplier and ``iso_params`` whether the density follows from it.
+    width multiplier and ``iso_params`` whether the density follows from it; ``settings`` the
+    other fields away from their defaults (:func:`changed_settings`).
     """
 
     method: str
@@ -355,12 +443,23 @@ class RunLabel:
     networks: tuple[tuple[str, float], ...] = ()
     width: int = 1
     iso_params: bool = False
+    settings: tuple[tuple[str, Any], ...] = ()
 
-    def __str__(self) -> str:
+    @property
+    def settings_text(self) -> str:
+        """``-t100k-arch64x64-lr0.001``: the changed settings as the name shows them; empty if none."""
+        return "".join(f"-{short_name(path)}{short_value(value)}" for path, value in self.settings)
+
+    @property
+    def core(self) -> str:
+        """The label without its settings (the names of ledger records)."""
         if self.iso_params:  # the density follows from the width
             return f"{self.method}-w{self.width}-iso"
         text = f"{self.method}-d{self.density:g}" + "".join(f"-{net[0]}{d:g}" for net, d in self.networks)
         return text + (f"-w{self.width}" if self.width > 1 else "")
+
+    def __str__(self) -> str:
+        return self.core + self.settings_text
 
     @property
     def detail(self) -> str:
@@ -373,21 +472,24 @@ class RunLabel:
 def run_label(config: Mapping[str, Any]) -> RunLabel:
     """The label of the run ``config`` describes; ``sparse_rl.train`` names its directory
     ``<algo>-<label>-s<seed>`` and ``sparse_rl.report`` groups runs by it."""
+    settings = changed_settings(config)
     if config.get("param_matched") is not None:
-        return RunLabel("matched", float(config["param_matched"]))
+        return RunLabel("matched", float(config["param_matched"]), settings=settings)
     sparsity = config.get("sparsity") or {}
     try:
-        settings = SparsityConfig.from_kwargs(**sparsity)
+        resolved = SparsityConfig.from_kwargs(**sparsity)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"sparsity: {error}") from None
-    differing = tuple((net, settings.network_density(net)) for net in NETWORKS
-                      if settings.network_density(net) != settings.density)
-    if settings.is_dense and not settings.iso_params:
-        return RunLabel("dense", settings.density, width=settings.width_multiplier)
-    return RunLabel(method_label(sparsity), settings.density, differing, settings.width_multiplier,
-                    settings.iso_params)
+    differing = tuple((net, resolved.network_density(net)) for net in NETWORKS
+                      if resolved.network_density(net) != resolved.density)
+    if resolved.is_dense and not resolved.iso_params:
+        return RunLabel("dense", resolved.density, width=resolved.width_multiplier, settings=settings)
+    return RunLabel(method_label(sparsity), resolved.density, differing, resolved.width_multiplier,
+                    resolved.iso_params, settings)
 
 
-def run_name(config: Mapping[str, Any]) -> str:
-    """``<algo>-<label>-s<seed>``: ``sac-rigl-d0.1-s0``, ``sac-dense-d1-s0``, ``sac-matched-d0.1-s0``."""
-    return f"{config['algo']}-{run_label(config)}-s{config['seed']}"
+def run_name(config: Mapping[str, Any], settings: bool = True) -> str:
+    """``<algo>-<label>-s<seed>``: ``sac-rigl-d0.1-s0``, ``sac-dense-d1-t100k-arch64x64-s0``,
+    ``sac-matched-d0.1-s0``; with ``settings=False`` without the changed settings (ledger records)."""
+    label = run_label(config)
+    return f"{config['algo']}-{label if settings else label.core}-s{config['seed']}"

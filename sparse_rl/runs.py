@@ -27,6 +27,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,7 +37,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 import yaml
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback, ProgressBarCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
@@ -45,8 +46,10 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sparse_rl.backends import kernels
 from sparse_rl.backends.auto import auto_rule
+from sparse_rl.buffer_io import load_buffer, save_buffer
 from sparse_rl.flops import active_weights
 from sparse_rl.machine import cpu_model
+from sparse_rl.quiet import mujoco_log_to
 from sparse_rl.run_config import ConfigError, algo_classes, build_config, check_device, read_yaml, run_name, validate
 from sparse_rl.sb3 import SparseCrossQPolicy, SparseMetricsCallback, SparseSACPolicy, SparseTD3Policy, SparseTQCPolicy
 from sparse_rl.sb3.flops import inference_flops
@@ -58,12 +61,15 @@ if TYPE_CHECKING:
     from sparse_rl.ledger import Ledger
 
 CHECKPOINT = "checkpoint"
+CHECKPOINT_EVERY = 10_000
+"""Env steps between checkpoints when the config does not say (``checkpoint_freq``)."""
 OPTION_PATHS = {"seed": "seed", "total_steps": "total_steps", "n_envs": "n_envs", "eval_freq": "eval_freq",
                 "eval_episodes": "eval_episodes", "threads": "threads", "device": "device",
                 "param_matched": "param_matched", "density": "sparsity.density",
                 "actor_density": "sparsity.actor_density", "critic_density": "sparsity.critic_density",
                 "method": "sparsity.method", "width_multiplier": "sparsity.width_multiplier",
-                "iso_params": "sparsity.iso_params", "backend": "sparsity.backend"}
+                "iso_params": "sparsity.iso_params", "backend": "sparsity.backend",
+                "learning_starts": "algo_kwargs.learning_starts"}
 """Run options (the train CLI's flags, a sweep trial's keys) and the config path each one sets."""
 OPTION_KEYS = ("algo", "env", "config", "set", *OPTION_PATHS)
 
@@ -97,10 +103,8 @@ def make_config(options: Mapping[str, Any]) -> dict[str, Any]:
     config_file = options.get("config")
     cli = {path: options.get(key) for key, path in OPTION_PATHS.items()}
     cli["seed"] = 0 if cli["seed"] is None else cli["seed"]
-    config = build_config(options.get("algo") or "sac", options["env"], Path(config_file) if config_file else None,
-                          cli, options.get("set") or {})
-    check_env(config["env"])
-    return config
+    return build_config(options.get("algo") or "sac", options["env"], Path(config_file) if config_file else None,
+                        cli, options.get("set") or {}, env_check=check_env)
 
 
 @functools.lru_cache(maxsize=None)
@@ -183,7 +187,7 @@ def load_model(run_dir: Path, config: Mapping[str, Any]) -> OffPolicyAlgorithm:
     env = make_vec_env(config["env"], n_envs=config.get("n_envs", 1), seed=config["seed"] + 1000)
     model = algo_classes(config["algo"])[0].load(checkpoint / "model.zip", env=env, device=config.get("device", "cpu"),
                                                  tensorboard_log=str(run_dir))
-    model.load_replay_buffer(checkpoint / "replay_buffer.pkl")
+    load_buffer(model, checkpoint / "replay_buffer.pkl")
     return model
 
 
@@ -296,7 +300,7 @@ class RunCallback(BaseCallback):
         shutil.rmtree(fresh, ignore_errors=True)
         fresh.mkdir()
         self.model.save(fresh / "model.zip")
-        self.model.save_replay_buffer(fresh / "replay_buffer.pkl")
+        save_buffer(self.model, fresh / "replay_buffer.pkl")
         state = {**self.metrics.flops_state(), "wall_clock_s": self.wall_clock_s, "cpu_s": self.cpu_s,
                  "env_steps": int(self.model.num_timesteps), "gradient_steps": int(self.model._n_updates)}
         (fresh / "state.json").write_text(json.dumps(state))
@@ -418,7 +422,9 @@ def start_run(config: dict[str, Any], logdir: Path, progress_bar: bool = False, 
     torch.set_num_threads(config.get("threads", 1))
     model = build_model(config, run_dir)
     run_dir.mkdir(parents=True)
+    mujoco_log_to(run_dir)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    print(start_text(run_dir, config, 0), flush=True)
     return _train(model, config, run_dir, progress_bar, ledger)
 
 
@@ -432,7 +438,35 @@ def resume_run(run_dir: Path, progress_bar: bool = False, ledger: Ledger | None 
     validate(config)
     check_device(config)
     torch.set_num_threads(config.get("threads", 1))
-    return _train(load_model(run_dir, config), config, run_dir, progress_bar, ledger, resumed=True)
+    mujoco_log_to(run_dir)
+    model = load_model(run_dir, config)
+    print(start_text(run_dir, config, model.num_timesteps), flush=True)
+    return _train(model, config, run_dir, progress_bar, ledger, resumed=True)
+
+
+def start_text(run_dir: Path, config: Mapping[str, Any], step: int) -> str:
+    """What a run prints first: its directory, the step it starts from, and how to stop and resume it."""
+    steps = f"resuming from step {step:,} of {config['total_steps']:,}" if step else \
+        f"training {config['total_steps']:,} env steps"
+    return (f"run directory: {run_dir} ({steps}; checkpoint every {config.get('checkpoint_freq', CHECKPOINT_EVERY):,} "
+            f"steps)\nCtrl-C stops it safely (a checkpoint is written); continue with:\n"
+            f"  python -m sparse_rl.train --resume {run_dir}")
+
+
+class RunProgressBar(ProgressBarCallback):
+    """SB3's progress bar over the run's whole budget, starting at the step a resumed run reached."""
+
+    def __init__(self, total_steps: int) -> None:
+        super().__init__()
+        self.total_steps = total_steps
+
+    def _on_training_start(self) -> None:
+        from tqdm import TqdmExperimentalWarning
+        from tqdm.rich import tqdm
+
+        with warnings.catch_warnings():  # as SB3's own bar: tqdm calls its rich bar experimental
+            warnings.simplefilter("ignore", TqdmExperimentalWarning)
+            self.pbar = tqdm(total=self.total_steps, initial=self.model.num_timesteps)
 
 
 def _train(model: OffPolicyAlgorithm, config: Mapping[str, Any], run_dir: Path, progress_bar: bool,
@@ -442,13 +476,14 @@ def _train(model: OffPolicyAlgorithm, config: Mapping[str, Any], run_dir: Path, 
     if state:
         metrics.load_flops_state(state)
     evaluation = make_eval_callback(config, run_dir, model.num_timesteps)
-    run_callback = RunCallback(run_dir, config.get("checkpoint_freq", 50_000), metrics,
+    run_callback = RunCallback(run_dir, config.get("checkpoint_freq", CHECKPOINT_EVERY), metrics,
                                float(state.get("wall_clock_s", 0.0)), float(state.get("cpu_s", 0.0)))
     try:
         with stop_on_signals(run_callback):
             model.learn(max(0, config["total_steps"] - model.num_timesteps), tb_log_name="tb",
-                        callback=CallbackList([metrics, evaluation, run_callback]),
-                        reset_num_timesteps=not resumed, progress_bar=progress_bar)
+                        callback=CallbackList([metrics, evaluation, run_callback,
+                                               *([RunProgressBar(config["total_steps"])] if progress_bar else [])]),
+                        reset_num_timesteps=not resumed)
             run_callback.check_finite()
     except RunInterrupted:
         run_callback.save()

@@ -28,8 +28,12 @@ at all, so a grid continues across sessions and machines from its committed reco
 
 Locally each trial gets one CPU (and one torch thread), so as many trials run at once as the
 machine has cores (``--max-concurrent`` to lower it). ``--address`` (or ``RAY_ADDRESS``) sends
-the trials to an existing Ray cluster whose nodes have ``sparse_rl`` installed; give ``--logdir``
-(and ``--ledger``) paths all nodes share. Needs the ``sweep`` extra: ``pip install -e ".[sweep]"``.
+the trials to an existing Ray cluster (``ray start --head`` prints its address) whose nodes have
+``sparse_rl`` installed with the same Ray and Python; give ``--logdir`` (and ``--ledger``) paths all
+nodes share. A token in ``~/.ray/auth_token`` (or ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH``) is sent
+to the cluster; a cluster that refuses is one line naming why (:mod:`sparse_rl.ray_cluster`). The
+console shows one line per trial state change, trials named by their run label (``--verbose``: Ray's
+own output). Needs the ``sweep`` extra: ``pip install -e ".[sweep]"``.
 """
 
 from __future__ import annotations
@@ -40,13 +44,12 @@ import json
 import math
 import os
 import shutil
-import socket
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sparse_rl.cli import OneLineParser, fail, missing_extra
 from sparse_rl.ledger import Ledger
 from sparse_rl.run_config import ConfigError, at_least, read_yaml
 from sparse_rl.runs import CHECKPOINT, OPTION_KEYS, make_config, run_dir_of
@@ -70,7 +73,8 @@ class Trial:
 
     @property
     def name(self) -> str:
-        return f"{self.run_dir.parent.name}_{self.run_dir.name}"
+        """The run's name (its label and seed, :func:`~sparse_rl.run_config.run_name`): Ray's trial name."""
+        return self.run_dir.name
 
     @property
     def finished(self) -> bool:
@@ -154,7 +158,9 @@ def run_trial(params: dict[str, Any]) -> None:
     from ray import tune
 
     from sparse_rl import runs
+    from sparse_rl.quiet import filter_known_warnings
 
+    filter_known_warnings()  # in the worker too: MuJoCo's log goes to the run directory
     spec = params["trial"]
     run_dir = Path(spec["run_dir"])
     ledger = Ledger(Path(spec["ledger"]), spec["grid"]) if spec["ledger"] else None
@@ -169,55 +175,22 @@ def run_trial(params: dict[str, Any]) -> None:
     tune.report({"final_return": math.nan if final is None else final, "env_steps": summary["env_steps"]})
 
 
-def check_reachable(address: str) -> None:
-    """``SweepError`` naming ``address`` and how a cluster is started, unless something listens there."""
-    host_port = address.split("://", 1)[-1]
-    host, _, port = host_port.rpartition(":")
-    if host_port == "auto" or not port.isdigit():
-        return
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
-    except OSError as error:
-        raise SweepError(f"cannot reach a Ray cluster at {address} ({error.strerror or error}); start one with "
-                         "`ray start --head` and pass the address it prints, or leave out --address to run "
-                         "locally") from None
-
-
 def run_on_ray(trials: list[Trial], logdir: Path, name: str, options: argparse.Namespace,
                ledger: Ledger | None) -> dict[Path, str]:
     """Run ``trials`` on Ray Tune; the error text of each trial that failed, by run directory."""
     import ray
-    from ray import tune
 
-    address = options.address or os.environ.get("RAY_ADDRESS")
-    if address is None:
-        ray.init(num_cpus=options.max_concurrent or os.cpu_count(), include_dashboard=False, configure_logging=False)
-    else:
-        check_reachable(address)
-        try:
-            ray.init(address=address, configure_logging=False)
-        except Exception as error:  # Ray raises ConnectionError, RuntimeError or its own, depending on the mode
-            raise SweepError(f"cannot connect to the Ray cluster at {address} ({type(error).__name__}); start "
-                             "one with `ray start --head`, or leave out --address to run locally") from None
-    specs = [{"config": t.config, "run_dir": str(t.run_dir), "name": t.name,
+    from sparse_rl.ray_cluster import ClusterError, connect, tune_trials
+
+    try:
+        connect(options.address or os.environ.get("RAY_ADDRESS"), options.max_concurrent, options.verbose)
+    except ClusterError as error:
+        raise SweepError(str(error)) from None
+    specs = [{"config": t.config, "run_dir": str(t.run_dir), "name": t.name, "dirname": f"{t.config['env']}_{t.name}",
               "ledger": str(ledger.root.resolve()) if ledger else None, "grid": ledger.grid if ledger else name}
              for t in trials]
     try:
-        trainable = tune.with_resources(run_trial, {"cpu": 1, "gpu": options.gpus_per_trial})
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"trial": tune.grid_search(specs)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent,
-                                        trial_name_creator=lambda trial: trial.config["trial"]["name"],
-                                        trial_dirname_creator=lambda trial: trial.config["trial"]["name"]),
-            run_config=tune.RunConfig(name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                      storage_path=str(logdir / "ray_results"),
-                                      failure_config=tune.FailureConfig(max_failures=options.max_failures),
-                                      verbose=1),
-        )
-        results = tuner.fit()
-        failed = [results[index] for index in range(len(results)) if results[index].error is not None]
-        return {Path((result.config or {})["trial"]["run_dir"]): str(result.error).strip() for result in failed}
+        return tune_trials(run_trial, specs, logdir, name, options)
     finally:
         ray.shutdown()
 
@@ -243,8 +216,8 @@ def status_table(trials: list[Trial], records: dict[Path, Path], skipped: set[Pa
 
 
 def parse_sweep_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", type=Path, help="sweep YAML file (see configs/sweeps/)")
     parser.add_argument("--logdir", type=Path, help="root of the run directories (default: the file's logdir, "
                                                     "else runs/sweeps/<name>)")
@@ -258,11 +231,31 @@ def parse_sweep_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-failures", type=at_least(int, 0),
                         help="retries of a failing trial (default: the file's, else 2)")
     parser.add_argument("--dry-run", action="store_true", help="list the trials and what is done, and exit")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Ray's own console output (its trial tables, worker logs) instead of one line per trial "
+                             "state change")
     return parser.parse_args(argv)
 
 
+def send_token(address: str | None) -> None:
+    """Send this machine's Ray auth token to the cluster at ``address``: set ``RAY_AUTH_MODE=token`` (before
+    Ray is imported, which reads it) when a token is where Ray looks for one and the variable is unset."""
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if address and "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or path.is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Plan, run and summarise a sweep; bad input is one line and exit status 2."""
     args = parse_sweep_args(argv)
+    send_token(args.address or os.environ.get("RAY_ADDRESS"))
+    try:
+        import ray  # noqa: F401  (the sweep extra)
+    except ImportError as error:
+        missing_extra(PROG, error, "sweep")
+    from sparse_rl.quiet import filter_known_warnings
+
+    filter_known_warnings()
     try:
         sweep = read_yaml(args.sweep)
         name = str(sweep.get("name") or args.sweep.stem)
@@ -275,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
             if ledger is not None and not args.dry_run and trial.finished and trial.run_dir not in records:
                 records[trial.run_dir] = ledger.add(trial.run_dir)
     except ValueError as error:  # SweepError, ConfigError
-        raise SystemExit(f"{PROG}: error: {error}") from None
+        fail(PROG, str(error))
     args.max_failures = args.max_failures if args.max_failures is not None else int(sweep.get("max_failures", 2))
     skipped = {trial.run_dir for trial in trials if trial.finished or trial.run_dir in records}
     pending = [trial for trial in trials if trial.run_dir not in skipped]
@@ -288,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         errors = run_on_ray(pending, logdir.resolve(), name, args, ledger) if pending else {}
     except SweepError as error:
-        raise SystemExit(f"{PROG}: error: {error}") from None
+        fail(PROG, str(error))
     print(f"\n{PROG}: {name}:\n{status_table(trials, records, skipped, errors)}")
     unfinished = [trial for trial in trials if not (trial.finished or trial.run_dir in records)]
     if unfinished:

@@ -5,7 +5,10 @@
     python -m sparse_rl.train --resume runs/HalfCheetah-v4/sac-rigl-d0.5-s0
     python -m sparse_rl.train --env HalfCheetah-v4 --density 0.1 --ledger results/ledger --grid mine
 
-A run directory ``<logdir>/<env>/<algo>-<method>-d<density>-s<seed>/`` holds ``config.yaml``
+A short run needs a learning start below its budget: ``--total-steps 2000 --learning-starts 200``.
+Bad input is one line on stderr and exit status 2, before any env is built or file written.
+
+A run directory ``<logdir>/<env>/<algo>-<method>-d<density>[-<settings>]-s<seed>/`` holds ``config.yaml``
 (the effective config), TensorBoard events (``tb_1/``), ``evaluations.npz`` (SB3's
 EvalCallback, always with an evaluation at the last step), ``checkpoint/`` (model, replay
 buffer, FLOP counters, wall-clock; for ``--resume``), ``model.zip`` and ``summary.json`` at the
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sparse_rl.backends import BACKENDS
+from sparse_rl.cli import OneLineParser, fail
 from sparse_rl.methods import METHODS
 from sparse_rl.run_config import ALGO_NAMES, parse_override
 
@@ -29,8 +33,8 @@ PROG = "sparse_rl.train"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m {PROG}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog=f"python -m {PROG}", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algo", choices=list(ALGO_NAMES), default="sac", help="SB3 algorithm (default: sac)")
     parser.add_argument("--env", help="gymnasium env id with a Box action space, e.g. HalfCheetah-v4")
     parser.add_argument("--density", type=float, help="global fraction of active weights in (0, 1]; 1.0 = dense")
@@ -48,7 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="how sparse layers compute: masked (dense kernels on masked weights), sparse (active "
                              "weights only) or auto (per layer, from this machine's table: run python -m "
                              "sparse_rl.calibrate once; the default)")
-    parser.add_argument("--total-steps", type=int, help="environment steps to train for")
+    parser.add_argument("--total-steps", type=int,
+                        help="environment steps to train for (default from the config: 1,000,000 for MuJoCo, about "
+                             "5.5 h of HalfCheetah on a 2-core Xeon; a short run also needs --learning-starts)")
+    parser.add_argument("--learning-starts", type=int, metavar="N",
+                        help="random-action steps before learning starts (default from the config: 10,000); must be "
+                             "below --total-steps, so a short run is e.g. --total-steps 2000 --learning-starts 200")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--n-envs", type=int, help="parallel environments (default: 1)")
     parser.add_argument("--config", type=Path, help="YAML config file (default: the packaged configs/<algo>.yaml)")
@@ -77,7 +86,7 @@ def run_options(args: argparse.Namespace) -> dict[str, Any]:
     options = {key: getattr(args, key) for key in (
         "algo", "env", "seed", "density", "actor_density", "critic_density", "method", "param_matched",
         "width_multiplier", "iso_params", "backend", "total_steps", "n_envs", "eval_freq", "eval_episodes", "threads",
-        "device", "config")}
+        "device", "config", "learning_starts")}
     options["set"] = dict(parse_override(assignment) for assignment in args.overrides)
     return options
 
@@ -95,7 +104,11 @@ def train(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Train; bad input (a flag, a config value, an existing run directory) is one line and exit status 2."""
     args = parse_args(argv)
+    from sparse_rl.quiet import filter_known_warnings
+
+    filter_known_warnings()
     from sparse_rl.runs import RunDiverged, RunInterrupted
 
     try:
@@ -103,8 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     except RunInterrupted as stop:
         print(f"\n{stop}", file=sys.stderr)
         raise SystemExit(stop.exit_code) from None
-    except (ValueError, RunDiverged) as error:  # ConfigError, the policy's own checks, divergence
+    except RunDiverged as error:
         raise SystemExit(f"{PROG}: error: {error}") from None
+    except ValueError as error:  # ConfigError, the policy's own checks
+        fail(f"python -m {PROG}", str(error))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from run_dirs import only_run
 
 from sparse_rl import ledger, report, runs, sweep
 from sparse_rl.backends.auto import AUTO_RULE
@@ -86,7 +88,7 @@ def test_train_records_a_single_run_in_a_ledger(tmp_path):
 
 def test_add_command_records_finished_runs_and_skips_unfinished_ones(recorded, tmp_path, capsys):
     run_root, _ = recorded
-    run_dir = run_root / "Pendulum-v1" / "sac-rigl-d0.2-s0"
+    run_dir = only_run(run_root / "Pendulum-v1", "sac-rigl-d0.2-s0")
     ledger.main(["add", str(run_dir), "--ledger", str(tmp_path / "book"), "--grid", "g"])
     record = tmp_path / "book" / "g" / "Pendulum-v1" / "sac-rigl-d0.2-s0"
     assert f"{run_dir} -> {record}" in capsys.readouterr().out
@@ -115,9 +117,11 @@ def test_sweep_skips_recorded_trials_and_refuses_a_changed_config(recorded, tmp_
     assert "1 trials, 1 recorded in the ledger" in capsys.readouterr().out
     changed = write_sweep(tmp_path, name="tiny", base={**TINY, "set": {**RUN["set"], "algo_kwargs.batch_size": 64}},
                           grid={"density": [1.0]})
-    with pytest.raises(SystemExit, match="holds another config than the trial .*algo_kwargs.batch_size: recorded 32, "
-                                         "planned 64"):
+    with pytest.raises(SystemExit) as exit_info:
         sweep.main([str(changed), "--logdir", str(tmp_path / "fresh"), "--ledger", str(ledger_root), "--dry-run"])
+    assert exit_info.value.code == 2
+    assert re.search("holds another config than the trial .*algo_kwargs.batch_size: recorded 32, planned 64",
+                     capsys.readouterr().err)
 
 
 def test_series_of_a_run_without_its_own_tags_comes_from_event_times_and_layer_sizes(tmp_path):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from run_dirs import only_run
 from stable_baselines3 import SAC, TD3
 
 from sparse_rl import train
@@ -25,7 +26,8 @@ def test_every_method_trains_sac_through_the_cli_keeps_invariants_and_round_trip
     train.main(["--env", "Pendulum-v1", "--method", method, *density_args, "--logdir", str(tmp_path), *FAST,
                 *EXTRA.get(method, [])])
     label = {"thresholds": "thresholds+threshold_alpha0.05", "halo": "halo+prune_end300+prune_start100"}
-    run_dir = tmp_path / "Pendulum-v1" / f"sac-{label.get(method, method)}-d{1 if learns_density else DENSITY:g}-s0"
+    density = 1 if learns_density else DENSITY
+    run_dir = only_run(tmp_path / "Pendulum-v1", f"sac-{label.get(method, method)}-d{density:g}-s0")
     model = SAC.load(run_dir / "model.zip")
     for net in ("actor", "critic"):
         layers = getattr(model.policy, f"{net}_topology").layers
@@ -55,7 +57,7 @@ def test_every_method_trains_sac_through_the_cli_keeps_invariants_and_round_trip
 def test_td3_trains_through_the_cli_with_targets_of_the_online_count(method, tmp_path):
     train.main(["--algo", "td3", "--env", "Pendulum-v1", "--method", method, "--density", str(DENSITY),
                 "--logdir", str(tmp_path), *FAST])
-    model = TD3.load(tmp_path / "Pendulum-v1" / f"td3-{method}-d{DENSITY:g}-s0" / "model.zip")
+    model = TD3.load(only_run(tmp_path / "Pendulum-v1", f"td3-{method}-d{DENSITY:g}-s0") / "model.zip")
     for net in ("actor", "critic"):
         controller = getattr(model.policy, f"{net}_topology")
         assert int(controller.num_updates) > 0

@@ -13,7 +13,7 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from sparse_rl.report import COLUMNS, PAIR_COLUMNS, improvement_probability, iqm_with_ci, main, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV, ALGO, STEPS, REPS = "Pendulum-v1", "sac", 10_000, 200
+ENV, ALGO, STEPS, REPS = "Pendulum-v1", "sac", 20_000, 200  # Pendulum's default budget: no settings
 DENSE_FINALS, SPARSE_FINALS = [100.0, 120.0, 200.0], [80.0, 90.0, 130.0]
 SPARSE_TRAIN_FLOPS = 0.3
 """Sparse training FLOPs as a fraction of dense in the fabricated runs."""
@@ -223,7 +223,7 @@ def test_run_without_evaluations_is_skipped(report, tmp_path, capsys):
 
 
 def test_training_flops_fall_back_to_tensorboard_without_summary(tmp_path):
-    results = write_report([make_runs(tmp_path, summary=False)], tmp_path / "out", reps=REPS)
+    results = write_report([make_runs(tmp_path, summary=False)], tmp_path / "out", reps=REPS, include_unfinished=True)
     sparse = table_rows(results)[1]
     assert [sparse[c] for c in RATIO_COLUMNS] == ["—", "—", "0.30×"]
 
@@ -244,7 +244,7 @@ def test_runs_differing_in_a_criterion_parameter_are_separate_rows(tmp_path):
         config["sparsity"].update(method="dst-ee", grow_kwargs={"c": 0.01})
         (run / "config.yaml").write_text(yaml.safe_dump(config))
     results = write_report([runs], tmp_path / "out", reps=REPS).read_text()
-    assert "| dst-ee+c0.01 | 0.1 | 3 |" in results and "| rigl | 0.1 | 3 |" in results
+    assert "| dst-ee+c0.01 | 0.1 | default | 3 |" in results and "| rigl | 0.1 | default | 3 |" in results
 
 
 def test_report_and_ledger_import_without_stable_baselines3():

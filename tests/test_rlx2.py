@@ -5,9 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from run_dirs import only_run
 from stable_baselines3 import SAC, TD3
 
 from sparse_rl import train
+from sparse_rl.buffer_io import load_buffer
 from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
 from tests.test_train_cli import FAST, scalars
 
@@ -98,9 +100,9 @@ def test_buffer_without_its_model_is_a_clear_error():
 def test_rlx2_trains_through_the_cli_with_exact_counts_and_logs_the_buffer(tmp_path):
     train.main(["--env", "Pendulum-v1", "--method", "rlx2", "--density", "0.2", "--logdir", str(tmp_path), *FAST,
                 "--set", "rlx2.check_interval=200", "--set", "rlx2.min_size=100", "--set", "rlx2.n_step_delay=100"])
-    run_dir = tmp_path / "Pendulum-v1" / "sac-rlx2-d0.2-s0"
+    run_dir = only_run(tmp_path / "Pendulum-v1", "sac-rlx2-d0.2-s0")
     model = SAC.load(run_dir / "model.zip")
-    model.load_replay_buffer(run_dir / "checkpoint" / "replay_buffer.pkl")
+    load_buffer(model, run_dir / "checkpoint" / "replay_buffer.pkl")
     assert isinstance(model.replay_buffer, RLx2ReplayBuffer) and model.replay_buffer.n_steps == 3
     summary = __import__("json").loads((run_dir / "summary.json").read_text())
     assert summary["params"] == pytest.approx(0.2 * summary["dense_params"], abs=2)

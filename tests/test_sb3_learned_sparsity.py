@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from run_dirs import only_run
 from stable_baselines3 import SAC, TD3
 
 from sparse_rl import train
@@ -16,7 +17,7 @@ from tests.test_train_cli import FAST, run_cli, scalars
 def test_thresholds_learn_density_that_is_logged_and_priced(tmp_path):
     train.main(["--env", "Pendulum-v1", "--method", "thresholds", "--logdir", str(tmp_path), *FAST,
                 "--set", "sparsity.threshold_alpha=0.05"])
-    run_dir = tmp_path / "Pendulum-v1" / "sac-thresholds+threshold_alpha0.05-d1-s0"
+    run_dir = only_run(tmp_path / "Pendulum-v1", "sac-thresholds+threshold_alpha0.05-d1-s0")
     model = SAC.load(run_dir / "model.zip")
     layers = {**threshold_layers(model.policy.actor), **threshold_layers(model.policy.critic)}
     assert len(layers) == 4 + 6 and all(isinstance(layer, ThresholdLinear) for layer in layers.values())
@@ -57,7 +58,7 @@ def test_halo_prunes_to_the_exact_global_density_and_keeps_zeros(tmp_path, algo)
     train.main(["--algo", algo, "--env", "Pendulum-v1", "--method", "halo", "--density", "0.2",
                 "--logdir", str(tmp_path), *FAST, "--set", "sparsity.prune_start=100",
                 "--set", "sparsity.prune_end=300", "--set", "sparsity.update_interval=100"])
-    run_dir = tmp_path / "Pendulum-v1" / f"{algo}-halo+prune_end300+prune_start100-d0.2-s0"
+    run_dir = only_run(tmp_path / "Pendulum-v1", f"{algo}-halo+prune_end300+prune_start100-d0.2-s0")
     model = (SAC if algo == "sac" else TD3).load(run_dir / "model.zip")
     policy = model.policy
     targets = {"critic": policy.critic_target, "actor": getattr(policy, "actor_target", None)}

@@ -67,7 +67,9 @@ def test_every_committed_sweep_plans_valid_distinct_runs(path, tmp_path):
 def test_trials_are_train_runs_with_distinct_directories(tmp_path):
     trials = plan_trials({"base": TINY, "grid": {"density": [1.0, 0.2]}, "trials": [{"param_matched": 0.2}]},
                          tmp_path)
-    assert [t.run_dir.name for t in trials] == ["sac-dense-d1-s0", "sac-rigl-d0.2-s0", "sac-matched-d0.2-s0"]
+    settings = "t300-bs32-ls100"  # TINY's budget, batch size and learning start
+    assert [t.run_dir.name for t in trials] == [f"sac-dense-d1-{settings}-s0", f"sac-rigl-d0.2-{settings}-s0",
+                                                f"sac-matched-d0.2-{settings}-s0"]
     assert all(t.run_dir.parent == tmp_path / "Pendulum-v1" for t in trials)
     assert trials[2].config["param_matched"] == 0.2 and trials[2].config["threads"] == 1
 
@@ -77,7 +79,7 @@ def test_local_sweep_runs_resumes_without_rerunning_and_reports(tmp_path, capsys
     path = write_sweep(tmp_path, name="tiny", base=TINY, grid={"density": [1.0, 0.2]})
     logdir = tmp_path / "out"
     sweep.main([str(path), "--logdir", str(logdir), "--max-concurrent", "2"])
-    runs = [logdir / "Pendulum-v1" / name for name in ("sac-dense-d1-s0", "sac-rigl-d0.2-s0")]
+    runs = [logdir / "Pendulum-v1" / f"sac-{label}-t300-bs32-ls100-s0" for label in ("dense-d1", "rigl-d0.2")]
     for run in runs:
         summary = json.loads((run / "summary.json").read_text())
         assert summary["env_steps"] == 300 and summary["final_return"] is not None
@@ -91,8 +93,9 @@ def test_local_sweep_runs_resumes_without_rerunning_and_reports(tmp_path, capsys
     assert {run: (run / "summary.json").stat().st_mtime_ns for run in runs} == stamps
 
     results = report.write_report([logdir], tmp_path / "report", reps=50).read_text()
-    assert "| Pendulum-v1 | sac | dense | 1.0 | 1 |" in results
-    assert "| Pendulum-v1 | sac | rigl | 0.2 | 1 |" in results
+    settings = "total_steps 300, batch_size 32, learning_starts 100"
+    assert f"| Pendulum-v1 | sac | dense | 1.0 | {settings} | 1 |" in results
+    assert f"| Pendulum-v1 | sac | rigl | 0.2 | {settings} | 1 |" in results
 
 
 @pytest.mark.slow
@@ -104,8 +107,9 @@ def test_failing_trial_is_reported_with_its_error_and_others_finish(tmp_path, ca
         sweep.main([str(path), "--logdir", str(logdir), "--max-concurrent", "2", "--max-failures", "1"])
     assert exit_info.value.code == 1
     out = capsys.readouterr().out
-    assert (logdir / "Pendulum-v1" / "sac-dense-d1-s0" / "summary.json").is_file()
-    failed = next(line for line in out.splitlines() if "sac-dense-d1-s1" in line and "FAILED" in line)
+    assert (logdir / "Pendulum-v1" / "sac-dense-d1-t300-bs32-ls100-s0" / "summary.json").is_file()
+    diverging = "sac-dense-d1-t300-bs32-lr1000-ls100-s1"
+    failed = next((line for line in out.splitlines() if diverging in line and "FAILED" in line), out)
     assert "diverged at env step" in failed
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from run_dirs import only_run
 from stable_baselines3 import SAC
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -36,7 +37,7 @@ def scalars(run_dir, tag):
 
 def test_run_directory_layout_tags_and_flops_ratio(tmp_path):
     train.main(["--env", "Pendulum-v1", "--density", "0.2", "--logdir", str(tmp_path), *FAST])
-    run_dir = tmp_path / "Pendulum-v1" / "sac-rigl-d0.2-s0"
+    run_dir = only_run(tmp_path / "Pendulum-v1", "sac-rigl-d0.2-s0")
     assert {"config.yaml", "evaluations.npz", "model.zip", "summary.json", "checkpoint"} <= {
         p.name for p in run_dir.iterdir()}
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -70,7 +71,7 @@ def test_run_directory_layout_tags_and_flops_ratio(tmp_path):
 def test_dense_run_logs_the_same_flops_tags(tmp_path):
     train.main(["--algo", "td3", "--env", "InvertedPendulum-v4", "--density", "1.0", "--logdir", str(tmp_path),
                 *FAST])
-    run_dir = tmp_path / "InvertedPendulum-v4" / "td3-dense-d1-s0"
+    run_dir = only_run(tmp_path / "InvertedPendulum-v4", "td3-dense-d1-s0")
     assert scalars(run_dir, "flops/train_vs_dense")[-1][1] == pytest.approx(1.0)
     assert scalars(run_dir, "flops/train_cumulative")
 
@@ -90,7 +91,7 @@ def test_signal_mid_run_checkpoints_then_resume_reaches_the_uninterrupted_counts
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--env", "Pendulum-v1", "--density", "0.2", "--logdir", str(tmp_path), *FAST])
     assert exit_info.value.code == 128 + signum
-    run_dir = tmp_path / "Pendulum-v1" / "sac-rigl-d0.2-s0"
+    run_dir = only_run(tmp_path / "Pendulum-v1", "sac-rigl-d0.2-s0")
     saved = SAC.load(run_dir / "checkpoint" / "model.zip", device="cpu")
     assert saved.num_timesteps == 450 and saved._n_updates == 250  # the step's gradient step was taken
     assert all(torch.equal(captured["masks"][n], layer.mask) for n, layer in sparse_layers(saved.policy).items())
@@ -115,10 +116,10 @@ def test_sigterm_from_outside_then_resume_completes(tmp_path):
             "--eval-freq", "3000", "--set", "policy_kwargs.net_arch=[16]"]
     process = subprocess.Popen([sys.executable, "-m", "sparse_rl.train", *args], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    run_dir = tmp_path / "Pendulum-v1" / "sac-rigl-d0.2-s0"
     deadline = time.monotonic() + 120
-    while not list(run_dir.glob("tb_1/events*")) and time.monotonic() < deadline:
+    while not list(tmp_path.glob("Pendulum-v1/*/tb_1/events*")) and time.monotonic() < deadline:
         time.sleep(0.2)
+    run_dir = only_run(tmp_path / "Pendulum-v1", "sac-rigl-d0.2-s0")
     time.sleep(1)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
@@ -192,17 +193,19 @@ def test_help_explains_every_flag():
         assert flag in out
 
 
-def test_param_matched_run_is_a_narrow_dense_network_reported_as_matched(tmp_path):
+def test_param_matched_run_is_a_narrow_dense_network_reported_as_matched(tmp_path, capsys):
     train.main(["--env", "Pendulum-v1", "--param-matched", "0.2", "--logdir", str(tmp_path), *FAST])
-    run_dir = tmp_path / "Pendulum-v1" / "sac-matched-d0.2-s0"
+    run_dir = only_run(tmp_path / "Pendulum-v1", "sac-matched-d0.2-s0")
     model = SAC.load(run_dir / "model.zip")
     assert model.policy.sparsity.is_dense
     assert all(bool(layer.mask.all()) for layer in sparse_layers(model.policy.critic).values())
     assert model.policy.net_arch["qf"][0] < 64 and model.policy.net_arch["pi"][0] < 64
     results = report.write_report([tmp_path], tmp_path / "report", reps=50).read_text()
-    assert "| Pendulum-v1 | sac | matched | 0.2 | 1 |" in results
-    with pytest.raises(SystemExit, match="is finished .*nothing to resume"):
+    settings = "total_steps 800, learning_starts 200, net_arch [64, 64]"
+    assert f"| Pendulum-v1 | sac | matched | 0.2 | {settings} | 1 |" in results
+    with pytest.raises(SystemExit) as exit_info:
         train.main(["--resume", str(run_dir)])
+    assert exit_info.value.code == 2 and re.search("is finished .*nothing to resume", capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("raw, value", [
@@ -231,7 +234,7 @@ def test_a_topology_update_refusing_non_finite_scores_is_a_divergence(tmp_path, 
     with pytest.raises(SystemExit, match=r"error: diverged at env step 201 \(gradient step 0\): topology update of "
                                          r"critic: non-finite scores in qf0.0; no checkpoint"):
         train.main(["--env", "Pendulum-v1", "--density", "0.2", "--logdir", str(tmp_path), *FAST])
-    assert not (tmp_path / "Pendulum-v1" / "sac-rigl-d0.2-s0" / "model.zip").exists()
+    assert not (only_run(tmp_path / "Pendulum-v1", "sac-rigl-d0.2-s0") / "model.zip").exists()
 
 
 def test_criterion_ablations_get_their_own_run_directories():
@@ -270,18 +273,18 @@ def test_run_label_names_the_directory_and_the_report_row_alike(options, name, r
 def test_short_run_has_one_final_evaluation_and_the_report_reads_it(tmp_path):
     train.main(["--env", "InvertedPendulum-v4", "--total-steps", "1200", "--logdir", str(tmp_path),
                 "--eval-episodes", "2", "--no-progress-bar", "--set", "policy_kwargs.net_arch=[32, 32]"])
-    run_dir = tmp_path / "InvertedPendulum-v4" / "sac-dense-d1-s0"
+    run_dir = only_run(tmp_path / "InvertedPendulum-v4", "sac-dense-d1-s0")
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["eval_freq"] == 2000  # the packaged default
     with np.load(run_dir / "evaluations.npz") as evaluations:
         assert list(evaluations["timesteps"]) == [1200]
     assert json.loads((run_dir / "summary.json").read_text())["final_return"] is not None
     results = report.write_report([run_dir], tmp_path / "report", reps=20).read_text()
-    assert "| InvertedPendulum-v4 | sac | dense | 1.0 | 1 |" in results
+    assert "| InvertedPendulum-v4 | sac | dense | 1.0 | total_steps 1200, net_arch [32, 32] | 1 |" in results
 
 
 def test_evaluation_at_the_last_step_is_not_repeated(tmp_path):
     train.main(["--env", "Pendulum-v1", "--density", "0.2", "--logdir", str(tmp_path), *FAST])
-    with np.load(tmp_path / "Pendulum-v1" / "sac-rigl-d0.2-s0" / "evaluations.npz") as evaluations:
+    with np.load(only_run(tmp_path / "Pendulum-v1", "sac-rigl-d0.2-s0") / "evaluations.npz") as evaluations:
         assert list(evaluations["timesteps"]) == [400, 800]
 
 
@@ -293,7 +296,7 @@ def test_divergence_stops_with_the_step_and_network_and_writes_no_model(tmp_path
     line = result.stderr.strip().splitlines()[-1]
     assert re.fullmatch(r"sparse_rl\.train: error: diverged at env step \d+ \(gradient step \d+\): non-finite "
                         r"(critic|actor|entropy coefficient)\S* .*", line), line
-    run_dir = tmp_path / "runs" / "Pendulum-v1" / "sac-dense-d1-s0"
+    run_dir = only_run(tmp_path / "runs" / "Pendulum-v1", "sac-dense-d1-s0")
     assert not (run_dir / "model.zip").exists() and not (run_dir / "summary.json").exists()
     if (run_dir / "checkpoint").exists():  # the last one written while everything was finite
         checkpoint = SAC.load(run_dir / "checkpoint" / "model.zip", device="cpu")

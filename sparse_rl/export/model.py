@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -51,12 +52,18 @@ def _algorithm_name(policy_class: type, data: dict[str, Any]) -> str:
 
 
 def model_zip_path(path: str | Path) -> Path:
-    """The ``model.zip`` of ``path``: the path itself or the one inside a ``sparse_rl.train`` run directory."""
+    """The ``model.zip`` of ``path``: the path itself, the one inside a ``sparse_rl.train`` run directory or,
+    for a run that has not finished, its checkpoint's (saying so on stderr)."""
     path = Path(path)
     if path.is_dir():
-        if not (path / "model.zip").is_file():
-            raise ExportError(f"{path} is a directory without model.zip; {SUPPORTED}")
-        return path / "model.zip"
+        if (path / "model.zip").is_file():
+            return path / "model.zip"
+        checkpoint = path / "checkpoint" / "model.zip"
+        if not checkpoint.is_file():
+            raise ExportError(f"{path} is a directory without model.zip or checkpoint/model.zip; {SUPPORTED}")
+        print(f"sparse_rl.export: {path} has no model.zip (the run has not finished); exporting its last "
+              f"checkpoint, {checkpoint}", file=sys.stderr)
+        return checkpoint
     if not path.exists():
         raise ExportError(f"{path} does not exist; {SUPPORTED}")
     return path
