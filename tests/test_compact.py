@@ -353,3 +353,18 @@ def test_the_kernels_are_built_wherever_a_c_compiler_is():
     if not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("no C compiler here: the package runs on torch's kernels")
     assert kernels.compiled(), "pip install -e . should have built sparse_rl._kernels (see setup.py)"
+
+
+def test_auto_lays_out_compactly_by_shape_and_density_alone():
+    """The constant rule: no calibration and no load can move a layer across it."""
+    from sparse_rl.backends.auto import COMPACT_MAX_DENSITY, COMPACT_MIN_WEIGHTS, auto_backend
+
+    if not kernels.compiled():
+        pytest.skip("without the compiled kernels auto follows the MKL table")
+    cpu = torch.device("cpu")
+    assert auto_backend(256, 256, COMPACT_MAX_DENSITY, cpu) == "compact"
+    assert auto_backend(256, 256, COMPACT_MAX_DENSITY + 0.01, cpu) == "masked"
+    assert auto_backend(COMPACT_MIN_WEIGHTS, 1, 0.1, cpu) == "compact"
+    assert auto_backend(COMPACT_MIN_WEIGHTS - 1, 1, 0.1, cpu) == "masked", "small layers stay dense"
+    assert auto_backend(1024, 1024, 0.05, torch.device("meta")) == "masked", "non-CPU devices stay masked"
+    assert auto_backend(1024, 1024, 0.05, cpu, compact_capable=False) in ("sparse", "masked")

@@ -12,6 +12,12 @@ SHORT = ["--env", "Pendulum-v1", "--total-steps", "2000", "--eval-freq", "1000",
          "--no-progress-bar", "--set", "algo_kwargs.learning_starts=200"]
 
 
+def only_run(logdir, prefix):
+    """The one run directory whose name starts with ``prefix`` (names carry every non-default setting)."""
+    (run_dir,) = (logdir / "Pendulum-v1").glob(prefix + "*")
+    return run_dir
+
+
 def evaluations(run_dir):
     data = np.load(run_dir / "evaluations.npz")
     return data["results"].mean(axis=1)
@@ -25,7 +31,7 @@ def test_sparse_tqc_learns_pendulum_in_2k_steps_from_the_cli(tmp_path):
                 "--set", "policy_kwargs.net_arch=[64, 64]", "--set", "algo_kwargs.use_sde=true",
                 "--set", "policy_kwargs.log_std_init=-2", "--set", "algo_kwargs.train_freq=64",
                 "--set", "algo_kwargs.gradient_steps=128"])
-    run_dir = tmp_path / "Pendulum-v1" / "tqc-rigl-d0.2-s0"
+    run_dir = only_run(tmp_path, "tqc-rigl-d0.2-")
     returns = evaluations(run_dir)
     assert returns[-1] > -1000 and returns[-1] > returns[0] + 300, (
         f"evaluation returns {returns}: random play scores about -1200 to -1500")
@@ -37,7 +43,7 @@ def test_sparse_crossq_trains_pendulum_for_2k_steps_from_the_cli(tmp_path):
     train.main(["--algo", "crossq", "--density", "0.2", "--logdir", str(tmp_path), *SHORT,
                 "--set", "policy_kwargs.net_arch={pi: [64, 64], qf: [256, 256]}",
                 "--set", "sparsity.update_interval=200"])
-    run_dir = tmp_path / "Pendulum-v1" / "crossq-rigl-d0.2-s0"
+    run_dir = only_run(tmp_path, "crossq-rigl-d0.2-")
     assert np.isfinite(evaluations(run_dir)).all()
     model = CrossQ.load(run_dir / "model.zip")
     assert int(model.policy.critic_topology.num_updates) > 0 and int(model.policy.actor_topology.num_updates) > 0
@@ -49,7 +55,7 @@ def test_param_matched_run_trains_a_narrower_dense_network(algo, tmp_path):
                 "--total-steps", "300", "--eval-freq", "300", "--eval-episodes", "1", "--no-progress-bar",
                 "--set", "algo_kwargs.learning_starts=100"])
     cls = TQC if algo == "tqc" else CrossQ
-    model = cls.load(tmp_path / "Pendulum-v1" / f"{algo}-matched-d0.1-s0" / "model.zip")
+    model = cls.load(only_run(tmp_path, f"{algo}-matched-d0.1-") / "model.zip")
     arch = model.policy.net_arch
     assert arch["pi"][0] < 256 and arch["qf"][0] < (256 if algo == "tqc" else 256)
     assert all(bool(layer.mask.all()) for layer in model.policy.critic_topology.layers.values())

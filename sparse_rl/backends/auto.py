@@ -22,7 +22,7 @@ import torch
 from sparse_rl.backends import kernels
 from sparse_rl.machine import cpu_model
 
-COMPACT_MAX_DENSITY = 0.3
+COMPACT_MAX_DENSITY = 0.2
 """Highest density at which ``auto`` lays a layer out compactly (see the module docstring)."""
 
 COMPACT_MIN_WEIGHTS = 4096

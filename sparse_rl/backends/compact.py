@@ -160,5 +160,11 @@ def forward(layer: SparseLinear, x: torch.Tensor) -> torch.Tensor:
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     parameters = layer._parameters
-    y = _CompactLinearFunction.apply(x2, parameters["values"], parameters["bias"], layer._compact, layer)
+    values, bias, structure = parameters["values"], parameters["bias"], layer._compact
+    assert values is not None and structure is not None
+    if torch.is_grad_enabled() and (x2.requires_grad or values.requires_grad):
+        y = _CompactLinearFunction.apply(x2, values, bias, structure, layer)
+    else:  # no graph to record (target networks, predict): the kernel alone
+        y = kernels.forward(values.detach(), structure.crow, structure.col, x2.t().contiguous(),
+                            None if bias is None else bias.detach(), structure.shape[1]).t()
     return y if x.dim() == 2 else y.reshape(*lead, layer.out_features)
