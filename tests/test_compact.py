@@ -17,6 +17,8 @@ from sparse_rl.layers import SparseLinear, random_mask, set_backend
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOL = dict(rtol=1e-4, atol=1e-5)
+SUM_TOL = dict(rtol=1e-4, atol=1e-4)
+"""For sums over a batch of up to 300 rows, whose float32 rounding differs with the summation order."""
 
 
 def layer_pair(in_features: int, out_features: int, count: int, seed: int, bias: bool = True):
@@ -70,11 +72,11 @@ def test_compact_equals_masked(simd, in_features, out_features, batch, fraction,
     torch.testing.assert_close(y_compact, y_masked, **TOL)
     torch.testing.assert_close(dx_compact, dx_masked, **TOL)
     assert compact.values.grad.shape == (count,)
-    torch.testing.assert_close(compact.values.grad, masked.weight.grad[masked.mask], **TOL)
+    torch.testing.assert_close(compact.values.grad, masked.weight.grad[masked.mask], **SUM_TOL)
     if bias:
-        torch.testing.assert_close(compact.bias.grad, masked.bias.grad, **TOL)
+        torch.testing.assert_close(compact.bias.grad, masked.bias.grad, **SUM_TOL)
     if dense_grad:
-        torch.testing.assert_close(compact.score_grad(), masked.weight.grad, **TOL)
+        torch.testing.assert_close(compact.score_grad(), masked.weight.grad, **SUM_TOL)
     else:
         assert compact.score_grad() is not None and (compact.score_grad()[~compact.mask] == 0).all()
 

@@ -54,5 +54,6 @@ def test_sparse_crossq_step_scales_with_density():
     dense, sparse = model_step_flops(model, dense=True), model_step_flops(model)
     assert (sparse.critic_step + sparse.actor_step) / (dense.critic_step + dense.actor_step) == pytest.approx(
         0.1, abs=0.01)
-    critic_weights = sum(p.numel() for n, p in model.policy.critic.named_parameters() if n.endswith("weight"))
+    critic_weights = sum(m.in_features * m.out_features for m in model.policy.critic.modules()
+                         if isinstance(m, torch.nn.Linear))
     assert sparse.critic_topology_update == pytest.approx(2 * 0.9 * critic_weights * 2 * 256, rel=0.01)
