@@ -308,8 +308,9 @@ MEMORY_MODELS = {
 """The memory table's SAC models (policy_kwargs of ``SparseSACPolicy``; ``MlpPolicy`` is SB3's own)."""
 
 
-def peak_rss_mb(name: str, env_id: str, steps: int) -> float:
-    """Build one model of :data:`MEMORY_MODELS` and train ``steps`` gradient steps in this process; its peak RSS."""
+def peak_rss_mb(name: str, env_id: str, steps: int, interval: int) -> float:
+    """Build one model of :data:`MEMORY_MODELS` and train ``steps`` gradient steps in this process (topology updates
+    every ``interval`` steps); its peak RSS."""
     import resource
 
     from stable_baselines3 import SAC
@@ -319,24 +320,32 @@ def peak_rss_mb(name: str, env_id: str, steps: int) -> float:
     kwargs = MEMORY_MODELS[name]
     common = dict(learning_starts=100, buffer_size=10_000, seed=0, device="cpu")
     model = (SAC("MlpPolicy", env_id, **common) if not kwargs else
-             SAC(SparseSACPolicy, env_id, **common, policy_kwargs=dict(update_end=None, update_interval=100, **kwargs)))
+             SAC(SparseSACPolicy, env_id, **common, policy_kwargs=dict(update_end=None, update_interval=interval,
+                                                                        **kwargs)))
     model.learn(100 + steps)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def memory_tables(env_id: str, steps: int) -> list[str]:
-    """Peak RSS of each memory model, each in a fresh process."""
-    rows, base = [], None
+    """Peak RSS of each memory model, each in a fresh process, without and with topology updates in the steps."""
+    rows, base = [], {}
     for name in MEMORY_MODELS:
-        result = subprocess.run([sys.executable, __file__, "--memory-of", name, "--env", env_id, "--chunk", str(steps)],
-                                capture_output=True, text=True, check=True)
-        mb = float(result.stdout.strip().splitlines()[-1])
-        base = base or mb
-        rows.append(f"| {name} | {mb:.0f} | {mb / base:.2f} |")
+        cells = []
+        for interval in (1000, 100):
+            result = subprocess.run([sys.executable, __file__, "--memory-of", name, "--env", env_id, "--chunk",
+                                     str(steps), "--update-interval", str(interval)],
+                                    capture_output=True, text=True, check=True)
+            mb = float(result.stdout.strip().splitlines()[-1])
+            base.setdefault(interval, mb)
+            cells.append(f"{mb:.0f} | {mb / base[interval]:.2f}")
+        rows.append(f"| {name} | {' | '.join(cells)} |")
         print(rows[-1], flush=True)
     return [f"SAC on {env_id}: peak resident memory (`ru_maxrss`) of a fresh process that builds the model (replay "
-            f"buffer 10,000 rows) and trains {steps} gradient steps after 100 random ones; RigL updates every 100 "
-            "steps.", "", "| model | peak RSS MB | ÷ MlpPolicy |", "|---|---|---|", *rows]
+            f"buffer 10,000 rows) and trains {steps} gradient steps after 100 random ones, with RigL's default "
+            "ΔT = 1000 (no topology update in these steps) and with ΔT = 100 (updates, which score with the dense "
+            "weight and gradient).", "",
+            "| model | ΔT 1000: peak RSS MB | ÷ MlpPolicy | ΔT 100: peak RSS MB | ÷ MlpPolicy |",
+            "|---|---|---|---|---|", *rows]
 
 
 def time_breakdown(model, steps: int) -> tuple[float, dict[str, float]]:
@@ -433,11 +442,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--memory-of", choices=list(MEMORY_MODELS), help=argparse.SUPPRESS)  # memory: one model
+    parser.add_argument("--update-interval", type=int, default=1000, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     if args.memory_of:
-        print(peak_rss_mb(args.memory_of, args.env, args.chunk))
+        print(peak_rss_mb(args.memory_of, args.env, args.chunk, args.update_interval))
         return
 
     command = " ".join(["python", "benchmarks/sparse_speed.py", *sys.argv[1:]])

@@ -49,8 +49,19 @@ class DormantMonitor:
         self._armed = False
         self._steps = 0
         self._attached = False
-        for name, hidden in self.hidden.items():
-            hidden.activation.register_forward_hook(self._hook(name))
+        self._handles: list[Any] = []
+
+    def _arm(self, armed: bool) -> None:
+        """Hook the activations only for the steps that measure or recycle: a forward hook makes every call of its
+        module take PyTorch's slower hooked path."""
+        self._armed = armed
+        if armed and not self._handles:
+            self._handles = [hidden.activation.register_forward_hook(self._hook(name))
+                             for name, hidden in self.hidden.items()]
+        elif not armed:
+            for handle in self._handles:
+                handle.remove()
+            self._handles = []
 
     def _hook(self, name: str) -> Any:
         def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
@@ -85,7 +96,7 @@ class DormantMonitor:
             self.recycle(optimizer)
         self.scores = {}
         measure, recycle = self._due(self.step + 1)
-        self._armed = measure or recycle
+        self._arm(measure or recycle)
         if recycle and self.regrow:
             for name in self.hidden:
                 self.controller.layers[name].dense_grad_needed = True

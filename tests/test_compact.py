@@ -282,11 +282,14 @@ def test_models_saved_by_the_masked_release_load_compact_and_predict_the_same(al
 
     algo_class = {"sac": SAC, "td3": TD3}[algo]
     expected = np.load(FIXTURES / "predictions_v0_1_0.npz")
-    model = algo_class.load(FIXTURES / f"{algo}_pendulum_v0_1_0.zip", device="cpu")
-    layouts = {layer.layout for layer in sparse_layers_of(model).values()}
-    assert "compact" in layouts
-    np.testing.assert_allclose(model.predict(expected["obs"], deterministic=True)[0], expected[f"{algo}_actions"],
-                               rtol=1e-5, atol=1e-6)
+    path = FIXTURES / f"{algo}_pendulum_v0_1_0.zip"
+    as_saved = algo_class.load(path, device="cpu")
+    model = algo_class.load(path, device="cpu",
+                            custom_objects=dict(policy_kwargs=dict(as_saved.policy_kwargs, backend="compact")))
+    for loaded in (as_saved, model):
+        np.testing.assert_allclose(loaded.predict(expected["obs"], deterministic=True)[0], expected[f"{algo}_actions"],
+                                   rtol=1e-5, atol=1e-6)
+    assert {layer.layout for layer in sparse_layers_of(model).values()} == {"compact"}
     for network in (model.actor, model.critic):
         for layer in (m for m in network.modules() if isinstance(m, SparseLinear) and m.layout == "compact"):
             assert network.optimizer.state[layer.values]["exp_avg"].shape == (layer.nnz,)

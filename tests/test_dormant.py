@@ -43,12 +43,12 @@ def test_dormant_fraction_of_a_hand_made_layer_equals_the_hand_computation():
     network, controller = small_network()
     monitor = DormantMonitor(controller, network, interval=1)
     assert list(monitor.hidden) == ["0"] and monitor.hidden["0"].consumers == ("2",)
-    monitor._armed = True
+    monitor._arm(True)
     network(torch.tensor([[1.0, 0.1], [3.0, 0.1]]))  # |a| means: 0, 2, 0.1, 0 -> layer mean 0.525
     values = monitor.measure()
     # tau 0: neuron 0 (neuron 3 is dead, counted apart); tau 0.1: score of neuron 2 is 0.1 / 0.525 > 0.1
     assert values == {"tau0": 0.25, "tau0.1": 0.25, "dead": 0.25}
-    monitor._armed = True
+    monitor._arm(True)
     network(torch.tensor([[1.0, 0.01], [3.0, 0.01]]))  # neuron 2: 0.01 / 0.5025 <= 0.1
     assert monitor.measure()["tau0.1"] == 0.5
 
@@ -65,7 +65,7 @@ def test_recycling_reinitialises_a_dormant_neuron_resets_its_moments_and_leaves_
     with torch.no_grad():
         first.weight[1].abs_()  # neuron 1 stays active on positive inputs
     monitor = DormantMonitor(controller, network, interval=1, recycle_tau=0.0)
-    monitor._armed = True
+    monitor._arm(True)
     network(torch.rand(8, 2) + 1)
     assert monitor.recycle(optimizer) == 1
     assert bool((first.weight[0] != 0).all()) and torch.equal(first.mask[0], torch.ones(2, dtype=torch.bool))
@@ -131,7 +131,7 @@ def test_regrowth_moves_a_recycled_neurons_connections_to_its_largest_gradients(
     mask[0] = torch.tensor([True, False])
     first.set_mask(mask)
     monitor = DormantMonitor(controller, network, interval=1, recycle_tau=0.0, regrow=True)
-    monitor._armed = True
+    monitor._arm(True)
     network(torch.rand(8, 2) + 1)
     first.weight.grad = torch.tensor([[0.1, 5.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
     assert monitor.recycle(None) == 1

@@ -104,9 +104,9 @@ def relayout_map(old: torch.Tensor, new: torch.Tensor, numel: int,
                  changed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each new active position's value comes from: ``(source, keep)``, with ``source`` an index into the old
     values and ``keep`` false for a grown weight (or one in the boolean ``changed``, e.g. dropped and regrown)."""
-    lookup = torch.full((numel,), -1, dtype=torch.int64, device=old.device)
-    lookup[old] = torch.arange(old.numel(), device=old.device)
-    source = lookup[new]
+    lookup = torch.full((numel,), -1, dtype=torch.int32, device=old.device)  # int32: nnz < 2**31
+    lookup[old] = torch.arange(old.numel(), dtype=torch.int32, device=old.device)
+    source = lookup[new].long()
     keep = source >= 0
     if changed is not None:
         keep &= ~changed.flatten()[new]

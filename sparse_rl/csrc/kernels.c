@@ -9,8 +9,9 @@
  * architecture's baseline (SSE2 on x86-64, NEON on aarch64), through `target` attributes; the variant is picked
  * at import from what the CPU reports (`__builtin_cpu_supports`), never from the build machine (no -march=native).
  * The forward loop keeps up to 8 vectors of batch columns in registers per weight row, so each active weight costs
- * one broadcast and 8 fused multiply-adds; narrower blocks (4, 2, 1 vectors, then scalars) take the batch's rest.
- * The weight gradient takes eight active weights of a row at once, so one load of dy feeds eight products.
+ * one broadcast and 8 fused multiply-adds; narrower blocks (4, 2, 1 vectors, then 8- and 4-float vectors, then
+ * scalars) take the batch's rest. The weight gradient takes eight active weights of a row at once, so one load of dy
+ * feeds eight products; a 16-lane accumulator is folded to 8 lanes with one vector add before its horizontal sum.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -30,6 +31,14 @@
         _Pragma("GCC unroll 8") for (int i = 0; i < NV; i++)((vec_##SUFFIX *)(yr + b))[i] = acc[i];            \
     }
 
+/* The batch's last columns, narrower than a vector of the variant: one vector of NW floats (type VT) at a time. */
+#define ROW_TAIL(VT, NW)                                                                                       \
+    for (; b + NW <= batch; b += NW) {                                                                         \
+        VT acc = (VT){0} + b0;                                                                                 \
+        for (int32_t j = begin; j < end; j++) acc += values[j] * *(const VT *)(x + (int64_t)col[j] * batch + b); \
+        *(VT *)(yr + b) = acc;                                                                                 \
+    }
+
 /* Eight active weights of one row against the same chunk of dy: one load of dy feeds eight products, and eight
  * independent accumulators hide the multiply-add latency. Vectors of GW floats (8: one horizontal sum per weight
  * stays cheap). */
@@ -44,8 +53,7 @@
             _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) a[k] += d * *(const gvec_##SUFFIX *)(xs[k] + b); \
         }                                                                                                      \
         _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) {                                                  \
-            float s = 0.0f;                                                                                    \
-            for (int i = 0; i < GW; i++) s += a[k][i];                                                         \
+            float s = HSUM_##SUFFIX(a[k]);                                                                     \
             for (int64_t t = b; t < batch; t++) s += dyr[t] * xs[k][t];                                        \
             gv[j + k] = s;                                                                                     \
         }                                                                                                      \
@@ -59,8 +67,7 @@
             a1 += *(const gvec_##SUFFIX *)(dyr + b + GW) * *(const gvec_##SUFFIX *)(xr + b + GW);             \
         }                                                                                                      \
         a0 += a1;                                                                                              \
-        float s = 0.0f;                                                                                        \
-        for (int i = 0; i < GW; i++) s += a0[i];                                                               \
+        float s = HSUM_##SUFFIX(a0);                                                                           \
         for (; b < batch; b++) s += dyr[b] * xr[b];                                                            \
         gv[j] = s;                                                                                             \
     }
@@ -68,6 +75,8 @@
 #define DEFINE_KERNELS(SUFFIX, WIDTH, GWIDTH, TARGET)                                                          \
     typedef float vec_##SUFFIX __attribute__((vector_size(WIDTH * 4), aligned(4)));                           \
     typedef float gvec_##SUFFIX __attribute__((vector_size(GWIDTH * 4), aligned(4)));                         \
+    typedef float v8_##SUFFIX __attribute__((vector_size(32), aligned(4)));                                    \
+    typedef float v4_##SUFFIX __attribute__((vector_size(16), aligned(4)));                                    \
                                                                                                                \
     TARGET static void forward_##SUFFIX(const float *values, const int32_t *crow, const int32_t *col,          \
                                         const float *x, const float *bias, float *y, int64_t rows,             \
@@ -82,6 +91,8 @@
             ROW_BLOCK(SUFFIX, 4)                                                                               \
             ROW_BLOCK(SUFFIX, 2)                                                                               \
             ROW_BLOCK(SUFFIX, 1)                                                                               \
+            if (W > 8) ROW_TAIL(v8_##SUFFIX, 8)                                                                \
+            if (W > 4) ROW_TAIL(v4_##SUFFIX, 4)                                                                \
             for (; b < batch; b++) {                                                                           \
                 float acc = b0;                                                                                \
                 for (int32_t j = begin; j < end; j++) acc += values[j] * x[(int64_t)col[j] * batch + b];       \
@@ -101,8 +112,16 @@
         }                                                                                                      \
     }
 
+/* Horizontal sums: a 16-lane vector is folded to 8 lanes with one vector add first. */
+#define HSUM_LANES(v, n) ({ float t_ = 0.0f; for (int i_ = 0; i_ < (n); i_++) t_ += (v)[i_]; t_; })
+#define HSUM_avx2(v) HSUM_LANES(v, 8)
+#define HSUM_generic(v) HSUM_LANES(v, 4)
+#define HSUM_avx512(v) ({ vec8_avx512 lo_, hi_; memcpy(&lo_, &(v), 32); memcpy(&hi_, (const char *)&(v) + 32, 32); \
+                          lo_ += hi_; HSUM_LANES(lo_, 8); })
+typedef float vec8_avx512 __attribute__((vector_size(32), aligned(4)));
+
 #if defined(__x86_64__) && defined(__GNUC__)
-DEFINE_KERNELS(avx512, 16, 8, __attribute__((target("avx512f,fma"))))
+DEFINE_KERNELS(avx512, 16, 16, __attribute__((target("avx512f,fma"))))
 DEFINE_KERNELS(avx2, 8, 8, __attribute__((target("avx2,fma"))))
 #define HAVE_X86 1
 #endif
