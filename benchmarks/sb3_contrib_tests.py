@@ -50,33 +50,36 @@ TQC.policy_aliases = {**TQC.policy_aliases, "MlpPolicy": HalfDenseTQCPolicy, "Mu
 CrossQ.policy_aliases = {**CrossQ.policy_aliases, "MlpPolicy": HalfDenseCrossQPolicy}
 
 
-def fetch_tests(version: str, workdir: Path) -> Path:
-    """The ``tests/`` directory of sb3-contrib ``version``'s sdist, downloaded with pip into ``workdir``."""
+def fetch_tests(version: str, workdir: Path, package: str = "sb3-contrib") -> Path:
+    """The ``tests/`` directory of ``package`` ``version``'s sdist, downloaded with pip into ``workdir``."""
     subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "-q",
-                    f"sb3-contrib=={version}", "-d", str(workdir)], check=True)
-    archive = next(workdir.glob(f"sb3_contrib-{version}.tar.gz"))
+                    f"{package}=={version}", "-d", str(workdir)], check=True)
+    stem = f"{package.replace('-', '_')}-{version}"
+    archive = next(workdir.glob(f"{stem}.tar.gz"))
     with tarfile.open(archive) as tar:
         tar.extractall(workdir, filter="data")
-    return workdir / f"sb3_contrib-{version}" / "tests"
+    return workdir / stem / "tests"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--version", default="2.9.2", help="sb3-contrib version whose tests to run (default: 2.9.2)")
+def run_upstream_tests(package: str, plugin: str, select: str, argv: list[str] | None = None) -> int:
+    """Fetch ``package``'s tests and run those matching ``select`` with the module ``plugin`` (a file beside this
+    one) as a pytest plugin; pytest's exit code."""
+    parser = argparse.ArgumentParser(description=f"{package}'s own tests with the sparse policies standing in")
+    parser.add_argument("--version", default="2.9.2", help=f"{package} version whose tests to run (default: 2.9.2)")
     parser.add_argument("--workdir", type=Path, help="where to download and unpack (default: a temporary directory)")
     parser.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
     args = parser.parse_args(argv)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sb3_contrib_tests_"))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"{plugin}_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    tests = fetch_tests(args.version, workdir)
+    tests = fetch_tests(args.version, workdir, package)
     here = Path(__file__).resolve().parent
     env = {**__import__("os").environ}
     env["PYTHONPATH"] = f"{here}:{here.parent}:{env.get('PYTHONPATH', '')}"
-    # run from tests/ so that the installed sb3_contrib is imported, not the sdist's copy
-    command = [sys.executable, "-m", "pytest", "-p", "sb3_contrib_tests", "-p", "no:cacheprovider", "-q",
-               "-k", SELECT, "-rfEs", ".", *args.pytest_args]
+    # run from tests/ so that the installed package is imported, not the sdist's copy
+    command = [sys.executable, "-m", "pytest", "-p", plugin, "-p", "no:cacheprovider", "-q",
+               "-k", select, "-rfEs", ".", *args.pytest_args]
     return subprocess.run(command, cwd=tests, env=env).returncode
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_upstream_tests("sb3-contrib", "sb3_contrib_tests", SELECT))
