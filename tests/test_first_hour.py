@@ -153,7 +153,9 @@ def test_first_run_interrupted_exported_resumed_and_documented(tmp_path):
     patterns, tags = readme_tags(), logged_tags(run_dir)
     undocumented = [tag for tag in tags if not any(re.fullmatch(p, tag) for p in patterns)]
     assert not undocumented, f"logged but not in the README's tag table: {undocumented}"
-    method_only = ("threshold_resets", "rlx2", "rollout")  # rollout/*: after the first finished episode (1,000 steps)
+    # tags of other methods or settings (recycled: recycle_dormant; ablated: srigl), and rollout/*, logged after the
+    # first finished episode (1,000 steps)
+    method_only = ("threshold_resets", "rlx2", "rollout", "recycled", "ablated")
     unlogged = [p for p in patterns
                 if not any(re.fullmatch(p, t) for t in tags) and not any(m in p for m in method_only)]
     assert not unlogged, f"in the README's tag table but not logged: {unlogged}"
