@@ -259,15 +259,44 @@ def ray_cluster(tmp_path):
     env = {**ENV, "RAY_AUTH_TOKEN_PATH": str(token), "RAY_AUTH_MODE": "token", "HOME": str(tmp_path)}  # Ray writes
     # a token of its own to ~/.ray/auth_token: the test's home, not the user's
     port = free_port()
-    started = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                              "--include-dashboard=false", "--disable-usage-stats"], capture_output=True, text=True,
-                             env=env, timeout=120)
+    # --block keeps `ray start` in the foreground, in a process group of its own: stopping that group stops this
+    # cluster only (`ray stop` would stop every Ray cluster on the machine, a user's running sweep included)
+    head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
     try:
-        if started.returncode != 0:
-            pytest.skip(f"ray start --head could not start a cluster here: {started.stderr.strip()[-300:]}")
+        if not wait_for_port(port, head, seconds=120):
+            output = head.communicate(timeout=30)[0] if head.poll() is not None else ""
+            pytest.skip(f"ray start --head could not start a cluster here: {output.strip()[-300:]}")
         yield f"127.0.0.1:{port}", token
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        stop_group(head)
+
+
+def wait_for_port(port: int, process: subprocess.Popen, seconds: float) -> bool:
+    """Whether something listens on the loopback ``port`` within ``seconds`` (false once ``process`` has exited)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                time.sleep(2)  # the head's other services come up right after the GCS port
+                return True
+        time.sleep(0.5)
+    return False
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """Stop ``process`` and everything it started (its process group), politely first."""
+    for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 30)):
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout=wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 @pytest.mark.slow
