@@ -80,10 +80,13 @@ def refusal(address: str, error: Exception, log: str) -> str:
 
 
 def connect(address: str | None, num_cpus: int | None, verbose: bool) -> None:
-    """``ray.init`` locally (``address`` None) or on the cluster at ``address``; ``ClusterError`` in one line."""
+    """``ray.init`` locally (``address`` None) or on the cluster at ``address``; ``ClusterError`` in one line.
+
+    Locally means a Ray instance of this sweep's own (``address="local"``): without it ``ray.init`` joins whatever
+    cluster another process started on this machine, with that cluster's CPUs and lifetime."""
     if address is None:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, configure_logging=verbose,
-                 log_to_driver=verbose)
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 configure_logging=verbose, log_to_driver=verbose)
         return
     check_listening(address)
     with captured_stderr() as log:
