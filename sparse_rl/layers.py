@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -48,7 +48,6 @@ class SparseLinear(nn.Linear):
 
     compact_capable: bool = True
     """Whether ``auto`` may lay this layer out compactly (false where the density changes as it learns)."""
-    LAYOUTS: ClassVar[tuple[str, ...]] = ("masked", "compact")
 
     mask: torch.Tensor
     mask_values: torch.Tensor
