@@ -30,8 +30,9 @@ from torch import nn
 
 from sparse_rl.criteria import resolve_criterion
 from sparse_rl.layers import SparseLinear
+from sparse_rl.masks import init_masks, sparse_layers
+from sparse_rl.methods.prune_grow import PruneGrowController
 from sparse_rl.schedules import UpdateSchedule
-from sparse_rl.topology import TopologyController, init_masks, sparse_layers
 
 SHAPE = (17, 256, 256, 6)
 BATCH = 256
@@ -77,7 +78,7 @@ def main() -> None:
         layers = sparse_layers(sparse)
         init_masks(layers, args.density, "erk")
         sparse_opt = torch.optim.Adam(sparse.parameters(), lr=3e-4, **adam_kwargs)
-        controller = TopologyController(layers, resolve_criterion("prune", "magnitude"),
+        controller = PruneGrowController(layers, resolve_criterion("prune", "magnitude"),
                                         resolve_criterion("grow", "gradient"),
                                         UpdateSchedule(interval=10**9, end=None))
         controller.attach(sparse_opt)

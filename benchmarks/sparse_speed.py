@@ -274,7 +274,7 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
         wide = models.get("wide")
         if wide is None:
             continue
-        wide_rows.append(f"| {algo} | {[w * width for w in NET_ARCH[algo]]} | {wide.policy.actor.density:.3f} "
+        wide_rows.append(f"| {algo} | {[w * width for w in NET_ARCH[algo]]} | {wide.policy.actor.sparsity.density:.3f} "
                          f"| {per_step['wide'] * 1e3:.2f} | {mlp * 1e3:.2f} | {per_step['wide'] / mlp:.2f} "
                          f"| {sparse_share(wide)} |")
         print(wide_rows[-1], flush=True)

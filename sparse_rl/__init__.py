@@ -1,7 +1,7 @@
 """sparse_rl: dynamic sparse training for SAC and TD3 agents in Stable-Baselines3.
 
 Every name below loads on first use: the core (layers, criteria, controllers, methods, settings)
-needs torch only and the policies need Stable-Baselines3, so ``import sparse_rl.topology`` serves any
+needs torch only and the policies need Stable-Baselines3, so ``import sparse_rl.masks`` serves any
 PyTorch RL code without importing SB3, and ``import sparse_rl.deploy`` (the numpy runtime of an
 exported policy) imports neither.
 """
@@ -20,7 +20,7 @@ _HOMES = {
     "KINDS": "methods", "METHODS": "methods", "get_method": "methods",
     "UpdateSchedule": "schedules",
     "SparsityConfig": "sparsity",
-    "LayerUpdateStats": "topology", "TopologyController": "topology", "init_masks": "topology",
+    "LayerUpdateStats": "topology", "PruneGrowController": "topology", "init_masks": "topology",
     "sparse_layers": "topology", "update_mask": "topology",
     "SparseMetricsCallback": "sb3", "SparseSACPolicy": "sb3", "SparseTD3Policy": "sb3",
     "SparseTQCPolicy": "sb3", "SparseCrossQPolicy": "sb3",

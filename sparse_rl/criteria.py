@@ -3,7 +3,7 @@
 A *prune* score ranks the active weights of a layer (the lowest are removed); a *grow* score
 ranks the inactive ones (the highest are added). Every criterion has the signature
 ``fn(inputs: ScoreInputs, **params) -> Tensor`` and returns a tensor shaped like the weight;
-the scores at positions it does not rank are ignored by :mod:`sparse_rl.topology`.
+the scores at positions it does not rank are ignored by :mod:`sparse_rl.masks`.
 Adding a criterion is one decorated function here.
 """
 

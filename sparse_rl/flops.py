@@ -75,9 +75,9 @@ class TrainStepFlops:
     """Everything computed for one critic update (target, critic forward and backward)."""
     actor_step: int
     """Everything computed for one actor update (actor forward, critic forward, backward)."""
-    critic_topology_update: int
+    critic_controller_update: int
     """Extra cost of a critic topology update that needs the dense gradient."""
-    actor_topology_update: int
+    actor_controller_update: int
 
 
 STEP_ALGOS = ("sac", "td3", "tqc", "crossq")
@@ -109,6 +109,6 @@ def actor_critic_step_flops(algo: str, actor: NetworkFlops, critic: NetworkFlops
     return TrainStepFlops(
         critic_step=critic_step * batch_size,
         actor_step=actor_step * batch_size,
-        critic_topology_update=0 if dense else critic.dense_weight_grad_extra() * critic_rows * batch_size,
-        actor_topology_update=0 if dense else actor.dense_weight_grad_extra() * batch_size,
+        critic_controller_update=0 if dense else critic.dense_weight_grad_extra() * critic_rows * batch_size,
+        actor_controller_update=0 if dense else actor.dense_weight_grad_extra() * batch_size,
     )

@@ -49,13 +49,13 @@ from sparse_rl.backends.auto import auto_rule
 from sparse_rl.buffer_io import load_buffer, save_buffer
 from sparse_rl.flops import active_weights
 from sparse_rl.machine import cpu_model
+from sparse_rl.masks import sparse_layers
 from sparse_rl.quiet import mujoco_log_to
 from sparse_rl.run_config import ConfigError, algo_classes, build_config, check_device, read_yaml, run_name, validate
 from sparse_rl.sb3 import SparseCrossQPolicy, SparseMetricsCallback, SparseSACPolicy, SparseTD3Policy, SparseTQCPolicy
 from sparse_rl.sb3.flops import inference_flops
 from sparse_rl.sb3.matched import matched_net_arch
 from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
-from sparse_rl.topology import sparse_layers
 
 if TYPE_CHECKING:
     from sparse_rl.ledger import Ledger

@@ -22,6 +22,29 @@ NETWORKS = ("actor", "critic")
 
 
 @dataclass(frozen=True)
+class NetworkSparsity:
+    """One network's share of a :class:`SparsityConfig`: what its layers are built with (the sparse
+    networks' one sparsity constructor parameter, recorded for SB3's save/load of a network alone).
+
+    :param density: the network's density (1.0 for a kind that starts dense or learns its density).
+    :param distribution: how the density is split over its layers.
+    :param dense_layers: ``fnmatch`` patterns of its layers kept dense (without the network prefix).
+    :param kind: the method kind whose layer class replaces every ``nn.Linear``.
+    :param dense_output: keep its output layers dense, from the same budget.
+    :param backend: how its sparse layers store and compute.
+    :param sparse_init: rescale each neuron's initial weights to its active fan-in.
+    """
+
+    density: float = 1.0
+    distribution: str = "erk"
+    dense_layers: tuple[str, ...] = ()
+    kind: str = "prune-grow"
+    dense_output: bool = False
+    backend: str = "auto"
+    sparse_init: bool = False
+
+
+@dataclass(frozen=True)
 class SparsityConfig:
     """Sparsity settings of a sparse SAC/TD3 policy (every field but ``settings`` is a ``policy_kwargs`` key).
 
@@ -140,7 +163,7 @@ class SparsityConfig:
             if pattern.split(".", 1)[0] not in NETWORKS or "." not in pattern:
                 raise ValueError(f"dense layer {pattern!r} must start with one of: "
                                  f"{', '.join(n + '.' for n in NETWORKS)}")
-        if kind.name != "masked" and preset.prune is None and (self.prune or self.grow):
+        if kind.name != "prune-grow" and preset.prune is None and (self.prune or self.grow):
             raise ValueError(f"method {self.method!r} has no prune/grow criteria to override")
         if kind.learns_density and any(self.network_density(network) != 1.0 for network in NETWORKS):
             raise ValueError(f"method {self.method!r} learns its density; density, actor_density and "
@@ -188,6 +211,14 @@ class SparsityConfig:
     def network_dense_layers(self, network: str) -> tuple[str, ...]:
         """The dense-layer patterns of one network, without its prefix."""
         return tuple(p.split(".", 1)[1] for p in self.dense_layers if p.split(".", 1)[0] == network)
+
+    def for_network(self, network: str, density: float | None = None) -> NetworkSparsity:
+        """What ``network`` (``"actor"`` or ``"critic"``) is built with; ``density`` overrides its own
+        (the widened density of ``iso_params``). A kind that does not hold a density builds it dense."""
+        own = self.network_density(network) if density is None else density
+        return NetworkSparsity(own if self.kind.holds_density else 1.0, self.distribution,
+                               self.network_dense_layers(network), self.kind.name, self.dense_output, self.backend,
+                               self.sparse_init)
 
     def criteria(self) -> tuple[Criterion, Criterion] | None:
         """(prune, grow) criteria, or ``None`` for a topology that never changes."""

@@ -202,7 +202,7 @@ def test_policies_keep_every_invariant_on_the_sparse_backend(algo, tmp_path):
     assert {layer.resolved_backend for layer in layers.values()} == {"sparse"}
     counts = {name: layer.nnz for name, layer in layers.items()}
     update_grads = []
-    for controller in model.policy.topology_controllers().values():
+    for controller in model.policy.controllers().values():
         update = controller.update
 
         def checked_update(*args, _update=update, _controller=controller, **kwargs):
@@ -214,7 +214,7 @@ def test_policies_keep_every_invariant_on_the_sparse_backend(algo, tmp_path):
         controller.update = checked_update
     model.learn(200)
     assert update_grads and all(update_grads), "updates score with the dense gradient"
-    assert sum(int(c.num_updates) for c in model.policy.topology_controllers().values()) >= 2
+    assert sum(int(c.num_updates) for c in model.policy.controllers().values()) >= 2
     for name, layer in layers.items():
         assert layer.nnz == counts[name], name
         assert (layer.weight[~layer.mask] == 0).all(), name
@@ -304,7 +304,7 @@ def test_every_method_trains_on_the_sparse_backend_with_its_masks_exact(method, 
         obs = torch.randn(8, 3)
         model.critic_target(obs, model.actor_target(obs) if algo == "td3" else model.actor(obs))
     if METHODS[method].updates_topology:
-        assert sum(int(c.num_updates) for c in model.policy.topology_controllers().values()) >= 1
+        assert sum(int(c.num_updates) for c in model.policy.controllers().values()) >= 1
     for name, layer in layers.items():
         assert torch.isfinite(layer.weight).all(), name
         assert (layer.weight[~layer.mask] == 0).all(), name

@@ -208,7 +208,7 @@ def test_policies_keep_counts_targets_and_state_after_every_step_and_update(algo
         network.optimizer.register_step_post_hook(check)
     model.learn(300)
     assert checks and all(checks)
-    assert all(int(c.num_updates) >= 2 for c in model.policy.topology_controllers().values())
+    assert all(int(c.num_updates) >= 2 for c in model.policy.controllers().values())
     for name, layer in layers.items():
         for online, target in (("critic", "critic_target"), ("actor", "actor_target")):
             if name.startswith(target + "."):
@@ -238,7 +238,7 @@ def test_an_update_on_compact_equals_the_masked_update(algo):
             else:
                 layer.values.grad = grads[name].flatten()[layer.compact_structure().positions].clone()
                 layer._dense_grad = grads[name].clone()
-        for network, controller in (("actor", policy.actor_topology), ("critic", policy.critic_topology)):
+        for network, controller in (("actor", policy.actor_controller), ("critic", policy.critic_controller)):
             controller.update(0.3, getattr(policy, network).optimizer)
     layers = {key: {n: m for n, m in policy.named_modules() if isinstance(m, SparseLinear)}
               for key, policy in policies.items()}

@@ -35,7 +35,7 @@ def test_sparse_tqc_learns_pendulum_in_2k_steps_from_the_cli(tmp_path):
     returns = evaluations(run_dir)
     assert returns[-1] > -1000 and returns[-1] > returns[0] + 300, (
         f"evaluation returns {returns}: random play scores about -1200 to -1500")
-    assert int(TQC.load(run_dir / "model.zip").policy.critic_topology.num_updates) > 0
+    assert int(TQC.load(run_dir / "model.zip").policy.critic_controller.num_updates) > 0
 
 
 @pytest.mark.slow
@@ -46,7 +46,7 @@ def test_sparse_crossq_trains_pendulum_for_2k_steps_from_the_cli(tmp_path):
     run_dir = only_run(tmp_path, "crossq-rigl-d0.2-")
     assert np.isfinite(evaluations(run_dir)).all()
     model = CrossQ.load(run_dir / "model.zip")
-    assert int(model.policy.critic_topology.num_updates) > 0 and int(model.policy.actor_topology.num_updates) > 0
+    assert int(model.policy.critic_controller.num_updates) > 0 and int(model.policy.actor_controller.num_updates) > 0
 
 
 @pytest.mark.parametrize("algo", ["tqc", "crossq"])
@@ -58,7 +58,7 @@ def test_param_matched_run_trains_a_narrower_dense_network(algo, tmp_path):
     model = cls.load(only_run(tmp_path, f"{algo}-matched-d0.1-") / "model.zip")
     arch = model.policy.net_arch
     assert arch["pi"][0] < 256 and arch["qf"][0] < (256 if algo == "tqc" else 256)
-    assert all(bool(layer.mask.all()) for layer in model.policy.critic_topology.layers.values())
+    assert all(bool(layer.mask.all()) for layer in model.policy.critic_controller.layers.values())
 
 
 def test_config_defaults_follow_rl_zoo_and_state_their_source():

@@ -56,4 +56,4 @@ def test_sparse_crossq_step_scales_with_density():
         0.1, abs=0.01)
     critic_weights = sum(m.in_features * m.out_features for m in model.policy.critic.modules()
                          if isinstance(m, torch.nn.Linear))
-    assert sparse.critic_topology_update == pytest.approx(2 * 0.9 * critic_weights * 2 * 256, rel=0.01)
+    assert sparse.critic_controller_update == pytest.approx(2 * 0.9 * critic_weights * 2 * 256, rel=0.01)

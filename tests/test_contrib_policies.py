@@ -10,8 +10,8 @@ from sb3_contrib.common.torch_layers import BatchRenorm
 
 from sparse_rl import SparseCrossQPolicy, SparseTQCPolicy
 from sparse_rl.layers import SparseLinear, set_backend
+from sparse_rl.masks import sparse_layers
 from sparse_rl.methods import KINDS, METHODS
-from sparse_rl.topology import sparse_layers
 
 ALGOS = {"tqc": (TQC, SparseTQCPolicy), "crossq": (CrossQ, SparseCrossQPolicy)}
 EXTRA = {"thresholds": {"threshold_alpha": 0.05}, "halo": {"prune_start": 50, "prune_end": 150},
@@ -40,7 +40,7 @@ class StepChecks:
 
     def check(self):
         counts = {}
-        for net, controller in self.policy.topology_controllers().items():
+        for net, controller in self.policy.controllers().items():
             for name, layer in controller.layers.items():
                 assert (layer.weight[~layer.mask] == 0).all(), f"{net}.{name}: a masked weight is not 0"
                 target = controller.targets.get(name)
@@ -64,16 +64,16 @@ def test_every_optimizer_step_keeps_exact_counts_zeros_and_target_masks(algo, me
     checks = StepChecks(model)
     model.learn(400)
     assert checks.steps > 350
-    for net, controller in model.policy.topology_controllers().items():
+    for net, controller in model.policy.controllers().items():
         assert int(controller.num_updates) > 0, f"{net} never rewired"
         total = sum(layer.weight.numel() for layer in controller.layers.values())
         assert sum(checks.counts[f"{net}.{name}"] for name in controller.layers) == math.floor(0.2 * total + 0.5)
     after = sparse_layers(model.policy)
     assert any(not torch.equal(after[name].mask, mask) for name, mask in before.items())
     if algo == "tqc":
-        assert set(model.policy.critic_topology.targets) == set(model.policy.critic_topology.layers)
+        assert set(model.policy.critic_controller.targets) == set(model.policy.critic_controller.layers)
     else:
-        assert not hasattr(model.policy, "critic_target") and not model.policy.critic_topology.targets
+        assert not hasattr(model.policy, "critic_target") and not model.policy.critic_controller.targets
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -105,12 +105,12 @@ def test_crossq_refuses_target_rules_that_need_targets():
 
 def test_quantile_critics_share_one_density_and_targets_start_with_online_masks():
     policy = make("tqc", density=0.1, n_quantiles=7, n_critics=3, distribution="uniform").policy
-    layers = policy.critic_topology.layers
+    layers = policy.critic_controller.layers
     assert sorted({name.split(".")[0] for name in layers}) == ["qf0", "qf1", "qf2"]
     assert layers["qf0.4"].out_features == 7
     total = sum(layer.weight.numel() for layer in layers.values())
     assert sum(layer.nnz for layer in layers.values()) == math.floor(0.1 * total + 0.5)
-    assert all(torch.equal(policy.critic_topology.targets[name].mask, layer.mask) for name, layer in layers.items())
+    assert all(torch.equal(policy.critic_controller.targets[name].mask, layer.mask) for name, layer in layers.items())
 
 
 @pytest.mark.parametrize("backend", ["masked", "sparse", "auto"])
@@ -145,7 +145,7 @@ def test_batchrenorm_statistics_survive_save_and_load(tmp_path):
 def test_learn_alone_runs_the_schedule_to_update_end(algo):
     model = make(algo, density=0.2, update_end=0.5)
     model.learn(450)
-    for controller in model.policy.topology_controllers().values():
+    for controller in model.policy.controllers().values():
         assert float(controller.progress) == pytest.approx(1.0, abs=0.01)
         steps = int(controller.step)
         assert 0 < int(controller.num_updates) <= math.ceil(0.55 * steps / 20)
@@ -170,7 +170,7 @@ def test_policy_kwargs_of_both_kinds_work(algo, kwargs, tmp_path):
     assert np.array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
     if kwargs.get("iso_params"):
         for net in ("actor", "critic"):
-            layers = getattr(model.policy, f"{net}_topology").layers.values()
+            layers = getattr(model.policy, f"{net}_controller").layers.values()
             dense_version = make(algo, density=1.0, n_quantiles=5) if algo == "tqc" else make(algo, density=1.0)
             expected = sum(m.weight.numel() for m in getattr(dense_version.policy, net).modules()
                            if isinstance(m, torch.nn.Linear))
@@ -187,7 +187,7 @@ def test_crossq_keeps_its_adam_betas_and_fused_adam():
 def test_crossq_after_renorm_warmup_keeps_finite_weights_when_a_unit_has_no_active_input():
     model = CrossQ(SparseCrossQPolicy, "Pendulum-v1", learning_starts=100, seed=0, device="cpu",
                    policy_kwargs=dict(net_arch=[32], renorm_warmup_steps=1, density=0.5))
-    first = model.policy.actor_topology.layers["latent_pi.1"]
+    first = model.policy.actor_controller.layers["latent_pi.1"]
     assert (first.mask.sum(dim=1) == 0).any(), "the case needs a hidden unit whose incoming weights are all masked"
     model.learn(130)
     assert all(bool(torch.isfinite(value).all()) for value in model.policy.state_dict().values())

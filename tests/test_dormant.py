@@ -12,10 +12,10 @@ from sparse_rl import SparseSACPolicy, SparseTD3Policy
 from sparse_rl.controller import MaskController
 from sparse_rl.dormant import DormantMonitor
 from sparse_rl.layers import SparseLinear
+from sparse_rl.masks import sparse_layers
 from sparse_rl.neurons import dormant_neurons, dormant_scores, hidden_layers
 from sparse_rl.sb3.callbacks import SparseMetricsCallback
 from sparse_rl.sparsity import SparsityConfig
-from sparse_rl.topology import sparse_layers
 
 
 def test_scores_of_hand_made_activations():

@@ -55,6 +55,6 @@ def test_sparse_step_scales_with_density_and_updates_cost_a_dense_weight_gradien
     assert ratio == pytest.approx(0.1, abs=0.01)
     critic_weights = sum(m.in_features * m.out_features for m in model.policy.critic.modules()
                          if isinstance(m, torch.nn.Linear))
-    assert sparse.critic_topology_update == pytest.approx(2 * 0.9 * critic_weights * 256, rel=0.01)
-    assert dense.critic_topology_update == 0
+    assert sparse.critic_controller_update == pytest.approx(2 * 0.9 * critic_weights * 256, rel=0.01)
+    assert dense.critic_controller_update == 0
     assert inference_flops(model) / inference_flops(model, dense=True) == pytest.approx(0.1, abs=0.01)

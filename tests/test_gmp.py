@@ -10,11 +10,11 @@ from torch import nn
 
 from sparse_rl import SparseSACPolicy, SparseTD3Policy
 from sparse_rl.layers import SparseLinear
+from sparse_rl.masks import sparse_layers
 from sparse_rl.methods.gmp import GMPController
 from sparse_rl.methods.halo import PruneSchedule
 from sparse_rl.sb3.callbacks import SparseMetricsCallback
 from sparse_rl.sparsity import SparsityConfig
-from sparse_rl.topology import sparse_layers
 
 
 def cubic(step: int, start: int, end: int, final: float) -> float:
@@ -61,13 +61,13 @@ def test_gmp_reaches_the_exact_density_pays_the_dense_phase_and_survives_save_lo
     model = algo(policy_class, "Pendulum-v1", policy_kwargs=kwargs, learning_starts=30, batch_size=16, seed=0)
     callback = SparseMetricsCallback()
     model.learn(200, callback=callback)
-    for net, controller in model.policy.topology_controllers().items():
+    for net, controller in model.policy.controllers().items():
         layers = controller.layers
         total = sum(layer.weight.numel() for layer in layers.values())
         assert sum(layer.nnz for layer in layers.values()) == round(0.2 * total), net
     assert 0.2 < callback.train_flops / callback.dense_train_flops < 1.0
     model.save(tmp_path / "model")
     loaded = algo.load(tmp_path / "model")
-    for net, controller in model.policy.topology_controllers().items():
+    for net, controller in model.policy.controllers().items():
         for name, layer in controller.layers.items():
-            assert torch.equal(layer.mask, loaded.policy.topology_controllers()[net].layers[name].mask)
+            assert torch.equal(layer.mask, loaded.policy.controllers()[net].layers[name].mask)

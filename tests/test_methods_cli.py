@@ -30,7 +30,7 @@ def test_every_method_trains_sac_through_the_cli_keeps_invariants_and_round_trip
     run_dir = only_run(tmp_path / "Pendulum-v1", f"sac-{label.get(method, method)}-d{density:g}-s0")
     model = SAC.load(run_dir / "model.zip")
     for net in ("actor", "critic"):
-        layers = getattr(model.policy, f"{net}_topology").layers
+        layers = getattr(model.policy, f"{net}_controller").layers
         total = sum(layer.weight.numel() for layer in layers.values())
         active = sum(layer.nnz for layer in layers.values())
         if learns_density:
@@ -59,7 +59,7 @@ def test_td3_trains_through_the_cli_with_targets_of_the_online_count(method, tmp
                 "--logdir", str(tmp_path), *FAST])
     model = TD3.load(only_run(tmp_path / "Pendulum-v1", f"td3-{method}-d{DENSITY:g}-s0") / "model.zip")
     for net in ("actor", "critic"):
-        controller = getattr(model.policy, f"{net}_topology")
+        controller = getattr(model.policy, f"{net}_controller")
         assert int(controller.num_updates) > 0
         for name, layer in controller.layers.items():
             target = controller.targets[name]

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from sparse_rl.controller import MaskController
+from sparse_rl.masks import sparse_layers
 from sparse_rl.methods import KINDS, METHODS, get_method
 from sparse_rl.methods.ds_td3 import prune_to_count
 from sparse_rl.sparsity import SPARSITY_KEYS, SparsityConfig
-from sparse_rl.topology import sparse_layers
 from sparse_rl.width import iso_param_density, mlp_weights, widen
 
 
@@ -37,7 +37,7 @@ def test_every_kind_builds_and_trains_through_the_registry_alone(kind_name):
                                         **({"prune_start": 2, "prune_end": 6} if kind_name == "halo" else {}))
     torch.manual_seed(0)
     online, target = build(kind_name, mlp()), build(kind_name, mlp())
-    from sparse_rl.topology import init_masks
+    from sparse_rl.masks import init_masks
     if not (kind.learns_density or kind.starts_dense):
         init_masks(sparse_layers(online), density)
         target.load_state_dict(online.state_dict())
@@ -77,7 +77,7 @@ def test_settings_round_trip_through_flat_policy_kwargs():
 
 
 def test_importing_the_core_leaves_stable_baselines3_out():
-    script = ("import sys, sparse_rl.topology, sparse_rl.sparsity, sparse_rl.methods, sparse_rl; "
+    script = ("import sys, sparse_rl.masks, sparse_rl.sparsity, sparse_rl.methods, sparse_rl; "
               "print('stable_baselines3' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
@@ -121,7 +121,7 @@ def test_magnitude_target_rule_sees_sb3s_polyak_update():
 
     model = TD3(SparseTD3Policy, "Pendulum-v1", device="cpu", seed=0,
                 policy_kwargs=dict(method="ds-td3", density=0.3, net_arch=[16, 16]))
-    controller = model.policy.actor_topology
+    controller = model.policy.actor_controller
     name, online = next((n, layer) for n, layer in controller.layers.items() if layer.density < 1)
     target = controller.targets[name]
     model.actor_target(torch.zeros(1, 3))  # a first target forward, as in training, before the update

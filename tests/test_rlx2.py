@@ -106,9 +106,9 @@ def test_rlx2_trains_through_the_cli_with_exact_counts_and_logs_the_buffer(tmp_p
     assert isinstance(model.replay_buffer, RLx2ReplayBuffer) and model.replay_buffer.n_steps == 3
     summary = __import__("json").loads((run_dir / "summary.json").read_text())
     assert summary["params"] == pytest.approx(0.2 * summary["dense_params"], abs=2)
-    for layer in model.policy.critic_topology.layers.values():
+    for layer in model.policy.critic_controller.layers.values():
         assert (layer.weight[~layer.mask] == 0).all()
-    assert int(model.policy.critic_topology.num_updates) > 0
+    assert int(model.policy.critic_controller.num_updates) > 0
     assert scalars(run_dir, "rlx2/policy_distance") and scalars(run_dir, "rlx2/buffer_size")
 
 
@@ -123,4 +123,4 @@ def test_rlx2_in_a_plain_sb3_script_needs_its_buffer_and_trains_with_it():
                 replay_buffer_class=RLx2ReplayBuffer, replay_buffer_kwargs=dict(n_steps=3, check_interval=100))
     model.learn(200, callback=SparseMetricsCallback())
     assert model.replay_buffer.n_steps == 3 and model.replay_buffer.last_distance is not None
-    assert int(model.policy.critic_topology.num_updates) > 0
+    assert int(model.policy.critic_controller.num_updates) > 0

@@ -30,7 +30,7 @@ def test_thresholds_learn_density_that_is_logged_and_priced(tmp_path):
     assert len(densities) >= 2 and densities[-1][1] < 1.0
     assert summary["train_flops"] < summary["dense_train_flops"]
     resets = scalars(run_dir, "sparsity/threshold_resets/critic")
-    assert resets and resets[-1][1] == float(model.policy.critic_topology.resets)
+    assert resets and resets[-1][1] == float(model.policy.critic_controller.resets)
 
 
 def test_thresholds_refuse_a_density_target(tmp_path):
@@ -78,7 +78,7 @@ def test_halo_prunes_to_the_exact_global_density_and_keeps_zeros(tmp_path, algo)
     for name, layer in halo_layers(policy).items():
         other = halo_layers(reloaded.policy)[name]
         assert torch.equal(layer.mask, other.mask) and torch.equal(layer.scale, other.scale)
-    assert int(reloaded.policy.critic_topology.num_updates) == int(policy.critic_topology.num_updates) > 0
+    assert int(reloaded.policy.critic_controller.num_updates) == int(policy.critic_controller.num_updates) > 0
 
 
 def test_halo_refuses_density_one(tmp_path):

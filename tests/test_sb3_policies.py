@@ -14,8 +14,8 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from sparse_rl import SparseMetricsCallback, SparseSACPolicy, SparseTD3Policy
 from sparse_rl.layers import SparseLinear
+from sparse_rl.masks import sparse_layers
 from sparse_rl.sb3.networks import SparseContinuousCritic, SparseSACActor, SparseTD3Actor
-from sparse_rl.topology import sparse_layers
 
 SMALL = dict(net_arch=[64, 64], update_interval=50)
 
@@ -33,7 +33,7 @@ def masks(model):
 def check_invariants(model):
     policy = model.policy
     counts = {}
-    for net, controller in policy.topology_controllers().items():
+    for net, controller in policy.controllers().items():
         optimizer = getattr(policy, net).optimizer
         for name, layer in controller.layers.items():
             assert isinstance(layer, SparseLinear)
@@ -63,11 +63,11 @@ def test_learn_keeps_counts_and_zeros_and_rewires(algo, env, method):
     after = masks(model)
     changed = [name for name in after if not torch.equal(after[name], before_masks[name])]
     assert any(n.startswith("actor.") for n in changed) and any(n.startswith("critic.") for n in changed)
-    critic_steps = int(model.policy.critic_topology.step)
+    critic_steps = int(model.policy.critic_controller.step)
     assert critic_steps == model._n_updates
     if algo == "td3":
-        assert int(model.policy.actor_topology.step) == critic_steps // model.policy_delay
-        assert int(model.policy.actor_topology.num_updates) == critic_steps // model.policy_delay // 50
+        assert int(model.policy.actor_controller.step) == critic_steps // model.policy_delay
+        assert int(model.policy.actor_controller.num_updates) == critic_steps // model.policy_delay // 50
 
 
 def test_static_never_changes_masks():
@@ -120,12 +120,12 @@ def test_save_load_round_trip_is_exact_and_learning_continues(tmp_path):
     obs = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     assert np.array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
     for net in ("actor", "critic"):
-        a, b = model.policy.topology_controllers()[net], loaded.policy.topology_controllers()[net]
+        a, b = model.policy.controllers()[net], loaded.policy.controllers()[net]
         assert int(a.step) == int(b.step) and int(a.num_updates) == int(b.num_updates)
-    step = int(loaded.policy.critic_topology.step)
+    step = int(loaded.policy.critic_controller.step)
     loaded.set_env(make_vec_env("Pendulum-v1", n_envs=1, seed=1))
     loaded.learn(200, reset_num_timesteps=False)
-    assert int(loaded.policy.critic_topology.step) == step + 200
+    assert int(loaded.policy.critic_controller.step) == step + 200
     check_invariants(loaded)
 
 
@@ -152,7 +152,7 @@ def test_get_and_set_parameters_round_trip():
     source.learn(400)
     dest.set_parameters(source.get_parameters())
     assert all(torch.equal(masks(source)[n], m) for n, m in masks(dest).items())
-    assert int(dest.policy.critic_topology.step) == int(source.policy.critic_topology.step)
+    assert int(dest.policy.critic_controller.step) == int(source.policy.critic_controller.step)
     check_invariants(dest)
 
 
@@ -183,8 +183,8 @@ def test_vec_envs_gradient_steps_and_vecnormalize():
     before = check_invariants(model)
     model.learn(600)
     assert check_invariants(model) == before
-    assert int(model.policy.critic_topology.step) == model._n_updates
-    assert int(model.policy.critic_topology.num_updates) == model._n_updates // 50
+    assert int(model.policy.critic_controller.step) == model._n_updates
+    assert int(model.policy.critic_controller.num_updates) == model._n_updates // 50
 
 
 def record_drop_fractions(controller):
@@ -205,7 +205,7 @@ def test_learn_alone_feeds_progress_so_updates_stop_at_update_end(callback):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.learn(1100, callback=callback)
-    critic = model.policy.critic_topology
+    critic = model.policy.critic_controller
     assert float(critic.progress) == pytest.approx(1.0)
     # gradient step j happens at env step 100 + j; updates every 50 steps while (100 + j) / 1100 < 0.5: j = 50..400
     assert int(critic.num_updates) == 8
@@ -213,7 +213,7 @@ def test_learn_alone_feeds_progress_so_updates_stop_at_update_end(callback):
 
 def test_learn_alone_decays_the_drop_fraction_and_stops_at_80_percent():
     model = make("sac", density=0.2)
-    fractions = record_drop_fractions(model.policy.critic_topology)
+    fractions = record_drop_fractions(model.policy.critic_controller)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.learn(1000)
@@ -225,9 +225,9 @@ def test_learn_alone_decays_the_drop_fraction_and_stops_at_80_percent():
 def test_several_learn_calls_continue_the_schedule():
     model = make("sac", density=0.2)
     model.learn(600)
-    first = int(model.policy.critic_topology.num_updates)
+    first = int(model.policy.critic_controller.num_updates)
     model.learn(600, reset_num_timesteps=False)  # SB3's progress: the total is now 1200 steps
-    critic = model.policy.critic_topology
+    critic = model.policy.critic_controller
     assert float(critic.progress) == pytest.approx(1.0)
     assert int(critic.step) == model._n_updates == 1100
     # second call: gradient step j at env step 100 + j, updates at multiples of 50 while (100 + j) / 1200 < 0.8

@@ -9,9 +9,9 @@ from torch import nn
 
 from sparse_rl import SparseSACPolicy, SparseTD3Policy
 from sparse_rl.layers import SparseLinear
+from sparse_rl.masks import sparse_layers
 from sparse_rl.methods.srigl import SRigLController, init_constant_fan_in
 from sparse_rl.sparsity import SparsityConfig
-from sparse_rl.topology import sparse_layers
 
 
 def check_structure(controller: SRigLController) -> None:
@@ -78,7 +78,7 @@ def test_a_neuron_with_no_salient_weights_is_ablated_and_loses_its_outgoing_weig
 
 
 def assert_structure_after_every_update(policy) -> None:
-    for controller in policy.topology_controllers().values():
+    for controller in policy.controllers().values():
         update = controller.update
 
         def checked(*args, _update=update, _controller=controller, **kwargs):
@@ -95,11 +95,11 @@ def run(algo, policy_class, tmp_path):
                  learning_starts=40, batch_size=16, seed=0)
     assert_structure_after_every_update(model.policy)
     model.learn(200)
-    assert int(model.policy.critic_topology.num_updates) > 0
+    assert int(model.policy.critic_controller.num_updates) > 0
     model.save(tmp_path / "model")
     loaded = algo.load(tmp_path / "model")
-    for net, controller in model.policy.topology_controllers().items():
-        other = loaded.policy.topology_controllers()[net]
+    for net, controller in model.policy.controllers().items():
+        other = loaded.policy.controllers()[net]
         check_structure(other)
         for name, layer in controller.layers.items():
             assert torch.equal(layer.mask, other.layers[name].mask)

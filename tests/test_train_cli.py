@@ -15,10 +15,10 @@ from stable_baselines3 import SAC
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sparse_rl import report, runs, train
+from sparse_rl.masks import sparse_layers
 from sparse_rl.run_config import parse_override, run_label, run_name
 from sparse_rl.sb3 import SparseMetricsCallback
 from sparse_rl.sb3.flops import model_step_flops
-from sparse_rl.topology import sparse_layers
 
 FAST = ["--total-steps", "800", "--eval-freq", "400", "--eval-episodes", "2", "--no-progress-bar",
         "--set", "algo_kwargs.learning_starts=200", "--set", "sparsity.update_interval=100",
@@ -58,8 +58,8 @@ def test_run_directory_layout_tags_and_flops_ratio(tmp_path):
     model = SAC.load(run_dir / "model.zip", device="cpu")
     sparse, dense = model_step_flops(model), model_step_flops(model, dense=True)
     per_step = (sparse.critic_step + sparse.actor_step) / (dense.critic_step + dense.actor_step)
-    updates = int(model.policy.critic_topology.num_updates)
-    extra = updates * (sparse.critic_topology_update + sparse.actor_topology_update) / (
+    updates = int(model.policy.critic_controller.num_updates)
+    extra = updates * (sparse.critic_controller_update + sparse.actor_controller_update) / (
         600 * (dense.critic_step + dense.actor_step))
     assert updates == 4, "updates every 100 steps while env steps < 0.8 * 800"
     assert ratio == pytest.approx(per_step + extra, rel=0.02)
@@ -102,7 +102,7 @@ def test_signal_mid_run_checkpoints_then_resume_reaches_the_uninterrupted_counts
     final = SAC.load(run_dir / "model.zip", device="cpu")
     # exactly an uninterrupted run's counts: env steps 1..800, gradient steps at 201..800
     assert final.num_timesteps == 800
-    assert int(final.policy.critic_topology.step) == final._n_updates == 600
+    assert int(final.policy.critic_controller.step) == final._n_updates == 600
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["gradient_steps"] == 600
     for seconds in ("wall_clock_s", "cpu_s"):  # both clocks count the first process's time too

@@ -23,9 +23,8 @@ from torch import nn
 from sparse_rl.criteria import Criterion
 from sparse_rl.layers import SparseLinear
 from sparse_rl.methods.kind import MethodKind, MethodPreset
-from sparse_rl.methods.masked import topology_controller
+from sparse_rl.methods.prune_grow import PruneGrowController, prune_grow_controller
 from sparse_rl.schedules import UpdateSchedule
-from sparse_rl.topology import TopologyController
 
 if TYPE_CHECKING:
     from sparse_rl.sparsity import SparsityConfig
@@ -63,8 +62,8 @@ def prune_to_count(layer: SparseLinear, count: int, candidates: torch.Tensor | N
     layer.set_mask(keep.view_as(layer.weight))
 
 
-class DSTD3Controller(TopologyController):
-    """A :class:`~sparse_rl.topology.TopologyController` whose targets follow ``target_rule``."""
+class DSTD3Controller(PruneGrowController):
+    """A :class:`~sparse_rl.masks.PruneGrowController` whose targets follow ``target_rule``."""
 
     def __init__(self, layers: Mapping[str, SparseLinear], prune: Criterion | None, grow: Criterion | None,
                  schedule: UpdateSchedule | None, targets: Mapping[str, SparseLinear] | None = None,
@@ -99,9 +98,9 @@ class DSTD3Controller(TopologyController):
 
 
 def ds_td3_controller(config: SparsityConfig, network: str, online: nn.Module,
-                      target: nn.Module | None) -> TopologyController:
-    """The DS-TD3 controller of one network: the masked kind's, with this kind's target rule."""
-    return topology_controller(config, network, online, target,
+                      target: nn.Module | None) -> PruneGrowController:
+    """The DS-TD3 controller of one network: the prune-grow kind's, with this kind's target rule."""
+    return prune_grow_controller(config, network, online, target,
                                partial(DSTD3Controller, target_rule=config.settings.target_rule))
 
 

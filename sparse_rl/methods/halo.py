@@ -22,8 +22,8 @@ from torch import nn
 from sparse_rl.controller import MaskController
 from sparse_rl.distributions import check_density
 from sparse_rl.layers import SparseLinear
+from sparse_rl.masks import reset_optimizer_state, sparse_layers
 from sparse_rl.methods.kind import MethodKind, MethodPreset
-from sparse_rl.topology import reset_optimizer_state, sparse_layers
 
 if TYPE_CHECKING:
     from sparse_rl.sparsity import SparsityConfig

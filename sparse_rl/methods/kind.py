@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from sparse_rl.controller import MaskController
-from sparse_rl.topology import init_masks
+from sparse_rl.masks import init_masks
 
 if TYPE_CHECKING:
     from sparse_rl.sparsity import SparsityConfig
@@ -54,7 +54,7 @@ class MethodPreset:
 class MethodKind:
     """How a family of methods keeps sparsity.
 
-    :param name: the kind's name (``masked``, ``threshold``, ``halo``, ``ds-td3``).
+    :param name: the kind's name (``prune-grow``, ``thresholds``, ``halo``, ``ds-td3``, ``srigl``, ``gmp``).
     :param layer_class: the linear layer class its networks are built from (``from_dense(linear)``).
     :param make_controller: builds the controller of one network.
     :param presets: the method names of this kind.

@@ -33,11 +33,11 @@ from torch import nn
 from sparse_rl.criteria import Criterion
 from sparse_rl.distributions import layer_densities
 from sparse_rl.layers import SparseLinear
+from sparse_rl.masks import LayerUpdateStats, reset_optimizer_state
 from sparse_rl.methods.kind import MethodKind, MethodPreset
-from sparse_rl.methods.masked import topology_controller
+from sparse_rl.methods.prune_grow import PruneGrowController, prune_grow_controller
 from sparse_rl.neurons import hidden_layers
 from sparse_rl.schedules import UpdateSchedule, check_drop_fraction
-from sparse_rl.topology import LayerUpdateStats, TopologyController, reset_optimizer_state
 
 if TYPE_CHECKING:
     from sparse_rl.sparsity import SparsityConfig
@@ -124,12 +124,12 @@ def srigl_layer_update(mask: torch.Tensor, weight: torch.Tensor, grad: torch.Ten
     return new_mask
 
 
-class SRigLController(TopologyController):
+class SRigLController(PruneGrowController):
     """RigL with constant fan-in and neuron ablation (see the module docstring).
 
     :param consumers: for each hidden layer, the layers that read its output (others are never ablated).
     :param gamma: γ_sal.
-    Other parameters as :class:`~sparse_rl.topology.TopologyController`.
+    Other parameters as :class:`~sparse_rl.masks.PruneGrowController`.
     """
 
     def __init__(self, layers: Mapping[str, SparseLinear], prune: Criterion | None, grow: Criterion | None,
@@ -197,10 +197,10 @@ class SRigLSettings:
 
 
 def srigl_controller(config: SparsityConfig, network: str, online: nn.Module,
-                     target: nn.Module | None) -> TopologyController:
+                     target: nn.Module | None) -> PruneGrowController:
     """The SRigL controller of one network: RigL's criteria and schedule, constant fan-in updates."""
     consumers = {name: hidden.consumers for name, hidden in hidden_layers(online).items()}
-    return topology_controller(config, network, online, target,
+    return prune_grow_controller(config, network, online, target,
                                partial(SRigLController, consumers=consumers, gamma=config.settings.srigl_gamma))
 
 

@@ -186,8 +186,8 @@ def threshold_controller(config: SparsityConfig, network: str, online: nn.Module
 
 
 KIND = MethodKind(
-    name="threshold", layer_class=ThresholdLinear, make_controller=threshold_controller,
-    presets=(MethodPreset("thresholds", "threshold", None, None,
+    name="thresholds", layer_class=ThresholdLinear, make_controller=threshold_controller,
+    presets=(MethodPreset("thresholds", "thresholds", None, None,
                           "Liu et al. 2020, Dynamic Sparse Training (learned thresholds)"),),
     settings_class=ThresholdSettings, learns_density=True,
 )

@@ -67,7 +67,7 @@ class SparseMetricsCallback(BaseCallback):
         counts = {"critic": critic_steps, "actor": critic_steps // delay, "critic_updates": 0, "actor_updates": 0}
         policy = self._policy()
         if policy is not None and policy.sparsity.grow_uses_dense_gradient():
-            for net, controller in policy.topology_controllers().items():
+            for net, controller in policy.controllers().items():
                 counts[f"{net}_updates"] = int(controller.num_updates)
         return counts
 
@@ -79,8 +79,8 @@ class SparseMetricsCallback(BaseCallback):
         sparse, dense = model_step_flops(self.model), self._dense_step
         assert dense is not None
         self.train_flops += (new["critic"] * sparse.critic_step + new["actor"] * sparse.actor_step
-                             + new["critic_updates"] * sparse.critic_topology_update
-                             + new["actor_updates"] * sparse.actor_topology_update)
+                             + new["critic_updates"] * sparse.critic_controller_update
+                             + new["actor_updates"] * sparse.actor_controller_update)
         self.dense_train_flops += new["critic"] * dense.critic_step + new["actor"] * dense.actor_step
         self._counted = counts
 
@@ -104,7 +104,7 @@ class SparseMetricsCallback(BaseCallback):
         policy = self._policy()
         if policy is None:
             return
-        for net, controller in policy.topology_controllers().items():
+        for net, controller in policy.controllers().items():
             for name, layer in controller.layers.items():
                 self.logger.record(f"sparsity/density/{net}/{name}", layer.density)
             for key, value in controller.log_values().items():

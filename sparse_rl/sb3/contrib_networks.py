@@ -10,7 +10,6 @@ argument is recorded, so each network can be saved and loaded alone.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,21 +21,20 @@ from sb3_contrib.tqc.policies import Critic as TQCCritic
 from torch import nn
 
 from sparse_rl.sb3.networks import SparseNetworkMixin
+from sparse_rl.sparsity import NetworkSparsity
 
 
 class SparseContribNetwork(SparseNetworkMixin):
     """Builds the sb3-contrib network ``_base_class`` (the next class in the MRO), then makes it
-    sparse; keyword parameters as :class:`~sparse_rl.sb3.networks.SparseSACActor`'s."""
+    sparse with ``sparsity`` (as :class:`~sparse_rl.sb3.networks.SparseSACActor`)."""
 
     _base_class: type
 
-    def __init__(self, *args: Any, density: float = 1.0, distribution: str = "erk",
-                 dense_layers: Sequence[str] = (), layer_kind: str = "masked", dense_output: bool = False,
-                 backend: str = "auto", sparse_init: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, sparsity: NetworkSparsity = NetworkSparsity(), **kwargs: Any) -> None:
         bound = inspect.signature(type(self)._base_class).bind(*args, **kwargs)
         super().__init__(*args, **kwargs)
         self._base_arguments = dict(bound.arguments)
-        self._init_sparsity(density, distribution, dense_layers, layer_kind, dense_output, backend, sparse_init)
+        self._init_sparsity(sparsity)
         float_step_counters(self)  # type: ignore[arg-type]  # mixin: sb3-contrib's network, later in the MRO, makes self an nn.Module
         guard_zero_variance(self)  # type: ignore[arg-type]  # mixin: as above
 

@@ -8,7 +8,6 @@ back from the state dict. Linear layers inside a features extractor are left den
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,8 +20,9 @@ from torch import nn
 
 from sparse_rl.distributions import check_density
 from sparse_rl.layers import SparseLinear, set_backend
+from sparse_rl.masks import sparse_layers
 from sparse_rl.methods import KINDS
-from sparse_rl.topology import sparse_layers
+from sparse_rl.sparsity import NetworkSparsity
 
 
 def actor_outputs(action_dim: int, sac: bool, use_sde: bool = False) -> int:
@@ -47,27 +47,24 @@ def replace_linear_layers(module: nn.Module, layer_class: type[nn.Linear] = Spar
 class SparseNetworkMixin:
     """Turns an SB3 network sparse at construction and records how, for SB3's save/load."""
 
-    def _init_sparsity(self, density: float, distribution: str, dense_layers: Sequence[str],
-                       layer_kind: str, dense_output: bool, backend: str = "auto", sparse_init: bool = False) -> None:
-        if layer_kind not in KINDS:
-            raise ValueError(f"unknown layer kind {layer_kind!r}; allowed: {', '.join(KINDS)}")
-        self.density = check_density(density)
-        self.distribution = distribution
-        self.dense_layers = tuple(dense_layers)
-        self.dense_output = dense_output
-        self.sparse_init = sparse_init
-        self.layer_kind = layer_kind
-        replace_linear_layers(self, KINDS[layer_kind].layer_class)  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
-        keep_dense = self.dense_layers + (tuple(self.output_layer_names()) if dense_output else ())
-        KINDS[layer_kind].init_masks(sparse_layers(self), self.density, distribution, keep_dense)  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
-        if sparse_init:
-            for layer in sparse_layers(self).values():  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
+    sparsity: NetworkSparsity
+
+    def _init_sparsity(self, sparsity: NetworkSparsity) -> None:
+        if sparsity.kind not in KINDS:
+            raise ValueError(f"unknown method kind {sparsity.kind!r}; allowed: {', '.join(KINDS)}")
+        check_density(sparsity.density)
+        self.sparsity = sparsity
+        kind = KINDS[sparsity.kind]
+        replace_linear_layers(self, kind.layer_class)  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
+        keep_dense = sparsity.dense_layers + (tuple(self.output_layer_names()) if sparsity.dense_output else ())
+        layers = sparse_layers(self)  # type: ignore[arg-type]  # mixin: as above
+        kind.init_masks(layers, sparsity.density, sparsity.distribution, keep_dense)
+        for layer in layers.values():
+            if sparsity.sparse_init:
                 rescale_to_active_fan_in(layer)
-        self.backend = backend
-        if not (KINDS[layer_kind].compact and KINDS[layer_kind].holds_density):
-            for layer in sparse_layers(self).values():  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
+            if not (kind.compact and kind.holds_density):
                 layer.compact_capable = False
-        set_backend(self, backend)  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
+        set_backend(self, sparsity.backend)  # type: ignore[arg-type]  # mixin: as above
 
     def output_layer_names(self) -> list[str]:
         """Names of the linear layers that produce the network's outputs (the last one of every head)."""
@@ -78,9 +75,7 @@ class SparseNetworkMixin:
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()  # type: ignore[misc]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
-        data.update(density=self.density, distribution=self.distribution, dense_layers=self.dense_layers,
-                    layer_kind=self.layer_kind, dense_output=self.dense_output, backend=self.backend,
-                    sparse_init=self.sparse_init)
+        data.update(sparsity=self.sparsity)
         return data
 
 
@@ -102,26 +97,16 @@ def last_linear(module: nn.Module, head: str) -> str:
 class SparseSACActor(SparseNetworkMixin, SACActor):
     """SB3's SAC ``Actor`` (``latent_pi``, ``mu``, ``log_std``) with sparse linear layers.
 
-    :param density: fraction of the actor's weights that are active, split across layers by ``distribution``.
-    :param distribution: ``"uniform"``, ``"er"`` or ``"erk"``.
-    :param dense_layers: ``fnmatch`` patterns of layer names kept dense (e.g. ``"mu"``).
-    :param layer_kind: a method kind of :data:`sparse_rl.methods.KINDS`, whose layer class replaces
-        every ``nn.Linear`` (``"masked"``: ``SparseLinear``; ``"threshold"``: ``ThresholdLinear``; ...).
-    :param dense_output: keep the output layers (``mu``, ``log_std``) dense, from the same budget.
-    :param backend: how the ``SparseLinear`` layers compute: ``"auto"``, ``"masked"`` or ``"sparse"``
-        (:mod:`sparse_rl.backends`).
-    :param sparse_init: rescale each neuron's initial weights to its active fan-in
-        (:func:`rescale_to_active_fan_in`).
+    :param sparsity: how its layers are sparse (:class:`~sparse_rl.sparsity.NetworkSparsity`: density, layer
+        distribution, dense layers, the method kind whose layer class replaces every ``nn.Linear``, backend, ...).
     """
 
     def _output_heads(self) -> list[str]:
         return [name for name in ("mu", "log_std") if isinstance(getattr(self, name, None), nn.Module)]
 
-    def __init__(self, *args: Any, density: float = 1.0, distribution: str = "erk",
-                 dense_layers: Sequence[str] = (), layer_kind: str = "masked", dense_output: bool = False,
-                 backend: str = "auto", sparse_init: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, sparsity: NetworkSparsity = NetworkSparsity(), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._init_sparsity(density, distribution, dense_layers, layer_kind, dense_output, backend, sparse_init)
+        self._init_sparsity(sparsity)
 
 
 class SparseTD3Actor(SparseNetworkMixin, TD3Actor):
@@ -130,11 +115,9 @@ class SparseTD3Actor(SparseNetworkMixin, TD3Actor):
     def _output_heads(self) -> list[str]:
         return ["mu"]
 
-    def __init__(self, *args: Any, density: float = 1.0, distribution: str = "erk",
-                 dense_layers: Sequence[str] = (), layer_kind: str = "masked", dense_output: bool = False,
-                 backend: str = "auto", sparse_init: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, sparsity: NetworkSparsity = NetworkSparsity(), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._init_sparsity(density, distribution, dense_layers, layer_kind, dense_output, backend, sparse_init)
+        self._init_sparsity(sparsity)
 
 
 class SparseContinuousCritic(SparseNetworkMixin, ContinuousCritic):
@@ -148,13 +131,11 @@ class SparseContinuousCritic(SparseNetworkMixin, ContinuousCritic):
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Box, net_arch: list[int],
                  features_extractor: BaseFeaturesExtractor, features_dim: int,
                  activation_fn: type[nn.Module] = nn.ReLU, normalize_images: bool = True, n_critics: int = 2,
-                 share_features_extractor: bool = True, density: float = 1.0, distribution: str = "erk",
-                 dense_layers: Sequence[str] = (), layer_kind: str = "masked", dense_output: bool = False,
-                 backend: str = "auto", sparse_init: bool = False) -> None:
+                 share_features_extractor: bool = True, sparsity: NetworkSparsity = NetworkSparsity()) -> None:
         super().__init__(observation_space, action_space, net_arch, features_extractor, features_dim,
                          activation_fn, normalize_images, n_critics, share_features_extractor)
         self.net_arch, self.features_dim, self.activation_fn = net_arch, features_dim, activation_fn
-        self._init_sparsity(density, distribution, dense_layers, layer_kind, dense_output, backend, sparse_init)
+        self._init_sparsity(sparsity)
 
     def _output_heads(self) -> list[str]:
         return [f"qf{index}" for index in range(self.n_critics)]

@@ -33,12 +33,14 @@ from torch import nn
 from sparse_rl.controller import MaskController
 from sparse_rl.dormant import DormantMonitor
 from sparse_rl.layers import convert_state, set_backend
+from sparse_rl.masks import sparse_layers
 from sparse_rl.sb3.networks import SparseContinuousCritic, SparseSACActor, SparseTD3Actor, actor_outputs
 from sparse_rl.sparsity import SPARSITY_KEYS, SparsityConfig
-from sparse_rl.topology import sparse_layers
 from sparse_rl.width import iso_param_density, widen
 
 FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
+RENAMED_SUBMODULES = {"actor_topology.": "actor_controller.", "critic_topology.": "critic_controller."}
+"""State-dict prefixes of models saved by sparse_rl 0.1.0, and what they are called now."""
 
 
 def _same(schedule: Callable[[float], float]) -> Callable[[float], float]:
@@ -71,8 +73,8 @@ class SparsePolicyMixin:
     """What SAC's and TD3's sparse policies share: settings, sparse networks, controllers."""
 
     sparsity: SparsityConfig
-    actor_topology: MaskController
-    critic_topology: MaskController
+    actor_controller: MaskController
+    critic_controller: MaskController
     _base_policy: type
     _actor_class: type
     _critic_class: type = SparseContinuousCritic
@@ -153,12 +155,21 @@ class SparsePolicyMixin:
     def _build(self, lr_schedule: Any) -> None:
         super()._build(lr_schedule)  # type: ignore[misc]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
         actor, critic = self.actor, self.critic  # type: ignore[attr-defined]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
-        self.actor_topology = self._make_controller("actor", actor, getattr(self, "actor_target", None),
+        self.actor_controller = self._make_controller("actor", actor, getattr(self, "actor_target", None),
                                                     actor.optimizer)
-        self.critic_topology = self._make_controller("critic", critic, getattr(self, "critic_target", None),
+        self.critic_controller = self._make_controller("critic", critic, getattr(self, "critic_target", None),
                                                      critic.optimizer)
         for optimizer in (actor.optimizer, critic.optimizer):
             optimizer.register_load_state_dict_pre_hook(self._optimizer_state_in_layout)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Read a ``model.zip`` of sparse_rl 0.1.0, whose controllers were saved as ``actor_topology`` and
+        ``critic_topology`` (renamed before the submodules read their keys)."""
+        for key in [key for key in state_dict if key.startswith(prefix)]:
+            for old, new in RENAMED_SUBMODULES.items():
+                if key.startswith(prefix + old):
+                    state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]  # mixin: SB3's policy, later in the MRO, defines it
 
     def _optimizer_state_in_layout(self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
         """Convert saved per-element optimizer state to each layer's layout before it loads (a ``model.zip`` of
@@ -178,15 +189,11 @@ class SparsePolicyMixin:
             network = getattr(self, name, None)
             if network is not None:
                 set_backend(network, backend, optimizers)
-                network.backend = backend
+                network.sparsity = replace(network.sparsity, backend=backend)
         self.sparsity = replace(self.sparsity, backend=backend)
 
     def _network_kwargs(self, network: str) -> dict[str, Any]:
-        density = self._densities[network] if self.sparsity.kind.holds_density else 1.0
-        return dict(density=density, distribution=self.sparsity.distribution,
-                    dense_layers=self.sparsity.network_dense_layers(network), layer_kind=self.sparsity.kind.name,
-                    dense_output=self.sparsity.dense_output, backend=self.sparsity.backend,
-                    sparse_init=self.sparsity.sparse_init)
+        return {"sparsity": self.sparsity.for_network(network, self._densities[network])}
 
     def _make_controller(self, network: str, online: nn.Module, target: nn.Module | None,
                          optimizer: torch.optim.Optimizer) -> MaskController:
@@ -203,9 +210,9 @@ class SparsePolicyMixin:
         self._dormant_monitors = {**getattr(self, "_dormant_monitors", {}), network: monitor}
         return controller
 
-    def topology_controllers(self) -> dict[str, MaskController]:
+    def controllers(self) -> dict[str, MaskController]:
         """The controllers by network name (``"actor"``, ``"critic"``)."""
-        return {"actor": self.actor_topology, "critic": self.critic_topology}
+        return {"actor": self.actor_controller, "critic": self.critic_controller}
 
     def dormant_monitors(self) -> dict[str, DormantMonitor]:
         """The dormant-neuron monitors by network name (``"actor"``, ``"critic"``)."""
@@ -214,7 +221,7 @@ class SparsePolicyMixin:
     def set_training_progress(self, progress: float) -> None:
         """Fraction of training done, for schedules whose end is a fraction of training (SB3's
         ``learn()`` sets it through the learning-rate schedule; call it from a custom loop)."""
-        for controller in self.topology_controllers().values():
+        for controller in self.controllers().values():
             controller.set_progress(progress)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:

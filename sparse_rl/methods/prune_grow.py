@@ -1,94 +1,33 @@
-"""Prune and grow: drop the lowest-scored active weights, grow the highest-scored inactive ones,
-zero what changed and reset its optimizer state. This is the mechanism of every method of the
-``masked`` kind (RigL, SET, MEST, DST-EE, RLx2, DS-TD3); HALO's global prune and the learned
-thresholds change masks through their own controllers (:mod:`sparse_rl.methods`).
+"""The ``prune-grow`` kind: RigL and its family (SET, MEST, DST-EE, RLx2, static, dense).
 
-:func:`update_mask` works on one tensor; :class:`TopologyController` applies it to all the
-``SparseLinear`` layers of one network on a :class:`~sparse_rl.schedules.UpdateSchedule`,
-from the hooks of :class:`~sparse_rl.controller.MaskController`.
+:class:`PruneGrowController` rewires the ``SparseLinear`` layers of one network on an
+:class:`~sparse_rl.schedules.UpdateSchedule`: before every optimizer step it counts it (the hooks of
+:class:`~sparse_rl.controller.MaskController`) and, when the schedule says so, drops the lowest-scored
+active weights and grows the highest-scored inactive ones (:func:`~sparse_rl.masks.update_mask`), zeroing
+what changed and its optimizer state. The presets differ only in their (prune, grow) criteria and defaults.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from sparse_rl.controller import MaskController
 from sparse_rl.criteria import Criterion, ScoreInputs, needs_active_count
-from sparse_rl.distributions import layer_counts, layer_densities
-from sparse_rl.layers import SparseLinear, random_mask
+from sparse_rl.layers import SparseLinear
+from sparse_rl.masks import LayerUpdateStats, sparse_layers, update_mask
+from sparse_rl.methods.kind import MethodKind, MethodPreset
 from sparse_rl.schedules import UpdateSchedule, check_drop_fraction
 
-
-@dataclass(frozen=True)
-class LayerUpdateStats:
-    """What one topology update did to one layer."""
-
-    dropped: int
-    grown: int
-    churn: float
-    """Fraction of the active weights that were not active before the update."""
-    dead_neurons: int
-    """Output neurons left with no incoming connection."""
-    density: float
+if TYPE_CHECKING:
+    from sparse_rl.sparsity import SparsityConfig
 
 
-def sparse_layers(module: nn.Module) -> dict[str, SparseLinear]:
-    """Every ``SparseLinear`` in ``module``, by qualified name."""
-    return {name: layer for name, layer in module.named_modules() if isinstance(layer, SparseLinear)}
-
-
-@torch.no_grad()
-def init_masks(
-    layers: Mapping[str, SparseLinear],
-    density: float,
-    distribution: str = "erk",
-    dense_layers: Iterable[str] = (),
-    generator: torch.Generator | None = None,
-) -> dict[str, int]:
-    """Give each layer a random mask at its share of the global ``density``; returns the counts."""
-    shapes = {name: (layer.out_features, layer.in_features) for name, layer in layers.items()}
-    counts = layer_counts(shapes, layer_densities(shapes, density, distribution, dense_layers))
-    for name, layer in layers.items():
-        layer.set_mask(random_mask(layer.weight.shape, counts[name], generator, layer.weight.device))
-    return counts
-
-
-@torch.no_grad()
-def update_mask(mask: torch.Tensor, prune_scores: torch.Tensor, grow_scores: torch.Tensor,
-                count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Drop the ``count`` active positions with the lowest prune score, then grow the ``count``
-    positions with the highest grow score among those inactive after the drop (a just-dropped
-    weight may come back, as in RigL). Returns the new mask and the flat indices dropped and grown."""
-    active = mask.flatten()
-    count = min(count, int(active.sum()))
-    dropped = prune_scores.flatten().float().masked_fill(~active, float("inf")).topk(count, largest=False).indices
-    after_drop = active.clone()
-    after_drop[dropped] = False
-    grown = grow_scores.flatten().float().masked_fill(after_drop, float("-inf")).topk(count).indices
-    new_mask = after_drop.clone()
-    new_mask[grown] = True
-    return new_mask.view_as(mask), dropped, grown
-
-
-@torch.no_grad()
-def reset_optimizer_state(optimizer: torch.optim.Optimizer | None, param: torch.Tensor,
-                          positions: torch.Tensor) -> None:
-    """Zero every per-element optimizer slot of ``param`` (Adam's moments, SGD momentum, ...)
-    at the boolean ``positions``."""
-    if optimizer is None:
-        return
-    for value in optimizer.state.get(param, {}).values():
-        if torch.is_tensor(value) and value.shape == param.shape:
-            value.masked_fill_(positions, 0)
-
-
-class TopologyController(MaskController):
+class PruneGrowController(MaskController):
     """Prune-and-grow topology updates of one network's ``SparseLinear`` layers on a schedule.
 
     Before every optimizer step (see :class:`~sparse_rl.controller.MaskController`) it runs a
@@ -211,3 +150,31 @@ class TopologyController(MaskController):
             dead_neurons=int((new_mask.sum(dim=1) == 0).sum()),
             density=active / new_mask.numel(),
         )
+
+
+def prune_grow_controller(config: SparsityConfig, network: str, online: nn.Module, target: nn.Module | None,
+                          controller_class: Callable[..., PruneGrowController] = PruneGrowController
+                          ) -> PruneGrowController:
+    """A ``controller_class`` for ``online``'s sparse layers on ``config``'s criteria and schedule."""
+    criteria = config.criteria()
+    prune, grow = criteria if criteria else (None, None)
+    return controller_class(sparse_layers(online), prune, grow, config.schedule(),
+                            sparse_layers(target) if target is not None else None,
+                            grow_uses_gradient=config.grow_uses_dense_gradient())
+
+
+KIND = MethodKind(
+    name="prune-grow",
+    layer_class=SparseLinear,
+    make_controller=prune_grow_controller,
+    presets=(
+        MethodPreset("rigl", "prune-grow", "magnitude", "gradient", "Evci et al. 2020, Rigging the Lottery"),
+        MethodPreset("set", "prune-grow", "set", "random", "Mocanu et al. 2018, Sparse Evolutionary Training"),
+        MethodPreset("mest", "prune-grow", "mest", "random", "Yuan et al. 2021, MEST"),
+        MethodPreset("dst-ee", "prune-grow", "magnitude", "ucb", "Huang et al. 2023, DST-EE"),
+        MethodPreset("rlx2", "prune-grow", "magnitude", "gradient", "Tan et al. 2023, RLx2 (RigL + multi-step "
+                     "targets + policy-aware replay buffer)"),
+        MethodPreset("static", "prune-grow", None, None, "fixed random sparse topology"),
+        MethodPreset("dense", "prune-grow", None, None, "dense baseline (density 1)"),
+    ),
+)

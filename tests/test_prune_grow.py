@@ -8,8 +8,9 @@ from torch import nn
 
 from sparse_rl.criteria import GROW_CRITERIA, PRUNE_CRITERIA, resolve_criterion
 from sparse_rl.layers import SparseLinear
+from sparse_rl.masks import init_masks, sparse_layers, update_mask
+from sparse_rl.methods.prune_grow import PruneGrowController
 from sparse_rl.schedules import UpdateSchedule
-from sparse_rl.topology import TopologyController, init_masks, sparse_layers, update_mask
 
 
 def make_net(widths: list[int]) -> nn.Sequential:
@@ -59,7 +60,7 @@ def test_counts_zeros_optimizer_state_and_target_masks_hold_through_any_sequence
         optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     else:
         optimizer = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.9)
-    controller = TopologyController(layers, resolve_criterion("prune", prune), resolve_criterion("grow", grow),
+    controller = PruneGrowController(layers, resolve_criterion("prune", prune), resolve_criterion("grow", grow),
                                     UpdateSchedule(interval=10**9, end=None), sparse_layers(target))
     controller.attach(optimizer)
     check_invariants(layers, counts)
@@ -115,9 +116,9 @@ def test_hooks_run_the_schedule_and_keep_masks_through_training():
     counts = init_masks(layers, 0.3)
     initial = {name: layer.mask.clone() for name, layer in layers.items()}
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-3)
-    assert not TopologyController(layers, resolve_criterion("prune", "magnitude"),
+    assert not PruneGrowController(layers, resolve_criterion("prune", "magnitude"),
                                   resolve_criterion("grow", "gradient")).tracks_activity, "RigL keeps no counts"
-    controller = TopologyController(layers, resolve_criterion("prune", "magnitude"),
+    controller = PruneGrowController(layers, resolve_criterion("prune", "magnitude"),
                                     resolve_criterion("grow", "ucb"), UpdateSchedule(interval=5, end=23))
     assert controller.tracks_activity
     controller.attach(optimizer)
@@ -138,7 +139,7 @@ def test_growth_uses_the_gradient_of_the_step_being_taken():
         layer.weight.copy_(torch.tensor([[1.0, 0.1, 0.0, 0.0]]))
     layer.set_mask(torch.tensor([[True, True, False, False]]))
     optimizer = torch.optim.SGD(layer.parameters(), lr=0.0)
-    controller = TopologyController({"w": layer}, resolve_criterion("prune", "magnitude"),
+    controller = PruneGrowController({"w": layer}, resolve_criterion("prune", "magnitude"),
                                     resolve_criterion("grow", "gradient"),
                                     UpdateSchedule(interval=1, drop_fraction=0.5, end=None))
     controller.attach(optimizer)
@@ -150,14 +151,14 @@ def test_growth_uses_the_gradient_of_the_step_being_taken():
 def test_static_topology_refuses_updates_and_needs_both_criteria():
     layers = sparse_layers(make_net([3, 4]))
     with pytest.raises(ValueError, match="static"):
-        TopologyController(layers).update(0.1)
+        PruneGrowController(layers).update(0.1)
     with pytest.raises(ValueError, match="both"):
-        TopologyController(layers, prune=resolve_criterion("prune", "magnitude"))
+        PruneGrowController(layers, prune=resolve_criterion("prune", "magnitude"))
 
 
 def test_bad_drop_fraction_is_a_value_error():
     layers = sparse_layers(make_net([3, 4]))
-    controller = TopologyController(layers, resolve_criterion("prune", "magnitude"),
+    controller = PruneGrowController(layers, resolve_criterion("prune", "magnitude"),
                                     resolve_criterion("grow", "random"))
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         controller.update(1.0)
@@ -165,10 +166,10 @@ def test_bad_drop_fraction_is_a_value_error():
 
 def test_controller_counters_round_trip_through_state_dict():
     layers = sparse_layers(make_net([3, 4]))
-    controller = TopologyController(layers, resolve_criterion("prune", "magnitude"),
+    controller = PruneGrowController(layers, resolve_criterion("prune", "magnitude"),
                                     resolve_criterion("grow", "random"))
     controller.before_optimizer_step()
     controller.set_progress(0.25)
-    restored = TopologyController(layers, resolve_criterion("prune", "magnitude"), resolve_criterion("grow", "random"))
+    restored = PruneGrowController(layers, resolve_criterion("prune", "magnitude"), resolve_criterion("grow", "random"))
     restored.load_state_dict(controller.state_dict())
     assert int(restored.step) == 1 and float(restored.progress) == 0.25

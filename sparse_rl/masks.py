@@ -1,0 +1,76 @@
+"""The mask helpers every method kind shares: finding a network's sparse layers, first masks, one
+prune-and-grow step on one tensor, and resetting the optimizer state of changed positions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sparse_rl.distributions import layer_counts, layer_densities
+from sparse_rl.layers import SparseLinear, random_mask
+
+
+@dataclass(frozen=True)
+class LayerUpdateStats:
+    """What one topology update did to one layer."""
+
+    dropped: int
+    grown: int
+    churn: float
+    """Fraction of the active weights that were not active before the update."""
+    dead_neurons: int
+    """Output neurons left with no incoming connection."""
+    density: float
+
+
+def sparse_layers(module: nn.Module) -> dict[str, SparseLinear]:
+    """Every ``SparseLinear`` in ``module``, by qualified name."""
+    return {name: layer for name, layer in module.named_modules() if isinstance(layer, SparseLinear)}
+
+
+@torch.no_grad()
+def init_masks(
+    layers: Mapping[str, SparseLinear],
+    density: float,
+    distribution: str = "erk",
+    dense_layers: Iterable[str] = (),
+    generator: torch.Generator | None = None,
+) -> dict[str, int]:
+    """Give each layer a random mask at its share of the global ``density``; returns the counts."""
+    shapes = {name: (layer.out_features, layer.in_features) for name, layer in layers.items()}
+    counts = layer_counts(shapes, layer_densities(shapes, density, distribution, dense_layers))
+    for name, layer in layers.items():
+        layer.set_mask(random_mask(layer.weight.shape, counts[name], generator, layer.weight.device))
+    return counts
+
+
+@torch.no_grad()
+def update_mask(mask: torch.Tensor, prune_scores: torch.Tensor, grow_scores: torch.Tensor,
+                count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Drop the ``count`` active positions with the lowest prune score, then grow the ``count``
+    positions with the highest grow score among those inactive after the drop (a just-dropped
+    weight may come back, as in RigL). Returns the new mask and the flat indices dropped and grown."""
+    active = mask.flatten()
+    count = min(count, int(active.sum()))
+    dropped = prune_scores.flatten().float().masked_fill(~active, float("inf")).topk(count, largest=False).indices
+    after_drop = active.clone()
+    after_drop[dropped] = False
+    grown = grow_scores.flatten().float().masked_fill(after_drop, float("-inf")).topk(count).indices
+    new_mask = after_drop.clone()
+    new_mask[grown] = True
+    return new_mask.view_as(mask), dropped, grown
+
+
+@torch.no_grad()
+def reset_optimizer_state(optimizer: torch.optim.Optimizer | None, param: torch.Tensor,
+                          positions: torch.Tensor) -> None:
+    """Zero every per-element optimizer slot of ``param`` (Adam's moments, SGD momentum, ...)
+    at the boolean ``positions``."""
+    if optimizer is None:
+        return
+    for value in optimizer.state.get(param, {}).values():
+        if torch.is_tensor(value) and value.shape == param.shape:
+            value.masked_fill_(positions, 0)
