@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from sparse_rl.machine import cpu_model
-from sparse_rl.run_config import ConfigError, read_yaml, run_name
+from sparse_rl.run_config import ConfigError, read_yaml, run_name, upgrade_config
 from sparse_rl.sparsity import SparsityConfig
 
 PROG = "sparse_rl.ledger"
@@ -88,6 +88,7 @@ class Ledger:
 def resolved(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` with its sparsity section as the settings it resolves to (a method preset's defaults
     filled in, the execution backend left out), so a record matches a trial that spells them differently."""
+    config = upgrade_config(dict(config))
     settings = SparsityConfig.from_kwargs(**(config.get("sparsity") or {})).as_kwargs()
     settings.pop("backend")
     return {**config, "sparsity": settings}

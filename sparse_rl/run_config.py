@@ -31,9 +31,8 @@ if TYPE_CHECKING:
 
 ALGO_NAMES = ("sac", "td3", "tqc", "crossq")
 TOP_LEVEL_KEYS = ("algo", "env", "seed", "total_steps", "n_envs", "eval_freq", "eval_episodes", "checkpoint_freq",
-                  "action_noise_std", "threads", "device", "param_matched", "algo_kwargs", "policy_kwargs", "sparsity",
-                  "rlx2")
-SECTION_KEYS = ("algo_kwargs", "policy_kwargs", "sparsity", "rlx2")
+                  "action_noise_std", "threads", "device", "param_matched", "algo_kwargs", "policy_kwargs", "sparsity")
+SECTION_KEYS = ("algo_kwargs", "policy_kwargs", "sparsity")
 SET_BY_CLI = ("policy", "env", "policy_kwargs", "tensorboard_log", "seed", "device", "verbose", "action_noise",
               "_init_setup_model", "self", "replay_buffer_class", "replay_buffer_kwargs", "stats_window_size")
 NETWORKS = ("actor", "critic")
@@ -88,6 +87,28 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` as this release writes it. Configs of 0.1.0 kept RLx2's buffer settings in a top-level
+    ``rlx2`` section for every method: for method ``rlx2`` they join its sparsity settings, for another
+    method the section is dropped if it holds 0.1.0's defaults (``ConfigError`` otherwise: they never applied)."""
+    section = config.get("rlx2")
+    if section is None:
+        return config
+    config = {key: value for key, value in config.items() if key != "rlx2"}
+    sparsity = dict(config.get("sparsity") or {})
+    if sparsity.get("method") == "rlx2":
+        config["sparsity"] = {**section, **sparsity}
+    elif section != LEGACY_RLX2_DEFAULTS:
+        raise ConfigError(f"rlx2 settings {section!r} apply to method rlx2 only, not to "
+                          f"{sparsity.get('method', 'rigl')!r}; give them as sparsity settings of an rlx2 run")
+    return config
+
+
+LEGACY_RLX2_DEFAULTS = {"n_steps": 3, "n_step_delay": 0.1, "check_interval": 10000, "check_size": 2048,
+                        "distance_threshold": 0.2, "min_size": 50000, "shrink_fraction": 0.1}
+"""The ``rlx2`` section every 0.1.0 config carried."""
+
+
 def env_family(env_id: str) -> str:
     """``HalfCheetah-v4`` -> ``HalfCheetah`` (the key of its section in a config file)."""
     return env_id.split("/")[-1].rsplit("-v", 1)[0]
@@ -95,17 +116,14 @@ def env_family(env_id: str) -> str:
 
 def allowed_keys(algo: str) -> dict[str, tuple[str, ...]]:
     """Valid keys of each config section for ``algo``."""
-    from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
     from sparse_rl.sparsity import SPARSITY_KEYS
 
     algo_class, policy_class = algo_classes(algo)
     algo_params = [p for p in inspect.signature(algo_class.__init__).parameters if p not in SET_BY_CLI]
     policy_params = [p for p in inspect.signature(policy_class.__init__).parameters
                      if p not in ("self", "observation_space", "action_space", "lr_schedule")]
-    rlx2_params = [p for p in inspect.signature(RLx2ReplayBuffer.__init__).parameters
-                   if p not in ("self", "args", "kwargs", "gamma")]  # gamma comes from algo_kwargs
     return {"": TOP_LEVEL_KEYS, "algo_kwargs": tuple(algo_params), "policy_kwargs": tuple(policy_params),
-            "sparsity": SPARSITY_KEYS, "rlx2": tuple(rlx2_params)}
+            "sparsity": SPARSITY_KEYS}
 
 
 def _is_int(value: Any, low: int) -> bool:
@@ -198,14 +216,6 @@ NUMERIC_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "algo_kwargs.top_quantiles_to_drop_per_net": (lambda v: _is_int(v, 0), "an integer >= 0"),
     "policy_kwargs.batch_norm_momentum": (lambda v: _in_range(v, 0, 1, low_open=True), "a number in (0, 1]"),
     "policy_kwargs.renorm_warmup_steps": (lambda v: _is_int(v, 0), "an integer >= 0"),
-    "rlx2.n_steps": (lambda v: _is_int(v, 1), "a positive integer"),
-    "rlx2.n_step_delay": (lambda v: _is_int(v, 0) or _in_range(v, 0, 1, high_open=True),
-                          "an integer >= 0 (gradient steps) or a fraction of training in [0, 1)"),
-    "rlx2.check_interval": (lambda v: _is_int(v, 1), "a positive integer"),
-    "rlx2.check_size": (lambda v: _is_int(v, 1), "a positive integer"),
-    "rlx2.distance_threshold": (lambda v: _in_range(v, 0, INF), "a number >= 0"),
-    "rlx2.min_size": (lambda v: _is_int(v, 0), "an integer >= 0"),
-    "rlx2.shrink_fraction": (lambda v: _in_range(v, 0, 1, True, True), "a number in (0, 1)"),
 }
 """Every numeric config field SB3 or this package reads: (check, what a valid value is)."""
 
@@ -347,7 +357,7 @@ def build_config(algo: str, env: str, config_file: Path | None, cli: Mapping[str
     if unknown:
         raise ConfigError(f"unknown config key(s) {sorted(unknown)} in config file; valid: defaults, envs")
     config = _merge(data.get("defaults") or {}, (data.get("envs") or {}).get(env_family(env)) or {})
-    config = _merge(config, {"algo": algo, "env": env})
+    config = upgrade_config(_merge(config, {"algo": algo, "env": env}))
     for path, value in cli.items():
         if value is not None:
             set_path(config, path, with_numbers(value))
@@ -379,10 +389,9 @@ def _packaged_defaults(algo: str, env: str) -> str:
 
 def short_name(path: str) -> str:
     """A changed setting's name in a label: :data:`SHORT_NAMES`, else the key (``tau``, ``update_interval``),
-    with its section for ``policy_kwargs`` and ``rlx2``, whose keys SAC's own arguments share (``use_sde``,
-    ``n_steps``)."""
+    with its section for ``policy_kwargs``, whose keys SAC's own arguments share (``use_sde``)."""
     section, _, key = path.rpartition(".")
-    return SHORT_NAMES.get(path) or (path.replace("policy_kwargs.", "policy.") if section in ("policy_kwargs", "rlx2")
+    return SHORT_NAMES.get(path) or (path.replace("policy_kwargs.", "policy.") if section == "policy_kwargs"
                                      else key)
 
 
@@ -403,8 +412,8 @@ def short_value(value: Any) -> str:
 
 def changed_settings(config: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     """(path, value) of each field of :data:`LABELLED_TOP`, :data:`LABELLED_SECTIONS`, the sparsity
-    schedule and (for ``rlx2``) the ``rlx2`` section that differs from the packaged default of its algo,
-    env and method, sorted by path."""
+    schedule and the method's own settings that differs from the packaged default of its algo, env and
+    method, sorted by path."""
     if config.get("algo") not in ALGO_NAMES or "env" not in config:
         return ()
     defaults = yaml.safe_load(_packaged_defaults(str(config["algo"]), str(config["env"])))
@@ -415,8 +424,6 @@ def changed_settings(config: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     resolved = SparsityConfig.from_kwargs(**sparsity)
     if config.get("param_matched") is None and not (resolved.is_dense and not resolved.iso_params):  # else no schedule
         paths += [f"sparsity.{key}" for key in sparsity if key not in LABEL_SPARSITY_KEYS]
-    if sparsity.get("method") == "rlx2":
-        paths += [f"rlx2.{key}" for key in config.get("rlx2") or {}]
     changed = []
     for path in sorted(paths, key=lambda path: ("." in path, path)):  # the budget first
         present, value = _lookup(config, path)

@@ -51,11 +51,21 @@ from sparse_rl.flops import active_weights
 from sparse_rl.machine import cpu_model
 from sparse_rl.masks import sparse_layers
 from sparse_rl.quiet import mujoco_log_to
-from sparse_rl.run_config import ConfigError, algo_classes, build_config, check_device, read_yaml, run_name, validate
+from sparse_rl.run_config import (
+    ConfigError,
+    algo_classes,
+    build_config,
+    check_device,
+    read_yaml,
+    run_name,
+    upgrade_config,
+    validate,
+)
 from sparse_rl.sb3 import SparseCrossQPolicy, SparseMetricsCallback, SparseSACPolicy, SparseTD3Policy, SparseTQCPolicy
 from sparse_rl.sb3.flops import inference_flops
 from sparse_rl.sb3.matched import matched_net_arch
-from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
+from sparse_rl.sb3.rlx2 import rlx2_replay_buffer
+from sparse_rl.sparsity import SparsityConfig
 
 if TYPE_CHECKING:
     from sparse_rl.ledger import Ledger
@@ -146,31 +156,28 @@ def matched_policy_kwargs(config: Mapping[str, Any], env: VecEnv) -> dict[str, A
     return policy_kwargs
 
 
-def replay_buffer_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The algorithm's replay-buffer arguments: RLx2's buffer for method ``rlx2`` (its ``rlx2`` section,
-    the algorithm's gamma, ``n_step_delay`` in gradient steps, a float there being a fraction of
-    ``total_steps``); none otherwise. The one place a run is wired for ``rlx2``."""
-    if (config.get("sparsity") or {}).get("method") != "rlx2":
-        return {}
-    kwargs = dict(config.get("rlx2", {}))
-    kwargs["gamma"] = config.get("algo_kwargs", {}).get("gamma", 0.99)
-    delay = kwargs.get("n_step_delay", 0)
-    if isinstance(delay, float):
-        kwargs["n_step_delay"] = int(delay * config["total_steps"])
-    return {"replay_buffer_class": RLx2ReplayBuffer, "replay_buffer_kwargs": kwargs}
-
-
 def build_model(config: Mapping[str, Any], run_dir: Path) -> OffPolicyAlgorithm:
     """The SB3 model a config describes (the policy checks its sparsity settings here, before any file exists)."""
     env = make_vec_env(config["env"], n_envs=config.get("n_envs", 1), seed=config["seed"])
-    kwargs = {**config.get("algo_kwargs", {}), **replay_buffer_kwargs(config)}
+    sparsity = SparsityConfig.from_kwargs(**config.get("sparsity", {}))
+    gamma = config.get("algo_kwargs", {}).get("gamma", 0.99)
+    kwargs = {**config.get("algo_kwargs", {}), **rlx2_replay_buffer(sparsity, gamma, config["total_steps"])}
     if config["algo"] == "td3" and config.get("action_noise_std"):
         n_actions = get_action_dim(env.action_space)
         kwargs["action_noise"] = NormalActionNoise(np.zeros(n_actions), config["action_noise_std"] * np.ones(n_actions))
-    policy_kwargs = {**matched_policy_kwargs(config, env), **config.get("sparsity", {})}
-    return algo_classes(config["algo"])[0](POLICIES[config["algo"]], env, policy_kwargs=policy_kwargs,
-                                           seed=config["seed"], device=config.get("device", "cpu"),
-                                           tensorboard_log=str(run_dir), **kwargs)
+    policy_kwargs = {**matched_policy_kwargs(config, env), "sparsity": sparsity}
+    model = algo_classes(config["algo"])[0](POLICIES[config["algo"]], env, policy_kwargs=policy_kwargs,
+                                            seed=config["seed"], device=config.get("device", "cpu"),
+                                            tensorboard_log=str(run_dir), **kwargs)
+    attach_replay_buffer(model)
+    return model
+
+
+def attach_replay_buffer(model: OffPolicyAlgorithm) -> None:
+    """Give a replay buffer that needs its model (RLx2's) the model, as SB3 gives ``HerReplayBuffer`` its env."""
+    attach = getattr(model.replay_buffer, "attach", None)
+    if attach is not None:
+        attach(model)
 
 
 def checkpoint_state(run_dir: Path) -> dict[str, Any]:
@@ -188,6 +195,7 @@ def load_model(run_dir: Path, config: Mapping[str, Any]) -> OffPolicyAlgorithm:
     model = algo_classes(config["algo"])[0].load(checkpoint / "model.zip", env=env, device=config.get("device", "cpu"),
                                                  tensorboard_log=str(run_dir))
     load_buffer(model, checkpoint / "replay_buffer.pkl")
+    attach_replay_buffer(model)
     return model
 
 
@@ -434,7 +442,7 @@ def resume_run(run_dir: Path, progress_bar: bool = False, ledger: Ledger | None 
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
     if (run_dir / "summary.json").is_file():
         raise ConfigError(f"{run_dir} is finished (it has summary.json); there is nothing to resume")
-    config = read_yaml(run_dir / "config.yaml")
+    config = upgrade_config(read_yaml(run_dir / "config.yaml"))
     validate(config)
     check_device(config)
     torch.set_num_threads(config.get("threads", 1))

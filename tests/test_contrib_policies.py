@@ -202,6 +202,7 @@ def test_rlx2_adds_entropy_bonuses_and_leaves_batch_renorm_statistics_alone(algo
     model = cls(policy, "Pendulum-v1", policy_kwargs=dict(net_arch=[32, 32], density=0.3, method="rlx2"),
                 replay_buffer_class=RLx2ReplayBuffer, replay_buffer_kwargs=dict(n_steps=3, check_interval=100),
                 learning_starts=50, batch_size=32, seed=0, device="cpu")
+    model.replay_buffer.attach(model)
     model.learn(150, callback=SparseMetricsCallback())
     buffer = model.replay_buffer
     samples = buffer.sample(16)

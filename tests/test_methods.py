@@ -19,7 +19,7 @@ def test_presets_are_the_documented_pairs():
 
 
 def test_unknown_method_names_the_allowed_ones():
-    allowed = "allowed: rigl, set, mest, dst-ee, rlx2, static, dense, thresholds, halo, ds-td3"
+    allowed = "allowed: rigl, set, mest, dst-ee, static, dense, rlx2, thresholds, halo, ds-td3"
     with pytest.raises(ValueError, match=allowed):
         get_method("lottery")
 

@@ -15,7 +15,8 @@ DENSITY = 0.2
 EXTRA = {
     "thresholds": ["--set", "sparsity.threshold_alpha=0.05"],
     "halo": ["--set", "sparsity.prune_start=100", "--set", "sparsity.prune_end=300"],
-    "rlx2": ["--set", "rlx2.check_interval=200", "--set", "rlx2.min_size=100", "--set", "rlx2.n_step_delay=100"],
+    "rlx2": ["--set", "sparsity.check_interval=200", "--set", "sparsity.min_size=100",
+             "--set", "sparsity.n_step_delay=100"],
 }
 
 
@@ -25,7 +26,8 @@ def test_every_method_trains_sac_through_the_cli_keeps_invariants_and_round_trip
     density_args = [] if learns_density else ["--density", str(DENSITY)]
     train.main(["--env", "Pendulum-v1", "--method", method, *density_args, "--logdir", str(tmp_path), *FAST,
                 *EXTRA.get(method, [])])
-    label = {"thresholds": "thresholds+threshold_alpha0.05", "halo": "halo+prune_end300+prune_start100"}
+    label = {"thresholds": "thresholds+threshold_alpha0.05", "halo": "halo+prune_end300+prune_start100",
+             "rlx2": "rlx2+check_interval200+min_size100+n_step_delay100"}
     density = 1 if learns_density else DENSITY
     run_dir = only_run(tmp_path / "Pendulum-v1", f"sac-{label.get(method, method)}-d{density:g}-s0")
     model = SAC.load(run_dir / "model.zip")

@@ -93,14 +93,15 @@ def test_sampling_stays_inside_the_kept_window():
 def test_buffer_without_its_model_is_a_clear_error():
     model = SAC("MlpPolicy", "Pendulum-v1")
     buffer = RLx2ReplayBuffer(10, model.observation_space, model.action_space)
-    with pytest.raises(RuntimeError, match="SparseMetricsCallback"):
+    with pytest.raises(RuntimeError, match=r"model.replay_buffer.attach\(model\)"):
         buffer.add(np.zeros((1, 3)), np.zeros((1, 3)), np.zeros((1, 1)), np.zeros(1), np.zeros(1), [{}])
 
 
 def test_rlx2_trains_through_the_cli_with_exact_counts_and_logs_the_buffer(tmp_path):
     train.main(["--env", "Pendulum-v1", "--method", "rlx2", "--density", "0.2", "--logdir", str(tmp_path), *FAST,
-                "--set", "rlx2.check_interval=200", "--set", "rlx2.min_size=100", "--set", "rlx2.n_step_delay=100"])
-    run_dir = only_run(tmp_path / "Pendulum-v1", "sac-rlx2-d0.2-s0")
+                "--set", "sparsity.check_interval=200", "--set", "sparsity.min_size=100",
+                "--set", "sparsity.n_step_delay=100"])
+    run_dir = only_run(tmp_path / "Pendulum-v1", "sac-rlx2+check_interval200+min_size100+n_step_delay100-d0.2-s0")
     model = SAC.load(run_dir / "model.zip")
     load_buffer(model, run_dir / "checkpoint" / "replay_buffer.pkl")
     assert isinstance(model.replay_buffer, RLx2ReplayBuffer) and model.replay_buffer.n_steps == 3
@@ -112,15 +113,50 @@ def test_rlx2_trains_through_the_cli_with_exact_counts_and_logs_the_buffer(tmp_p
     assert scalars(run_dir, "rlx2/policy_distance") and scalars(run_dir, "rlx2/buffer_size")
 
 
-def test_rlx2_in_a_plain_sb3_script_needs_its_buffer_and_trains_with_it():
-    from sparse_rl import SparseMetricsCallback, SparseSACPolicy
+def test_rlx2_in_a_plain_sb3_script_builds_its_buffer_from_the_method_settings_and_trains_with_it():
+    from sparse_rl import SparseSACPolicy
+    from sparse_rl.sb3.rlx2 import rlx2_replay_buffer
+    from sparse_rl.sparsity import SparsityConfig
 
-    policy_kwargs = dict(method="rlx2", density=0.2, net_arch=[32, 32], update_interval=50)
-    model = SAC(SparseSACPolicy, "Pendulum-v1", learning_starts=50, seed=0, policy_kwargs=policy_kwargs)
-    with pytest.raises(ValueError, match="replay_buffer_class=RLx2ReplayBuffer"):
-        model.learn(100, callback=SparseMetricsCallback())
-    model = SAC(SparseSACPolicy, "Pendulum-v1", learning_starts=50, seed=0, policy_kwargs=policy_kwargs,
-                replay_buffer_class=RLx2ReplayBuffer, replay_buffer_kwargs=dict(n_steps=3, check_interval=100))
-    model.learn(200, callback=SparseMetricsCallback())
+    sparsity = SparsityConfig.from_kwargs(method="rlx2", density=0.2, update_interval=50, check_interval=100,
+                                          n_step_delay=0.5)
+    buffer = rlx2_replay_buffer(sparsity, gamma=0.99, total_steps=200)
+    assert buffer["replay_buffer_class"] is RLx2ReplayBuffer and buffer["replay_buffer_kwargs"]["n_step_delay"] == 100
+    model = SAC(SparseSACPolicy, "Pendulum-v1", learning_starts=50, seed=0,
+                policy_kwargs=dict(sparsity=sparsity, net_arch=[32, 32]), **buffer)
+    model.replay_buffer.attach(model)  # no callback needed
+    model.learn(200)
     assert model.replay_buffer.n_steps == 3 and model.replay_buffer.last_distance is not None
-    assert int(model.policy.critic_controller.num_updates) > 0
+    assert model.replay_buffer.check_interval == 100 and int(model.policy.critic_controller.num_updates) > 0
+    assert rlx2_replay_buffer(SparsityConfig.from_kwargs(method="rigl", density=0.2), 0.99, 200) == {}
+
+
+def every_key(mapping, prefix=""):
+    for key, value in mapping.items():
+        yield prefix + key
+        if isinstance(value, dict):
+            yield from every_key(value, f"{prefix}{key}.")
+
+
+def test_a_rigl_run_config_holds_no_setting_of_another_method(tmp_path):
+    import yaml
+
+    from sparse_rl.methods import KINDS
+
+    train.main(["--env", "Pendulum-v1", "--density", "0.5", "--logdir", str(tmp_path), *FAST])
+    config = yaml.safe_load((only_run(tmp_path / "Pendulum-v1", "sac-rigl-d0.5-s0") / "config.yaml").read_text())
+    others = {key for kind in KINDS.values() if kind.name != "prune-grow" for key in kind.setting_keys}
+    leaves = {key.rsplit(".", 1)[-1] for key in every_key(config)}
+    assert "rlx2" not in config and not leaves & others, leaves & others
+
+
+def test_configs_of_0_1_0_keep_their_rlx2_section_meaning():
+    from sparse_rl.run_config import LEGACY_RLX2_DEFAULTS, ConfigError, upgrade_config
+
+    old = {"sparsity": {"method": "rlx2", "density": 0.1}, "rlx2": {**LEGACY_RLX2_DEFAULTS, "n_steps": 5}}
+    assert upgrade_config(old) == {"sparsity": {**LEGACY_RLX2_DEFAULTS, "n_steps": 5, "method": "rlx2",
+                                                "density": 0.1}}
+    assert upgrade_config({"sparsity": {"method": "rigl"}, "rlx2": dict(LEGACY_RLX2_DEFAULTS)}) == \
+        {"sparsity": {"method": "rigl"}}
+    with pytest.raises(ConfigError, match="apply to method rlx2 only, not to 'rigl'"):
+        upgrade_config({"sparsity": {"method": "rigl"}, "rlx2": {**LEGACY_RLX2_DEFAULTS, "n_steps": 5}})

@@ -249,7 +249,7 @@ def test_fraction_end_without_progress_warns():
     (dict(density=0.0), r"\(0, 1\]"),
     (dict(density=1.5), r"\(0, 1\]"),
     (dict(critic_density=-1), r"critic_density must be a number in \(0, 1\]"),
-    (dict(method="lottery"), "allowed: rigl, set, mest, dst-ee, rlx2, static, dense, thresholds, halo, ds-td3"),
+    (dict(method="lottery"), "allowed: rigl, set, mest, dst-ee, static, dense, rlx2, thresholds, halo, ds-td3"),
     (dict(threshold_alpha=1e-3), "'threshold_alpha' is a setting of method thresholds, not of 'rigl'"),
     (dict(backend="gpu"), "allowed: auto, masked, sparse"),
     (dict(width_multiplier=0), "width_multiplier must be an integer >= 1"),
@@ -378,3 +378,16 @@ def test_dict_observations_with_her_train_like_multi_input_policy(algo, tmp_path
     loaded = cls.load(tmp_path / "her", env=env)
     obs = env.reset(seed=0)[0]
     assert np.array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+
+
+def test_a_sparsity_config_object_is_handed_down_whole_and_never_mixed_with_flat_keys():
+    from sparse_rl.sparsity import SparsityConfig
+
+    config = SparsityConfig.from_kwargs(density=0.3, method="set")
+    model = SAC(SparseSACPolicy, "Pendulum-v1", policy_kwargs=dict(sparsity=config, net_arch=[32, 32]))
+    assert model.policy.sparsity is config
+    assert model.policy.actor.sparsity == config.for_network("actor")
+    with pytest.raises(ValueError, match="takes a SparsityConfig, and then no other sparsity keys"):
+        SAC(SparseSACPolicy, "Pendulum-v1", policy_kwargs=dict(sparsity=config, density=0.5))
+    with pytest.raises(ValueError, match=r"takes a SparsityConfig.*\(got dict\)"):
+        SAC(SparseSACPolicy, "Pendulum-v1", policy_kwargs=dict(sparsity={"density": 0.5}))

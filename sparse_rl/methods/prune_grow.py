@@ -1,4 +1,4 @@
-"""The ``prune-grow`` kind: RigL and its family (SET, MEST, DST-EE, RLx2, static, dense).
+"""The ``prune-grow`` kind: RigL and its family (SET, MEST, DST-EE, static, dense; RLx2 and DS-TD3 reuse it).
 
 :class:`PruneGrowController` rewires the ``SparseLinear`` layers of one network on an
 :class:`~sparse_rl.schedules.UpdateSchedule`: before every optimizer step it counts it (the hooks of
@@ -172,8 +172,6 @@ KIND = MethodKind(
         MethodPreset("set", "prune-grow", "set", "random", "Mocanu et al. 2018, Sparse Evolutionary Training"),
         MethodPreset("mest", "prune-grow", "mest", "random", "Yuan et al. 2021, MEST"),
         MethodPreset("dst-ee", "prune-grow", "magnitude", "ucb", "Huang et al. 2023, DST-EE"),
-        MethodPreset("rlx2", "prune-grow", "magnitude", "gradient", "Tan et al. 2023, RLx2 (RigL + multi-step "
-                     "targets + policy-aware replay buffer)"),
         MethodPreset("static", "prune-grow", None, None, "fixed random sparse topology"),
         MethodPreset("dense", "prune-grow", None, None, "dense baseline (density 1)"),
     ),

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sparse_rl.methods import ds_td3, gmp, halo, prune_grow, srigl, thresholds
+from sparse_rl.methods import ds_td3, gmp, halo, prune_grow, rlx2, srigl, thresholds
 from sparse_rl.methods.kind import MethodKind, MethodPreset
 
-KINDS: dict[str, MethodKind] = {kind.name: kind for kind in (prune_grow.KIND, thresholds.KIND, halo.KIND, ds_td3.KIND,
-                                                              srigl.KIND, gmp.KIND)}
+KINDS: dict[str, MethodKind] = {kind.name: kind for kind in (prune_grow.KIND, rlx2.KIND, thresholds.KIND, halo.KIND,
+                                                              ds_td3.KIND, srigl.KIND, gmp.KIND)}
 """Method kinds by name."""
 
 METHODS: dict[str, MethodPreset] = {preset.name: preset for kind in KINDS.values() for preset in kind.presets}

@@ -7,7 +7,6 @@ from stable_baselines3.common.callbacks import BaseCallback
 from sparse_rl.flops import TrainStepFlops
 from sparse_rl.sb3.flops import inference_flops, model_step_flops
 from sparse_rl.sb3.policies import SparsePolicyMixin
-from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
 
 
 class SparseMetricsCallback(BaseCallback):
@@ -22,9 +21,9 @@ class SparseMetricsCallback(BaseCallback):
     - for sparse policies, every method: ``sparsity/dormant/<net>/tau0`` and ``.../tau0.1`` (share of
       hidden neurons τ-dormant on the last measured replay batch, dead ones apart), ``.../dead`` (share
       with no incoming weight) and, with ``recycle_dormant``, ``.../recycled`` (neurons recycled so far);
-    - with :class:`~sparse_rl.sb3.rlx2.RLx2ReplayBuffer`: ``rlx2/buffer_size``,
-      ``rlx2/policy_distance``, ``rlx2/n_steps``. That buffer needs its model, and this callback
-      gives it at the start of ``learn()`` (method ``rlx2`` without the buffer is refused here).
+    - a replay buffer's own scalars, where it has a ``log_values()``: with
+      :class:`~sparse_rl.sb3.rlx2.RLx2ReplayBuffer` ``rlx2/buffer_size``, ``rlx2/policy_distance``,
+      ``rlx2/n_steps``.
 
     The cumulative counts are attributes too (``train_flops``, ``dense_train_flops``) and are
     restored from the logger-independent ``flops_state`` when a run resumes.
@@ -51,12 +50,6 @@ class SparseMetricsCallback(BaseCallback):
         self._counted = {key: int(state[key]) for key in self._counted}
 
     def _on_training_start(self) -> None:
-        policy = self._policy()
-        if isinstance(getattr(self.model, "replay_buffer", None), RLx2ReplayBuffer):  # it needs the model's actor
-            self.model.replay_buffer.attach(self.model)  # type: ignore[attr-defined]  # checked above
-        elif policy is not None and policy.sparsity.method == "rlx2":
-            raise ValueError("method 'rlx2' needs RLx2's replay buffer: pass replay_buffer_class=RLx2ReplayBuffer "
-                             "(from sparse_rl.sb3.rlx2) to the algorithm; without it the run would be plain RigL")
         self._dense_step = model_step_flops(self.model, dense=True)
         self.logger.record("flops/inference_per_action_dense", inference_flops(self.model, dense=True))
 
@@ -95,12 +88,8 @@ class SparseMetricsCallback(BaseCallback):
         self.logger.record("flops/inference_per_action", inference_flops(self.model))
         if self.dense_train_flops > 0:
             self.logger.record("flops/train_vs_dense", self.train_flops / self.dense_train_flops)
-        buffer = getattr(self.model, "replay_buffer", None)
-        if isinstance(buffer, RLx2ReplayBuffer):
-            self.logger.record("rlx2/buffer_size", buffer.size())
-            self.logger.record("rlx2/n_steps", buffer.n_steps)
-            if buffer.last_distance is not None:
-                self.logger.record("rlx2/policy_distance", buffer.last_distance)
+        for key, value in getattr(getattr(self.model, "replay_buffer", None), "log_values", dict)().items():
+            self.logger.record(key, value)  # a replay buffer with scalars of its own (RLx2's)
         policy = self._policy()
         if policy is None:
             return

@@ -55,8 +55,8 @@ class SparseCrossQPolicy(SparsePolicyMixin, CrossQPolicy):
     _default_net_arch = {"pi": [256, 256], "qf": [1024, 1024]}
 
     def _setup_sparsity(self, observation_space: spaces.Space, action_space: spaces.Space,
-                        sparsity: dict[str, Any], kwargs: dict[str, Any]) -> None:
+                        kwargs: dict[str, Any]) -> None:
         optimizer_class = kwargs.get("optimizer_class", torch.optim.Adam)
         if kwargs.get("optimizer_kwargs") is None and optimizer_class in (torch.optim.Adam, torch.optim.AdamW):
             kwargs["optimizer_kwargs"] = {"betas": CROSSQ_ADAM_BETAS}
-        super()._setup_sparsity(observation_space, action_space, sparsity, kwargs)
+        super()._setup_sparsity(observation_space, action_space, kwargs)

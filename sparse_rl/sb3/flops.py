@@ -12,7 +12,6 @@ from stable_baselines3.common.preprocessing import get_action_dim
 from torch import nn
 
 from sparse_rl.flops import NetworkFlops, TrainStepFlops, actor_critic_step_flops
-from sparse_rl.sb3.rlx2 import RLx2ReplayBuffer
 
 
 def network_flops(network: nn.Module, input_dim: int, extra_forward: int = 0) -> NetworkFlops:
@@ -79,8 +78,8 @@ def model_step_flops(model: BaseAlgorithm, dense: bool = False) -> TrainStepFlop
     """FLOPs of one gradient step of ``model.train()`` at its current masks (or dense)."""
     actor, critic = model_networks(model)
     algo = algo_name(model)
-    buffer = getattr(model, "replay_buffer", None)
-    bonus_forwards = buffer.n_steps - 1 if algo != "td3" and isinstance(buffer, RLx2ReplayBuffer) else 0
+    forwards_per_sample = getattr(getattr(model, "replay_buffer", None), "actor_forwards_per_sample", None)
+    bonus_forwards = forwards_per_sample(algo != "td3") if forwards_per_sample is not None else 0  # RLx2's bonuses
     batch_size: int = getattr(model, "batch_size")  # SAC and TD3 have one; BaseAlgorithm does not say so
     return actor_critic_step_flops(algo, actor, critic, batch_size, dense, bonus_forwards)
 

@@ -86,24 +86,29 @@ class SparsePolicyMixin:
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Box, lr_schedule: Any,
                  **kwargs: Any) -> None:
-        sparsity = {key: kwargs.pop(key) for key in SPARSITY_KEYS if key in kwargs}
-        self._setup_sparsity(observation_space, action_space, sparsity, kwargs)
+        given = kwargs.pop("sparsity", None)
+        flat = {key: kwargs.pop(key) for key in SPARSITY_KEYS if key in kwargs}
+        if given is not None and (flat or not isinstance(given, SparsityConfig)):
+            raise ValueError("policy kwarg 'sparsity' takes a SparsityConfig, and then no other sparsity keys "
+                             f"(got {type(given).__name__}{' and ' + ', '.join(flat) if flat else ''})")
+        self.sparsity = given if given is not None else SparsityConfig.from_kwargs(**flat)
+        self._setup_sparsity(observation_space, action_space, kwargs)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)  # type: ignore[call-arg]  # mixin: SACPolicy/TD3Policy, later in the MRO, define it
         if isinstance(lr_schedule, FloatSchedule):  # the algorithm's own schedule object
             lr_schedule.value_schedule = ProgressTap(lr_schedule.value_schedule, self)
 
     def _setup_sparsity(self, observation_space: spaces.Space, action_space: spaces.Space,
-                        sparsity: dict[str, Any], kwargs: dict[str, Any]) -> None:
+                        kwargs: dict[str, Any]) -> None:
         if not isinstance(action_space, spaces.Box):
             raise ValueError(f"sparse SAC/TD3 policies need a Box (continuous) action space, got {action_space}")
         allowed = [p for p in inspect.signature(self._base_policy).parameters
                    if p not in ("observation_space", "action_space", "lr_schedule")]
         unknown = sorted(set(kwargs) - set(allowed))
         if unknown:
-            raise ValueError(f"unknown policy kwarg(s) {unknown}; allowed: {', '.join([*SPARSITY_KEYS, *allowed])}")
+            raise ValueError(f"unknown policy kwarg(s) {unknown}; allowed: "
+                             f"{', '.join(['sparsity', *SPARSITY_KEYS, *allowed])}")
         if isinstance(observation_space, spaces.Dict) and "features_extractor_class" not in kwargs:
             kwargs["features_extractor_class"] = CombinedExtractor  # what SB3's MultiInputPolicy sets
-        self.sparsity = SparsityConfig.from_kwargs(**sparsity)
         self._check_targets()
         self._densities = {network: self.sparsity.network_density(network) for network in ("actor", "critic")}
         multiplier = self.sparsity.width_multiplier

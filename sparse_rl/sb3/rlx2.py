@@ -16,8 +16,11 @@ sum, truncated at the first termination or time-out in the window, with the boot
   stored steps) the oldest ``shrink_fraction`` of the data is dropped. ``buffer_size`` is the
   maximum capacity.
 
-The buffer needs its model (for the actor, the entropy coefficient and ``learning_starts``):
-``SparseMetricsCallback`` attaches it at the start of every ``learn()``, or call :meth:`attach`.
+Its settings are method ``rlx2``'s own ``policy_kwargs`` (:class:`~sparse_rl.methods.rlx2.RLx2Settings`);
+:func:`rlx2_replay_buffer` turns them into the algorithm's ``replay_buffer_class`` and
+``replay_buffer_kwargs``. The buffer needs its model (for the actor, the entropy coefficient and
+``learning_starts``): give it with :meth:`RLx2ReplayBuffer.attach` once the model is built, as SB3 gives
+``HerReplayBuffer`` its env (``sparse_rl.train`` does both).
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from stable_baselines3 import SAC
 from stable_baselines3.common.buffers import NStepReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
+
+from sparse_rl.methods.rlx2 import RLx2Settings
+from sparse_rl.sparsity import SparsityConfig
 
 MAX_ENTROPY_ALGOS = (SAC, TQC, CrossQ)
 """Algorithms whose targets carry SAC's entropy term, so their n-step returns get the bonuses."""
@@ -95,9 +101,20 @@ class RLx2ReplayBuffer(NStepReplayBuffer):
 
     def _require_model(self) -> Any:
         if self._model is None:
-            raise RuntimeError("RLx2ReplayBuffer needs its model: learn() with SparseMetricsCallback, "
-                               "or call replay_buffer.attach(model) first")
+            raise RuntimeError("RLx2ReplayBuffer needs its model: call model.replay_buffer.attach(model) once the "
+                               "model is built (or loaded)")
         return self._model
+
+    def log_values(self) -> dict[str, float]:
+        """The buffer's scalars for the logger: stored steps, the n of its targets, the last policy distance."""
+        values = {"rlx2/buffer_size": float(self.size()), "rlx2/n_steps": float(self.n_steps)}
+        if self.last_distance is not None:
+            values["rlx2/policy_distance"] = self.last_distance
+        return values
+
+    def actor_forwards_per_sample(self, algo_has_entropy: bool) -> int:
+        """Actor forward passes one sampled transition costs (the entropy bonuses of max-entropy algorithms)."""
+        return self.n_steps - 1 if algo_has_entropy else 0
 
     def _mean_actions(self, observations: np.ndarray) -> np.ndarray:
         """The current policy's deterministic actions in [-1, 1] (SB3's buffer action space)."""
@@ -172,3 +189,16 @@ class RLx2ReplayBuffer(NStepReplayBuffer):
         discounts_k = self.to_torch(self.gamma ** ks.astype(np.float32))[None, :]
         weights = discounts_k * (self.to_torch(ks)[None, :] < steps_used)
         return (weights * (-alpha * log_prob)).sum(dim=1, keepdim=True)
+
+
+def rlx2_replay_buffer(sparsity: SparsityConfig, gamma: float, total_steps: int) -> dict[str, Any]:
+    """``replay_buffer_class`` and ``replay_buffer_kwargs`` of an algorithm whose policy runs ``sparsity``:
+    RLx2's buffer with the method's settings for method ``rlx2``, nothing otherwise."""
+    settings = sparsity.settings
+    if not isinstance(settings, RLx2Settings):
+        return {}
+    kwargs = dict(n_steps=settings.n_steps, gamma=gamma, n_step_delay=settings.delay_steps(total_steps),
+                  check_interval=settings.check_interval, check_size=settings.check_size,
+                  distance_threshold=settings.distance_threshold, min_size=settings.min_size,
+                  shrink_fraction=settings.shrink_fraction)
+    return {"replay_buffer_class": RLx2ReplayBuffer, "replay_buffer_kwargs": kwargs}
