@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from sparse_rl.algorithms import get_algorithm
+
 
 def active_weights(layer: nn.Linear, dense: bool = False) -> int:
     """Active weights of ``layer`` (its ``nnz``); all of them if ``dense`` or if it has no mask."""
@@ -80,9 +82,6 @@ class TrainStepFlops:
     actor_controller_update: int
 
 
-STEP_ALGOS = ("sac", "td3", "tqc", "crossq")
-
-
 def actor_critic_step_flops(algo: str, actor: NetworkFlops, critic: NetworkFlops, batch_size: int,
                             dense: bool = False, extra_actor_forwards: int = 0) -> TrainStepFlops:
     """FLOPs of the ``train()`` of SB3's SAC and TD3 or sb3-contrib's TQC and CrossQ per gradient step:
@@ -98,10 +97,9 @@ def actor_critic_step_flops(algo: str, actor: NetworkFlops, critic: NetworkFlops
     learned scale needs the input gradient of the layer after it (:func:`sparse_rl.sb3.flops.network_flops`).
     ``extra_actor_forwards`` more actor forwards per sample go with each critic step (RLx2's bonuses).
     """
-    if algo not in STEP_ALGOS:
-        raise ValueError(f"unknown algo {algo!r}; allowed: {', '.join(STEP_ALGOS)}")
-    actor_q = critic if algo != "td3" else critic.subset(next(iter(critic.layers)).split(".")[0] + ".")
-    critic_rows = 2 if algo == "crossq" else 1
+    facts = get_algorithm(algo)
+    actor_q = critic.subset(next(iter(critic.layers)).split(".")[0] + ".") if facts.actor_q_first_head else critic
+    critic_rows = 2 if facts.joint_critic_batch else 1
     critic_step = ((1 + extra_actor_forwards) * actor.forward(dense) + 2 * critic.forward(dense)
                    + critic_rows * critic.backward(dense))
     actor_step = (actor.forward(dense) + actor_q.forward(dense) + actor_q.backward(dense, input_grad=True)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
+from sparse_rl.algorithms import ALGO_NAMES
 from sparse_rl.methods import method_label
 from sparse_rl.sparsity import SparsityConfig
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
     from stable_baselines3.common.policies import BasePolicy
 
-ALGO_NAMES = ("sac", "td3", "tqc", "crossq")
 TOP_LEVEL_KEYS = ("algo", "env", "seed", "total_steps", "n_envs", "eval_freq", "eval_episodes", "checkpoint_freq",
                   "action_noise_std", "threads", "device", "param_matched", "algo_kwargs", "policy_kwargs", "sparsity")
 SECTION_KEYS = ("algo_kwargs", "policy_kwargs", "sparsity")
@@ -43,20 +43,12 @@ class ConfigError(ValueError):
 
 
 def algo_classes(algo: str) -> tuple[type[OffPolicyAlgorithm], type[BasePolicy]]:
-    """(algorithm class, its policy base class) of ``"sac"``, ``"td3"`` (SB3), ``"tqc"`` or ``"crossq"``
-    (sb3-contrib)."""
-    from sb3_contrib import TQC, CrossQ
-    from sb3_contrib.crossq.policies import CrossQPolicy
-    from sb3_contrib.tqc.policies import TQCPolicy
-    from stable_baselines3 import SAC, TD3
-    from stable_baselines3.sac.policies import SACPolicy
-    from stable_baselines3.td3.policies import TD3Policy
+    """(algorithm class, its policy base class) of ``--algo algo`` (:data:`sparse_rl.algorithms.ALGORITHMS`)."""
+    from sparse_rl.sb3.algorithms import algo_class, policy_base
 
     if algo not in ALGO_NAMES:
         raise ConfigError(f"unknown algo {algo!r}; allowed: {', '.join(ALGO_NAMES)}")
-    classes: dict[str, tuple[type[OffPolicyAlgorithm], type[BasePolicy]]] = {
-        "sac": (SAC, SACPolicy), "td3": (TD3, TD3Policy), "tqc": (TQC, TQCPolicy), "crossq": (CrossQ, CrossQPolicy)}
-    return classes[algo]
+    return algo_class(algo), policy_base(algo)  # type: ignore[return-value]  # the table holds off-policy ones
 
 
 def default_config_path(algo: str) -> Path:

@@ -44,6 +44,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.preprocessing import get_action_dim
 from stable_baselines3.common.vec_env import VecEnv
 
+from sparse_rl.algorithms import get_algorithm
 from sparse_rl.backends import kernels
 from sparse_rl.backends.auto import auto_rule
 from sparse_rl.buffer_io import load_buffer, save_buffer
@@ -61,7 +62,8 @@ from sparse_rl.run_config import (
     upgrade_config,
     validate,
 )
-from sparse_rl.sb3 import SparseCrossQPolicy, SparseMetricsCallback, SparseSACPolicy, SparseTD3Policy, SparseTQCPolicy
+from sparse_rl.sb3 import SparseMetricsCallback
+from sparse_rl.sb3.algorithms import sparse_policy
 from sparse_rl.sb3.flops import inference_flops
 from sparse_rl.sb3.matched import matched_net_arch
 from sparse_rl.sb3.rlx2 import rlx2_replay_buffer
@@ -135,10 +137,6 @@ def run_dir_of(config: Mapping[str, Any], logdir: Path) -> Path:
     return Path(logdir) / str(config["env"]) / run_name(config)
 
 
-POLICIES: dict[str, Any] = {"sac": SparseSACPolicy, "td3": SparseTD3Policy, "tqc": SparseTQCPolicy,
-                             "crossq": SparseCrossQPolicy}
-
-
 def matched_policy_kwargs(config: Mapping[str, Any], env: VecEnv) -> dict[str, Any]:
     """``policy_kwargs`` of the run, narrowed to the sparse weight count when ``param_matched`` is set."""
     policy_kwargs = dict(config.get("policy_kwargs", {}))
@@ -148,7 +146,7 @@ def matched_policy_kwargs(config: Mapping[str, Any], env: VecEnv) -> dict[str, A
             raise ConfigError("param_matched needs Box observation and action spaces")
         sparse = {**config.get("sparsity", {}), "density": config["param_matched"], "method": "static"}
         use_sde = bool((config.get("algo_kwargs") or {}).get("use_sde", False))
-        policy_class = POLICIES[config["algo"]]
+        policy_class = sparse_policy(config["algo"])
         net_arch = policy_kwargs.get("net_arch", policy_class._default_net_arch)
         others = {key: value for key, value in policy_kwargs.items() if key != "net_arch"}
         policy_kwargs["net_arch"] = matched_net_arch(policy_class, observation, action, net_arch, {**others, **sparse},
@@ -162,11 +160,11 @@ def build_model(config: Mapping[str, Any], run_dir: Path) -> OffPolicyAlgorithm:
     sparsity = SparsityConfig.from_kwargs(**config.get("sparsity", {}))
     gamma = config.get("algo_kwargs", {}).get("gamma", 0.99)
     kwargs = {**config.get("algo_kwargs", {}), **rlx2_replay_buffer(sparsity, gamma, config["total_steps"])}
-    if config["algo"] == "td3" and config.get("action_noise_std"):
+    if get_algorithm(config["algo"]).action_noise and config.get("action_noise_std"):
         n_actions = get_action_dim(env.action_space)
         kwargs["action_noise"] = NormalActionNoise(np.zeros(n_actions), config["action_noise_std"] * np.ones(n_actions))
     policy_kwargs = {**matched_policy_kwargs(config, env), "sparsity": sparsity}
-    model = algo_classes(config["algo"])[0](POLICIES[config["algo"]], env, policy_kwargs=policy_kwargs,
+    model = algo_classes(config["algo"])[0](sparse_policy(config["algo"]), env, policy_kwargs=policy_kwargs,
                                             seed=config["seed"], device=config.get("device", "cpu"),
                                             tensorboard_log=str(run_dir), **kwargs)
     attach_replay_buffer(model)

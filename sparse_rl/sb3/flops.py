@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sb3_contrib import TQC, CrossQ
-from stable_baselines3 import SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.preprocessing import get_action_dim
 from torch import nn
 
 from sparse_rl.flops import NetworkFlops, TrainStepFlops, actor_critic_step_flops
+from sparse_rl.sb3.algorithms import algorithm_of
 
 
 def network_flops(network: nn.Module, input_dim: int, extra_forward: int = 0) -> NetworkFlops:
@@ -51,18 +50,6 @@ def sde_flops(actor: Any) -> int:
     return 2 * (2 * latent_dim * action_dim)
 
 
-ALGO_CLASSES = {"sac": SAC, "td3": TD3, "tqc": TQC, "crossq": CrossQ}
-
-
-def algo_name(model: BaseAlgorithm) -> str:
-    """``"sac"``, ``"td3"``, ``"tqc"`` or ``"crossq"``; ``ValueError`` for other algorithms."""
-    for name, algo_class in ALGO_CLASSES.items():
-        if isinstance(model, algo_class):
-            return name
-    raise ValueError(f"FLOP accounting covers {', '.join(c.__name__ for c in ALGO_CLASSES.values())}, "
-                     f"not {type(model).__name__}")
-
-
 def model_networks(model: BaseAlgorithm, sampled: bool = True) -> tuple[NetworkFlops, NetworkFlops]:
     """(actor, critic) FLOP views of a SAC, TD3, TQC or CrossQ model; ``sampled``: the actor samples its
     action (training), so gSDE's noise products count."""
@@ -77,11 +64,11 @@ def model_networks(model: BaseAlgorithm, sampled: bool = True) -> tuple[NetworkF
 def model_step_flops(model: BaseAlgorithm, dense: bool = False) -> TrainStepFlops:
     """FLOPs of one gradient step of ``model.train()`` at its current masks (or dense)."""
     actor, critic = model_networks(model)
-    algo = algo_name(model)
+    algo = algorithm_of(model)
     forwards_per_sample = getattr(getattr(model, "replay_buffer", None), "actor_forwards_per_sample", None)
-    bonus_forwards = forwards_per_sample(algo != "td3") if forwards_per_sample is not None else 0  # RLx2's bonuses
+    bonus_forwards = forwards_per_sample(algo.max_entropy) if forwards_per_sample is not None else 0  # RLx2's
     batch_size: int = getattr(model, "batch_size")  # SAC and TD3 have one; BaseAlgorithm does not say so
-    return actor_critic_step_flops(algo, actor, critic, batch_size, dense, bonus_forwards)
+    return actor_critic_step_flops(algo.name, actor, critic, batch_size, dense, bonus_forwards)
 
 
 def inference_flops(model: BaseAlgorithm, dense: bool = False) -> int:

@@ -30,17 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from sb3_contrib import TQC, CrossQ
-from stable_baselines3 import SAC
 from stable_baselines3.common.buffers import NStepReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sparse_rl.methods.rlx2 import RLx2Settings
+from sparse_rl.sb3.algorithms import algorithm_of
 from sparse_rl.sparsity import SparsityConfig
-
-MAX_ENTROPY_ALGOS = (SAC, TQC, CrossQ)
-"""Algorithms whose targets carry SAC's entropy term, so their n-step returns get the bonuses."""
 
 
 def sampled_log_prob(actor: Any, states: torch.Tensor) -> torch.Tensor:
@@ -166,7 +162,7 @@ class RLx2ReplayBuffer(NStepReplayBuffer):
         env_indices = np.random.randint(0, self.n_envs, size=batch_inds.shape)
         np.random.set_state(state)
         samples = super()._get_samples(batch_inds, env)
-        if self.n_steps == 1 or not isinstance(self._require_model(), MAX_ENTROPY_ALGOS):
+        if self.n_steps == 1 or not algorithm_of(self._require_model()).max_entropy:  # SAC's entropy term
             return samples
         assert samples.discounts is not None  # NStepReplayBuffer always sets them
         return samples._replace(rewards=samples.rewards + self.entropy_bonus(batch_inds, env_indices,
