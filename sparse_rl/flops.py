@@ -15,19 +15,20 @@ from dataclasses import dataclass
 from torch import nn
 
 from sparse_rl.algorithms import get_algorithm
+from sparse_rl.masks import MaskedLayer
 
 
 def active_weights(layer: nn.Linear, dense: bool = False) -> int:
     """Active weights of ``layer`` (its ``nnz``); all of them if ``dense`` or if it has no mask."""
-    if dense or not hasattr(layer, "nnz"):
+    if dense or not isinstance(layer, MaskedLayer):
         return layer.weight.numel()
-    return int(getattr(layer, "nnz"))
+    return layer.nnz
 
 
 def weight_grad_weights(layer: nn.Linear, dense: bool = False) -> int:
     """Weights whose gradient a backward pass computes: the active ones, or all of them for a
     layer whose weight gradient is dense by construction (``dense_weight_grad``, e.g. thresholds)."""
-    return active_weights(layer, dense or getattr(layer, "dense_weight_grad", False))
+    return active_weights(layer, dense or (isinstance(layer, MaskedLayer) and layer.dense_weight_grad))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, TypeVar
 
 import torch
@@ -11,6 +10,7 @@ from torch import nn
 from sparse_rl.backends import Backend, check_backend, layout_for, resolve
 from sparse_rl.backends.compact import CompactStructure, relaid, relayout_map
 from sparse_rl.backends.csr import CsrStructure
+from sparse_rl.layer_state import convert_state, to_layout, valid_positions
 
 LinearT = TypeVar("LinearT", bound=nn.Linear)
 
@@ -47,6 +47,8 @@ class SparseLinear(nn.Linear):
     """
 
     compact_capable: bool = True
+    dense_weight_grad: bool = False
+    """The backward pass computes only the active weights' gradient (:class:`~sparse_rl.masks.MaskedLayer`)."""
     """Whether ``auto`` may lay this layer out compactly (false where the density changes as it learns)."""
 
     mask: torch.Tensor
@@ -302,9 +304,9 @@ class SparseLinear(nn.Linear):
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """Load either layout's entries into this layer's layout (a ``model.zip`` of the masked release included)."""
-        _to_layout(state_dict, prefix, self)
+        to_layout(state_dict, prefix, self)
         if self._compact is not None and prefix + "positions" in state_dict:
-            positions = _valid_positions(state_dict.pop(prefix + "positions"), state_dict.get(prefix + "values"),
+            positions = valid_positions(state_dict.pop(prefix + "positions"), state_dict.get(prefix + "values"),
                                          self.out_features * self.in_features, prefix)
             self._compact = CompactStructure.from_positions(positions.to(self.device),
                                                             (self.out_features, self.in_features))
@@ -334,39 +336,6 @@ def _reset_state(optimizer: torch.optim.Optimizer | None, param: torch.Tensor, m
     for slot in optimizer.state.get(param, {}).values():
         if torch.is_tensor(slot) and slot.shape == param.shape:
             move(slot)
-
-
-@torch.no_grad()
-def _to_layout(state_dict: dict[str, Any], prefix: str, layer: SparseLinear) -> None:
-    """Rewrite a layer's entries saved in the other layout into ``layer``'s layout, in place."""
-    weight, mask, values, positions = (prefix + key for key in ("weight", "mask", "values", "positions"))
-    if layer.layout == "compact" and weight in state_dict and mask in state_dict:
-        active = (state_dict.pop(mask) > 0.5).flatten()
-        state_dict[positions] = active.nonzero().squeeze(1).to(torch.float64)
-        state_dict[values] = state_dict.pop(weight).flatten()[active]
-    elif layer.layout == "masked" and values in state_dict and positions in state_dict:
-        index = _valid_positions(state_dict.pop(positions), state_dict[values], layer.out_features * layer.in_features,
-                                 prefix)
-        structure = CompactStructure.from_positions(index, (layer.out_features, layer.in_features))
-        state_dict[weight] = structure.dense(state_dict.pop(values))
-        state_dict[mask] = structure.mask()
-
-
-def _valid_positions(saved: torch.Tensor, values: torch.Tensor | None, numel: int, prefix: str) -> torch.Tensor:
-    """The saved float positions as ascending int64. Entries that are not a valid pattern (not integers, out of
-    range, repeated: a perturbed state dict) are repaired to one, with a warning, so no kernel reads outside it."""
-    count = saved.numel() if values is None else values.numel()
-    positions = saved.detach().round().clamp(0, numel - 1).to(torch.int64).cpu()
-    unique = torch.unique(positions)
-    exact = torch.equal(positions.double(), saved.detach().cpu().double())
-    if unique.numel() == count and torch.equal(unique, positions) and exact:
-        return positions
-    warnings.warn(f"{prefix}positions is not a valid sparsity pattern; it was repaired to {count} distinct "
-                  "in-range positions", stacklevel=4)
-    free = torch.ones(numel, dtype=torch.bool)
-    free[unique] = False
-    filler = free.nonzero().squeeze(1)[: max(count - unique.numel(), 0)]
-    return torch.cat([unique[:count], filler]).sort().values
 
 
 class LayoutGroup:
@@ -414,18 +383,6 @@ def _swap_parameter(optimizer: torch.optim.Optimizer, layer: SparseLinear, old: 
         optimizer.state[new] = {key: convert_state(layer, slot) for key, slot in state.items()}
 
 
-def convert_state(layer: SparseLinear, slot: Any) -> Any:
-    """A per-element optimizer slot saved for either layout, in ``layer``'s layout now (other entries unchanged)."""
-    if not torch.is_tensor(slot):
-        return slot
-    shape = (layer.out_features, layer.in_features)
-    if layer.layout == "compact" and tuple(slot.shape) == shape:
-        return slot.flatten()[layer.compact_structure().positions].clone()
-    if layer.layout == "masked" and slot.dim() == 1 and slot.numel() == layer.nnz and slot.numel() != shape[0]:
-        return CompactStructure.from_mask(layer.mask).dense(slot)
-    return slot
-
-
 def random_mask(shape: tuple[int, ...], count: int, generator: torch.Generator | None = None,
                 device: torch.device | str | None = None) -> torch.Tensor:
     """A boolean mask of ``shape`` with exactly ``count`` ``True`` entries placed uniformly at random."""
@@ -439,4 +396,4 @@ def random_mask(shape: tuple[int, ...], count: int, generator: torch.Generator |
     return flat.view(shape).to(device)
 
 
-__all__ = ["LayoutGroup", "SparseLinear", "convert_state", "copy_linear", "random_mask", "set_backend"]
+__all__ = ["LayoutGroup", "SparseLinear", "copy_linear", "random_mask", "set_backend"]

@@ -1,16 +1,43 @@
-"""The mask helpers every method kind shares: finding a network's sparse layers, first masks, one
-prune-and-grow step on one tensor, and resetting the optimizer state of changed positions."""
+"""The mask helpers every method kind shares: the :class:`MaskedLayer` interface, finding a network's sparse
+layers, first masks, one prune-and-grow step on one tensor, and resetting the optimizer state of changed
+positions."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from sparse_rl.distributions import layer_counts, layer_densities
 from sparse_rl.layers import SparseLinear, random_mask
+
+
+@runtime_checkable
+class MaskedLayer(Protocol):
+    """What every method kind's linear layer declares (``SparseLinear``, ``HaloLinear``, ``ThresholdLinear``):
+    it computes with ``weight ⊙ mask``. FLOP accounting, export and the neuron readers use this, never
+    ``hasattr``; a plain ``nn.Linear`` is not one and counts as dense."""
+
+    in_features: int
+    out_features: int
+    weight: torch.Tensor
+    dense_weight_grad: bool
+    """The backward pass computes the whole weight gradient (the learned thresholds), not only the active part."""
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """Boolean ``(out, in)``: the active positions."""
+
+    @property
+    def nnz(self) -> int:
+        """Active weights."""
+
+    @property
+    def density(self) -> float:
+        """Active weights over all weights."""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from sparse_rl.layers import SparseLinear
+from sparse_rl.masks import MaskedLayer
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,7 @@ def dormant_neurons(scores: torch.Tensor, tau: float) -> torch.Tensor:
 def dead_neurons(layer: nn.Linear) -> torch.Tensor:
     """Neurons of ``layer`` with no incoming active weight (a boolean vector); a layer without a
     ``mask`` counts its non-zero weights."""
-    mask = getattr(layer, "mask", None)
-    return ~(layer.weight != 0 if mask is None else mask).any(dim=1)
+    return ~(layer.mask if isinstance(layer, MaskedLayer) else layer.weight != 0).any(dim=1)
 
 
 @torch.no_grad()

@@ -55,7 +55,7 @@ class LongTailedStep(torch.autograd.Function):
 class ThresholdLinear(nn.Linear):
     """An ``nn.Linear`` whose connectivity is ``|W| > t`` with one trainable threshold per output."""
 
-    dense_weight_grad = True
+    dense_weight_grad: bool = True
     """The estimator gives every weight near its threshold a gradient: the weight gradient is dense."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
