@@ -52,15 +52,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 from rliable import library as rly
 from rliable import metrics as rly_metrics
 
 from sparse_rl.cli import OneLineParser
-from sparse_rl.ledger import Series, config_difference, read_series, resolved
+from sparse_rl.ledger import config_difference, resolved
 from sparse_rl.run_config import at_least, run_label, run_name
+from sparse_rl.rundir import RunDir, Series
 
 PROG = "sparse_rl.report"
 CONFIG_KEYS = ("env", "algo", "seed", "total_steps")
@@ -102,7 +102,7 @@ class Run:
     """Mean return over the episodes of each evaluation."""
     summary: dict[str, Any] | None
     series: Series
-    """Wall-clock, cumulative training FLOPs and densities against env steps (:func:`~sparse_rl.ledger.read_series`)."""
+    """Wall-clock, cumulative training FLOPs and densities against env steps (:meth:`RunDir.read_series`)."""
 
     @property
     def key(self) -> GroupKey:
@@ -137,10 +137,10 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
     """Run directories among ``paths``, searching recursively in those that are not runs."""
     found: list[Path] = []
     for path in paths:
-        if (path / "config.yaml").is_file():
+        if RunDir(path).is_run():
             found.append(path)
         elif path.is_dir():
-            found.extend(sorted(config.parent for config in path.rglob("config.yaml")))
+            found.extend(RunDir.search(path))
         else:
             raise SystemExit(f"{PROG}: no such directory: {path}")
     return list(dict.fromkeys(found))
@@ -148,20 +148,19 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
 
 def load_run(run_dir: Path) -> Run | None:
     """Read one run directory; None (with a warning) if it has no evaluation yet."""
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    files = RunDir(run_dir)
+    config = files.parse_config()
     missing = [key for key in CONFIG_KEYS if key not in (config or {})]
     if missing:
-        raise SystemExit(f"{PROG}: {run_dir / 'config.yaml'} lacks {', '.join(missing)}")
-    evaluations = run_dir / "evaluations.npz"
-    if not evaluations.is_file():
+        raise SystemExit(f"{PROG}: {files.config_file} lacks {', '.join(missing)}")
+    evaluations = files.read_evaluations()
+    if evaluations is None:
         warn(f"skipping {run_dir}: no evaluations.npz yet")
         return None
-    with np.load(evaluations) as data:
-        eval_steps, results = data["timesteps"], data["results"]
+    eval_steps, results = evaluations["timesteps"], evaluations["results"]
     if len(eval_steps) == 0:
         warn(f"skipping {run_dir}: evaluations.npz holds no evaluation yet")
         return None
-    summary_path = run_dir / "summary.json"
     label = run_label(config)
     return Run(
         path=run_dir, env=str(config["env"]), algo=str(config["algo"]), method=label.method,
@@ -169,8 +168,8 @@ def load_run(run_dir: Path) -> Run | None:
         seed=int(config["seed"]),
         total_steps=int(config["total_steps"]), eval_steps=np.asarray(eval_steps),
         eval_returns=np.asarray(results, dtype=float).mean(axis=1),
-        summary=json.loads(summary_path.read_text()) if summary_path.is_file() else None,
-        series=read_series(run_dir),
+        summary=files.read_summary() if files.is_finished() else None,
+        series=files.read_series(),
     )
 
 
