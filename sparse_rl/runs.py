@@ -10,7 +10,7 @@ with one config per trial. A run directory ``<logdir>/<env>/<algo>-<label>-s<see
 (:func:`~sparse_rl.run_config.run_name`) holds ``config.yaml`` (the effective config), TensorBoard
 events (``tb_1/``), ``evaluations.npz`` (SB3's EvalCallback, with a final evaluation at the last
 step), ``checkpoint/`` (model, replay buffer, FLOP counters, wall-clock), and at the end
-``model.zip`` and ``summary.json``.
+``model.zip`` and ``summary.json`` (:class:`~sparse_rl.rundir.RunDir` names, writes and reads them).
 
 Faults: SIGINT and SIGTERM stop a run at the next step boundary, write the checkpoint and raise
 :class:`RunInterrupted` (a resumed run then reaches exactly the env and gradient steps of an
@@ -21,9 +21,7 @@ checkpoint, written while everything was finite, in place.
 from __future__ import annotations
 
 import functools
-import json
 import math
-import shutil
 import signal
 import threading
 import time
@@ -36,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 import torch
-import yaml
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback, ProgressBarCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.noise import NormalActionNoise
@@ -52,16 +49,8 @@ from sparse_rl.flops import active_weights
 from sparse_rl.machine import cpu_model
 from sparse_rl.masks import sparse_layers
 from sparse_rl.quiet import mujoco_log_to
-from sparse_rl.run_config import (
-    ConfigError,
-    algo_classes,
-    build_config,
-    check_device,
-    read_yaml,
-    run_name,
-    upgrade_config,
-    validate,
-)
+from sparse_rl.run_config import ConfigError, algo_classes, build_config, check_device, run_name, validate
+from sparse_rl.rundir import TENSORBOARD_NAME, Checkpoint, RunDir
 from sparse_rl.sb3 import SparseMetricsCallback
 from sparse_rl.sb3.algorithms import sparse_policy
 from sparse_rl.sb3.flops import inference_flops
@@ -72,7 +61,6 @@ from sparse_rl.sparsity import SparsityConfig
 if TYPE_CHECKING:
     from sparse_rl.ledger import Ledger
 
-CHECKPOINT = "checkpoint"
 CHECKPOINT_EVERY = 10_000
 """Env steps between checkpoints when the config does not say (``checkpoint_freq``)."""
 OPTION_PATHS = {"seed": "seed", "total_steps": "total_steps", "n_envs": "n_envs", "eval_freq": "eval_freq",
@@ -180,19 +168,18 @@ def attach_replay_buffer(model: OffPolicyAlgorithm) -> None:
 
 def checkpoint_state(run_dir: Path) -> dict[str, Any]:
     """What the checkpoint records besides model and replay buffer (FLOP counters, wall-clock); {} if none."""
-    state = run_dir / CHECKPOINT / "state.json"
-    return json.loads(state.read_text()) if state.is_file() else {}
+    return RunDir(run_dir).checkpoint.read_state()
 
 
 def load_model(run_dir: Path, config: Mapping[str, Any]) -> OffPolicyAlgorithm:
     """The model and replay buffer of ``run_dir``'s checkpoint, on a fresh env."""
-    checkpoint = run_dir / CHECKPOINT
-    if not (checkpoint / "model.zip").exists():
+    checkpoint = RunDir(run_dir).checkpoint
+    if not checkpoint.exists():
         raise ConfigError(f"{run_dir} has no checkpoint to resume from")
     env = make_vec_env(config["env"], n_envs=config.get("n_envs", 1), seed=config["seed"] + 1000)
-    model = algo_classes(config["algo"])[0].load(checkpoint / "model.zip", env=env, device=config.get("device", "cpu"),
+    model = algo_classes(config["algo"])[0].load(checkpoint.model_file, env=env, device=config.get("device", "cpu"),
                                                  tensorboard_log=str(run_dir))
-    load_buffer(model, checkpoint / "replay_buffer.pkl")
+    load_buffer(model, checkpoint.replay_buffer_file)
     attach_replay_buffer(model)
     return model
 
@@ -292,29 +279,24 @@ class RunCallback(BaseCallback):
 
     def diverged(self, what: str) -> RunDiverged:
         """The one-line error of a diverged run: the step, what was not finite, the checkpoint kept."""
-        state = checkpoint_state(self.run_dir)
-        kept = (f"the last finite checkpoint (step {state['env_steps']}) is kept in {self.run_dir / CHECKPOINT}"
+        state, checkpoint = checkpoint_state(self.run_dir), RunDir(self.run_dir).checkpoint.path
+        kept = (f"the last finite checkpoint (step {state['env_steps']}) is kept in {checkpoint}"
                 if "env_steps" in state else "no checkpoint was written before it")
         return RunDiverged(f"diverged at env step {self.model.num_timesteps} (gradient step {self.model._n_updates}): "
                            f"{what}; {kept}; try a lower learning rate")
+
+    def _write_checkpoint(self, checkpoint: Checkpoint) -> None:
+        self.model.save(checkpoint.model_file)
+        save_buffer(self.model, checkpoint.replay_buffer_file)
+        checkpoint.write_state({**self.metrics.flops_state(), "wall_clock_s": self.wall_clock_s, "cpu_s": self.cpu_s,
+                                "env_steps": int(self.model.num_timesteps),
+                                "gradient_steps": int(self.model._n_updates)})
 
     def save(self) -> None:
         """Write the checkpoint next to the old one, then swap, so a crash never leaves half of one (nor none);
         refuse (``RunDiverged``) to replace a finite checkpoint by a non-finite one."""
         self.check_finite()
-        fresh, final, old = (self.run_dir / f"{CHECKPOINT}{suffix}" for suffix in (".tmp", "", ".old"))
-        shutil.rmtree(fresh, ignore_errors=True)
-        fresh.mkdir()
-        self.model.save(fresh / "model.zip")
-        save_buffer(self.model, fresh / "replay_buffer.pkl")
-        state = {**self.metrics.flops_state(), "wall_clock_s": self.wall_clock_s, "cpu_s": self.cpu_s,
-                 "env_steps": int(self.model.num_timesteps), "gradient_steps": int(self.model._n_updates)}
-        (fresh / "state.json").write_text(json.dumps(state))
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        fresh.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        RunDir(self.run_dir).write_checkpoint(self._write_checkpoint)
         self._last_checkpoint = self.model.num_timesteps
 
 
@@ -346,13 +328,12 @@ def make_eval_callback(config: Mapping[str, Any], run_dir: Path, num_timesteps: 
     callback = EvalCallback(eval_env, n_eval_episodes=config.get("eval_episodes", 10),
                             eval_freq=max(1, config.get("eval_freq", 10_000) // n_envs), log_path=str(run_dir),
                             deterministic=True, verbose=0)
-    previous = run_dir / "evaluations.npz"
-    if previous.exists():
-        with np.load(previous) as data:
-            kept = data["timesteps"] <= num_timesteps  # evaluations after the checkpoint are redone
-            callback.evaluations_timesteps = list(data["timesteps"][kept])
-            callback.evaluations_results = [list(r) for r in data["results"][kept]]
-            callback.evaluations_length = [list(r) for r in data["ep_lengths"][kept]]
+    previous = RunDir(run_dir).read_evaluations()
+    if previous is not None:
+        kept = previous["timesteps"] <= num_timesteps  # evaluations after the checkpoint are redone
+        callback.evaluations_timesteps = list(previous["timesteps"][kept])
+        callback.evaluations_results = [list(r) for r in previous["results"][kept]]
+        callback.evaluations_length = [list(r) for r in previous["ep_lengths"][kept]]
     callback.n_calls = num_timesteps // n_envs
     return callback
 
@@ -429,18 +410,19 @@ def start_run(config: dict[str, Any], logdir: Path, progress_bar: bool = False, 
     model = build_model(config, run_dir)
     run_dir.mkdir(parents=True)
     mujoco_log_to(run_dir)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    RunDir(run_dir).write_config(config)
     print(start_text(run_dir, config, 0), flush=True)
     return _train(model, config, run_dir, progress_bar, ledger)
 
 
 def resume_run(run_dir: Path, progress_bar: bool = False, ledger: Ledger | None = None) -> Path:
     """Continue the interrupted run in ``run_dir`` from its checkpoint to its ``total_steps``; return it."""
-    if not (run_dir / "config.yaml").is_file():
+    run = RunDir(run_dir)
+    if not run.is_run():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    if (run_dir / "summary.json").is_file():
+    if run.is_finished():
         raise ConfigError(f"{run_dir} is finished (it has summary.json); there is nothing to resume")
-    config = upgrade_config(read_yaml(run_dir / "config.yaml"))
+    config = run.read_config()
     validate(config)
     check_device(config)
     torch.set_num_threads(config.get("threads", 1))
@@ -486,7 +468,7 @@ def _train(model: OffPolicyAlgorithm, config: Mapping[str, Any], run_dir: Path, 
                                float(state.get("wall_clock_s", 0.0)), float(state.get("cpu_s", 0.0)))
     try:
         with stop_on_signals(run_callback):
-            model.learn(max(0, config["total_steps"] - model.num_timesteps), tb_log_name="tb",
+            model.learn(max(0, config["total_steps"] - model.num_timesteps), tb_log_name=TENSORBOARD_NAME,
                         callback=CallbackList([metrics, evaluation, run_callback,
                                                *([RunProgressBar(config["total_steps"])] if progress_bar else [])]),
                         reset_num_timesteps=not resumed)
@@ -503,9 +485,9 @@ def _train(model: OffPolicyAlgorithm, config: Mapping[str, Any], run_dir: Path, 
     run_callback.record()  # the last counts, densities and wall-clock, written at the last step
     model.logger.dump(model.num_timesteps)
     run_callback.save()
-    model.save(run_dir / "model.zip")
+    model.save(RunDir(run_dir).model_file)
     summary = summarize(model, metrics, evaluation, run_callback.wall_clock_s, run_callback.cpu_s)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    RunDir(run_dir).write_summary(summary)
     print(summary_text(summary, run_dir))
     if ledger is not None:
         ledger.add(run_dir)

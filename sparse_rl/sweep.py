@@ -52,7 +52,8 @@ from typing import Any
 from sparse_rl.cli import OneLineParser, fail, missing_extra
 from sparse_rl.ledger import Ledger
 from sparse_rl.run_config import ConfigError, at_least, read_yaml
-from sparse_rl.runs import CHECKPOINT, OPTION_KEYS, make_config, run_dir_of
+from sparse_rl.rundir import RunDir
+from sparse_rl.runs import OPTION_KEYS, make_config, run_dir_of
 
 PROG = "sparse_rl.sweep"
 SWEEP_KEYS = ("name", "logdir", "max_failures", "reuse", "base", "grid", "trials")
@@ -78,7 +79,7 @@ class Trial:
 
     @property
     def finished(self) -> bool:
-        return (self.run_dir / "summary.json").is_file()
+        return RunDir(self.run_dir).is_finished()
 
 
 def _expand(entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -164,13 +165,13 @@ def run_trial(params: dict[str, Any]) -> None:
     spec = params["trial"]
     run_dir = Path(spec["run_dir"])
     ledger = Ledger(Path(spec["ledger"]), spec["grid"]) if spec["ledger"] else None
-    if (run_dir / CHECKPOINT / "model.zip").is_file():
+    if RunDir(run_dir).checkpoint.model_file.is_file():
         runs.resume_run(run_dir, ledger=ledger)
     else:
         if run_dir.exists():  # an earlier attempt died before its first checkpoint
             shutil.rmtree(run_dir)
         runs.start_run(spec["config"], run_dir.parent.parent, ledger=ledger)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = RunDir(run_dir).read_summary()
     final = summary["final_return"]
     tune.report({"final_return": math.nan if final is None else final, "env_steps": summary["env_steps"]})
 
@@ -207,7 +208,7 @@ def status_table(trials: list[Trial], records: dict[Path, Path], skipped: set[Pa
         elif trial.run_dir in errors:
             status = "FAILED: " + (errors[trial.run_dir].splitlines() or ["unknown error"])[-1]
         elif trial.finished:
-            final = json.loads((trial.run_dir / "summary.json").read_text())["final_return"]
+            final = RunDir(trial.run_dir).read_summary()["final_return"]
             status = "finished" + ("" if final is None else f", final return {final:.1f}")
         else:
             status = "unfinished (run the sweep again to resume it)"

@@ -18,6 +18,7 @@ from sparse_rl import ledger, report, runs, sweep
 from sparse_rl.backends.auto import AUTO_RULE
 from sparse_rl.ledger import Ledger
 from sparse_rl.run_config import ConfigError
+from sparse_rl.rundir import RunDir, wall_clock_from_event_times
 from tests.test_report import write_scalars
 from tests.test_sweep import TINY, write_sweep
 
@@ -52,7 +53,7 @@ def test_record_is_a_few_kb_and_holds_no_model(recorded):
                 "threads", "auto_rule"} <= set(summary)
         assert summary["auto_rule"] == {"source": "built-in", "rows": [list(row) for row in AUTO_RULE]}
         assert 0 < summary["cpu_s"] and summary["cpu_s_per_1k_steps"] == pytest.approx(summary["cpu_s"] / 0.3)
-        series = ledger.read_series(record)
+        series = RunDir(record).read_series()
         assert series["env_steps"][-1] == 300 and np.all(np.diff(series["wall_clock_s"]) > 0)
         assert series["train_flops"][-1] == pytest.approx(summary["train_flops"], rel=1e-6)
         density = 1.0 if "dense" in record.name else 0.2
@@ -136,7 +137,7 @@ def test_series_of_a_run_without_its_own_tags_comes_from_event_times_and_layer_s
     torch.save(masks, buffer)
     with zipfile.ZipFile(run / "model.zip", "w") as archive:
         archive.writestr("policy.pth", buffer.getvalue())
-    series = ledger.read_series(run)
+    series = RunDir(run).read_series()
     assert list(series["env_steps"]) == [1000, 2000]
     assert series["density_actor"] == pytest.approx([(0.5 * 300 + 10) / 310] * 2)
     assert np.all(np.isnan(series["density_critic"]))
@@ -145,7 +146,7 @@ def test_series_of_a_run_without_its_own_tags_comes_from_event_times_and_layer_s
 def test_wall_clock_from_event_times_adds_the_time_of_earlier_processes():
     # (event file creation time, event wall time, step, value): a run resumed in a second process
     points = [(100.0, 110.0, 1000, 0.0), (100.0, 130.0, 2000, 0.0), (500.0, 520.0, 3000, 0.0)]
-    assert ledger.wall_clock_from_event_times(points) == {1000: 10.0, 2000: 30.0, 3000: 50.0}
+    assert wall_clock_from_event_times(points) == {1000: 10.0, 2000: 30.0, 3000: 50.0}
 
 
 @pytest.mark.slow

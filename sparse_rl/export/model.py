@@ -15,6 +15,7 @@ import numpy as np
 
 from sparse_rl.deploy import Layer, ObsNormalization
 from sparse_rl.export.errors import ExportError
+from sparse_rl.rundir import RunDir
 
 SUPPORTED = ("supported: SAC, TD3, TQC or CrossQ models (SparseSACPolicy, SparseTD3Policy, SparseTQCPolicy, "
              "SparseCrossQPolicy or MlpPolicy) with a continuous Box action space and a flat Box observation space, "
@@ -56,9 +57,10 @@ def model_zip_path(path: str | Path) -> Path:
     for a run that has not finished, its checkpoint's (saying so on stderr)."""
     path = Path(path)
     if path.is_dir():
-        if (path / "model.zip").is_file():
-            return path / "model.zip"
-        checkpoint = path / "checkpoint" / "model.zip"
+        run = RunDir(path)
+        if run.model_file.is_file():
+            return run.model_file
+        checkpoint = run.checkpoint.model_file
         if not checkpoint.is_file():
             raise ExportError(f"{path} is a directory without model.zip or checkpoint/model.zip; {SUPPORTED}")
         print(f"sparse_rl.export: {path} has no model.zip (the run has not finished); exporting its last "
@@ -107,12 +109,13 @@ def _run_config_algo(path: Path) -> str | None:
     """The ``algo`` of a run directory's ``config.yaml`` (None for a model.zip or a directory without one)."""
     import yaml
 
-    if not (path.is_dir() and (path / "config.yaml").is_file()):
+    run = RunDir(path)
+    if not (path.is_dir() and run.is_run()):
         return None
     try:
-        config = yaml.safe_load((path / "config.yaml").read_text())
+        config = run.parse_config()
     except yaml.YAMLError as error:
-        raise ExportError(f"{path / 'config.yaml'} is not valid YAML ({str(error).splitlines()[0]})") from None
+        raise ExportError(f"{run.config_file} is not valid YAML ({str(error).splitlines()[0]})") from None
     algo = config.get("algo") if isinstance(config, dict) else None
     return str(algo) if algo is not None else None
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from sparse_rl.deploy import Layer, SparsePolicy
+from sparse_rl.deploy import Layer, ObsNormalization, SparsePolicy
 
 ONNX_OPSET = 17
 
@@ -23,64 +23,92 @@ def onnx_model(policy: SparsePolicy) -> Any:
     once when it loads the model; each layer then runs as one dense ``Gemm``.
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    nodes: list[Any] = []
-    initializers: list[Any] = []
-
-    def const(name: str, array: np.ndarray) -> str:
-        initializers.append(numpy_helper.from_array(np.asarray(array), name))
-        return name
-
-    def node(op: str, inputs: list[str], output: str, **attributes: Any) -> str:
-        nodes.append(helper.make_node(op, inputs, [output], name=output, **attributes))
-        return output
-
-    x = node("Flatten", ["obs"], "obs_flat", axis=1)
+    graph = _Graph()
+    x = graph.node("Flatten", ["obs"], "obs_flat", axis=1)
     if policy.obs_normalization is not None:
-        norm = policy.obs_normalization
-        x = node("Cast", [x], "obs_f64", to=TensorProto.DOUBLE)
-        x = node("Sub", [x, const("obs_mean", norm.mean)], "obs_centred")
-        x = node("Div", [x, const("obs_std", norm.std)], "obs_scaled")
-        x = node("Clip", [x, const("obs_clip_low", np.array(-norm.clip)), const("obs_clip_high", np.array(norm.clip))],
-                 "obs_clipped")
-        x = node("Cast", [x], "obs_normalized", to=TensorProto.FLOAT)
+        x = _onnx_normalization(graph, policy.obs_normalization, x)
     for i, layer in enumerate(policy.layers):
         if layer.store_as_csr():
-            weight = _onnx_csr_weight(layer, f"l{i}_", const, node)
+            weight = _onnx_csr_weight(layer, f"l{i}_", graph.const, graph.node)
         else:
-            weight = const(f"l{i}_weight", layer.weight)
-        x = node("Gemm", [x, weight, const(f"l{i}_bias", layer.bias)], f"l{i}_linear", transB=1)
-        if layer.activation == "relu":
-            x = node("Relu", [x], f"l{i}_relu")
-        elif layer.activation == "tanh":
-            x = node("Tanh", [x], f"l{i}_tanh")
-        elif layer.activation == "elu":
-            x = node("Elu", [x], f"l{i}_elu", alpha=layer.alpha)
-        elif layer.activation == "leaky_relu":
-            x = node("LeakyRelu", [x], f"l{i}_leaky_relu", alpha=layer.alpha)
-        elif layer.activation in ("hardtanh", "clipped_tanh"):
-            bounds = [const(f"l{i}_clip_low", np.array(-layer.alpha, np.float32)),
-                      const(f"l{i}_clip_high", np.array(layer.alpha, np.float32))]
-            x = node("Clip", [x, *bounds], f"l{i}_clip")
-            if layer.activation == "clipped_tanh":
-                x = node("Tanh", [x], f"l{i}_tanh")
-    # SB3's unscale_action: low + (0.5 * (a + 1.0) * (high - low)), in this order, in float32.
-    x = node("Add", [x, const("one", np.array(1.0, np.float32))], "action_plus_one")
-    x = node("Mul", [const("half", np.array(0.5, np.float32)), x], "action_half")
-    x = node("Mul", [x, const("action_range", policy.action_high - policy.action_low)], "action_scaled")
-    node("Add", [const("action_low", policy.action_low), x], "action")
-    graph = helper.make_graph(
-        nodes, "sparse_rl_policy",
-        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", *policy.obs_shape])],
-        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", policy.action_dim])],
-        initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
-                              producer_name="sparse_rl.export")
+            weight = graph.const(f"l{i}_weight", layer.weight)
+        x = graph.node("Gemm", [x, weight, graph.const(f"l{i}_bias", layer.bias)], f"l{i}_linear", transB=1)
+        x = _onnx_activation(graph, i, layer, x)
+    _onnx_unscale_action(graph, policy, x)
+    model = helper.make_model(
+        helper.make_graph(graph.nodes, "sparse_rl_policy",
+                          [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", *policy.obs_shape])],
+                          [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", policy.action_dim])],
+                          graph.initializers),
+        opset_imports=[helper.make_opsetid("", ONNX_OPSET)], producer_name="sparse_rl.export")
     model.ir_version = 8
     helper.set_model_props(model, {"sparse_rl": json.dumps(policy.metadata, sort_keys=True)})
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+class _Graph:
+    """The nodes and constant initializers of an ONNX graph under construction, each named by its output."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        """Add ``array`` as the initializer ``name``; return its name."""
+        from onnx import numpy_helper
+
+        self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attributes: Any) -> str:
+        """Add an ``op`` node named by its one ``output``; return the output's name."""
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attributes))
+        return output
+
+
+def _onnx_normalization(graph: _Graph, norm: ObsNormalization, x: str) -> str:
+    """SB3's ``VecNormalize`` observation transform of ``x``, in float64 as SB3 computes it."""
+    from onnx import TensorProto
+
+    x = graph.node("Cast", [x], "obs_f64", to=TensorProto.DOUBLE)
+    x = graph.node("Sub", [x, graph.const("obs_mean", norm.mean)], "obs_centred")
+    x = graph.node("Div", [x, graph.const("obs_std", norm.std)], "obs_scaled")
+    x = graph.node("Clip", [x, graph.const("obs_clip_low", np.array(-norm.clip)),
+                            graph.const("obs_clip_high", np.array(norm.clip))], "obs_clipped")
+    return graph.node("Cast", [x], "obs_normalized", to=TensorProto.FLOAT)
+
+
+def _onnx_activation(graph: _Graph, i: int, layer: Layer, x: str) -> str:
+    """Layer ``i``'s activation applied to ``x`` (none for ``identity``)."""
+    if layer.activation == "relu":
+        x = graph.node("Relu", [x], f"l{i}_relu")
+    elif layer.activation == "tanh":
+        x = graph.node("Tanh", [x], f"l{i}_tanh")
+    elif layer.activation == "elu":
+        x = graph.node("Elu", [x], f"l{i}_elu", alpha=layer.alpha)
+    elif layer.activation == "leaky_relu":
+        x = graph.node("LeakyRelu", [x], f"l{i}_leaky_relu", alpha=layer.alpha)
+    elif layer.activation in ("hardtanh", "clipped_tanh"):
+        bounds = [graph.const(f"l{i}_clip_low", np.array(-layer.alpha, np.float32)),
+                  graph.const(f"l{i}_clip_high", np.array(layer.alpha, np.float32))]
+        x = graph.node("Clip", [x, *bounds], f"l{i}_clip")
+        if layer.activation == "clipped_tanh":
+            x = graph.node("Tanh", [x], f"l{i}_tanh")
+    return x
+
+
+def _onnx_unscale_action(graph: _Graph, policy: SparsePolicy, x: str) -> None:
+    """The output ``action``: SB3's unscale_action, low + (0.5 * (a + 1.0) * (high - low)), in this order, in
+    float32."""
+    x = graph.node("Add", [x, graph.const("one", np.array(1.0, np.float32))], "action_plus_one")
+    x = graph.node("Mul", [graph.const("half", np.array(0.5, np.float32)), x], "action_half")
+    x = graph.node("Mul", [x, graph.const("action_range", policy.action_high - policy.action_low)], "action_scaled")
+    graph.node("Add", [graph.const("action_low", policy.action_low), x], "action")
 
 
 def _onnx_csr_weight(layer: Layer, prefix: str, const: Any, node: Any) -> str:
