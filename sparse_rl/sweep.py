@@ -216,8 +216,7 @@ def status_table(trials: list[Trial], records: dict[Path, Path], skipped: set[Pa
 
 
 def parse_sweep_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineParser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0],
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", type=Path, help="sweep YAML file (see configs/sweeps/)")
     parser.add_argument("--logdir", type=Path, help="root of the run directories (default: the file's logdir, "
                                                     "else runs/sweeps/<name>)")
