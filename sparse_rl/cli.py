@@ -4,10 +4,11 @@ plain text with every default shown, and numbers are checked by one argparse typ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 USAGE_ERROR = 2
@@ -22,11 +23,16 @@ _ROLE = re.compile(r":(?:mod|func|class|meth|attr|data|obj|exc):`(~?)([^`]+)`")
 _LITERAL = re.compile(r"``([^`]+)``")
 
 
-def use_command_prog() -> None:
-    """From now on name a command ``sparse-rl NAME`` (as :mod:`sparse_rl.command` runs it), not ``python -m
+@contextlib.contextmanager
+def command_prog() -> Iterator[None]:
+    """Inside, name a command ``sparse-rl NAME`` (as :mod:`sparse_rl.command` runs it), not ``python -m
     sparse_rl.NAME``, in its usage, help and one-line errors."""
     global _under_command
-    _under_command = True
+    before, _under_command = _under_command, True
+    try:
+        yield
+    finally:
+        _under_command = before
 
 
 def shown_prog(prog: str) -> str:

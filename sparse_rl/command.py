@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sparse_rl.cli import COMMAND, OneLineParser, use_command_prog
+from sparse_rl.cli import COMMAND, OneLineParser, command_prog
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sparse_rl.train", "train a sparse (or dense) SAC/TD3/TQC/CrossQ agent into a run directory"),
@@ -50,8 +50,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run ``sparse-rl`` on ``argv`` (default ``sys.argv[1:]``)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in COMMANDS:
-        use_command_prog()
-        subcommand(args[0])(args[1:])
+        with command_prog():
+            subcommand(args[0])(args[1:])
         return
     parser().parse_args(args)  # --help, or one line naming the bad input and exit status 2
     raise AssertionError("unreachable: a known subcommand is dispatched above")

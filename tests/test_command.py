@@ -85,3 +85,14 @@ def test_the_console_script_is_an_importable_callable():
         module, _, attribute = target.partition(":")
         assert callable(getattr(importlib.import_module(module), attribute)), target
     assert scripts["sparse-rl"] == "sparse_rl.command:main"
+
+
+def test_in_process_the_command_names_itself_only_while_it_runs(capsys):
+    from sparse_rl import command, ledger
+
+    with pytest.raises(SystemExit) as stop:
+        command.main(["ledger", "add"])
+    assert stop.value.code == 2 and capsys.readouterr().err.startswith("sparse-rl ledger add: error: ")
+    with pytest.raises(SystemExit):
+        ledger.main(["add"])
+    assert capsys.readouterr().err.startswith("python -m sparse_rl.ledger add: error: ")
