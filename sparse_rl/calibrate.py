@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from sparse_rl.backends.auto import Rule, auto_backend, auto_rule, rule_path, write_rule
+from sparse_rl.cli import OneLineParser, at_least, fraction
 from sparse_rl.layers import SparseLinear, random_mask
-from sparse_rl.run_config import at_least
 
 SHAPES = ((256, 256), (400, 300), (1024, 1024))
 """Default layers timed, (in, out): SAC's and TD3's hidden layers, and a wide (×4) one."""
@@ -127,11 +127,11 @@ def measure_rule(shapes: tuple[tuple[int, int], ...] = SHAPES, densities: tuple[
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sparse_rl.calibrate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m sparse_rl.calibrate", description=__doc__)
     parser.add_argument("--shapes", nargs="+", type=shape, default=list(SHAPES), metavar="INxOUT",
-                        help="layers to time (default: %(default)s)")
-    parser.add_argument("--densities", nargs="+", type=fraction, default=list(DENSITIES))
+                        help=f"layers to time (default: {' '.join(f'{i}x{o}' for i, o in SHAPES)})")
+    parser.add_argument("--densities", nargs="+", type=fraction, default=list(DENSITIES),
+                        help=f"densities to time (default: {' '.join(map(str, DENSITIES))})")
     parser.add_argument("--batch", type=at_least(int, 4), default=256, help="rows per step (default 256)")
     parser.add_argument("--repeats", type=at_least(int, 1), default=30, help="timed steps per backend and point")
     parser.add_argument("--margin", type=fraction, default=0.9,
@@ -162,17 +162,6 @@ def shape(text: str) -> tuple[int, int]:
     if in_features < 1 or out_features < 1:
         raise argparse.ArgumentTypeError(f"shape must be INxOUT with positive integers, e.g. 256x256; got {text!r}")
     return in_features, out_features
-
-
-def fraction(text: str) -> float:
-    """An argparse ``type``: a number in (0, 1], else a one-line error."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
-    return value
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ reads both). ``sparse_rl.report`` reads a record exactly as it reads a run direc
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import shutil
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from sparse_rl.cli import OneLineParser
 from sparse_rl.machine import cpu_model
 from sparse_rl.run_config import ConfigError, run_name
 from sparse_rl.rundir import CONFIG, EVALUATIONS, SERIES, SUMMARY, RunDir, Series
@@ -140,7 +140,7 @@ def add_run(run_dir: Path, ledger: Ledger) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m sparse_rl.ledger add RUN_DIR... --ledger DIR --grid NAME``."""
-    parser = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("add", help="record finished run directories (unfinished ones are skipped)")
     add.add_argument("runs", nargs="+", type=Path, help="run directories; those without summary.json are skipped")

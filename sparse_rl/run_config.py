@@ -8,7 +8,6 @@ a run (what ``sparse_rl.report`` needs) does not load it.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import functools
 import inspect
@@ -18,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -120,25 +119,6 @@ def allowed_keys(algo: str) -> dict[str, tuple[str, ...]]:
 
 def _is_int(value: Any, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-NumberT = TypeVar("NumberT", int, float)
-
-
-def at_least(convert: Callable[[str], NumberT], low: NumberT) -> Callable[[str], NumberT]:
-    """An argparse ``type``: a finite ``int`` or ``float`` (as ``convert`` reads it) >= ``low``, else a
-    one-line error naming the allowed values."""
-    what = "an integer" if convert is int else "a number"
-
-    def parse(text: str) -> NumberT:
-        try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not (math.isfinite(value) and value >= low):
-            raise argparse.ArgumentTypeError(f"must be {what} >= {low}, got {text!r}")
-        return value
-    return parse
 
 
 def _in_range(value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False) -> bool:

@@ -49,9 +49,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sparse_rl.cli import OneLineParser, fail, missing_extra
+from sparse_rl.cli import OneLineParser, at_least, fail, missing_extra
 from sparse_rl.ledger import Ledger
-from sparse_rl.run_config import ConfigError, at_least, read_yaml
+from sparse_rl.run_config import ConfigError, read_yaml
 from sparse_rl.rundir import RunDir
 from sparse_rl.runs import OPTION_KEYS, make_config, run_dir_of
 
@@ -217,8 +217,7 @@ def status_table(trials: list[Trial], records: dict[Path, Path], skipped: set[Pa
 
 
 def parse_sweep_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineParser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0],
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", type=Path, help="sweep YAML file (see configs/sweeps/)")
     parser.add_argument("--logdir", type=Path, help="root of the run directories (default: the file's logdir, "
                                                     "else runs/sweeps/<name>)")

@@ -33,40 +33,50 @@ PROG = "sparse_rl.train"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineParser(prog=f"python -m {PROG}", description=__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog=f"python -m {PROG}", description=__doc__)
     parser.add_argument("--algo", choices=list(ALGO_NAMES), default="sac", help="SB3 algorithm (default: sac)")
     parser.add_argument("--env", help="gymnasium env id with a Box action space, e.g. HalfCheetah-v4")
-    parser.add_argument("--density", type=float, help="global fraction of active weights in (0, 1]; 1.0 = dense")
+    parser.add_argument("--density", type=float, help="global fraction of active weights in (0, 1]; 1.0 = dense "
+                                                                   "(default from sparse_rl/configs/<algo>.yaml: 1.0)")
     parser.add_argument("--actor-density", type=float, help="the actor's own density (default: --density)")
     parser.add_argument("--critic-density", type=float, help="the critics' density (default: --density)")
     parser.add_argument("--param-matched", type=float, metavar="DENSITY",
                         help="train a dense network narrowed to the weight count of a sparse one at DENSITY "
                              "(the parameter-matched baseline of Graesser et al.)")
-    parser.add_argument("--method", help=f"DST method: {', '.join(METHODS)} (default from the config: rigl)")
+    parser.add_argument("--method",
+                        help=f"DST method: {', '.join(METHODS)} (default from sparse_rl/configs/<algo>.yaml: rigl)")
     parser.add_argument("--width-multiplier", type=int, metavar="K",
                         help="multiply every hidden width by K (a wide sparse network; default 1)")
     parser.add_argument("--iso-params", action="store_const", const=True,
                         help="with --width-multiplier: the density that keeps the dense K=1 weight count")
     parser.add_argument("--backend", choices=BACKENDS,
-                        help="how sparse layers compute: masked (dense kernels on masked weights), sparse (active "
-                             "weights only) or auto (per layer, from this machine's table: run python -m "
-                             "sparse_rl.calibrate once; the default)")
+                        help="how sparse layers store and compute: compact (active values only, this package's "
+                             "kernels), masked (dense kernels on masked weights), sparse (MKL's CSR on masked "
+                             "weights) or auto (per layer: compact for a CPU layer of a fixed-count method with at "
+                             "least 4,096 weights at density <= 0.2, else masked; where the compiled kernels are "
+                             "missing, this machine's table from python -m sparse_rl.calibrate; the default)")
     parser.add_argument("--total-steps", type=int,
-                        help="environment steps to train for (default from the config: 1,000,000 for MuJoCo, about "
-                             "5.5 h of HalfCheetah on a 2-core Xeon; a short run also needs --learning-starts)")
+                        help="environment steps to train for (default from sparse_rl/configs/<algo>.yaml: 1,000,000, "
+                             "hours of training (the README's Run section); 2,000,000 for Humanoid with sac and tqc; "
+                             "20,000 for Pendulum and, with sac and td3, InvertedPendulum); a short run also needs "
+                             "--learning-starts")
     parser.add_argument("--learning-starts", type=int, metavar="N",
-                        help="random-action steps before learning starts (default from the config: 10,000); must be "
-                             "below --total-steps, so a short run is e.g. --total-steps 2000 --learning-starts 200")
+                        help="random-action steps before learning starts (default from sparse_rl/configs/<algo>.yaml: "
+                             "10,000; 5,000 with crossq; 1,000 for Pendulum and InvertedPendulum); must be below "
+                             "--total-steps, so a short run is e.g. --total-steps 2000 --learning-starts 200")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--n-envs", type=int, help="parallel environments (default: 1)")
+    parser.add_argument("--n-envs", type=int,
+                        help="parallel environments (default from sparse_rl/configs/<algo>.yaml: 1)")
     parser.add_argument("--config", type=Path, help="YAML config file (default: the packaged configs/<algo>.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set algo_kwargs.batch_size=128 "
                              "or --set sparsity.update_interval=500 (repeatable)")
     parser.add_argument("--logdir", type=Path, default=Path("runs"), help="root of run directories (default: runs)")
-    parser.add_argument("--eval-freq", type=int, help="evaluate every this many environment steps (and at the end)")
-    parser.add_argument("--eval-episodes", type=int, help="episodes per evaluation")
+    parser.add_argument("--eval-freq", type=int,
+                        help="evaluate every this many environment steps, and at the end (default from "
+                             "sparse_rl/configs/<algo>.yaml: 10,000; 2,000 for Pendulum and InvertedPendulum)")
+    parser.add_argument("--eval-episodes", type=int,
+                        help="episodes per evaluation (default from sparse_rl/configs/<algo>.yaml: 10)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: two 2-thread runs on a 2-core machine run 3x slower)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")

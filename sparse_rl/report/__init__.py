@@ -43,7 +43,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from sparse_rl.cli import OneLineParser
+from sparse_rl.cli import OneLineParser, at_least
 from sparse_rl.report.groups import SAME_RUN_KEYS, compared_pairs, dense_key, group_name, group_runs
 from sparse_rl.report.plots import at_evaluations, plot_curves, plot_env_algo
 from sparse_rl.report.runs import CONFIG_KEYS, PROG, Curve, GroupKey, Run, find_run_dirs, load_run, settings_text, warn
@@ -58,7 +58,7 @@ from sparse_rl.report.tables import (
     machines_text,
     results_markdown,
 )
-from sparse_rl.run_config import at_least, run_name
+from sparse_rl.run_config import run_name
 
 __all__ = ["COLUMNS", "CONFIG_KEYS", "MISSING", "NO_DENSE", "PAIR_COLUMNS", "PROG", "SAME_RUN_KEYS", "Curve",
            "GroupKey", "Run", "at_evaluations", "bootstrap", "comparison_markdown", "compared_pairs", "dense_key",
