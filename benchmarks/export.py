@@ -6,7 +6,7 @@ nor latencies) is saved as ``model.zip`` and exported to every target with
 ``sparse_rl.export.export``. Sizes: the files, and for C also the compiled object's text + data
 (``cc -O2 -c``, ``size``). Latency of one observation (median over ``--calls`` calls each, one thread
 everywhere): SB3's ``model.predict(obs, deterministic=True)``, the torch actor under ``no_grad``,
-ONNX Runtime (one intra-op thread), ``sparse_rl.deploy.SparsePolicy.predict`` and the C function
+ONNX Runtime (one intra-op thread), ``sparse_rl.deploy.ExportedPolicy.predict`` and the C function
 through ctypes, next to an empty C function of the same signature through ctypes (the call
 overhead) and the C function timed inside C (``clock_gettime`` around each call).
 
@@ -48,7 +48,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from stable_baselines3 import SAC  # noqa: E402
 
 from sparse_rl import SparseSACPolicy  # noqa: E402
-from sparse_rl.deploy import Layer, SparsePolicy  # noqa: E402
+from sparse_rl.deploy import ExportedPolicy, Layer  # noqa: E402
 from sparse_rl.export import c_layer_uses_csr, c_sources, export, onnx_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -143,7 +143,7 @@ def measure_density(density: float, calls: int, obs: np.ndarray, directory: Path
     row["onnx"] = (directory / "actor.onnx").stat().st_size
     row["npz"] = (directory / "actor.npz").stat().st_size
     row["C source"] = (directory / "actor.c").stat().st_size + (directory / "actor.h").stat().st_size
-    policy = SparsePolicy.load(directory / "actor.npz")
+    policy = ExportedPolicy.load(directory / "actor.npz")
     row["nonzero"] = policy.metadata["nonzero_weights"]
     row["widths"] = "-".join(str(width) for width in policy.metadata["widths_after"])  # type: ignore[assignment]
     library, row["C object"] = compile_c((directory / "actor.c").read_text().replace('"actor.h"', '"policy.h"'),
@@ -205,9 +205,9 @@ def measure_crossover(shape: tuple[int, int], density: float, calls: int, direct
     x = rng.standard_normal((64, shape[1])).astype(np.float32)
     row: dict[str, object] = {"layer": f"{shape[1]} → {shape[0]}", "density": density}
     for name, threshold in (("numpy dense", -1.0), ("numpy CSR", 1.0)):
-        policy = SparsePolicy((shape[1],), [layer], *bounds, csr_max_density=threshold)
+        policy = ExportedPolicy((shape[1],), [layer], *bounds, csr_max_density=threshold)
         row[name] = median_us(lambda i: policy.predict(x[i % 64]), calls)
-    policy = SparsePolicy((shape[1],), [layer], *bounds)
+    policy = ExportedPolicy((shape[1],), [layer], *bounds)
     for name, layout in (("C dense", "dense"), ("C CSR", "csr")):
         library, _ = compile_c(*c_sources(policy, layout=layout), directory / f"{shape}-{density}-{layout}")
         row[name] = c_median_us(library, x, calls)

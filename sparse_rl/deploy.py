@@ -4,9 +4,9 @@ This module imports nothing but numpy and the standard library (not torch, not
 Stable-Baselines3), so a service can run an exported policy without them; it can also be copied
 alone next to the ``.npz`` file::
 
-    from sparse_rl.deploy import SparsePolicy
+    from sparse_rl.deploy import ExportedPolicy
 
-    policy = SparsePolicy.load("actor.npz")
+    policy = ExportedPolicy.load("actor.npz")
     action = policy.predict(obs)        # one observation or a batch, like model.predict(obs, deterministic=True)[0]
 
 The ``.npz`` holds a compacted MLP (see :mod:`sparse_rl.export`): per layer a bias, an activation
@@ -19,6 +19,7 @@ at or below :data:`CSR_MAX_DENSITY`, dense above (see ``results/export.md`` for 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,36 +29,71 @@ import numpy as np
 FORMAT = "sparse_rl.deploy/1"
 """The ``format`` entry of every exported ``.npz``."""
 
-ACTIVATIONS = ("identity", "relu", "tanh", "elu", "leaky_relu", "hardtanh", "clipped_tanh")
-"""Activations a layer may have. ``alpha`` is ELU's alpha, LeakyReLU's negative slope, or the bound a
-of ``hardtanh`` (clip to [-a, a]) and ``clipped_tanh`` (tanh of that: SAC's gSDE squash of its clipped mean)."""
+# The one table of activations an exported actor may have, each target's implementation side by side (the torch
+# module export reads it from, numpy here, C99 and ONNX). It lives in this file because this file runs alone, with
+# numpy only. ``alpha`` is ELU's alpha, LeakyReLU's negative slope, or the bound a of ``hardtanh`` (clip to [-a, a])
+# and ``clipped_tanh`` (tanh of that: SAC's gSDE squash of its clipped mean).
+
+
+def _clip(x: str, bound: str) -> str:
+    return f"({x} < -{bound} ? -{bound} : ({x} > {bound} ? {bound} : {x}))"
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One activation.
+
+    :param name: its name in an exported file.
+    :param numpy: ``(x, alpha) -> y``, float32 in and out.
+    :param c: ``(x, alpha) -> expression``, both C expressions (alpha a float literal).
+    :param onnx: the ONNX operators applied in order; ``Clip`` clips to [-alpha, alpha], ``Elu`` and
+        ``LeakyRelu`` take ``alpha`` as their attribute.
+    :param torch_module: the ``torch.nn`` class export reads it from (none: only composed by export).
+    :param torch_alpha: that module's attribute holding alpha.
+    """
+
+    name: str
+    numpy: Callable[[np.ndarray, np.float32], np.ndarray]
+    c: Callable[[str, str], str]
+    onnx: tuple[str, ...]
+    torch_module: str | None = None
+    torch_alpha: str | None = None
+
+
+ACTIVATIONS: dict[str, Activation] = {activation.name: activation for activation in (
+    Activation("identity", lambda x, a: x, lambda x, a: x, (), "Identity"),
+    Activation("relu", lambda x, a: np.maximum(x, np.float32(0)), lambda x, a: f"({x} > 0.0f ? {x} : 0.0f)",
+               ("Relu",), "ReLU"),
+    Activation("tanh", lambda x, a: np.tanh(x), lambda x, a: f"tanhf({x})", ("Tanh",), "Tanh"),
+    Activation("elu", lambda x, a: np.where(x > 0, x, a * np.expm1(x)).astype(np.float32),
+               lambda x, a: f"({x} > 0.0f ? {x} : {a} * expm1f({x}))", ("Elu",), "ELU", "alpha"),
+    Activation("leaky_relu", lambda x, a: np.where(x >= 0, x, a * x).astype(np.float32),
+               lambda x, a: f"({x} >= 0.0f ? {x} : {a} * {x})", ("LeakyRelu",), "LeakyReLU", "negative_slope"),
+    Activation("hardtanh", lambda x, a: np.clip(x, -a, a), _clip, ("Clip",), "Hardtanh", "max_val"),
+    Activation("clipped_tanh", lambda x, a: np.tanh(np.clip(x, -a, a)), lambda x, a: f"tanhf{_clip(x, a)}",
+               ("Clip", "Tanh")),
+)}
+
+
+def get_activation(name: str) -> Activation:
+    """The activation called ``name``; ``ValueError`` naming the allowed ones otherwise."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; allowed: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
 
 CSR_MAX_DENSITY = 0.0
 """Layers at or below this density are computed as CSR by the numpy runtime, denser ones as one dense
 matrix product (CSR remains the storage format where it is smaller). Measured for one observation on
 a 256x256 layer (``benchmarks/export.py``, ``results/export.md``): numpy's gather-and-reduce CSR
 product is slower than a BLAS matrix-vector product on the whole matrix at every density down to
-0.01, so by default the numpy runtime multiplies densely; ``SparsePolicy(csr_max_density=...)``
+0.01, so by default the numpy runtime multiplies densely; ``ExportedPolicy(csr_max_density=...)``
 changes it."""
 
 
 def activate(x: np.ndarray, activation: str, alpha: float = 0.0) -> np.ndarray:
-    """``activation`` applied to ``x`` (float32 in, float32 out)."""
-    if activation == "relu":
-        return np.maximum(x, np.float32(0))
-    if activation == "tanh":
-        return np.tanh(x)
-    if activation == "elu":
-        return np.where(x > 0, x, np.float32(alpha) * np.expm1(x)).astype(np.float32)
-    if activation == "leaky_relu":
-        return np.where(x >= 0, x, np.float32(alpha) * x).astype(np.float32)
-    if activation == "hardtanh":
-        return np.clip(x, np.float32(-alpha), np.float32(alpha))
-    if activation == "clipped_tanh":
-        return np.tanh(np.clip(x, np.float32(-alpha), np.float32(alpha)))
-    if activation == "identity":
-        return x
-    raise ValueError(f"unknown activation {activation!r}; allowed: {', '.join(ACTIVATIONS)}")
+    """``activation`` (:data:`ACTIVATIONS`) applied to ``x`` (float32 in, float32 out)."""
+    return get_activation(activation).numpy(x, np.float32(alpha))
 
 
 @dataclass
@@ -74,8 +110,7 @@ class Layer:
         self.bias = np.ascontiguousarray(self.bias, dtype=np.float32)
         if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],):
             raise ValueError(f"weight {self.weight.shape} and bias {self.bias.shape} do not make a layer")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; allowed: {', '.join(ACTIVATIONS)}")
+        get_activation(self.activation)
 
     @property
     def nnz(self) -> int:
@@ -164,7 +199,7 @@ class _CsrKernel:
 
 
 @dataclass
-class SparsePolicy:
+class ExportedPolicy:
     """A deterministic continuous-action policy: normalise, MLP, squash-and-rescale.
 
     ``predict(obs)`` equals SB3's ``model.predict(obs, deterministic=True)[0]``: the last layer's
@@ -234,7 +269,7 @@ class SparsePolicy:
             np.savez_compressed(file, **arrays)
 
     @classmethod
-    def load(cls, path: str | Path) -> SparsePolicy:
+    def load(cls, path: str | Path) -> ExportedPolicy:
         """Read a policy written by :meth:`save` (``python -m sparse_rl.export ... --format npz``)."""
         with np.load(path, allow_pickle=False) as archive:
             if "format" not in archive.files or str(archive["format"]) != FORMAT:

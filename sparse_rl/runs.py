@@ -171,7 +171,7 @@ def checkpoint_state(run_dir: Path) -> dict[str, Any]:
     return RunDir(run_dir).checkpoint.read_state()
 
 
-def load_model(run_dir: Path, config: Mapping[str, Any]) -> OffPolicyAlgorithm:
+def load_checkpoint(run_dir: Path, config: Mapping[str, Any]) -> OffPolicyAlgorithm:
     """The model and replay buffer of ``run_dir``'s checkpoint, on a fresh env."""
     checkpoint = RunDir(run_dir).checkpoint
     if not checkpoint.exists():
@@ -427,7 +427,7 @@ def resume_run(run_dir: Path, progress_bar: bool = False, ledger: Ledger | None 
     check_device(config)
     torch.set_num_threads(config.get("threads", 1))
     mujoco_log_to(run_dir)
-    model = load_model(run_dir, config)
+    model = load_checkpoint(run_dir, config)
     print(start_text(run_dir, config, model.num_timesteps), flush=True)
     return _train(model, config, run_dir, progress_bar, ledger, resumed=True)
 

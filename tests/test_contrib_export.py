@@ -8,7 +8,7 @@ from sb3_contrib import TQC, CrossQ
 from sb3_contrib.common.torch_layers import BatchRenorm
 
 from sparse_rl import SparseCrossQPolicy, SparseTQCPolicy
-from sparse_rl.deploy import SparsePolicy
+from sparse_rl.deploy import ExportedPolicy
 from sparse_rl.export import export
 from tests.test_export import ATOL, COMPILER, compile_library, run_c
 
@@ -53,7 +53,7 @@ def test_exported_actor_matches_predict(models, case, target, tmp_path):
         pytest.skip("no C compiler (cc) on this machine")
     files = export(path, target, out)
     if target == "npz":
-        actions = SparsePolicy.load(out).predict(obs)
+        actions = ExportedPolicy.load(out).predict(obs)
     elif target == "onnx":
         session = ort.InferenceSession(str(out))
         actions = session.run(None, {session.get_inputs()[0].name: obs})[0]

@@ -20,7 +20,7 @@ from stable_baselines3 import DQN, PPO, SAC, TD3
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sparse_rl import SparseSACPolicy, SparseTD3Policy
-from sparse_rl.deploy import Layer, SparsePolicy
+from sparse_rl.deploy import ExportedPolicy, Layer
 from sparse_rl.export import c_layer_uses_csr, c_sources, compact, export_policy, load_model, main, write_c, write_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,7 +154,7 @@ def exported(tmp_path_factory, observations) -> dict:
             c_pending.append((key, stem, policy.action_dim))
             results[key] = {
                 "reference": model.predict(obs, deterministic=True)[0],
-                "npz": SparsePolicy.load(directory / f"{stem}.npz").predict(observations),
+                "npz": ExportedPolicy.load(directory / f"{stem}.npz").predict(observations),
                 "onnx": ort.InferenceSession(str(directory / f"{stem}.onnx")).run(None, {"obs": observations})[0],
                 "policy": policy,
             }
@@ -195,7 +195,7 @@ def test_single_observation_and_csr_compute_path(exported, observations):
     batch = policy.predict(observations[:5])
     assert policy.predict(observations[0]).shape == (1,)
     np.testing.assert_array_equal(policy.predict(observations[0]), batch[0])
-    as_csr = SparsePolicy(policy.obs_shape, policy.layers, policy.action_low, policy.action_high,
+    as_csr = ExportedPolicy(policy.obs_shape, policy.layers, policy.action_low, policy.action_high,
                           policy.obs_normalization, csr_max_density=1.0)
     np.testing.assert_allclose(as_csr.predict(observations), policy.predict(observations), rtol=0, atol=1e-6)
 
@@ -253,8 +253,8 @@ def test_compaction_removes_dead_and_orphan_units_and_keeps_the_outputs():
     np.testing.assert_allclose(compacted[2].bias, [0.1 + 0.3 * constant, -0.2 - 0.8 * constant], rtol=1e-6)
     bounds = -np.ones(2, np.float32), np.ones(2, np.float32)
     obs = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32)
-    np.testing.assert_allclose(SparsePolicy((4,), compacted, *bounds).predict(obs),
-                               SparsePolicy((4,), layers, *bounds).predict(obs), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ExportedPolicy((4,), compacted, *bounds).predict(obs),
+                               ExportedPolicy((4,), layers, *bounds).predict(obs), rtol=0, atol=1e-6)
 
 
 def test_every_target_handles_empty_rows_an_all_zero_layer_and_a_single_output(tmp_path):
@@ -262,7 +262,7 @@ def test_every_target_handles_empty_rows_an_all_zero_layer_and_a_single_output(t
     layers = hand_made_network()
     layers[1].weight[:] = 0
     layers[2] = Layer(np.array([[0, 0.5, 0, 0]]), np.array([0.1]), "tanh")
-    policy = SparsePolicy((4,), layers, np.array([-2.0]), np.array([3.0]))
+    policy = ExportedPolicy((4,), layers, np.array([-2.0]), np.array([3.0]))
     assert all(layer.store_as_csr() for layer in layers)
     obs = np.random.default_rng(0).normal(size=(100, 4)).astype(np.float32)
     expected = policy.predict(obs)
@@ -270,7 +270,7 @@ def test_every_target_handles_empty_rows_an_all_zero_layer_and_a_single_output(t
     onnx_actions = ort.InferenceSession(str(tmp_path / "p.onnx")).run(None, {"obs": obs})[0]
     np.testing.assert_allclose(onnx_actions, expected, rtol=0, atol=1e-6)
     policy.save(tmp_path / "p.npz")
-    np.testing.assert_allclose(SparsePolicy.load(tmp_path / "p.npz").predict(obs), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ExportedPolicy.load(tmp_path / "p.npz").predict(obs), expected, rtol=0, atol=1e-6)
     if COMPILER:
         for layout in ("csr", "dense"):
             code, header = c_sources(policy, f"edge_{layout}", f"edge_{layout}.h", layout=layout)
@@ -302,8 +302,8 @@ def test_a_hidden_layer_with_no_active_weight_keeps_one_zero_unit():
     assert not compacted[1].weight.any() and not compacted[2].weight.any()
     bounds = -np.ones(2, np.float32), np.ones(2, np.float32)
     obs = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
-    np.testing.assert_allclose(SparsePolicy((4,), compacted, *bounds).predict(obs),
-                               SparsePolicy((4,), layers, *bounds).predict(obs), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ExportedPolicy((4,), compacted, *bounds).predict(obs),
+                               ExportedPolicy((4,), layers, *bounds).predict(obs), rtol=0, atol=1e-6)
 
 
 def test_cli_exports_a_trained_run_directory(tmp_path, observations):
@@ -319,7 +319,7 @@ def test_cli_exports_a_trained_run_directory(tmp_path, observations):
     reference = model.predict(observations, deterministic=True)[0]
     for fmt, name in (("npz", "actor.npz"), ("onnx", "actor.onnx"), ("c", "actor.c")):
         main([str(run_dir), "--format", fmt, "--out", str(tmp_path / name)])
-    np.testing.assert_allclose(SparsePolicy.load(tmp_path / "actor.npz").predict(observations), reference,
+    np.testing.assert_allclose(ExportedPolicy.load(tmp_path / "actor.npz").predict(observations), reference,
                                rtol=0, atol=ATOL)
     onnx_actions = ort.InferenceSession(str(tmp_path / "actor.onnx")).run(None, {"obs": observations})[0]
     np.testing.assert_allclose(onnx_actions, reference, rtol=0, atol=ATOL)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from sparse_rl.deploy import Layer, ObsNormalization, SparsePolicy
+from sparse_rl.deploy import ExportedPolicy, Layer, ObsNormalization, get_activation
 from sparse_rl.export.errors import ExportError
 
 C_COST_NS = {"dense_weight": 0.112, "dense_row": 0.35, "csr_nonzero": 0.5, "csr_row": 1.3, "csr_nonempty_row": 3.0}
@@ -59,22 +59,10 @@ _C_INDEX_TYPES = {np.dtype(np.uint8): "uint8_t", np.dtype(np.uint16): "uint16_t"
 
 
 def _c_activation(activation: str, alpha: float, value: str) -> str:
-    if activation == "relu":
-        return f"({value} > 0.0f ? {value} : 0.0f)"
-    if activation == "tanh":
-        return f"tanhf({value})"
-    if activation == "elu":
-        return f"({value} > 0.0f ? {value} : {_c_float(alpha)} * expm1f({value}))"
-    if activation == "leaky_relu":
-        return f"({value} >= 0.0f ? {value} : {_c_float(alpha)} * {value})"
-    if activation in ("hardtanh", "clipped_tanh"):
-        bound = _c_float(alpha)
-        clipped = f"({value} < -{bound} ? -{bound} : ({value} > {bound} ? {bound} : {value}))"
-        return clipped if activation == "hardtanh" else f"tanhf{clipped}"
-    return value
+    return get_activation(activation).c(value, _c_float(alpha))
 
 
-def c_sources(policy: SparsePolicy, name: str = "predict", header_name: str = "policy.h",
+def c_sources(policy: ExportedPolicy, name: str = "predict", header_name: str = "policy.h",
               layout: str = "auto") -> tuple[str, str]:
     """The C99 source and header of the policy: ``void name(const float *obs, float *action)``,
     weights as static const arrays, no allocation (two stack buffers), only libm. ``layout`` ``"auto"``
@@ -106,7 +94,7 @@ def c_sources(policy: SparsePolicy, name: str = "predict", header_name: str = "p
     return _c_source(policy, name, header_name, width, arrays, body), _c_header(policy, name)
 
 
-def _c_header(policy: SparsePolicy, name: str) -> str:
+def _c_header(policy: ExportedPolicy, name: str) -> str:
     """The header declaring ``name`` and the observation and action sizes."""
     guard = name.upper() + "_POLICY_H"
     obs_dim, action_dim = policy.obs_dim, policy.action_dim
@@ -118,7 +106,7 @@ def _c_header(policy: SparsePolicy, name: str) -> str:
             f"void {name}(const float *obs, float *action);\n\n#endif\n")
 
 
-def _c_source(policy: SparsePolicy, name: str, header_name: str, width: int, arrays: list[str],
+def _c_source(policy: ExportedPolicy, name: str, header_name: str, width: int, arrays: list[str],
               body: list[str]) -> str:
     """The ``.c`` file: the metadata comment, the includes, the arrays and the function around ``body``."""
     metadata = json.dumps(policy.metadata, sort_keys=True).replace("*/", "* /")
@@ -184,7 +172,7 @@ def _c_dense_layer(i: int, layer: Layer, source: str, target: str, value: str) -
     return arrays, step
 
 
-def write_c(policy: SparsePolicy, path: str | Path, name: str = "predict") -> list[Path]:
+def write_c(policy: ExportedPolicy, path: str | Path, name: str = "predict") -> list[Path]:
     """``path`` (``.c``) and the header next to it (``.h``)."""
     source_path = Path(path)
     if source_path.suffix != ".c":

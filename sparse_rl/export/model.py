@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from sparse_rl.deploy import Layer, ObsNormalization
+from sparse_rl.deploy import ACTIVATIONS, Layer, ObsNormalization
 from sparse_rl.export.errors import ExportError
 from sparse_rl.rundir import RunDir
 
@@ -159,20 +159,17 @@ def effective_weight(linear: Any) -> np.ndarray:
 
 
 def _activation(module: Any) -> tuple[str, float] | None:
+    """(name, alpha) of a torch activation module in :data:`~sparse_rl.deploy.ACTIVATIONS`; None otherwise
+    (a ``Hardtanh`` must clip symmetrically)."""
     from torch import nn
 
-    if isinstance(module, nn.ReLU):
-        return "relu", 0.0
-    if isinstance(module, nn.Tanh):
-        return "tanh", 0.0
-    if isinstance(module, nn.ELU):
-        return "elu", float(module.alpha)
-    if isinstance(module, nn.LeakyReLU):
-        return "leaky_relu", float(module.negative_slope)
-    if isinstance(module, nn.Hardtanh) and module.min_val == -module.max_val:
-        return "hardtanh", float(module.max_val)
-    if isinstance(module, nn.Identity):
-        return "identity", 0.0
+    for activation in ACTIVATIONS.values():
+        module_class = getattr(nn, activation.torch_module) if activation.torch_module else None
+        if module_class is not None and isinstance(module, module_class):
+            if isinstance(module, nn.Hardtanh) and module.min_val != -module.max_val:
+                return None
+            alpha = float(getattr(module, activation.torch_alpha)) if activation.torch_alpha else 0.0
+            return activation.name, alpha
     return None
 
 

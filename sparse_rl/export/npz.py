@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sparse_rl.deploy import SparsePolicy
+from sparse_rl.deploy import ExportedPolicy
 
 
-def write_npz(policy: SparsePolicy, path: str | Path) -> list[Path]:
-    """The numpy-runtime file (:meth:`sparse_rl.deploy.SparsePolicy.load` reads it)."""
+def write_npz(policy: ExportedPolicy, path: str | Path) -> list[Path]:
+    """The numpy-runtime file (:meth:`sparse_rl.deploy.ExportedPolicy.load` reads it)."""
     policy.save(path)
     return [Path(path)]

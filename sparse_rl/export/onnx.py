@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from sparse_rl.deploy import Layer, ObsNormalization, SparsePolicy
+from sparse_rl.deploy import ExportedPolicy, Layer, ObsNormalization, get_activation
 
 ONNX_OPSET = 17
 
 
-def onnx_model(policy: SparsePolicy) -> Any:
+def onnx_model(policy: ExportedPolicy) -> Any:
     """The policy as an ONNX model: input ``obs`` (batch, *obs_shape) float32, output ``action``
     (batch, action_dim) float32.
 
@@ -83,26 +83,23 @@ def _onnx_normalization(graph: _Graph, norm: ObsNormalization, x: str) -> str:
     return graph.node("Cast", [x], "obs_normalized", to=TensorProto.FLOAT)
 
 
+ONNX_NODE_NAMES = {"Relu": "relu", "Tanh": "tanh", "Elu": "elu", "LeakyRelu": "leaky_relu", "Clip": "clip"}
+
+
 def _onnx_activation(graph: _Graph, i: int, layer: Layer, x: str) -> str:
     """Layer ``i``'s activation applied to ``x`` (none for ``identity``)."""
-    if layer.activation == "relu":
-        x = graph.node("Relu", [x], f"l{i}_relu")
-    elif layer.activation == "tanh":
-        x = graph.node("Tanh", [x], f"l{i}_tanh")
-    elif layer.activation == "elu":
-        x = graph.node("Elu", [x], f"l{i}_elu", alpha=layer.alpha)
-    elif layer.activation == "leaky_relu":
-        x = graph.node("LeakyRelu", [x], f"l{i}_leaky_relu", alpha=layer.alpha)
-    elif layer.activation in ("hardtanh", "clipped_tanh"):
-        bounds = [graph.const(f"l{i}_clip_low", np.array(-layer.alpha, np.float32)),
-                  graph.const(f"l{i}_clip_high", np.array(layer.alpha, np.float32))]
-        x = graph.node("Clip", [x, *bounds], f"l{i}_clip")
-        if layer.activation == "clipped_tanh":
-            x = graph.node("Tanh", [x], f"l{i}_tanh")
+    for op in get_activation(layer.activation).onnx:
+        name = f"l{i}_{ONNX_NODE_NAMES[op]}"
+        if op == "Clip":
+            bounds = [graph.const(f"l{i}_clip_low", np.array(-layer.alpha, np.float32)),
+                      graph.const(f"l{i}_clip_high", np.array(layer.alpha, np.float32))]
+            x = graph.node(op, [x, *bounds], name)
+        else:
+            x = graph.node(op, [x], name, **({"alpha": layer.alpha} if op in ("Elu", "LeakyRelu") else {}))
     return x
 
 
-def _onnx_unscale_action(graph: _Graph, policy: SparsePolicy, x: str) -> None:
+def _onnx_unscale_action(graph: _Graph, policy: ExportedPolicy, x: str) -> None:
     """The output ``action``: SB3's unscale_action, low + (0.5 * (a + 1.0) * (high - low)), in this order, in
     float32."""
     x = graph.node("Add", [x, graph.const("one", np.array(1.0, np.float32))], "action_plus_one")
@@ -147,7 +144,7 @@ def _onnx_csr_weight(layer: Layer, prefix: str, const: Any, node: Any) -> str:
     return node("Reshape", [weight, const(prefix + "shape", np.array(layer.weight.shape))], prefix + "weight")
 
 
-def write_onnx(policy: SparsePolicy, path: str | Path) -> list[Path]:
+def write_onnx(policy: ExportedPolicy, path: str | Path) -> list[Path]:
     """The ONNX file (run it with ``onnxruntime.InferenceSession(path)``)."""
     import onnx
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from sparse_rl.deploy import SparsePolicy
+from sparse_rl.deploy import ExportedPolicy
 from sparse_rl.export.c import write_c
 from sparse_rl.export.compaction import compact
 from sparse_rl.export.errors import ExportError
@@ -19,7 +19,7 @@ from sparse_rl.export.onnx import write_onnx
 FORMATS = ("onnx", "npz", "c")
 
 
-def export_policy(model: Any, vecnormalize: str | Path | None = None, source: str = "") -> SparsePolicy:
+def export_policy(model: Any, vecnormalize: str | Path | None = None, source: str = "") -> ExportedPolicy:
     """The compacted deterministic policy of a loaded SAC or TD3 ``model``."""
     obs_space, action_space = model.observation_space, model.action_space
     if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
@@ -32,7 +32,7 @@ def export_policy(model: Any, vecnormalize: str | Path | None = None, source: st
                 "nonzero_weights": int(sum(layer.nnz for layer in layers)),
                 "widths_before": [layer.weight.shape[0] for layer in original],
                 "widths_after": [layer.weight.shape[0] for layer in layers]}
-    return SparsePolicy(obs_space.shape, layers, action_space.low, action_space.high, normalization, metadata)
+    return ExportedPolicy(obs_space.shape, layers, action_space.low, action_space.high, normalization, metadata)
 
 
 def export(model_path: str | Path, fmt: str, out: str | Path, vecnormalize: str | Path | None = None,
