@@ -28,7 +28,8 @@ import numpy as np
 
 from sparse_rl.cli import OneLineParser
 from sparse_rl.machine import cpu_model
-from sparse_rl.run_config import ConfigError, run_name
+from sparse_rl.run_config import ConfigError
+from sparse_rl.run_names import run_name
 from sparse_rl.rundir import CONFIG, EVALUATIONS, SERIES, SUMMARY, RunDir, Series
 from sparse_rl.sparsity import SparsityConfig
 

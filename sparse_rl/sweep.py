@@ -74,7 +74,7 @@ class Trial:
 
     @property
     def name(self) -> str:
-        """The run's name (its label and seed, :func:`~sparse_rl.run_config.run_name`): Ray's trial name."""
+        """The run's name (its label and seed, :func:`~sparse_rl.run_names.run_name`): Ray's trial name."""
         return self.run_dir.name
 
     @property

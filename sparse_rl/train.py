@@ -33,7 +33,19 @@ PROG = "sparse_rl.train"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's arguments; one line on stderr and exit status 2 for bad ones."""
     parser = OneLineParser(prog=f"python -m {PROG}", description=__doc__)
+    add_agent_arguments(parser)
+    add_budget_arguments(parser)
+    add_run_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.resume is None and args.env is None:
+        parser.error("--env is required (or --resume RUN_DIR)")
+    return args
+
+
+def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
+    """What is trained: algorithm, env, densities, method, width, backend."""
     parser.add_argument("--algo", choices=list(ALGO_NAMES), default="sac", help="SB3 algorithm (default: sac)")
     parser.add_argument("--env", help="gymnasium env id with a Box action space, e.g. HalfCheetah-v4")
     parser.add_argument("--density", type=float, help="global fraction of active weights in (0, 1]; 1.0 = dense "
@@ -55,6 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "weights) or auto (per layer: compact for a CPU layer of a fixed-count method with at "
                              "least 4,096 weights at density <= 0.2, else masked; where the compiled kernels are "
                              "missing, this machine's table from python -m sparse_rl.calibrate; the default)")
+
+
+def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
+    """How long and how it is measured: steps, learning start, seed, envs, evaluation."""
     parser.add_argument("--total-steps", type=int,
                         help="environment steps to train for (default from sparse_rl/configs/<algo>.yaml: 1,000,000, "
                              "hours of training (the README's Run section); 2,000,000 for Humanoid with sac and tqc; "
@@ -67,16 +83,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--n-envs", type=int,
                         help="parallel environments (default from sparse_rl/configs/<algo>.yaml: 1)")
-    parser.add_argument("--config", type=Path, help="YAML config file (default: the packaged configs/<algo>.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set algo_kwargs.batch_size=128 "
-                             "or --set sparsity.update_interval=500 (repeatable)")
-    parser.add_argument("--logdir", type=Path, default=Path("runs"), help="root of run directories (default: runs)")
     parser.add_argument("--eval-freq", type=int,
                         help="evaluate every this many environment steps, and at the end (default from "
                              "sparse_rl/configs/<algo>.yaml: 10,000; 2,000 for Pendulum and InvertedPendulum)")
     parser.add_argument("--eval-episodes", type=int,
                         help="episodes per evaluation (default from sparse_rl/configs/<algo>.yaml: 10)")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where and how the run goes: config file and overrides, directories, threads, device, resume, ledger."""
+    parser.add_argument("--config", type=Path, help="YAML config file (default: the packaged configs/<algo>.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set algo_kwargs.batch_size=128 "
+                             "or --set sparsity.update_interval=500 (repeatable)")
+    parser.add_argument("--logdir", type=Path, default=Path("runs"), help="root of run directories (default: runs)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: two 2-thread runs on a 2-core machine run 3x slower)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -85,10 +105,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="record the finished run in this ledger (e.g. results/ledger), under --grid")
     parser.add_argument("--grid", default="single", help="the ledger grid the run belongs to (default: single)")
     parser.add_argument("--no-progress-bar", action="store_true", help="hide SB3's progress bar")
-    args = parser.parse_args(argv)
-    if args.resume is None and args.env is None:
-        parser.error("--env is required (or --resume RUN_DIR)")
-    return args
 
 
 def run_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -119,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     from sparse_rl.quiet import filter_known_warnings
 
     filter_known_warnings()
-    from sparse_rl.runs import RunDiverged, RunInterrupted
+    from sparse_rl.run_callbacks import RunDiverged, RunInterrupted
 
     try:
         train(args)

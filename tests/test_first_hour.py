@@ -21,9 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sparse_rl import runs
+from sparse_rl import run_callbacks, runs
 from sparse_rl.report import at_evaluations, load_run
-from sparse_rl.run_config import run_name
+from sparse_rl.run_names import run_name
 from sparse_rl.sparsity import SparsityConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,7 +162,7 @@ def test_first_run_interrupted_exported_resumed_and_documented(tmp_path):
 
 
 def test_progress_bar_of_a_resumed_run_starts_at_the_step_reached():
-    bar = runs.RunProgressBar(1_000_000)
+    bar = run_callbacks.RunProgressBar(1_000_000)
     bar.model = SimpleNamespace(num_timesteps=15_170)
     bar._on_training_start()
     assert (bar.pbar.n, bar.pbar.total) == (15_170, 1_000_000)

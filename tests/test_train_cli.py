@@ -16,7 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from sparse_rl import report, runs, train
 from sparse_rl.masks import sparse_layers
-from sparse_rl.run_config import parse_override, run_label, run_name
+from sparse_rl.run_config import parse_override
+from sparse_rl.run_names import run_label, run_name
 from sparse_rl.sb3 import SparseMetricsCallback
 from sparse_rl.sb3.flops import model_step_flops
 

@@ -9,7 +9,7 @@ Each of ``RUNS`` is a run directory or a ledger record (one holding ``config.yam
 ``python -m sparse_rl.report runs/ --out report/`` reads every run under ``runs/`` and
 ``python -m sparse_rl.report results/ledger/mujoco_100k --out results/mujoco_100k`` every record
 of a grid. A row holds runs that differ only in their seed: runs are grouped by their
-:func:`~sparse_rl.run_config.run_label` (env, algo, method and its settings, densities, width, and
+:func:`~sparse_rl.run_names.run_label` (env, algo, method and its settings, densities, width, and
 every other setting away from its packaged default: budget, architecture, hyperparameters; the
 ``settings`` column names them), and a group whose configs still differ is split, the difference named.
 Runs without ``summary.json`` (interrupted, or still running) are left out with a warning unless
@@ -58,7 +58,7 @@ from sparse_rl.report.tables import (
     machines_text,
     results_markdown,
 )
-from sparse_rl.run_config import run_name
+from sparse_rl.run_names import run_name
 
 __all__ = ["COLUMNS", "CONFIG_KEYS", "MISSING", "NO_DENSE", "PAIR_COLUMNS", "PROG", "SAME_RUN_KEYS", "Curve",
            "GroupKey", "Run", "at_evaluations", "bootstrap", "comparison_markdown", "compared_pairs", "dense_key",

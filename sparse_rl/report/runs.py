@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from sparse_rl.run_config import run_label
+from sparse_rl.run_names import run_label
 from sparse_rl.rundir import RunDir, Series
 
 PROG = "sparse_rl.report"
 CONFIG_KEYS = ("env", "algo", "seed", "total_steps")
 GroupKey = tuple[str, str, str, float, str, str]
-"""(env, algo, method, density, detail, settings): a :class:`~sparse_rl.run_config.RunLabel`'s parts, the
+"""(env, algo, method, density, detail, settings): a :class:`~sparse_rl.run_names.RunLabel`'s parts, the
 settings being every other field that changes what a run learns (:func:`settings_text`)."""
 Curve = tuple[np.ndarray, np.ndarray]
 """(x, y) arrays of equal length, x increasing."""
@@ -33,7 +33,7 @@ class Run:
     method: str
     density: float
     detail: str
-    """What the density alone does not say (``actor 0.1``); see :attr:`~sparse_rl.run_config.RunLabel.detail`."""
+    """What the density alone does not say (``actor 0.1``); see :attr:`~sparse_rl.run_names.RunLabel.detail`."""
     settings: str
     """The fields away from their defaults (``total_steps 4000, net_arch []``); empty if none."""
     config: dict[str, Any]
@@ -116,5 +116,5 @@ def load_run(run_dir: Path) -> Run | None:
 
 
 def settings_text(settings: Iterable[tuple[str, Any]]) -> str:
-    """``total_steps 4000, net_arch []``: changed settings (:func:`~sparse_rl.run_config.changed_settings`)."""
+    """``total_steps 4000, net_arch []``: changed settings (:func:`~sparse_rl.run_names.changed_settings`)."""
     return ", ".join(f"{path.rsplit('.', 1)[-1]} {json.dumps(value)}" for path, value in settings)
