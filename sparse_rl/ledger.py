@@ -28,10 +28,9 @@ import numpy as np
 
 from sparse_rl.cli import OneLineParser
 from sparse_rl.machine import cpu_model
-from sparse_rl.run_config import ConfigError
+from sparse_rl.run_config import ConfigError, sparsity_of
 from sparse_rl.run_names import run_name
 from sparse_rl.rundir import CONFIG, EVALUATIONS, SERIES, SUMMARY, RunDir, Series
-from sparse_rl.sparsity import SparsityConfig
 
 PROG = "sparse_rl.ledger"
 RECORD_FILES = (CONFIG, EVALUATIONS, SUMMARY, SERIES)
@@ -81,7 +80,7 @@ class Ledger:
 def resolved(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` with its sparsity section as the settings it resolves to (a method preset's defaults
     filled in, the execution backend left out), so a record matches a trial that spells them differently."""
-    settings = SparsityConfig.from_kwargs(**(config.get("sparsity") or {})).as_kwargs()
+    settings = sparsity_of(config).as_kwargs()
     settings.pop("backend")
     return {**config, "sparsity": settings}
 

@@ -9,7 +9,9 @@ a run (what ``sparse_rl.report`` needs) does not load it.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
+import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -231,10 +233,7 @@ def _device_error(value: Any) -> str | None:
 def check_values(config: Mapping[str, Any]) -> None:
     """``ConfigError`` for sparsity settings the policy would refuse or a numeric field out of its range
     (each field on its own; :func:`check_cross_fields` checks the rules between fields)."""
-    try:
-        SparsityConfig.from_kwargs(**(config.get("sparsity") or {}))
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"sparsity: {error}") from None
+    sparsity_of(config)
     for path, (check, expected) in NUMERIC_RULES.items():
         present, value = lookup_path(config, path)
         if present and not check(value):
@@ -243,6 +242,21 @@ def check_values(config: Mapping[str, Any]) -> None:
     if matched is not None and (isinstance(matched, bool) or not isinstance(matched, (int, float))
                                 or not 0 < matched < 1):
         raise ConfigError(f"param_matched must be a density in (0, 1), got {matched!r}")
+
+
+def sparsity_of(config: Mapping[str, Any]) -> SparsityConfig:
+    """The one :class:`SparsityConfig` of a config's ``sparsity`` section (``ConfigError`` if it is invalid). Built
+    once per distinct section and shared (it is frozen): validation, the run's name, its policy and the ledger's
+    comparison all read the same object instead of re-parsing the section."""
+    return _sparsity_of(json.dumps(dict(config.get("sparsity") or {}), sort_keys=True, default=list))
+
+
+@functools.lru_cache(maxsize=256)
+def _sparsity_of(section: str) -> SparsityConfig:
+    try:
+        return SparsityConfig.from_kwargs(**json.loads(section))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"sparsity: {error}") from None
 
 
 def check_cross_fields(config: Mapping[str, Any]) -> None:

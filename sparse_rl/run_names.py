@@ -13,8 +13,8 @@ import yaml
 
 from sparse_rl.algorithms import ALGO_NAMES
 from sparse_rl.methods import method_label
-from sparse_rl.run_config import ConfigError, default_config_path, file_defaults, lookup_path, read_yaml, with_numbers
-from sparse_rl.sparsity import NETWORKS, SparsityConfig
+from sparse_rl.run_config import default_config_path, file_defaults, lookup_path, read_yaml, sparsity_of, with_numbers
+from sparse_rl.sparsity import NETWORKS
 
 LABELLED_SECTIONS = ("algo_kwargs", "policy_kwargs")
 LABELLED_TOP = ("total_steps", "n_envs", "action_noise_std")
@@ -67,10 +67,10 @@ def changed_settings(config: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
         return ()
     defaults = yaml.safe_load(_packaged_defaults(str(config["algo"]), str(config["env"])))
     sparsity = config.get("sparsity") or {}
-    defaults["sparsity"] = SparsityConfig.from_kwargs(method=sparsity.get("method", "rigl"),
-                                                      density=sparsity.get("density", 1.0)).as_kwargs()
+    preset = {"method": sparsity.get("method", "rigl"), "density": sparsity.get("density", 1.0)}
+    defaults["sparsity"] = sparsity_of({"sparsity": preset}).as_kwargs()
     paths = [*LABELLED_TOP, *(f"{section}.{key}" for section in LABELLED_SECTIONS for key in config.get(section) or {})]
-    resolved = SparsityConfig.from_kwargs(**sparsity)
+    resolved = sparsity_of(config)
     if config.get("param_matched") is None and not (resolved.is_dense and not resolved.iso_params):  # else no schedule
         paths += [f"sparsity.{key}" for key in sparsity if key not in LABEL_SPARSITY_KEYS]
     changed = []
@@ -132,10 +132,7 @@ def run_label(config: Mapping[str, Any]) -> RunLabel:
     if config.get("param_matched") is not None:
         return RunLabel("matched", float(config["param_matched"]), settings=settings)
     sparsity = config.get("sparsity") or {}
-    try:
-        resolved = SparsityConfig.from_kwargs(**sparsity)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"sparsity: {error}") from None
+    resolved = sparsity_of(config)
     differing = tuple((net, resolved.network_density(net)) for net in NETWORKS
                       if resolved.network_density(net) != resolved.density)
     if resolved.is_dense and not resolved.iso_params:

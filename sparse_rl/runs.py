@@ -55,7 +55,7 @@ from sparse_rl.run_callbacks import (
     network_densities,
     stop_on_signals,
 )
-from sparse_rl.run_config import ConfigError, algo_classes, build_config, check_device, validate
+from sparse_rl.run_config import ConfigError, algo_classes, build_config, check_device, sparsity_of, validate
 from sparse_rl.run_names import run_name
 from sparse_rl.rundir import TENSORBOARD_NAME, RunDir
 from sparse_rl.sb3 import SparseMetricsCallback
@@ -63,7 +63,6 @@ from sparse_rl.sb3.algorithms import sparse_policy
 from sparse_rl.sb3.flops import inference_flops
 from sparse_rl.sb3.matched import matched_net_arch
 from sparse_rl.sb3.rlx2 import rlx2_replay_buffer
-from sparse_rl.sparsity import SparsityConfig
 
 if TYPE_CHECKING:
     from sparse_rl.ledger import Ledger
@@ -134,7 +133,7 @@ def matched_policy_kwargs(config: Mapping[str, Any], env: VecEnv) -> dict[str, A
 def build_model(config: Mapping[str, Any], run_dir: Path) -> OffPolicyAlgorithm:
     """The SB3 model a config describes (the policy checks its sparsity settings here, before any file exists)."""
     env = make_vec_env(config["env"], n_envs=config.get("n_envs", 1), seed=config["seed"])
-    sparsity = SparsityConfig.from_kwargs(**config.get("sparsity", {}))
+    sparsity = sparsity_of(config)
     gamma = config.get("algo_kwargs", {}).get("gamma", 0.99)
     kwargs = {**config.get("algo_kwargs", {}), **rlx2_replay_buffer(sparsity, gamma, config["total_steps"])}
     if get_algorithm(config["algo"]).action_noise and config.get("action_noise_std"):

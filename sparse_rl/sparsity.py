@@ -52,7 +52,7 @@ class SparsityConfig:
     :param actor_density: the actor's own density (default: ``density``).
     :param critic_density: the critics' density, one budget for all Q-heads (default: ``density``).
     :param method: a method name of :data:`sparse_rl.methods.METHODS` (``rigl``, ``set``, ``mest``,
-        ``dst-ee``, ``rlx2``, ``ds-td3``, ``thresholds``, ``halo``, ``static``, ``dense``).
+        ``dst-ee``, ``static``, ``dense``, ``rlx2``, ``thresholds``, ``halo``, ``ds-td3``, ``srigl``, ``gmp``).
     :param distribution: how a network's density is split over its layers: ``uniform``, ``er``, ``erk``.
     :param dense_layers: ``fnmatch`` patterns, prefixed with the network, of layers kept dense,
         e.g. ``("actor.mu", "critic.qf*.4")``; they are paid for from the same budget.
@@ -83,7 +83,8 @@ class SparsityConfig:
     :param recycle_regrow: a recycled neuron's incoming connections also move to where its weight
         gradient is largest (its fan-in kept).
     :param settings: the method kind's own settings (``threshold_alpha`` for ``thresholds``,
-        ``halo_xi`` for ``halo``, ``target_rule`` for ``ds-td3``), flat keys in ``policy_kwargs``.
+        ``halo_xi`` for ``halo``, ``target_rule`` for ``ds-td3``, RLx2's buffer settings for ``rlx2``), flat keys
+        in ``policy_kwargs``.
     """
 
     density: float = 1.0

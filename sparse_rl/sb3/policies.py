@@ -240,7 +240,8 @@ class SparsePolicyMixin:
 class SparseSACPolicy(SparsePolicyMixin, SACPolicy):
     """SB3's ``SACPolicy`` with sparse actor, critics and target critics.
 
-    Use it like ``MlpPolicy``: ``SAC(SparseSACPolicy, env, policy_kwargs=dict(density=0.1))``.
+    Use it like ``MlpPolicy``: ``SAC(SparseSACPolicy, env, policy_kwargs=dict(density=0.1))``, or hand down one
+    validated :class:`~sparse_rl.sparsity.SparsityConfig` whole: ``policy_kwargs=dict(sparsity=config)``.
     Every field of :class:`~sparse_rl.sparsity.SparsityConfig` is a ``policy_kwargs`` key:
     ``density``, ``actor_density``, ``critic_density``, ``method``, ``distribution``,
     ``dense_layers``, ``dense_output``, ``update_interval``, ``drop_fraction``, ``update_end``,
@@ -249,7 +250,8 @@ class SparseSACPolicy(SparsePolicyMixin, SACPolicy):
     (``threshold_alpha``, ``actor_threshold_alpha``, ``critic_threshold_alpha`` for ``thresholds``;
     ``halo_xi``, ``halo_psi``, ``prune_start``, ``prune_end`` for ``halo``; ``target_rule`` for
     ``ds-td3``; ``srigl_gamma`` for ``srigl``; ``prune_start``, ``prune_end``, ``gmp_scope`` for
-    ``gmp``), ``recycle_dormant``, ``recycle_interval``, ``recycle_regrow`` (ReDo's recycling, methods of
+    ``gmp``; ``n_steps``, ``n_step_delay``, ``check_interval``, ``check_size``, ``distance_threshold``, ``min_size``,
+    ``shrink_fraction`` for ``rlx2``'s buffer), ``recycle_dormant``, ``recycle_interval``, ``recycle_regrow`` (ReDo's recycling, methods of
     fixed weight count); the rest go to ``SACPolicy``. Adam and AdamW default to ``fused=True``.
     With gSDE (``use_sde=True``) the latent network and ``mu`` are sparse; the exploration matrix
     and ``log_std`` are not weights of a linear layer and stay dense. A ``Dict`` observation space
