@@ -252,8 +252,8 @@ class SparseSACPolicy(SparsePolicyMixin, SACPolicy):
     ``ds-td3``; ``srigl_gamma`` for ``srigl``; ``prune_start``, ``prune_end``, ``gmp_scope`` for
     ``gmp``; ``n_steps``, ``n_step_delay``, ``check_interval``, ``check_size``, ``distance_threshold``, ``min_size``,
     ``shrink_fraction`` for ``rlx2``'s buffer), ``recycle_dormant``, ``recycle_interval``, ``recycle_regrow``
-    (ReDo's recycling, methods of fixed weight count); the rest go to ``SACPolicy``. Adam and AdamW default to ``fused=True``.
-    With gSDE (``use_sde=True``) the latent network and ``mu`` are sparse; the exploration matrix
+    (ReDo's recycling, methods of fixed weight count); the rest go to ``SACPolicy``. Adam and AdamW default to
+    ``fused=True``. With gSDE (``use_sde=True``) the latent network and ``mu`` are sparse; the exploration matrix
     and ``log_std`` are not weights of a linear layer and stay dense. A ``Dict`` observation space
     (goal-conditioned envs, ``HerReplayBuffer``) gets SB3's ``CombinedExtractor``, as
     ``MultiInputPolicy`` does; the extractor's own layers stay dense.
