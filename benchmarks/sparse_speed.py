@@ -62,8 +62,9 @@ import torch
 
 from sparse_rl.backends.auto import auto_backend, auto_rule
 from sparse_rl.calibrate import alternating_medians, time_layer
-from sparse_rl.layers import SparseLinear, random_mask
+from sparse_rl.layers import SparseLinear
 from sparse_rl.machine import cpu_model
+from sparse_rl.masks import random_mask
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "sparse_speed.md"
 SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "#### Gathers from a dense weight",

@@ -32,7 +32,8 @@ import torch
 
 from sparse_rl.backends.auto import Rule, auto_backend, auto_rule, rule_path, write_rule
 from sparse_rl.cli import OneLineParser, at_least, fraction
-from sparse_rl.layers import SparseLinear, random_mask
+from sparse_rl.layers import SparseLinear
+from sparse_rl.masks import random_mask
 
 SHAPES = ((256, 256), (400, 300), (1024, 1024))
 """Default layers timed, (in, out): SAC's and TD3's hidden layers, and a wide (×4) one."""

@@ -78,6 +78,21 @@ class SparseLinear(nn.Linear):
         """A fully connected ``SparseLinear`` holding a copy of ``linear``'s parameters."""
         return copy_linear(cls, linear)
 
+    @classmethod
+    @torch.no_grad()
+    def from_active(cls, linear: nn.Linear, positions: torch.Tensor) -> SparseLinear:
+        """A compact layer holding ``linear``'s weights at the ascending flat ``positions`` and its bias, built
+        without a dense copy (on the meta device first: no memory, no random draws)."""
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        del layer.weight, layer.mask, layer.mask_values
+        layer._compact = CompactStructure.from_positions(positions.to(linear.weight.device),
+                                                         (linear.out_features, linear.in_features))
+        values = nn.Parameter(linear.weight.detach().flatten()[layer._compact.positions].clone())
+        bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
+        layer._parameters = {"values": values, "bias": bias}
+        layer.layout = "compact"
+        return layer
+
     def __getattr__(self, name: str) -> Any:
         if name == "weight" or name == "mask":
             compact = self.__dict__.get("_compact")
@@ -383,17 +398,4 @@ def _swap_parameter(optimizer: torch.optim.Optimizer, layer: SparseLinear, old: 
         optimizer.state[new] = {key: convert_state(layer, slot) for key, slot in state.items()}
 
 
-def random_mask(shape: tuple[int, ...], count: int, generator: torch.Generator | None = None,
-                device: torch.device | str | None = None) -> torch.Tensor:
-    """A boolean mask of ``shape`` with exactly ``count`` ``True`` entries placed uniformly at random."""
-    numel = 1
-    for size in shape:
-        numel *= size
-    if not 0 <= count <= numel:
-        raise ValueError(f"count must be in [0, {numel}], got {count}")
-    flat = torch.zeros(numel, dtype=torch.bool)
-    flat[torch.randperm(numel, generator=generator)[:count]] = True
-    return flat.view(shape).to(device)
-
-
-__all__ = ["LayoutGroup", "SparseLinear", "copy_linear", "random_mask", "set_backend"]
+__all__ = ["LayoutGroup", "SparseLinear", "copy_linear", "set_backend"]

@@ -12,7 +12,29 @@ import torch
 from torch import nn
 
 from sparse_rl.distributions import layer_counts, layer_densities
-from sparse_rl.layers import SparseLinear, random_mask
+from sparse_rl.layers import SparseLinear
+
+
+def random_mask(shape: tuple[int, ...], count: int, generator: torch.Generator | None = None,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """A boolean mask of ``shape`` with exactly ``count`` ``True`` entries placed uniformly at random."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    if not 0 <= count <= numel:
+        raise ValueError(f"count must be in [0, {numel}], got {count}")
+    flat = torch.zeros(numel, dtype=torch.bool)
+    flat[torch.randperm(numel, generator=generator)[:count]] = True
+    return flat.view(shape).to(device)
+
+
+def random_positions(shape: tuple[int, int], count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The ascending flat positions of :func:`random_mask`'s ``True`` entries, drawn the same way (the same random
+    numbers), without the boolean mask."""
+    numel = shape[0] * shape[1]
+    if not 0 <= count <= numel:
+        raise ValueError(f"count must be in [0, {numel}], got {count}")
+    return torch.randperm(numel, generator=generator)[:count].sort().values
 
 
 @runtime_checkable

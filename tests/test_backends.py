@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from sparse_rl.backends.auto import AUTO_RULE, auto_backend
 from sparse_rl.backends.csr import CsrStructure
 from sparse_rl.backends.masked import SMALL_BATCH, is_feature_major
-from sparse_rl.layers import SparseLinear, random_mask, set_backend
+from sparse_rl.layers import SparseLinear, set_backend
+from sparse_rl.masks import random_mask
 from sparse_rl.methods import METHODS
 
 TOL = dict(rtol=1e-4, atol=1e-5)

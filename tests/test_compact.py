@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparse_rl.backends import kernels
-from sparse_rl.layers import SparseLinear, random_mask, set_backend
+from sparse_rl.layers import SparseLinear, set_backend
+from sparse_rl.masks import random_mask
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOL = dict(rtol=1e-4, atol=1e-5)
@@ -321,7 +322,8 @@ def test_without_the_extension_compact_runs_on_torch_kernels_with_one_warning(mo
 
 
 def test_a_process_without_the_extension_imports_and_trains():
-    code = ("import torch, sparse_rl.backends.kernels as k; from sparse_rl.layers import SparseLinear, random_mask;"
+    code = ("import torch, sparse_rl.backends.kernels as k; from sparse_rl.layers import SparseLinear; "
+            "from sparse_rl.masks import random_mask;"
             "l = SparseLinear(300, 300); l.set_mask(random_mask((300, 300), 900)); assert not k.compiled();"
             "assert l.resolved_backend in ('masked', 'sparse'); l(torch.randn(8, 300)).sum().backward(); print('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

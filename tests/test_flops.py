@@ -5,7 +5,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sparse_rl import SparseSACPolicy, SparseTD3Policy
 from sparse_rl.flops import NetworkFlops
-from sparse_rl.layers import SparseLinear, random_mask
+from sparse_rl.layers import SparseLinear
+from sparse_rl.masks import random_mask
 from sparse_rl.sb3.flops import inference_flops, model_step_flops
 
 

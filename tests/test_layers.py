@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from sparse_rl.layers import SparseLinear, random_mask
+from sparse_rl.layers import SparseLinear
+from sparse_rl.masks import random_mask
 
 
 def test_starts_dense_and_forward_matches_linear():

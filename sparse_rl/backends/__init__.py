@@ -65,7 +65,14 @@ def resolve(layer: SparseLinear) -> Backend:
 
 def layout_for(layer: SparseLinear, backend: str) -> str:
     """The layout ``layer`` takes when its backend is set to ``backend`` (``auto``: compact where it pays)."""
+    return layout_for_shape(layer.in_features, layer.out_features, layer.density, layer.device, backend,
+                            layer.compact_capable)
+
+
+def layout_for_shape(in_features: int, out_features: int, density: float, device: torch.device, backend: str,
+                     compact_capable: bool) -> str:
+    """The layout a layer of this shape, density and device takes with ``backend`` (so a network can build each
+    layer in its layout directly)."""
     if backend != "auto":
         return REGISTRY[backend].layout
-    return REGISTRY[auto_backend(layer.in_features, layer.out_features, layer.density, layer.device,
-                                 compact_capable=layer.compact_capable)].layout
+    return REGISTRY[auto_backend(in_features, out_features, density, device, compact_capable=compact_capable)].layout

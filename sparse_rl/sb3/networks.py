@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import ContinuousCritic
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
@@ -19,9 +18,8 @@ from stable_baselines3.td3.policies import Actor as TD3Actor
 from torch import nn
 
 from sparse_rl.distributions import check_density
-from sparse_rl.layers import SparseLinear, set_backend
-from sparse_rl.masks import sparse_layers
 from sparse_rl.methods import KINDS
+from sparse_rl.sparsify import sparsify
 from sparse_rl.sparsity import NetworkSparsity
 
 
@@ -29,19 +27,6 @@ def actor_outputs(action_dim: int, sac: bool, use_sde: bool = False) -> int:
     """Output features of an actor's last layers: SAC's actor has a mean and a log-std head (with
     gSDE the log-std is a parameter, not a layer); TD3's has one action head."""
     return action_dim * (2 if sac and not use_sde else 1)
-
-
-def replace_linear_layers(module: nn.Module, layer_class: type[nn.Linear] = SparseLinear,
-                          skip: str = "features_extractor") -> None:
-    """Swap every plain ``nn.Linear`` under ``module`` (outside ``skip``) for a ``layer_class``
-    with the same parameters, in place."""
-    for name, child in list(module.named_children()):
-        if name == skip:
-            continue
-        if type(child) is nn.Linear:
-            setattr(module, name, layer_class.from_dense(child))  # type: ignore[attr-defined]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
-        else:
-            replace_linear_layers(child, layer_class, skip)
 
 
 class SparseNetworkMixin:
@@ -54,17 +39,7 @@ class SparseNetworkMixin:
             raise ValueError(f"unknown method kind {sparsity.kind!r}; allowed: {', '.join(KINDS)}")
         check_density(sparsity.density)
         self.sparsity = sparsity
-        kind = KINDS[sparsity.kind]
-        replace_linear_layers(self, kind.layer_class)  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
-        keep_dense = sparsity.dense_layers + (tuple(self.output_layer_names()) if sparsity.dense_output else ())
-        layers = sparse_layers(self)  # type: ignore[arg-type]  # mixin: as above
-        kind.init_masks(layers, sparsity.density, sparsity.distribution, keep_dense)
-        for layer in layers.values():
-            if sparsity.sparse_init:
-                rescale_to_active_fan_in(layer)
-            if not (kind.compact and kind.holds_density):
-                layer.compact_capable = False
-        set_backend(self, sparsity.backend)  # type: ignore[arg-type]  # mixin: as above
+        sparsify(self, sparsity, self.output_layer_names())  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
 
     def output_layer_names(self) -> list[str]:
         """Names of the linear layers that produce the network's outputs (the last one of every head)."""
@@ -77,14 +52,6 @@ class SparseNetworkMixin:
         data = super()._get_constructor_parameters()  # type: ignore[misc]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
         data.update(sparsity=self.sparsity)
         return data
-
-
-@torch.no_grad()
-def rescale_to_active_fan_in(layer: SparseLinear) -> None:
-    """Multiply each output neuron's weights by sqrt(dense fan-in / active fan-in): the variance of its
-    pre-activation then matches the dense layer's at initialisation (Evci et al. 2022's sparse init)."""
-    active_fan_in = layer.mask.sum(dim=1).clamp(min=1).to(layer.weight.dtype)
-    layer.weight.mul_(torch.sqrt(layer.in_features / active_fan_in).unsqueeze(1))
 
 
 def last_linear(module: nn.Module, head: str) -> str:
