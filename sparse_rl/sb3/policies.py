@@ -107,7 +107,7 @@ class SparsePolicyMixin:
         unknown = sorted(set(kwargs) - set(allowed))
         if unknown:
             raise ValueError(f"unknown policy kwarg(s) {unknown}; allowed: "
-                             f"{', '.join(['sparsity', *SPARSITY_KEYS, *allowed])}")
+                             f"{', '.join([*SPARSITY_KEYS, 'sparsity', *allowed])}")
         if isinstance(observation_space, spaces.Dict) and "features_extractor_class" not in kwargs:
             kwargs["features_extractor_class"] = CombinedExtractor  # what SB3's MultiInputPolicy sets
         self._check_targets()
