@@ -1,4 +1,4 @@
-"""A sparse layer's saved state in the other layout: what a state dict or an optimizer slot saved for the
+"""A sparse layer's saved and optimizer state across layouts: what a state dict or an optimizer slot saved for the
 masked layout (dense weight + mask) becomes in the compact one (values + positions), and the reverse, so models
 of either layout (and of sparse_rl 0.1.0, masked only) load into layers of either."""
 
@@ -58,3 +58,12 @@ def convert_state(layer: SparseLinear, slot: Any) -> Any:
     if layer.layout == "masked" and slot.dim() == 1 and slot.numel() == layer.nnz and slot.numel() != shape[0]:
         return CompactStructure.from_mask(layer.mask).dense(slot)
     return slot
+
+
+def apply_to_slots(optimizer: torch.optim.Optimizer | None, param: torch.Tensor, move: Any) -> None:
+    """Apply ``move`` to every per-element optimizer slot of ``param`` (Adam's moments, SGD's momentum, ...)."""
+    if optimizer is None:
+        return
+    for slot in optimizer.state.get(param, {}).values():
+        if torch.is_tensor(slot) and slot.shape == param.shape:
+            move(slot)

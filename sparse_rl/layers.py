@@ -10,7 +10,7 @@ from torch import nn
 from sparse_rl.backends import Backend, check_backend, layout_for, resolve
 from sparse_rl.backends.compact import CompactStructure, relaid, relayout_map
 from sparse_rl.backends.csr import CsrStructure
-from sparse_rl.layer_state import convert_state, to_layout, valid_positions
+from sparse_rl.layer_state import apply_to_slots, convert_state, to_layout, valid_positions
 
 LinearT = TypeVar("LinearT", bound=nn.Linear)
 
@@ -187,7 +187,7 @@ class SparseLinear(nn.Linear):
                 self.weight.masked_fill_(changed, 0)
             self.set_mask(mask)
             if changed is not None:
-                _reset_state(optimizer, self.weight, lambda slot: slot.masked_fill_(changed, 0))
+                apply_to_slots(optimizer, self.weight, lambda slot: slot.masked_fill_(changed, 0))
             return
         new = mask.flatten().nonzero().squeeze(1)
         values = self.trainable_weight()
@@ -196,7 +196,7 @@ class SparseLinear(nn.Linear):
                              f"{new.numel()} (use the masked layout for methods whose density changes)")
         source, keep = relayout_map(self._compact.positions, new, mask.numel(), changed)
         values.copy_(relaid(values, source, keep))
-        _reset_state(optimizer, values, lambda slot: slot.copy_(relaid(slot, source, keep)))
+        apply_to_slots(optimizer, values, lambda slot: slot.copy_(relaid(slot, source, keep)))
         self._compact = CompactStructure.from_positions(new, self._compact.shape)
         self._mask_version += 1
         self._invalidate()
@@ -342,15 +342,6 @@ class SparseLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, density={self.density:.3f}, backend={self.backend}"
-
-
-def _reset_state(optimizer: torch.optim.Optimizer | None, param: torch.Tensor, move: Any) -> None:
-    """Apply ``move`` to every per-element optimizer slot of ``param`` (Adam's moments, SGD's momentum, ...)."""
-    if optimizer is None:
-        return
-    for slot in optimizer.state.get(param, {}).values():
-        if torch.is_tensor(slot) and slot.shape == param.shape:
-            move(slot)
 
 
 class LayoutGroup:

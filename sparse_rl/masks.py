@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from sparse_rl.distributions import layer_counts, layer_densities
+from sparse_rl.layer_state import apply_to_slots
 from sparse_rl.layers import SparseLinear
 
 
@@ -118,8 +119,4 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer | None, param: torch.
                           positions: torch.Tensor) -> None:
     """Zero every per-element optimizer slot of ``param`` (Adam's moments, SGD momentum, ...)
     at the boolean ``positions``."""
-    if optimizer is None:
-        return
-    for value in optimizer.state.get(param, {}).values():
-        if torch.is_tensor(value) and value.shape == param.shape:
-            value.masked_fill_(positions, 0)
+    apply_to_slots(optimizer, param, lambda slot: slot.masked_fill_(positions, 0))
