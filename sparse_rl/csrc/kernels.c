@@ -11,7 +11,8 @@
  * The forward loop keeps up to 8 vectors of batch columns in registers per weight row, so each active weight costs
  * one broadcast and 8 fused multiply-adds; narrower blocks (4, 2, 1 vectors, then 8- and 4-float vectors, then
  * scalars) take the batch's rest. The weight gradient takes eight active weights of a row at once, so one load of dy
- * feeds eight products; a 16-lane accumulator is folded to 8 lanes with one vector add before its horizontal sum.
+ * feeds eight products, and reduces the eight accumulators together with shuffles into one vector of eight sums
+ * (no per-weight horizontal sum); a row's last 1-7 weights take a padded group, not a single-weight loop.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -44,12 +45,13 @@
  * (REDUCE8_*) into one vector of eight sums, stored at once. A row's last 1-7 weights take a full group whose spare
  * slots repeat its last weight; their sums land on the next row's slots, which that row overwrites (only the last
  * group of the whole matrix stores its valid sums alone), so no branch depends on a row's length modulo 8. */
-#define GROUP8(SUFFIX, INDEX)                                                                                  \
-    {                                                                                                          \
+#define DOT8(SUFFIX)                                                                                           \
+    for (; j < end; j += 8) {                                                                                  \
+        const int n = end - j < 8 ? end - j : 8;                                                               \
         const float *xs[8];                                                                                    \
         gvec_##SUFFIX a[8];                                                                                    \
         _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) {                                                  \
-            xs[k] = x + (int64_t)col[INDEX] * batch;                                                           \
+            xs[k] = x + (int64_t)col[j + (k < n ? k : n - 1)] * batch;                                         \
             a[k] = (gvec_##SUFFIX){0};                                                                         \
         }                                                                                                      \
         int64_t b = 0;                                                                                         \
@@ -66,11 +68,6 @@
             memcpy(gv + j, s, sizeof s);                                                                       \
         else                                                                                                   \
             for (int k = 0; k < n; k++) gv[j + k] = s[k];                                                      \
-    }
-#define DOT8(SUFFIX)                                                                                           \
-    for (; j < end; j += 8) {                                                                                  \
-        const int n = end - j < 8 ? end - j : 8;                                                               \
-        GROUP8(SUFFIX, j + (k < n ? k : n - 1))                                                                \
     }
 
 /* Two-source shuffles with constant lane indices (GCC >= 4.7 and clang spell them differently). */
@@ -92,34 +89,35 @@
         memcpy(out, u_, 32);                                                                                   \
     } while (0)
 /* The same within each 128-bit lane of 8 lanes, then the two lanes of [abcd | abcd] and [efgh | efgh] added. */
-#define REDUCE8_LANES8(u_, out) do {                                                                           \
-        const __typeof__(u_[0]) s_ = SHUF(u_[0], u_[1], iv8, 0, 1, 2, 3, 8, 9, 10, 11)                               \
-                               + SHUF(u_[0], u_[1], iv8, 4, 5, 6, 7, 12, 13, 14, 15);                          \
-        memcpy(out, &s_, 32);                                                                                  \
-    } while (0)
 #define REDUCE8_avx2(a, out) do {                                                                              \
-        v8_avx2 t_[4], u_[2];                                                                                  \
+        gvec_avx2 t_[4], u_[2];                                                                                  \
         for (int i_ = 0; i_ < 4; i_++)                                                                         \
             t_[i_] = SHUF(a[2 * i_], a[2 * i_ + 1], iv8, 0, 8, 1, 9, 4, 12, 5, 13)                             \
                      + SHUF(a[2 * i_], a[2 * i_ + 1], iv8, 2, 10, 3, 11, 6, 14, 7, 15);                        \
         for (int i_ = 0; i_ < 2; i_++)                                                                         \
             u_[i_] = SHUF(t_[2 * i_], t_[2 * i_ + 1], iv8, 0, 1, 8, 9, 4, 5, 12, 13)                           \
                      + SHUF(t_[2 * i_], t_[2 * i_ + 1], iv8, 2, 3, 10, 11, 6, 7, 14, 15);                      \
-        REDUCE8_LANES8(u_, out);                                                                               \
+        const gvec_avx2 s_ = SHUF(u_[0], u_[1], iv8, 0, 1, 2, 3, 8, 9, 10, 11)                                 \
+                             + SHUF(u_[0], u_[1], iv8, 4, 5, 6, 7, 12, 13, 14, 15);                            \
+        memcpy(out, &s_, 32);                                                                                  \
     } while (0)
-/* The same within each 128-bit lane of 16 lanes, each vector's two halves added, then as for 8 lanes. */
 /* The same within each 128-bit lane of 16 lanes; then the two vectors' halves added ([abcd x2 | efgh x2]), and the
  * two copies of each. */
 #define REDUCE8_avx512(a, out) do {                                                                            \
         gvec_avx512 t_[4], u_[2];                                                                              \
         for (int i_ = 0; i_ < 4; i_++)                                                                         \
-            t_[i_] = SHUF(a[2 * i_], a[2 * i_ + 1], iv16, 0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29) \
-                     + SHUF(a[2 * i_], a[2 * i_ + 1], iv16, 2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27, 14, 30, 15, 31); \
+            t_[i_] = SHUF(a[2 * i_], a[2 * i_ + 1], iv16, 0, 16, 1, 17, 4, 20, 5, 21,                          \
+                          8, 24, 9, 25, 12, 28, 13, 29)                                                        \
+                     + SHUF(a[2 * i_], a[2 * i_ + 1], iv16, 2, 18, 3, 19, 6, 22, 7, 23,                        \
+                            10, 26, 11, 27, 14, 30, 15, 31);                                                   \
         for (int i_ = 0; i_ < 2; i_++)                                                                         \
-            u_[i_] = SHUF(t_[2 * i_], t_[2 * i_ + 1], iv16, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) \
-                     + SHUF(t_[2 * i_], t_[2 * i_ + 1], iv16, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31); \
-        const gvec_avx512 f_ = SHUF(u_[0], u_[1], iv16, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)    \
-                               + SHUF(u_[0], u_[1], iv16, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31); \
+            u_[i_] = SHUF(t_[2 * i_], t_[2 * i_ + 1], iv16, 0, 1, 16, 17, 4, 5, 20, 21,                        \
+                          8, 9, 24, 25, 12, 13, 28, 29)                                                        \
+                     + SHUF(t_[2 * i_], t_[2 * i_ + 1], iv16, 2, 3, 18, 19, 6, 7, 22, 23,                      \
+                            10, 11, 26, 27, 14, 15, 30, 31);                                                   \
+        const gvec_avx512 f_ = SHUF(u_[0], u_[1], iv16, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) \
+                               + SHUF(u_[0], u_[1], iv16, 8, 9, 10, 11, 12, 13, 14, 15,                        \
+                                      24, 25, 26, 27, 28, 29, 30, 31);                                         \
         const gvec_avx512 s_ = SHUF(f_, f_, iv16, 0, 1, 2, 3, 8, 9, 10, 11, 0, 1, 2, 3, 8, 9, 10, 11)          \
                                + SHUF(f_, f_, iv16, 4, 5, 6, 7, 12, 13, 14, 15, 4, 5, 6, 7, 12, 13, 14, 15);   \
         memcpy(out, &s_, 32);                                                                                  \
