@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparse_rl.backends import kernels
+from sparse_rl.backends.compact import CompactStructure
 from sparse_rl.layers import SparseLinear, set_backend
 from sparse_rl.masks import random_mask
 
@@ -80,6 +81,37 @@ def test_compact_equals_masked(simd, in_features, out_features, batch, fraction,
         torch.testing.assert_close(compact.score_grad(), masked.weight.grad, **SUM_TOL)
     else:
         assert compact.score_grad() is not None and (compact.score_grad()[~compact.mask] == 0).all()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(in_features=st.integers(1, 40), counts=st.lists(st.integers(0, 40), min_size=1, max_size=12),
+       batch=st.one_of(st.integers(1, 40), st.integers(1, 1024)), seed=st.integers(0, 2**16))
+def test_kernels_at_the_edges_of_their_blocks(simd, in_features, counts, batch, seed):
+    """The three kernels against dense products, for rows holding 0, 1-7, 8+ and all of their weights (each row's
+    count drawn, capped at the row's width: density 1.0 included) and batches that are no multiple of a vector; the
+    weight gradient, whose last group of a row overruns into the next row's slots, writes nothing past the last."""
+    if simd == "torch":
+        pytest.skip("the compiled kernels are not built here")
+    generator = torch.Generator().manual_seed(seed)
+    out_features = len(counts)
+    mask = torch.zeros(out_features, in_features, dtype=torch.bool)
+    for row, count in enumerate(counts):
+        mask[row, torch.randperm(in_features, generator=generator)[:min(count, in_features)]] = True
+    structure = CompactStructure.from_mask(mask)
+    weight = torch.randn(out_features, in_features, generator=generator) * mask
+    values = weight.flatten()[structure.positions].contiguous()
+    x_t, dy_t = (torch.randn(n, batch, generator=generator) for n in (in_features, out_features))
+    bias = torch.randn(out_features, generator=generator)
+    torch.testing.assert_close(kernels.forward(values, structure.crow, structure.col, x_t, bias, in_features),
+                               weight @ x_t + bias.unsqueeze(1), **SUM_TOL)
+    torch.testing.assert_close(kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, dy_t,
+                                                  out_features), weight.t() @ dy_t, **SUM_TOL)
+    guarded = torch.full((structure.nnz + 16,), 7.0)
+    kernels._EXTENSION.values_grad(structure.crow.data_ptr(), structure.col.data_ptr(), dy_t.data_ptr(),
+                                   x_t.data_ptr(), guarded.data_ptr(), out_features, batch)
+    torch.testing.assert_close(guarded[:structure.nnz], (dy_t @ x_t.t()).flatten()[structure.positions],
+                               rtol=1e-4, atol=1e-4 * max(1.0, batch ** 0.5))
+    assert (guarded[structure.nnz:] == 7.0).all()
 
 
 def test_the_compact_layout_holds_no_dense_tensor():

@@ -11,7 +11,8 @@
  * The forward loop keeps up to 8 vectors of batch columns in registers per weight row, so each active weight costs
  * one broadcast and 8 fused multiply-adds; narrower blocks (4, 2, 1 vectors, then 8- and 4-float vectors, then
  * scalars) take the batch's rest. The weight gradient takes eight active weights of a row at once, so one load of dy
- * feeds eight products; a 16-lane accumulator is folded to 8 lanes with one vector add before its horizontal sum.
+ * feeds eight products, and reduces the eight accumulators together with shuffles into one vector of eight sums
+ * (no per-weight horizontal sum); a row's last 1-7 weights take a padded group, not a single-weight loop.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -40,37 +41,90 @@
     }
 
 /* Eight active weights of one row against the same chunk of dy: one load of dy feeds eight products, and eight
- * independent accumulators hide the multiply-add latency. Vectors of GW floats (8: one horizontal sum per weight
- * stays cheap). */
+ * independent accumulators hide the multiply-add latency. The eight accumulators are reduced together by shuffles
+ * (REDUCE8_*) into one vector of eight sums, stored at once. A row's last 1-7 weights take a full group whose spare
+ * slots repeat its last weight; their sums land on the next row's slots, which that row overwrites (only the last
+ * group of the whole matrix stores its valid sums alone), so no branch depends on a row's length modulo 8. */
 #define DOT8(SUFFIX)                                                                                           \
-    for (; j + 8 <= end; j += 8) {                                                                             \
+    for (; j < end; j += 8) {                                                                                  \
+        const int n = end - j < 8 ? end - j : 8;                                                               \
         const float *xs[8];                                                                                    \
         gvec_##SUFFIX a[8];                                                                                    \
-        _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) xs[k] = x + (int64_t)col[j + k] * batch, a[k] = (gvec_##SUFFIX){0}; \
+        _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) {                                                  \
+            xs[k] = x + (int64_t)col[j + (k < n ? k : n - 1)] * batch;                                         \
+            a[k] = (gvec_##SUFFIX){0};                                                                         \
+        }                                                                                                      \
         int64_t b = 0;                                                                                         \
         for (; b + GW <= batch; b += GW) {                                                                     \
             const gvec_##SUFFIX d = *(const gvec_##SUFFIX *)(dyr + b);                                        \
             _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) a[k] += d * *(const gvec_##SUFFIX *)(xs[k] + b); \
         }                                                                                                      \
-        _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) {                                                  \
-            float s = HSUM_##SUFFIX(a[k]);                                                                     \
-            for (int64_t t = b; t < batch; t++) s += dyr[t] * xs[k][t];                                        \
-            gv[j + k] = s;                                                                                     \
-        }                                                                                                      \
-    }                                                                                                          \
-    for (; j < end; j++) {                                                                                     \
-        const float *xr = x + (int64_t)col[j] * batch;                                                         \
-        gvec_##SUFFIX a0 = {0}, a1 = {0};                                                                      \
-        int64_t b = 0;                                                                                         \
-        for (; b + 2 * GW <= batch; b += 2 * GW) {                                                             \
-            a0 += *(const gvec_##SUFFIX *)(dyr + b) * *(const gvec_##SUFFIX *)(xr + b);                       \
-            a1 += *(const gvec_##SUFFIX *)(dyr + b + GW) * *(const gvec_##SUFFIX *)(xr + b + GW);             \
-        }                                                                                                      \
-        a0 += a1;                                                                                              \
-        float s = HSUM_##SUFFIX(a0);                                                                           \
-        for (; b < batch; b++) s += dyr[b] * xr[b];                                                            \
-        gv[j] = s;                                                                                             \
+        float s[8];                                                                                            \
+        REDUCE8_##SUFFIX(a, s);                                                                                \
+        if (b < batch)                                                                                         \
+            for (int k = 0; k < 8; k++)                                                                        \
+                for (int64_t t = b; t < batch; t++) s[k] += dyr[t] * xs[k][t];                                 \
+        if (j + 8 <= nnz)                                                                                      \
+            memcpy(gv + j, s, sizeof s);                                                                       \
+        else                                                                                                   \
+            for (int k = 0; k < n; k++) gv[j + k] = s[k];                                                      \
     }
+
+/* Two-source shuffles with constant lane indices (GCC >= 4.7 and clang spell them differently). */
+#ifdef __clang__
+#define SHUF(a, b, IT, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUF(a, b, IT, ...) __builtin_shuffle(a, b, (IT){__VA_ARGS__})
+#endif
+/* Eight accumulators of 4 lanes to eight sums: pairs interleaved and added ([a0+a2, b0+b2, a1+a3, b1+b3]), then
+ * pairs of those ([a, b, c, d]). */
+#define REDUCE8_generic(a, out) do {                                                                           \
+        gvec_generic t_[4], u_[2];                                                                             \
+        for (int i_ = 0; i_ < 4; i_++)                                                                         \
+            t_[i_] = SHUF(a[2 * i_], a[2 * i_ + 1], iv4, 0, 4, 1, 5)                                           \
+                     + SHUF(a[2 * i_], a[2 * i_ + 1], iv4, 2, 6, 3, 7);                                        \
+        for (int i_ = 0; i_ < 2; i_++)                                                                         \
+            u_[i_] = SHUF(t_[2 * i_], t_[2 * i_ + 1], iv4, 0, 1, 4, 5)                                         \
+                     + SHUF(t_[2 * i_], t_[2 * i_ + 1], iv4, 2, 3, 6, 7);                                      \
+        memcpy(out, u_, 32);                                                                                   \
+    } while (0)
+/* The same within each 128-bit lane of 8 lanes, then the two lanes of [abcd | abcd] and [efgh | efgh] added. */
+#define REDUCE8_avx2(a, out) do {                                                                              \
+        gvec_avx2 t_[4], u_[2];                                                                                  \
+        for (int i_ = 0; i_ < 4; i_++)                                                                         \
+            t_[i_] = SHUF(a[2 * i_], a[2 * i_ + 1], iv8, 0, 8, 1, 9, 4, 12, 5, 13)                             \
+                     + SHUF(a[2 * i_], a[2 * i_ + 1], iv8, 2, 10, 3, 11, 6, 14, 7, 15);                        \
+        for (int i_ = 0; i_ < 2; i_++)                                                                         \
+            u_[i_] = SHUF(t_[2 * i_], t_[2 * i_ + 1], iv8, 0, 1, 8, 9, 4, 5, 12, 13)                           \
+                     + SHUF(t_[2 * i_], t_[2 * i_ + 1], iv8, 2, 3, 10, 11, 6, 7, 14, 15);                      \
+        const gvec_avx2 s_ = SHUF(u_[0], u_[1], iv8, 0, 1, 2, 3, 8, 9, 10, 11)                                 \
+                             + SHUF(u_[0], u_[1], iv8, 4, 5, 6, 7, 12, 13, 14, 15);                            \
+        memcpy(out, &s_, 32);                                                                                  \
+    } while (0)
+/* The same within each 128-bit lane of 16 lanes; then the two vectors' halves added ([abcd x2 | efgh x2]), and the
+ * two copies of each. */
+#define REDUCE8_avx512(a, out) do {                                                                            \
+        gvec_avx512 t_[4], u_[2];                                                                              \
+        for (int i_ = 0; i_ < 4; i_++)                                                                         \
+            t_[i_] = SHUF(a[2 * i_], a[2 * i_ + 1], iv16, 0, 16, 1, 17, 4, 20, 5, 21,                          \
+                          8, 24, 9, 25, 12, 28, 13, 29)                                                        \
+                     + SHUF(a[2 * i_], a[2 * i_ + 1], iv16, 2, 18, 3, 19, 6, 22, 7, 23,                        \
+                            10, 26, 11, 27, 14, 30, 15, 31);                                                   \
+        for (int i_ = 0; i_ < 2; i_++)                                                                         \
+            u_[i_] = SHUF(t_[2 * i_], t_[2 * i_ + 1], iv16, 0, 1, 16, 17, 4, 5, 20, 21,                        \
+                          8, 9, 24, 25, 12, 13, 28, 29)                                                        \
+                     + SHUF(t_[2 * i_], t_[2 * i_ + 1], iv16, 2, 3, 18, 19, 6, 7, 22, 23,                      \
+                            10, 11, 26, 27, 14, 15, 30, 31);                                                   \
+        const gvec_avx512 f_ = SHUF(u_[0], u_[1], iv16, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) \
+                               + SHUF(u_[0], u_[1], iv16, 8, 9, 10, 11, 12, 13, 14, 15,                        \
+                                      24, 25, 26, 27, 28, 29, 30, 31);                                         \
+        const gvec_avx512 s_ = SHUF(f_, f_, iv16, 0, 1, 2, 3, 8, 9, 10, 11, 0, 1, 2, 3, 8, 9, 10, 11)          \
+                               + SHUF(f_, f_, iv16, 4, 5, 6, 7, 12, 13, 14, 15, 4, 5, 6, 7, 12, 13, 14, 15);   \
+        memcpy(out, &s_, 32);                                                                                  \
+    } while (0)
+typedef int32_t iv4 __attribute__((vector_size(16)));
+typedef int32_t iv8 __attribute__((vector_size(32)));
+typedef int32_t iv16 __attribute__((vector_size(64)));
 
 #define DEFINE_KERNELS(SUFFIX, WIDTH, GWIDTH, TARGET)                                                          \
     typedef float vec_##SUFFIX __attribute__((vector_size(WIDTH * 4), aligned(4)));                           \
@@ -104,6 +158,7 @@
     TARGET static void values_grad_##SUFFIX(const int32_t *crow, const int32_t *col, const float *dy,          \
                                             const float *x, float *gv, int64_t rows, int64_t batch) {          \
         enum { GW = GWIDTH };                                                                                  \
+        const int32_t nnz = crow[rows];                                                                        \
         for (int64_t r = 0; r < rows; r++) {                                                                   \
             const float *dyr = dy + r * batch;                                                                 \
             int32_t j = crow[r];                                                                               \
@@ -111,14 +166,6 @@
             DOT8(SUFFIX)                                                                                       \
         }                                                                                                      \
     }
-
-/* Horizontal sums: a 16-lane vector is folded to 8 lanes with one vector add first. */
-#define HSUM_LANES(v, n) ({ float t_ = 0.0f; for (int i_ = 0; i_ < (n); i_++) t_ += (v)[i_]; t_; })
-#define HSUM_avx2(v) HSUM_LANES(v, 8)
-#define HSUM_generic(v) HSUM_LANES(v, 4)
-#define HSUM_avx512(v) ({ vec8_avx512 lo_, hi_; memcpy(&lo_, &(v), 32); memcpy(&hi_, (const char *)&(v) + 32, 32); \
-                          lo_ += hi_; HSUM_LANES(lo_, 8); })
-typedef float vec8_avx512 __attribute__((vector_size(32), aligned(4)));
 
 #if defined(__x86_64__) && defined(__GNUC__)
 DEFINE_KERNELS(avx512, 16, 16, __attribute__((target("avx512f,fma"))))
