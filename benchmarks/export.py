@@ -1,25 +1,30 @@
 """Size and batch-1 latency of exported SAC actors (ONNX, numpy runtime, C) against SB3 and torch.
 
-For each density in ``--densities``, a SAC ``SparseSACPolicy`` for HalfCheetah-v4 (default ERK
-layer densities, random masks and SB3's initial weights: no training, which changes neither sizes
-nor latencies) is saved as ``model.zip`` and exported to every target with
-``sparse_rl.export.export``. Sizes: the files, and for C also the compiled object's text + data
-(``cc -O2 -c``, ``size``). Latency of one observation (median over ``--calls`` calls each, one thread
-everywhere): SB3's ``model.predict(obs, deterministic=True)``, the torch actor under ``no_grad``,
+For each method in ``--methods`` and density in ``--densities``, a SAC ``SparseSACPolicy`` for
+HalfCheetah-v4 (default ERK layer densities, random masks and SB3's initial weights: no training, which
+changes neither sizes nor latencies) is saved as ``model.zip`` and exported to every target with
+``sparse_rl.export.export``. ``rigl``'s masks are unstructured; ``srigl``'s give every neuron of a layer
+the same fan-in k (its layers below density 1 only), which the C target stores condensed where it picks a
+sparse loop. Untrained, an srigl network has no ablated neuron; training ablates some, which compaction
+removes (narrower layers, the same number of weights). Sizes: the files, and for C also the compiled
+object's text + data (``cc -O2 -c``, ``size``). Latency of one observation (median over ``--calls`` calls
+each, one thread everywhere): SB3's ``model.predict(obs, deterministic=True)``, the torch actor under ``no_grad``,
 ONNX Runtime (one intra-op thread), ``sparse_rl.deploy.ExportedPolicy.predict`` and the C function
 through ctypes, next to an empty C function of the same signature through ctypes (the call
 overhead) and the C function timed inside C (``clock_gettime`` around each call).
 
 A last table measures where CSR becomes faster than dense for one layer of 256 inputs and one of 17,
-for the numpy runtime and for C, and ONNX Runtime's exported graph (dense Gemm, weights rebuilt from
+for the numpy runtime and for C (also CSR against the condensed loop on a constant-fan-in mask of the same
+density), and ONNX Runtime's exported graph (dense Gemm, weights rebuilt from
 CSR by constant folding at load) against a Gather + ScatterElements formulation that computes on the
 nonzero weights at run time; the numpy threshold in ``sparse_rl/deploy.py`` and the C cost model in
 ``sparse_rl/export/c.py`` come from such measurements.
 
-Writes ``results/export.md`` and refreshes its quote in ``docs/export.md`` (the README's quote is
-refreshed by ``python benchmarks/readme_results.py``).
+Writes ``results/export.md`` (``--out``) and refreshes its quote in ``docs/export.md`` (the README's quote is
+refreshed by ``python benchmarks/readme_results.py``); with another ``--out`` it writes only that file.
 
-    /work/bg/pause_runs.sh python benchmarks/export.py [--calls 10000 --densities 1.0 0.5 0.1 0.05]
+    /work/bg/pause_runs.sh python benchmarks/export.py [--calls 10000 --densities 1.0 0.5 0.1 0.05
+                                                        --methods rigl srigl]
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from stable_baselines3 import SAC  # noqa: E402
 
 from sparse_rl import SparseSACPolicy  # noqa: E402
 from sparse_rl.deploy import ExportedPolicy, Layer  # noqa: E402
-from sparse_rl.export import c_layer_uses_csr, c_sources, export, onnx_model  # noqa: E402
+from sparse_rl.export import c_layer_layout, c_layer_uses_csr, c_sources, export, onnx_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from readme_results import quoted_readme  # noqa: E402
@@ -126,17 +131,20 @@ def session(model: onnx.ModelProto | str) -> ort.InferenceSession:
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def measure_density(density: float, calls: int, obs: np.ndarray, directory: Path) -> dict[str, float]:
+def measure_density(method: str, density: float, calls: int, obs: np.ndarray, directory: Path) -> dict[str, float]:
     """Sizes (bytes) and latencies (µs) of every form of one SAC actor."""
     directory.mkdir(parents=True, exist_ok=True)
-    model = SAC(SparseSACPolicy, "HalfCheetah-v4", seed=0, device="cpu", policy_kwargs=dict(density=density))
+    model = SAC(SparseSACPolicy, "HalfCheetah-v4", seed=0, device="cpu",
+                policy_kwargs=dict(density=density, method=method))
     model.save(directory / "model.zip")
-    row: dict[str, float] = {"density": density}
+    row: dict[str, float] = {"method": method, "density": density}  # type: ignore[dict-item]
     row["model.zip"] = (directory / "model.zip").stat().st_size
     with zipfile.ZipFile(directory / "model.zip") as archive:
         row["policy.pth"] = archive.getinfo("policy.pth").file_size
     actor = model.policy.actor
-    row["dense actor"] = 4 * sum(p.numel() for m in (actor.latent_pi, actor.mu) for p in m.parameters())
+    linears = [m for net in (actor.latent_pi, actor.mu) for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    # from the shapes: a layer on the compact engine holds only its active values as a parameter
+    row["dense actor"] = 4 * sum(m.in_features * m.out_features + m.out_features for m in linears)
     export(directory / "model.zip", "onnx", directory / "actor.onnx")
     export(directory / "model.zip", "npz", directory / "actor.npz")
     export(directory / "model.zip", "c", directory / "actor.c")
@@ -146,6 +154,7 @@ def measure_density(density: float, calls: int, obs: np.ndarray, directory: Path
     policy = ExportedPolicy.load(directory / "actor.npz")
     row["nonzero"] = policy.metadata["nonzero_weights"]
     row["widths"] = "-".join(str(width) for width in policy.metadata["widths_after"])  # type: ignore[assignment]
+    row["C layouts"] = "-".join(c_layer_layout(layer) for layer in policy.layers)  # type: ignore[assignment]
     library, row["C object"] = compile_c((directory / "actor.c").read_text().replace('"actor.h"', '"policy.h"'),
                                          (directory / "actor.h").read_text(), directory / "c")
     sess = session(str(directory / "actor.onnx"))
@@ -212,6 +221,16 @@ def measure_crossover(shape: tuple[int, int], density: float, calls: int, direct
         library, _ = compile_c(*c_sources(policy, layout=layout), directory / f"{shape}-{density}-{layout}")
         row[name] = c_median_us(library, x, calls)
     row["C rule"] = "CSR" if c_layer_uses_csr(layer) else "dense"
+    fan_in = min(shape[1], max(1, round(density * shape[1])))  # SRigL's k at this density
+    weight = np.zeros(shape, np.float32)
+    np.put_along_axis(weight, rng.random(shape).argsort(axis=1)[:, :fan_in], rng.standard_normal((shape[0], fan_in)),
+                      axis=1)
+    uniform = ExportedPolicy((shape[1],), [Layer(weight, layer.bias, "relu")], *bounds)
+    row["k"] = fan_in
+    for name, layout in (("C CSR, fan-in k", "csr"), ("C condensed", "condensed")):
+        library, _ = compile_c(*c_sources(uniform, layout=layout), directory / f"{shape}-{density}-k-{layout}")
+        row[name] = c_median_us(library, x, calls)
+    row["fan-in rule"] = c_layer_layout(uniform.layers[0])
     exported = session(onnx_model(policy))
     gathered = session(gather_scatter_onnx(layer))
     row["ORT exported Gemm"] = median_us(lambda i: exported.run(None, {"obs": x[i % 64:i % 64 + 1]}), calls)
@@ -233,13 +252,18 @@ def main() -> None:
     parser.add_argument("--crossover-densities", type=float, nargs="+",
                         default=[0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0])
     parser.add_argument("--crossover-calls", type=int, default=3000)
+    parser.add_argument("--methods", nargs="+", choices=["rigl", "srigl"], default=["rigl", "srigl"],
+                        help="the actors' mask methods (srigl: constant fan-in, densities below 1 only)")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="results file (default results/export.md, whose quote in docs/export.md is refreshed)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         obs = rng.standard_normal((1000, 17)).astype(np.float32)
-        rows = [measure_density(d, args.calls, obs, Path(tmp) / f"d{d}") for d in args.densities]
+        rows = [measure_density(method, d, args.calls, obs, Path(tmp) / f"{method}-d{d}")
+                for method in args.methods for d in args.densities if method == "rigl" or d < 1]
         crossover = [measure_crossover(shape, d, args.crossover_calls, Path(tmp) / "crossover", rng)
                      for shape in ((256, 256), (256, 17)) for d in args.crossover_densities]
     timed = ["model.predict", "torch actor", "onnxruntime", "numpy", "C (ctypes)"]
@@ -251,7 +275,8 @@ def main() -> None:
     command = " ".join(["python", "benchmarks/export.py", *sys.argv[1:]])
     lines = [
         f"Command: `{command}` (SAC actor for HalfCheetah-v4, `SparseSACPolicy` with default ERK layer densities and "
-        "random masks, SB3's initial weights, no training; batch 1, 1 thread everywhere, medians of "
+        "random masks (`rigl`: unstructured; `srigl`: the same fan-in k for every neuron of a layer, no neuron "
+        "ablated since untrained), SB3's initial weights, no training; batch 1, 1 thread everywhere, medians of "
         f"{args.calls} calls; C compiled with `cc {' '.join(CFLAGS)}`; machine: {platform.machine()}, "
         f"{os.cpu_count()} CPU cores, torch {torch.__version__}, onnxruntime {ort.__version__}, numpy "
         f"{np.__version__}; {time.time() - started:.0f} s).",
@@ -259,10 +284,11 @@ def main() -> None:
         "Sizes in bytes. `policy.pth`: the policy inside `model.zip` (actor, critics, target critics, uncompressed); "
         "`dense actor`: fp32 weights and biases of `latent_pi` and `mu`; `C object`: text + data of the compiled "
         "`.c` (what a firmware image holds); `C source`: `.c` + `.h`; `÷ dense actor`: onnx / npz / C object as a "
-        "fraction of the dense actor.",
+        "fraction of the dense actor; `C layouts`: how the C target stores and computes each layer (`condensed`: "
+        "k weights and k column indices per output, no row pointers, for layers whose rows all hold k weights).",
         "",
-        *table(rows, ["density", "nonzero", "widths", "model.zip", "policy.pth", "dense actor", "onnx", "npz",
-                      "C object", "C source", "÷ dense actor"],
+        *table(rows, ["method", "density", "nonzero", "widths", "C layouts", "model.zip", "policy.pth", "dense actor",
+                      "onnx", "npz", "C object", "C source", "÷ dense actor"],
                {"density": "g"} | dict.fromkeys(["model.zip", "policy.pth", "dense actor", "onnx", "npz", "C object",
                                                  "C source"], ".0f")),
         "",
@@ -271,7 +297,7 @@ def main() -> None:
         "`clock (in C)` is the cost of the two clock reads it includes. `fastest`: the fastest exported target or "
         "torch actor, as a speed-up over `model.predict`.",
         "",
-        *table(rows, ["density", *timed, "empty C (ctypes)", "C (in C)", "clock (in C)", "fastest",
+        *table(rows, ["method", "density", *timed, "empty C (ctypes)", "C (in C)", "clock (in C)", "fastest",
                       "max |C - predict|"],
                {**{name: ".2f" for name in [*timed, "empty C (ctypes)", "C (in C)", "clock (in C)"]},
                 "density": "g", "max |C - predict|": ".1e"}),
@@ -281,16 +307,19 @@ def main() -> None:
         "(dense vs CSR loops, timed inside C; `C rule`: the loop the C target picks, from the cost model "
         "`C_COST_NS` in `sparse_rl/export/c.py`) and ONNX Runtime (the exported graph: a dense Gemm whose weight is "
         "rebuilt from CSR by constant folding at load, vs a Gather + ScatterElements graph computing on the "
-        "nonzero weights at run time). Each time includes the policy's output rescaling.",
+        "nonzero weights at run time). `C CSR, fan-in k` and `C condensed`: the CSR and condensed loops on a mask "
+        "of the same density with k = round(density × inputs) weights in every row (SRigL's), `fan-in rule` the "
+        "layout the C target picks for it. Each time includes the policy's output rescaling.",
         "",
-        *table(crossover, ["layer", "density", "numpy dense", "numpy CSR", "C dense", "C CSR", "C rule",
-                           "ORT exported Gemm", "ORT Gather+Scatter"],
-               {"density": "g"} | dict.fromkeys(["numpy dense", "numpy CSR", "C dense", "C CSR", "ORT exported Gemm",
-                                                 "ORT Gather+Scatter"], ".2f")),
+        *table(crossover, ["layer", "density", "numpy dense", "numpy CSR", "C dense", "C CSR", "C rule", "k",
+                           "C CSR, fan-in k", "C condensed", "fan-in rule", "ORT exported Gemm", "ORT Gather+Scatter"],
+               {"density": "g"} | dict.fromkeys(["numpy dense", "numpy CSR", "C dense", "C CSR", "C CSR, fan-in k",
+                                                 "C condensed", "ORT exported Gemm", "ORT Gather+Scatter"], ".2f")),
     ]
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n")
-    DOCS.write_text(quoted_readme(DOCS.read_text(), ROOT))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    if args.out.resolve() == RESULTS.resolve():
+        DOCS.write_text(quoted_readme(DOCS.read_text(), ROOT))
     print("\n".join(lines))
 
 

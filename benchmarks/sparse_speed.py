@@ -13,11 +13,13 @@ processes take from this one.
 
 End to end (``--part e2e``): ms per environment step of SAC/TD3 (``--algos`` also takes sb3-contrib's ``tqc`` and
 ``crossq``, with their default networks; they get no wide network) on HalfCheetah-v4, with one gradient step per
-environment step and topology updates included (RigL, ΔT = 1000, never stopped). The models are the sparse policy
-at each density on ``backend=auto`` (compact where the compiled kernels are built) and on ``backend=masked``, SB3's
+environment step and topology updates included (RigL, ΔT = 1000, never stopped). The models are the sparse policy at
+each density on ``backend=auto`` (compact where the compiled kernels are built) and on ``backend=masked``, SB3's
 ``MlpPolicy``, the parameter-matched dense network of each density, the wide network (``width_multiplier=4,
-iso_params=True``, on ``auto``) and, with the ``bench`` extra installed, SBX's dense agent (the JAX SB3, one
-thread). All models first collect ``--learning-starts`` steps and then train in alternating chunks.
+iso_params=True``, on ``auto``) and, with the ``bench`` extra installed, SBX's dense agent (the JAX SB3, one thread).
+``--methods rigl srigl`` adds SRigL at each density on ``auto`` (which never lays SRigL's layers out compactly:
+masked, or ``sparse`` where the older rule says so), in its own table. All models first collect ``--learning-starts``
+steps and then train in alternating chunks.
 
 Gathers (``--part traffic``): why a half-way fix does not pay. With values inside a dense tensor, one gather of the
 active values (``index_select`` at the CSR positions) against one dense pass over the weight (a zero-fill) and a
@@ -28,8 +30,9 @@ at ``--densities`` on ``auto`` and the wide network. Module hooks time the forwa
 layers, of the input and output layers and of the ReLUs; "rest" is everything else in SB3's ``train()``. The hooks
 add overhead of their own, so the shares are approximate.
 
-Kernels (``--part kernels``): multiply-adds per second of the compact kernels (forward, input gradient, weight
-gradient at the active positions) against torch's MKL products for the same three, and dense GEMM's rate.
+Kernels (``--part kernels``, ``sparse_kernels.py``): multiply-adds per second of the compact kernels (forward, input
+gradient, weight gradient at the active positions) against torch's MKL products for the same three, and dense GEMM's
+rate.
 
 Memory (``--part memory``): peak RSS of building a SAC model and training ``--chunk`` steps, each model in its own
 process.
@@ -38,7 +41,7 @@ Each part rewrites its own section of ``results/sparse_speed.md`` (the file keep
 parts' sections) and records its own command line.
 
     python benchmarks/sparse_speed.py --part layers [--shapes 256x256 1024x1024 --batches 256 1]
-    python benchmarks/sparse_speed.py --part e2e [--algos sac td3 --densities 0.5 0.1 0.05]
+    python benchmarks/sparse_speed.py --part e2e [--algos sac td3 --densities 0.5 0.1 0.05 --methods rigl srigl]
     python benchmarks/sparse_speed.py --part traffic [--shapes 256x256 1024x1024]
     python benchmarks/sparse_speed.py --part breakdown [--densities 0.1]
     python benchmarks/sparse_speed.py --part kernels [--shapes 256x256 1024x1024 --densities 0.2 0.1 0.05 0.02]
@@ -61,10 +64,12 @@ from pathlib import Path
 import torch
 
 from sparse_rl.backends.auto import auto_backend, auto_rule
-from sparse_rl.calibrate import alternating_medians, time_layer
+from sparse_rl.calibrate import time_layer
 from sparse_rl.layers import SparseLinear
 from sparse_rl.machine import cpu_model
-from sparse_rl.masks import random_mask
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sparse_kernels import kernel_tables, traffic_tables  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "sparse_speed.md"
 SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "#### Gathers from a dense weight",
@@ -123,80 +128,12 @@ def layer_tables(shapes: list[tuple[int, int]], batches: list[int], densities: l
             "| layer (in×out) | batch | break-even density |", "|---|---|---|", *summary]
 
 
-def median_us(ops: dict, repeats: int) -> dict[str, float]:
-    """Median wall-clock µs of each operation, the operations timed alternately after 3 warm-up rounds."""
-    return {name: seconds * 1e6 for name, seconds in alternating_medians(ops, repeats).items()}
-
-
-def kernel_tables(shapes: list[tuple[int, int]], densities: list[float], batch: int, repeats: int) -> list[str]:
-    """GFLOP/s of active multiply-adds: the compact kernels (forward, input gradient, weight gradient at the active
-    positions) against torch's MKL products for the same three (CSR ``W X``, CSR ``Wᵀ dY``, ``sampled_addmm``), and
-    dense GEMM's rate on the whole weight."""
-    from sparse_rl.backends import kernels
-    from sparse_rl.backends.compact import CompactStructure
-
-    rows = []
-    for in_features, out_features in shapes:
-        for density in densities:
-            generator = torch.Generator().manual_seed(0)
-            mask = random_mask((out_features, in_features), round(density * in_features * out_features), generator)
-            weight = torch.randn(out_features, in_features, generator=generator) * mask
-            x, dy = (torch.randn(n, batch, generator=generator) for n in (in_features, out_features))
-            structure = CompactStructure.from_mask(mask)
-            values = weight.flatten()[structure.positions].contiguous()
-            with warnings.catch_warnings():  # torch warns that CSR support is in beta
-                warnings.simplefilter("ignore", UserWarning)
-                csr, csr_t = weight.to_sparse_csr(), weight.t().contiguous().to_sparse_csr()
-            pattern = csr.clone()
-            ops = {"dense": lambda: weight @ x, "mkl fwd": lambda: torch.sparse.mm(csr, x),
-                   "mkl in": lambda: torch.sparse.mm(csr_t, dy),
-                   "mkl w": lambda: torch.sparse.sampled_addmm(pattern, dy, x.t(), beta=0.0),
-                   "fwd": lambda: kernels.forward(values, structure.crow, structure.col, x, None, in_features),
-                   "in": lambda: kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, dy,
-                                                    out_features),
-                   "w": lambda: kernels.values_grad(structure.crow, structure.col, dy, x)}
-            us = median_us(ops, repeats)
-            active = 2 * structure.nnz * batch / 1e3
-            rate = {name: active / us[name] for name in ops if name != "dense"}
-            dense = 2 * in_features * out_features * batch / 1e3 / us["dense"]
-            ours = [rate["fwd"], rate["in"], rate["w"]]
-            vs_mkl = min(rate[k] / rate["mkl " + k] for k in ("fwd", "in", "w"))
-            rows.append(f"| {in_features}×{out_features} | {batch} | {density:g} | {dense:.1f} | "
-                        + " | ".join(f"{rate['mkl ' + k]:.1f} / {rate[k]:.1f}" for k in ("fwd", "in", "w"))
-                        + f" | {vs_mkl:.2f} | {min(ours) / dense:.2f} |")
-            print(rows[-1], flush=True)
-    levels = ", ".join(kernels.simd_levels()) or "none"
-    return [f"SIMD level of the compact kernels: {kernels.simd_level()} (of {levels}).", "",
-            "| weight (in×out) | batch | density | dense GEMM GFLOP/s | forward MKL / ours | input grad MKL / ours "
-            "| weight grad MKL / ours | ours ÷ MKL (lowest) | ours ÷ dense GEMM (lowest) |",
-            "|---|---|---|---|---|---|---|---|---|", *rows]
-
-
-def traffic_tables(shapes: list[tuple[int, int]], densities: list[float], repeats: int) -> list[str]:
-    """Median µs of a gather of the active values, a dense pass and a contiguous copy, timed alternately."""
-    from sparse_rl.backends.csr import CsrStructure
-
-    rows = []
-    for in_features, out_features in shapes:
-        for density in densities:
-            generator = torch.Generator().manual_seed(0)
-            mask = random_mask((out_features, in_features), round(density * in_features * out_features), generator)
-            weight = torch.randn(out_features, in_features, generator=generator)
-            index = CsrStructure.from_mask(mask).index
-            values = weight.reshape(-1).index_select(0, index)
-            us = median_us({"gather": lambda: weight.reshape(-1).index_select(0, index),
-                            "dense": lambda: weight.zero_(), "contiguous": lambda: values.clone()}, repeats)
-            rows.append(f"| {in_features}×{out_features} | {density:g} | {index.numel()} | {us['gather']:.1f} "
-                        f"| {us['dense']:.1f} | {us['contiguous']:.1f} | {us['gather'] / us['dense']:.2f} |")
-            print(rows[-1], flush=True)
-    return ["| weight (in×out) | density | active values | gather µs | dense pass µs | contiguous copy µs "
-            "| gather ÷ dense pass |", "|---|---|---|---|---|---|---|", *rows]
-
-
 def build_models(algo: str, env_id: str, densities: list[float], width: int, common: dict,
-                 backends: tuple[str, ...] = ("auto", "masked"), matched: bool = True, peer: bool = True) -> dict:
+                 backends: tuple[str, ...] = ("auto", "masked"), matched: bool = True, peer: bool = True,
+                 srigl: bool = False) -> dict:
     """The models of one algorithm's comparison, by name: ``mlp``, ``{backend} {density}`` for each backend,
-    ``matched {density}`` (the parameter-matched dense network) if ``matched``, and ``wide`` (SAC, TD3)."""
+    ``matched {density}`` (the parameter-matched dense network) if ``matched``, ``srigl {density}`` (SRigL on
+    ``auto``, which never lays its layers out compactly) if ``srigl``, and ``wide`` (SAC, TD3)."""
     from sparse_rl.sb3.matched import matched_net_arch
 
     algo_class, policy_class = algo_and_policy(algo)
@@ -207,6 +144,9 @@ def build_models(algo: str, env_id: str, densities: list[float], width: int, com
         for backend in backends:
             models[f"{backend} {density}"] = algo_class(policy_class, env_id, **common, policy_kwargs=dict(
                 net_arch=net_arch, density=density, method="rigl", update_end=None, backend=backend))
+        if srigl:
+            models[f"srigl {density}"] = algo_class(policy_class, env_id, **common, policy_kwargs=dict(
+                net_arch=net_arch, density=density, method="srigl", update_end=None, backend="auto"))
         if matched:
             matched_arch = matched_net_arch(policy_class, env.observation_space, env.action_space, net_arch,
                                             dict(density=density))
@@ -259,11 +199,11 @@ def sparse_share(model) -> str:
 
 
 def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
-               learning_starts: int, seed: int) -> list[str]:
+               learning_starts: int, seed: int, methods: tuple[str, ...] = ("rigl",)) -> list[str]:
     common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
-    rows, wide_rows = [], []
+    rows, wide_rows, srigl_rows = [], [], []
     for algo in algos:
-        models = build_models(algo, env_id, densities, width, common)
+        models = build_models(algo, env_id, densities, width, common, srigl="srigl" in methods)
         per_step = time_models(models, rounds, chunk, learning_starts)
         mlp, peer = per_step["mlp"], per_step.get("sbx", math.nan)
         for density in densities:
@@ -272,6 +212,12 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
                         f"| {matched * 1e3:.2f} | {peer * 1e3:.2f} | {mlp / auto:.2f} | {auto / matched:.2f} "
                         f"| {peer / auto:.2f} | {auto / masked:.2f} | {sparse_share(models[f'auto {density}'])} |")
             print(rows[-1], flush=True)
+            if f"srigl {density}" in per_step:
+                srigl = per_step[f"srigl {density}"]
+                srigl_rows.append(f"| {algo} | {density:g} | {auto * 1e3:.2f} | {masked * 1e3:.2f} | {srigl * 1e3:.2f} "
+                                  f"| {srigl / auto:.2f} | {srigl / masked:.2f} "
+                                  f"| {sparse_share(models[f'srigl {density}'])} |")
+                print(srigl_rows[-1], flush=True)
         wide = models.get("wide")
         if wide is None:
             continue
@@ -287,7 +233,8 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
             "SBX is the JAX SB3's dense agent of the same widths, on one thread, in the same process.", "",
             "| algo | density | auto ms | masked ms | MlpPolicy ms | matched dense ms | SBX ms | speed-up vs MlpPolicy "
             "| auto ÷ matched | speed-up vs SBX | auto ÷ masked | sparse layers |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, *wide_table(width, wide_rows)]
+            "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, *wide_table(width, wide_rows),
+            *srigl_table(srigl_rows)]
 
 
 def wide_table(width: int, wide_rows: list[str]) -> list[str]:
@@ -298,6 +245,20 @@ def wide_table(width: int, wide_rows: list[str]) -> list[str]:
             "its dense version at width ×1 (`iso_params`), backend `auto`:", "",
             "| algo | actor widths | actor density | wide ms | MlpPolicy ms | wide ÷ MlpPolicy | sparse layers |",
             "|---|---|---|---|---|---|---|", *wide_rows]
+
+
+def srigl_table(srigl_rows: list[str]) -> list[str]:
+    """The SRigL table (none without ``--methods srigl``)."""
+    if not srigl_rows:
+        return []
+    return ["", "SRigL (`method=\"srigl\"`: constant fan-in, neuron ablation; RigL's ΔT and drop fraction) beside "
+            "RigL, timed in the same alternating chunks, both on `auto`. SRigL's layers never get the compact "
+            "layout (its neuron ablation redistributes a layer's budget, so a layer's count can change; "
+            "`docs/architecture.md`, \"What stays masked\"): `auto` keeps them masked, or runs them on the older "
+            "`sparse` backend where the rule above says so; \"sparse layers (srigl)\" is the share that runs "
+            "`sparse`. RigL's `auto` column is the compact engine.", "",
+            "| algo | density | rigl auto ms | rigl masked ms | srigl ms | srigl ÷ rigl auto | srigl ÷ rigl masked "
+            "| sparse layers (srigl) |", "|---|---|---|---|---|---|---|---|", *srigl_rows]
 
 
 MEMORY_MODELS = {
@@ -436,6 +397,8 @@ def main() -> None:
                         help="layers, traffic, kernels: timed repeats per backend (or operation) and configuration")
     parser.add_argument("--env", default="HalfCheetah-v4")
     parser.add_argument("--algos", nargs="+", default=list(WIDE_ALGOS), choices=list(NET_ARCH))
+    parser.add_argument("--methods", nargs="+", default=["rigl"], choices=["rigl", "srigl"],
+                        help="e2e: srigl adds an SRigL model per density beside RigL's (rigl is always timed)")
     parser.add_argument("--width-multiplier", type=int, default=4, help="e2e: the wide network's multiplier")
     parser.add_argument("--rounds", type=int, default=3, help="e2e: alternating chunks per model")
     parser.add_argument("--chunk", type=int, default=200, help="e2e: environment steps per chunk")
@@ -494,7 +457,7 @@ def main() -> None:
     else:
         lines = [header, "", *e2e_tables(args.algos, args.env, args.densities or [0.5, 0.1, 0.05],
                                           args.width_multiplier, args.rounds, args.chunk, args.learning_starts,
-                                          args.seed)]
+                                          args.seed, tuple(args.methods))]
     print(write_section(args.out, args.part, lines))
 
 

@@ -21,7 +21,20 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sparse_rl import SparseSACPolicy, SparseTD3Policy
 from sparse_rl.deploy import ExportedPolicy, Layer
-from sparse_rl.export import c_layer_uses_csr, c_sources, compact, export_policy, load_model, main, write_c, write_onnx
+from sparse_rl.export import (
+    c_layer_layout,
+    c_layer_uses_csr,
+    c_sources,
+    compact,
+    condensed,
+    constant_fan_in,
+    export_policy,
+    load_model,
+    main,
+    write_c,
+    write_onnx,
+)
+from sparse_rl.export.compaction import condensed_nbytes
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGOS = {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy)}
@@ -229,6 +242,91 @@ def test_c_picks_csr_where_its_cost_model_says_it_is_faster():
     assert not c_layer_uses_csr(layer(6, 256, 0.95))
 
 
+def fan_in_layer(rows: int, cols: int, k: int, rng: np.random.Generator, activation: str = "relu") -> Layer:
+    """A layer whose every row holds exactly ``k`` nonzero weights at random columns."""
+    weight = np.zeros((rows, cols), np.float32)
+    for row in weight:
+        row[rng.choice(cols, k, replace=False)] = rng.uniform(0.1, 1.0, k) * rng.choice([-1, 1], k)
+    return Layer(weight, rng.uniform(-0.5, 0.5, rows), activation)
+
+
+def test_constant_fan_in_is_recognised_and_condensed_in_row_order():
+    rng = np.random.default_rng(0)
+    layer = fan_in_layer(8, 20, 3, rng)
+    assert constant_fan_in(layer) == 3
+    data, indices = condensed(layer)
+    assert data.shape == indices.shape == (8, 3) and indices.dtype == np.uint8
+    csr_data, csr_indices, _ = layer.csr()
+    np.testing.assert_array_equal(data.ravel(), csr_data)
+    np.testing.assert_array_equal(indices.ravel(), csr_indices)
+    np.testing.assert_array_equal(np.take_along_axis(layer.weight, indices.astype(np.int64), axis=1), data)
+    layer.weight[2, indices[2, 0]] = 0
+    assert constant_fan_in(layer) is None
+    with pytest.raises(ValueError, match="different numbers of weights"):
+        condensed(layer)
+    assert constant_fan_in(Layer(np.zeros((3, 4)), np.zeros(3))) is None
+
+
+def test_c_condenses_constant_fan_in_layers_where_csr_would_be_picked():
+    rng = np.random.default_rng(0)
+    for k in (3, 13, 26):
+        uniform = fan_in_layer(256, 256, k, rng)
+        assert c_layer_uses_csr(uniform) and c_layer_layout(uniform) == "condensed", k
+        uniform.weight[0, np.flatnonzero(uniform.weight[0])[0]] = 0  # one row one weight short: CSR
+        assert c_layer_layout(uniform) == "csr", k
+    assert c_layer_layout(fan_in_layer(256, 256, 128, rng)) == "dense"
+    assert c_layer_layout(fan_in_layer(256, 17, 6, rng)) == "dense"  # CSR and condensed loops are slower there
+    assert c_layer_layout(fan_in_layer(256, 17, 1, rng)) == "condensed"  # k <= 2: unrolled, faster than dense
+
+
+def fan_in_policy(rng: np.random.Generator, uniform: bool = True) -> ExportedPolicy:
+    """5 inputs -> 64 ReLU (fan-in 2) -> 64 ReLU (fan-in 6) -> 2 tanh (dense): the hidden layers condensed;
+    with ``uniform=False`` the second layer's rows hold 5, 6 or 7 weights."""
+    second = fan_in_layer(64, 64, 6, rng)
+    if not uniform:
+        for row in range(0, 63, 3):
+            second.weight[row, np.flatnonzero(second.weight[row])[0]] = 0
+            second.weight[row + 1, np.flatnonzero(second.weight[row + 1] == 0)[0]] = 0.25
+    layers = [fan_in_layer(64, 5, 2, rng), second, fan_in_layer(2, 64, 64, rng, "tanh")]
+    return ExportedPolicy((5,), layers, np.array([-2.0, 0.0]), np.array([2.0, 1.0]))
+
+
+def write_sources(policy: ExportedPolicy, name: str, directory: Path, layout: str = "auto") -> Path:
+    code, header = c_sources(policy, name, f"{name}.h", layout=layout)
+    (directory / f"{name}.h").write_text(header)
+    (directory / f"{name}.c").write_text(code)
+    return directory / f"{name}.c"
+
+
+def test_c_writes_constant_fan_in_layers_condensed_smaller_and_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    policy, ragged = fan_in_policy(rng), fan_in_policy(rng, uniform=False)
+    assert [c_layer_layout(layer) for layer in policy.layers] == ["condensed", "condensed", "dense"]
+    assert [c_layer_layout(layer) for layer in ragged.layers] == ["condensed", "csr", "dense"]
+    code = c_sources(policy, "fan_in", "fan_in.h")[0]
+    assert "condensed: 6 per output" in code and "condensed: 2 per output" in code and "indptr" not in code
+    assert "for (k = 0; k < 6; k++) acc += l1_data[o * 6 + k] * buf_a[l1_indices[o * 6 + k]];" in code
+    as_csr = c_sources(policy, "fan_in", "fan_in.h", layout="csr")[0]
+    assert "static const uint16_t l1_indptr[65]" in as_csr and len(code) < len(as_csr)
+    for layer in policy.layers[:2]:  # the weight arrays: CSR's less its 65 row pointers
+        assert condensed_nbytes(layer) == layer.csr_nbytes() - layer.csr()[2].nbytes
+    ragged_code = c_sources(ragged, "ragged", "ragged.h", layout="condensed")[0]
+    assert "l1_indptr" in ragged_code and "condensed: 2 per output" in ragged_code  # no condensed layout: CSR
+    if not COMPILER:
+        pytest.skip("no C compiler (cc) on this machine")
+    sources = [write_sources(policy, f"fan_in_{layout}", tmp_path, layout)
+               for layout in ("auto", "condensed", "csr", "dense")]
+    sources.append(write_sources(ragged, "ragged", tmp_path))
+    library = compile_library(sources, tmp_path)
+    obs = np.random.default_rng(1).normal(size=(300, 5)).astype(np.float32)
+    actions = {layout: run_c(library, f"fan_in_{layout}", obs, 2) for layout in ("auto", "condensed", "csr", "dense")}
+    np.testing.assert_allclose(actions["auto"], policy.predict(obs), rtol=0, atol=ATOL)
+    np.testing.assert_array_equal(actions["auto"], actions["csr"])  # the same sums in the same order
+    np.testing.assert_array_equal(actions["condensed"], actions["csr"])
+    np.testing.assert_allclose(actions["dense"], actions["auto"], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(run_c(library, "ragged", obs, 2), ragged.predict(obs), rtol=0, atol=ATOL)
+
+
 def hand_made_network() -> list[Layer]:
     """4 inputs -> 5 ReLU -> 4 tanh -> 2 tanh. Hidden units 1 and 3 of the first layer have no
     inputs (constants relu(0.7) and relu(-0.2)); unit 4 feeds nothing. In the second layer, unit 1
@@ -329,6 +427,40 @@ def test_cli_exports_a_trained_run_directory(tmp_path, observations):
         np.testing.assert_allclose(run_c(library, "predict", observations, 1), reference, rtol=0, atol=ATOL)
     (run_dir / "config.yaml").write_text(yaml.safe_dump({"algo": "td3"}))
     assert "config.yaml says algo 'td3' but model.zip holds a SAC model" in export_error(str(run_dir))
+
+
+def test_an_srigl_trained_sac_actor_exports_compacted_to_every_target(tmp_path, observations):
+    """SRigL (constant fan-in) trained long enough to ablate actor neurons: compaction removes them, every
+    target matches model.predict, and the C target lays out each layer as its cost rule says (condensed where
+    the rows hold equal numbers of nonzero weights; a grown weight whose gradient stayed 0 is absent, so a
+    trained layer's rows need not be uniform)."""
+    model = SAC(SparseSACPolicy, "Pendulum-v1", learning_starts=50, batch_size=64, seed=0,
+                policy_kwargs=dict(method="srigl", density=0.1, update_interval=50, net_arch=[64, 64]))
+    model.learn(330)
+    masks = [m.mask for m in actor_linears(model)]
+    live = [int(mask.any(dim=1).sum()) for mask in masks[:2]]
+    assert model.policy.actor_controller.log_values()["ablated"] > 0 and min(live) < 64
+    model.save(tmp_path / "model.zip")
+    reference = model.predict(observations, deterministic=True)[0]
+    policy = export_policy(model)
+    assert policy.metadata["widths_before"] == [64, 64, 1]
+    assert all(after <= kept for after, kept in zip(policy.metadata["widths_after"], live))
+    for fmt, name in (("npz", "actor.npz"), ("onnx", "actor.onnx"), ("c", "actor.c")):
+        main([str(tmp_path / "model.zip"), "--format", fmt, "--out", str(tmp_path / name)])
+    np.testing.assert_allclose(ExportedPolicy.load(tmp_path / "actor.npz").predict(observations), reference,
+                               rtol=0, atol=ATOL)
+    onnx_actions = ort.InferenceSession(str(tmp_path / "actor.onnx")).run(None, {"obs": observations})[0]
+    np.testing.assert_allclose(onnx_actions, reference, rtol=0, atol=ATOL)
+    code = (tmp_path / "actor.c").read_text()
+    for i, layer in enumerate(policy.layers):
+        layout = c_layer_layout(layer)
+        assert ("condensed: " if layout == "condensed" else "CSR */" if layout == "csr" else "dense (") in \
+            code.split(f"/* layer {i}: ")[1].split("\n")[0], (i, layout)
+    if COMPILER:
+        sources = [tmp_path / "actor.c", write_sources(policy, "forced", tmp_path, "condensed")]
+        library = compile_library(sources, tmp_path)
+        for name in ("predict", "forced"):
+            np.testing.assert_allclose(run_c(library, name, observations, 1), reference, rtol=0, atol=ATOL)
 
 
 def test_deploy_imports_numpy_only():

@@ -1,5 +1,6 @@
 """The C99 target: a ``.c``/``.h`` pair computing the policy with static weight arrays, each layer as CSR or
-dense loops as :data:`C_COST_NS` predicts faster."""
+dense loops as :data:`C_COST_NS` predicts faster, and a CSR layer whose rows all hold k weights in the
+condensed layout (:func:`c_layer_layout`)."""
 
 from __future__ import annotations
 
@@ -10,27 +11,66 @@ from typing import Any
 import numpy as np
 
 from sparse_rl.deploy import ExportedPolicy, Layer, ObsNormalization, get_activation
+from sparse_rl.export.compaction import condensed, condensed_nbytes, constant_fan_in
 from sparse_rl.export.errors import ExportError
 
-C_COST_NS = {"dense_weight": 0.112, "dense_row": 0.35, "csr_nonzero": 0.5, "csr_row": 1.3, "csr_nonempty_row": 3.0}
-"""Nanoseconds per unit of work of the C target's two layer loops (``cc -O2``, x86-64), fitted to layers of
+C_COST_NS = {"dense_weight": 0.112, "dense_row": 0.35, "csr_nonzero": 0.5, "csr_row": 1.3, "csr_nonempty_row": 3.0,
+             "condensed_unrolled_weight": 0.4}
+"""Nanoseconds per unit of work of the C target's layer loops (``cc -O2``, x86-64), fitted to layers of
 17-256 inputs and outputs at densities 0-1 timed by ``benchmarks/export.py``: a dense layer costs
 ``dense_weight`` per matrix entry plus ``dense_row`` per output, a CSR layer ``csr_nonzero`` per nonzero
 weight, ``csr_row`` per output and ``csr_nonempty_row`` per output with at least one weight (the inner
 loop's exit). A CSR row's gathered loads cost about 4.5 dense entries, and short rows pay their loop
 overhead: the crossover is near density 0.2 for 256 inputs and 0.1 for 64; for 17 inputs CSR gains at most
-a fraction of a microsecond below density 0.05 and is slower above."""
+a fraction of a microsecond below density 0.05 and is slower above.
+
+The condensed loop (k weights per output, k a compile-time constant) is the CSR loop without the row pointers:
+for k > :data:`C_UNROLLED_FAN_IN` it is costed as CSR (measured within 5 % of it, slightly faster, for k = 3-16
+and 17, 64 or 256 inputs); for k ≤ :data:`C_UNROLLED_FAN_IN` gcc unrolls the inner loop completely and
+vectorises over the outputs, ``condensed_unrolled_weight`` per weight (measured 0.10 µs for 256 outputs at
+k = 1 and 0.17 µs at k = 2, where CSR takes 1.2-1.4 µs and the dense loop over 17 inputs 0.55 µs; a
+loaded machine, gcc 12; ``benchmarks/export.py``'s crossover table times both loops on constant-fan-in
+layers)."""
+
+C_UNROLLED_FAN_IN = 2
+"""The largest constant fan-in whose condensed inner loop :data:`C_COST_NS` treats as completely unrolled."""
+
+C_LAYOUTS = ("auto", "dense", "csr", "condensed")
+"""The ``layout`` argument of :func:`c_sources`."""
+
+
+def c_layer_costs(layer: Layer) -> dict[str, float]:
+    """Predicted ns of ``layer`` in each layout the C target may store it in (:data:`C_COST_NS`): dense always,
+    CSR where it is smaller than dense, condensed where every row holds the same number k of nonzero weights
+    (:func:`~sparse_rl.export.compaction.constant_fan_in`) and the condensed arrays are smaller than dense."""
+    rows, cols = layer.weight.shape
+    nonempty = int(np.count_nonzero((layer.weight != 0).any(axis=1)))
+    csr = (C_COST_NS["csr_nonzero"] * layer.nnz + C_COST_NS["csr_row"] * rows
+           + C_COST_NS["csr_nonempty_row"] * nonempty)
+    costs = {"dense": C_COST_NS["dense_weight"] * rows * cols + C_COST_NS["dense_row"] * rows}
+    if layer.store_as_csr():
+        costs["csr"] = csr
+    fan_in, condensed_bytes = constant_fan_in(layer), condensed_nbytes(layer)
+    if fan_in is not None and condensed_bytes is not None and condensed_bytes < layer.weight.nbytes:
+        unrolled = C_COST_NS["condensed_unrolled_weight"] * layer.nnz
+        costs["condensed"] = unrolled if fan_in <= C_UNROLLED_FAN_IN else csr
+    return costs
+
+
+def c_layer_layout(layer: Layer) -> str:
+    """How the C target computes and stores ``layer``: the layout of :func:`c_layer_costs` predicted fastest,
+    condensed before CSR before dense at equal cost. The condensed arrays are CSR's less the row pointers, so a
+    layer whose rows are uniform (SRigL's constant fan-in, once compaction has removed its ablated neurons) is
+    condensed wherever CSR would be picked."""
+    costs = c_layer_costs(layer)
+    return min(("condensed", "csr", "dense"), key=lambda layout: costs.get(layout, float("inf")))
 
 
 def c_layer_uses_csr(layer: Layer) -> bool:
-    """Whether the C target computes (and stores) ``layer`` as CSR: where :data:`C_COST_NS` predicts the
-    CSR loop faster than the dense one and CSR is also the smaller format."""
-    rows, cols = layer.weight.shape
-    nonempty = int(np.count_nonzero((layer.weight != 0).any(axis=1)))
-    dense = C_COST_NS["dense_weight"] * rows * cols + C_COST_NS["dense_row"] * rows
-    csr = (C_COST_NS["csr_nonzero"] * layer.nnz + C_COST_NS["csr_row"] * rows
-           + C_COST_NS["csr_nonempty_row"] * nonempty)
-    return csr < dense and layer.store_as_csr()
+    """Whether :data:`C_COST_NS` predicts the CSR loop over ``layer`` faster than the dense one and CSR is also
+    the smaller format (:func:`c_layer_layout` then stores it condensed if its rows are uniform)."""
+    costs = c_layer_costs(layer)
+    return "csr" in costs and costs["csr"] < costs["dense"]
 
 
 def _c_float(value: float) -> str:
@@ -66,10 +106,11 @@ def c_sources(policy: ExportedPolicy, name: str = "predict", header_name: str = 
               layout: str = "auto") -> tuple[str, str]:
     """The C99 source and header of the policy: ``void name(const float *obs, float *action)``,
     weights as static const arrays, no allocation (two stack buffers), only libm. ``layout`` ``"auto"``
-    computes (and stores) each layer as CSR where :func:`c_layer_uses_csr` says so and as a dense
-    transposed matrix otherwise; ``"csr"`` and ``"dense"`` force one (for measurements)."""
-    if layout not in ("auto", "csr", "dense"):
-        raise ValueError(f"unknown layout {layout!r}; allowed: auto, csr, dense")
+    computes (and stores) each layer as :func:`c_layer_layout` says: condensed, CSR or a dense transposed
+    matrix; ``"csr"`` and ``"dense"`` force one for every layer, ``"condensed"`` for every layer whose rows
+    hold the same number of weights, the others as CSR (for measurements)."""
+    if layout not in C_LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; allowed: {', '.join(C_LAYOUTS)}")
     if not name.isidentifier():
         raise ExportError(f"C function name {name!r} is not an identifier")
     arrays: list[str] = []
@@ -130,14 +171,34 @@ def _c_normalization(norm: ObsNormalization, obs_dim: int) -> tuple[list[str], s
 
 
 def _c_layer(i: int, layer: Layer, source: str, target: str, layout: str) -> tuple[list[str], str]:
-    """Layer ``i``'s arrays (bias first) and its loops from ``source`` into ``target``, as CSR or dense."""
+    """Layer ``i``'s arrays (bias first) and its loops from ``source`` into ``target``, condensed, CSR or dense."""
     bias = _c_array("float", f"l{i}_bias", layer.bias, _c_float)
     value = _c_activation(layer.activation, layer.alpha, "acc")
-    if layout == "csr" or (layout == "auto" and c_layer_uses_csr(layer)):
-        arrays, step = _c_csr_layer(i, layer, source, target, value)
-    else:
-        arrays, step = _c_dense_layer(i, layer, source, target, value)
+    if layout == "auto":
+        layout = c_layer_layout(layer)
+    elif layout == "condensed" and condensed_nbytes(layer) is None:
+        layout = "csr"
+    make = {"condensed": _c_condensed_layer, "csr": _c_csr_layer, "dense": _c_dense_layer}[layout]
+    arrays, step = make(i, layer, source, target, value)
     return [bias, *arrays], step
+
+
+def _c_condensed_layer(i: int, layer: Layer, source: str, target: str, value: str) -> tuple[list[str], str]:
+    """A constant-fan-in layer's arrays and loop: ``data`` and ``indices`` of k entries per output, no row
+    pointers, and an inner loop of the compile-time trip count k."""
+    out_features, in_features = layer.weight.shape
+    data, indices = condensed(layer)
+    fan_in = data.shape[1]
+    arrays = [_c_array("float", f"l{i}_data", data, _c_float),
+              _c_array(_C_INDEX_TYPES[indices.dtype], f"l{i}_indices", indices)]
+    step = (f"    /* layer {i}: {out_features} x {in_features}, {data.size} nonzero weights, condensed: "
+            f"{fan_in} per output */\n"
+            f"    for (o = 0; o < {out_features}; o++) {{\n"
+            f"        float acc = l{i}_bias[o];\n"
+            f"        for (k = 0; k < {fan_in}; k++) "
+            f"acc += l{i}_data[o * {fan_in} + k] * {source}[l{i}_indices[o * {fan_in} + k]];\n"
+            f"        {target}[o] = {value};\n    }}")
+    return arrays, step
 
 
 def _c_csr_layer(i: int, layer: Layer, source: str, target: str, value: str) -> tuple[list[str], str]:

@@ -1,5 +1,6 @@
 """Compaction: fold dead hidden units into the next layer's bias and remove orphan ones, without changing
-what the network computes."""
+what the network computes; and the condensed storage of a layer whose rows all hold the same number of
+weights (:func:`constant_fan_in`, :func:`condensed`)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,31 @@ def compact(layers: list[Layer]) -> list[Layer]:
             remove(i, orphan)
     return layers
 
+
+
+def constant_fan_in(layer: Layer) -> int | None:
+    """k if every row of ``layer`` has exactly k ≥ 1 nonzero weights (SRigL's constant fan-in once compaction
+    has removed its ablated neurons), None otherwise."""
+    counts = np.count_nonzero(layer.weight, axis=1)
+    if counts.size == 0 or counts[0] == 0 or not (counts == counts[0]).all():
+        return None
+    return int(counts[0])
+
+
+def condensed(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+    """``(data, indices)`` of a constant-fan-in layer, each ``(out, k)``: row ``o``'s nonzero weights and their
+    input columns in increasing column order (CSR without ``indptr``; the same order, so the same sums).
+    ``ValueError`` if the rows' counts differ."""
+    k = constant_fan_in(layer)
+    if k is None:
+        raise ValueError(f"a {layer.weight.shape} layer whose rows hold different numbers of weights "
+                         "has no condensed layout")
+    data, indices, _ = layer.csr()
+    return data.reshape(-1, k), indices.reshape(-1, k)
+
+
+def condensed_nbytes(layer: Layer) -> int | None:
+    """Bytes of the condensed arrays (None where the rows' counts differ): CSR's less its ``indptr``."""
+    if constant_fan_in(layer) is None:
+        return None
+    return sum(array.nbytes for array in condensed(layer))
