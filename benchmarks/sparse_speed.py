@@ -63,7 +63,8 @@ from pathlib import Path
 
 import torch
 
-from sparse_rl.backends.auto import auto_backend, auto_rule
+from sparse_rl.backends import kernels
+from sparse_rl.backends.auto import COMPACT_MAX_DENSITY, COMPACT_MIN_WEIGHTS, auto_backend, auto_rule
 from sparse_rl.calibrate import time_layer
 from sparse_rl.layers import SparseLinear
 from sparse_rl.machine import cpu_model
@@ -385,6 +386,18 @@ def write_section(path: Path, part: str, lines: list[str]) -> str:
     return text
 
 
+def auto_rule_text() -> str:
+    """What ``auto`` does on this machine: the constant compact rule where the kernels are built, else the MKL table."""
+    rule, source = auto_rule()
+    origin = "the built-in" if source == "built-in" else "this machine's calibrated"
+    table = (f"{origin} MKL table (sparse for layers "
+             + ", ".join(f"≥ {weights:,} weights at density ≤ {density:g}" for weights, density in rule) + ")")
+    if not kernels.compiled():
+        return f"no compiled kernels, so {table}"
+    return (f"compact for a layer of a fixed-count method with ≥ {COMPACT_MIN_WEIGHTS:,} weights at density ≤ "
+            f"{COMPACT_MAX_DENSITY:g} (compiled kernels, SIMD level {kernels.simd_level()}), else {table}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=list(SECTIONS), default="layers")
@@ -415,13 +428,8 @@ def main() -> None:
         return
 
     command = " ".join(["python", "benchmarks/sparse_speed.py", *sys.argv[1:]])
-    rule, source = auto_rule()
-    rule_name = "the built-in one" if source == "built-in" else "this machine's calibration"
-    rule_text = ", ".join(f"≥ {weights:,} weights at density ≤ {density:g}" for weights, density in rule)
     header = (f"Command: `{command}` (1 torch thread, float32; machine: {cpu_model()}, {platform.machine()}, "
-              f"{os.cpu_count()} CPU cores, torch {torch.__version__}). `auto`'s rule: "
-              f"{rule_name} "
-              f"(sparse for layers {rule_text}).")
+              f"{os.cpu_count()} CPU cores, torch {torch.__version__}). `auto`'s rule: {auto_rule_text()}.")
     if args.part == "layers":
         shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
         densities = sorted(args.densities or [1.0, 0.5, 0.2, 0.1, 0.05], reverse=True)
