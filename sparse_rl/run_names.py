@@ -59,10 +59,13 @@ def short_value(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]", "_", str(value).rsplit(".", 1)[-1])
 
 
+RECYCLE_KEYS = ("recycle_dormant", "recycle_interval", "recycle_regrow")
+
+
 def changed_settings(config: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """(path, value) of each field of :data:`LABELLED_TOP`, :data:`LABELLED_SECTIONS`, the sparsity
-    schedule and the method's own settings that differs from the packaged default of its algo, env and
-    method, sorted by path."""
+    """(path, value) of each field of :data:`LABELLED_TOP`, :data:`LABELLED_SECTIONS` and the sparsity schedule
+    that differs from the packaged default of its algo, env and method, sorted by path (the method's own settings
+    and ReDo's recycling are in the method's label, :func:`~sparse_rl.methods.method_label`, not here)."""
     if config.get("algo") not in ALGO_NAMES or "env" not in config:
         return ()
     defaults = yaml.safe_load(_packaged_defaults(str(config["algo"]), str(config["env"])))
@@ -72,7 +75,8 @@ def changed_settings(config: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     paths = [*LABELLED_TOP, *(f"{section}.{key}" for section in LABELLED_SECTIONS for key in config.get(section) or {})]
     resolved = sparsity_of(config)
     if config.get("param_matched") is None and not (resolved.is_dense and not resolved.iso_params):  # else no schedule
-        paths += [f"sparsity.{key}" for key in sparsity if key not in LABEL_SPARSITY_KEYS]
+        in_method_label = (*resolved.kind.setting_keys, *RECYCLE_KEYS)  # method_label names them already
+        paths += [f"sparsity.{key}" for key in sparsity if key not in LABEL_SPARSITY_KEYS + in_method_label]
     changed = []
     for path in sorted(paths, key=lambda path: ("." in path, path)):  # the budget first
         present, value = lookup_path(config, path)
