@@ -59,9 +59,10 @@ def dense_key(groups: dict[GroupKey, list[Run]], env: str, algo: str, settings: 
 
 def compared_pairs(groups: dict[GroupKey, list[Run]]) -> list[tuple[GroupKey, GroupKey]]:
     """The (X, Y) groups the report compares: every group against its dense group, every sparse
-    group against the parameter-matched dense group of the same env, algo and density, and every
+    group against the parameter-matched dense group of the same env, algo and density, every
     variant of a method (its label has a ``+``, e.g. ``rigl+sparse-init``) against the method's own
-    group of the same env, algo, density and network details."""
+    group of the same env, algo, density and network details, and every other sparse method against
+    RigL's group of the same (the reference the DST literature compares with)."""
     pairs = []
     for key in groups:
         env, algo, method, density, detail, settings = key
@@ -75,6 +76,9 @@ def compared_pairs(groups: dict[GroupKey, list[Run]]) -> list[tuple[GroupKey, Gr
         base = (env, algo, method.split("+", 1)[0], density, detail, settings)
         if base[2] != method and base in groups:
             pairs.append((key, base))
+        rigl = (env, algo, "rigl", density, detail, settings)
+        if method.split("+", 1)[0] not in ("dense", "matched", "rigl") and rigl in groups:
+            pairs.append((key, rigl))
     return pairs
 
 
