@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from sparse_rl.algorithms import ALGO_NAMES
+from sparse_rl.checks import in_range, is_int
 from sparse_rl.sparsity import SparsityConfig
 
 if TYPE_CHECKING:
@@ -120,19 +121,9 @@ def allowed_keys(algo: str) -> dict[str, tuple[str, ...]]:
             "sparsity": SPARSITY_KEYS}
 
 
-def _is_int(value: Any, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-def _in_range(value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return False
-    return (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
-
-
 def _net_arch(value: Any) -> bool:
     def widths(item: Any) -> bool:
-        return isinstance(item, list) and all(_is_int(width, 1) for width in item)
+        return isinstance(item, list) and all(is_int(width, 1) for width in item)
 
     if isinstance(value, dict):
         return bool(value) and set(value) <= {"pi", "qf"} and all(widths(item) for item in value.values())
@@ -141,14 +132,14 @@ def _net_arch(value: Any) -> bool:
 
 def _train_freq(value: Any) -> bool:
     if isinstance(value, list):
-        return len(value) == 2 and _is_int(value[0], 1) and value[1] in ("step", "episode")
-    return _is_int(value, 1)
+        return len(value) == 2 and is_int(value[0], 1) and value[1] in ("step", "episode")
+    return is_int(value, 1)
 
 
 def _ent_coef(value: Any) -> bool:
     if isinstance(value, str):
-        return value == "auto" or (value.startswith("auto_") and _in_range(_float(value[5:]), 0, math.inf, True))
-    return _in_range(value, 0, math.inf, low_open=True)
+        return value == "auto" or (value.startswith("auto_") and in_range(_float(value[5:]), 0, math.inf, True))
+    return in_range(value, 0, math.inf, low_open=True)
 
 
 def _float(text: str) -> float | None:
@@ -160,37 +151,37 @@ def _float(text: str) -> float | None:
 
 INF = math.inf
 NUMERIC_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": (lambda v: _is_int(v, 0), "an integer >= 0"),
-    "total_steps": (lambda v: _is_int(v, 1), "a positive integer"),
-    "n_envs": (lambda v: _is_int(v, 1), "a positive integer"),
-    "eval_freq": (lambda v: _is_int(v, 1), "a positive integer"),
-    "eval_episodes": (lambda v: _is_int(v, 1), "a positive integer"),
-    "checkpoint_freq": (lambda v: _is_int(v, 0), "an integer >= 0 (0: checkpoint only at the end)"),
-    "threads": (lambda v: _is_int(v, 1), "a positive integer"),
-    "action_noise_std": (lambda v: _in_range(v, 0, INF), "a number >= 0"),
-    "algo_kwargs.learning_rate": (lambda v: _in_range(v, 0, INF, low_open=True), "a number > 0"),
-    "algo_kwargs.buffer_size": (lambda v: _is_int(v, 1), "a positive integer"),
-    "algo_kwargs.learning_starts": (lambda v: _is_int(v, 0), "an integer >= 0"),
-    "algo_kwargs.batch_size": (lambda v: _is_int(v, 1), "a positive integer"),
-    "algo_kwargs.tau": (lambda v: _in_range(v, 0, 1, low_open=True), "a number in (0, 1]"),
-    "algo_kwargs.gamma": (lambda v: _in_range(v, 0, 1), "a number in [0, 1]"),
+    "seed": (lambda v: is_int(v, 0), "an integer >= 0"),
+    "total_steps": (lambda v: is_int(v, 1), "a positive integer"),
+    "n_envs": (lambda v: is_int(v, 1), "a positive integer"),
+    "eval_freq": (lambda v: is_int(v, 1), "a positive integer"),
+    "eval_episodes": (lambda v: is_int(v, 1), "a positive integer"),
+    "checkpoint_freq": (lambda v: is_int(v, 0), "an integer >= 0 (0: checkpoint only at the end)"),
+    "threads": (lambda v: is_int(v, 1), "a positive integer"),
+    "action_noise_std": (lambda v: in_range(v, 0, INF), "a number >= 0"),
+    "algo_kwargs.learning_rate": (lambda v: in_range(v, 0, INF, low_open=True), "a number > 0"),
+    "algo_kwargs.buffer_size": (lambda v: is_int(v, 1), "a positive integer"),
+    "algo_kwargs.learning_starts": (lambda v: is_int(v, 0), "an integer >= 0"),
+    "algo_kwargs.batch_size": (lambda v: is_int(v, 1), "a positive integer"),
+    "algo_kwargs.tau": (lambda v: in_range(v, 0, 1, low_open=True), "a number in (0, 1]"),
+    "algo_kwargs.gamma": (lambda v: in_range(v, 0, 1), "a number in [0, 1]"),
     "algo_kwargs.train_freq": (_train_freq, "a positive integer or [n, 'step' | 'episode']"),
-    "algo_kwargs.gradient_steps": (lambda v: _is_int(v, 1) or v == -1, "a positive integer or -1"),
-    "algo_kwargs.n_steps": (lambda v: _is_int(v, 1), "a positive integer"),
-    "algo_kwargs.target_update_interval": (lambda v: _is_int(v, 1), "a positive integer"),
-    "algo_kwargs.sde_sample_freq": (lambda v: _is_int(v, -1), "an integer >= -1"),
+    "algo_kwargs.gradient_steps": (lambda v: is_int(v, 1) or v == -1, "a positive integer or -1"),
+    "algo_kwargs.n_steps": (lambda v: is_int(v, 1), "a positive integer"),
+    "algo_kwargs.target_update_interval": (lambda v: is_int(v, 1), "a positive integer"),
+    "algo_kwargs.sde_sample_freq": (lambda v: is_int(v, -1), "an integer >= -1"),
     "algo_kwargs.ent_coef": (_ent_coef, "a number > 0, 'auto' or 'auto_<initial value>'"),
-    "algo_kwargs.target_entropy": (lambda v: v == "auto" or _in_range(v, -INF, INF), "a number or 'auto'"),
-    "algo_kwargs.policy_delay": (lambda v: _is_int(v, 1), "a positive integer"),
-    "algo_kwargs.target_policy_noise": (lambda v: _in_range(v, 0, INF), "a number >= 0"),
-    "algo_kwargs.target_noise_clip": (lambda v: _in_range(v, 0, INF), "a number >= 0"),
+    "algo_kwargs.target_entropy": (lambda v: v == "auto" or in_range(v, -INF, INF), "a number or 'auto'"),
+    "algo_kwargs.policy_delay": (lambda v: is_int(v, 1), "a positive integer"),
+    "algo_kwargs.target_policy_noise": (lambda v: in_range(v, 0, INF), "a number >= 0"),
+    "algo_kwargs.target_noise_clip": (lambda v: in_range(v, 0, INF), "a number >= 0"),
     "policy_kwargs.net_arch": (_net_arch, "a list of positive layer widths (or {pi: [...], qf: [...]})"),
-    "policy_kwargs.n_critics": (lambda v: _is_int(v, 1), "a positive integer"),
-    "policy_kwargs.log_std_init": (lambda v: _in_range(v, -INF, INF), "a finite number"),
-    "policy_kwargs.n_quantiles": (lambda v: _is_int(v, 1), "a positive integer"),
-    "algo_kwargs.top_quantiles_to_drop_per_net": (lambda v: _is_int(v, 0), "an integer >= 0"),
-    "policy_kwargs.batch_norm_momentum": (lambda v: _in_range(v, 0, 1, low_open=True), "a number in (0, 1]"),
-    "policy_kwargs.renorm_warmup_steps": (lambda v: _is_int(v, 0), "an integer >= 0"),
+    "policy_kwargs.n_critics": (lambda v: is_int(v, 1), "a positive integer"),
+    "policy_kwargs.log_std_init": (lambda v: in_range(v, -INF, INF), "a finite number"),
+    "policy_kwargs.n_quantiles": (lambda v: is_int(v, 1), "a positive integer"),
+    "algo_kwargs.top_quantiles_to_drop_per_net": (lambda v: is_int(v, 0), "an integer >= 0"),
+    "policy_kwargs.batch_norm_momentum": (lambda v: in_range(v, 0, 1, low_open=True), "a number in (0, 1]"),
+    "policy_kwargs.renorm_warmup_steps": (lambda v: is_int(v, 0), "an integer >= 0"),
 }
 """Every numeric config field SB3 or this package reads: (check, what a valid value is)."""
 

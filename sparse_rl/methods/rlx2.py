@@ -13,20 +13,13 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sparse_rl.checks import in_range, is_int
 from sparse_rl.layers import SparseLinear
 from sparse_rl.methods.kind import MethodKind, MethodPreset
 from sparse_rl.methods.prune_grow import prune_grow_controller
 
 if TYPE_CHECKING:
     from sparse_rl.sparsity import SparsityConfig
-
-
-def _is_int(value: object, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -54,17 +47,15 @@ class RLx2Settings:
     def check(self, config: SparsityConfig) -> None:
         """``ValueError`` naming the first setting out of its range."""
         rules = (
-            ("n_steps", _is_int(self.n_steps, 1), "a positive integer"),
-            ("n_step_delay", _is_int(self.n_step_delay, 0) or (isinstance(self.n_step_delay, float)
-                                                               and 0 <= self.n_step_delay < 1),
+            ("n_steps", is_int(self.n_steps, 1), "a positive integer"),
+            ("n_step_delay", is_int(self.n_step_delay, 0) or (isinstance(self.n_step_delay, float)
+                                                              and in_range(self.n_step_delay, 0, 1, high_open=True)),
              "an integer >= 0 (gradient steps) or a fraction of training in [0, 1)"),
-            ("check_interval", _is_int(self.check_interval, 1), "a positive integer"),
-            ("check_size", _is_int(self.check_size, 1), "a positive integer"),
-            ("distance_threshold", _is_number(self.distance_threshold) and self.distance_threshold >= 0,
-             "a number >= 0"),
-            ("min_size", _is_int(self.min_size, 0), "an integer >= 0"),
-            ("shrink_fraction", _is_number(self.shrink_fraction) and 0 < self.shrink_fraction < 1,
-             "a number in (0, 1)"),
+            ("check_interval", is_int(self.check_interval, 1), "a positive integer"),
+            ("check_size", is_int(self.check_size, 1), "a positive integer"),
+            ("distance_threshold", in_range(self.distance_threshold, 0, math.inf), "a number >= 0"),
+            ("min_size", is_int(self.min_size, 0), "an integer >= 0"),
+            ("shrink_fraction", in_range(self.shrink_fraction, 0, 1, True, True), "a number in (0, 1)"),
         )
         for name, valid, expected in rules:
             if not valid:
