@@ -191,13 +191,10 @@ def _c_condensed_layer(i: int, layer: Layer, source: str, target: str, value: st
     fan_in = data.shape[1]
     arrays = [_c_array("float", f"l{i}_data", data, _c_float),
               _c_array(_C_INDEX_TYPES[indices.dtype], f"l{i}_indices", indices)]
-    step = (f"    /* layer {i}: {out_features} x {in_features}, {data.size} nonzero weights, condensed: "
-            f"{fan_in} per output */\n"
-            f"    for (o = 0; o < {out_features}; o++) {{\n"
-            f"        float acc = l{i}_bias[o];\n"
-            f"        for (k = 0; k < {fan_in}; k++) "
-            f"acc += l{i}_data[o * {fan_in} + k] * {source}[l{i}_indices[o * {fan_in} + k]];\n"
-            f"        {target}[o] = {value};\n    }}")
+    step = _c_row_loop(i, f"{out_features} x {in_features}, {data.size} nonzero weights, condensed: {fan_in} per "
+                          "output", out_features, f"for (k = 0; k < {fan_in}; k++) "
+                          f"acc += l{i}_data[o * {fan_in} + k] * {source}[l{i}_indices[o * {fan_in} + k]];",
+                       target, value)
     return arrays, step
 
 
@@ -208,13 +205,20 @@ def _c_csr_layer(i: int, layer: Layer, source: str, target: str, value: str) -> 
     arrays = [_c_array("float", f"l{i}_data", data, _c_float),
               _c_array(_C_INDEX_TYPES[indices.dtype], f"l{i}_indices", indices),
               _c_array(_C_INDEX_TYPES[indptr.dtype], f"l{i}_indptr", indptr)]
-    step = (f"    /* layer {i}: {out_features} x {in_features}, {len(data)} nonzero weights, CSR */\n"
+    step = _c_row_loop(i, f"{out_features} x {in_features}, {len(data)} nonzero weights, CSR", out_features,
+                       f"for (k = l{i}_indptr[o]; k < l{i}_indptr[o + 1]; k++) "
+                       f"acc += l{i}_data[k] * {source}[l{i}_indices[k]];", target, value)
+    return arrays, step
+
+
+def _c_row_loop(i: int, comment: str, out_features: int, inner: str, target: str, value: str) -> str:
+    """Layer ``i``'s loop over its outputs: each accumulates its bias and ``inner`` (over its nonzero weights),
+    then stores the activated ``value``."""
+    return (f"    /* layer {i}: {comment} */\n"
             f"    for (o = 0; o < {out_features}; o++) {{\n"
             f"        float acc = l{i}_bias[o];\n"
-            f"        for (k = l{i}_indptr[o]; k < l{i}_indptr[o + 1]; k++) "
-            f"acc += l{i}_data[k] * {source}[l{i}_indices[k]];\n"
+            f"        {inner}\n"
             f"        {target}[o] = {value};\n    }}")
-    return arrays, step
 
 
 def _c_dense_layer(i: int, layer: Layer, source: str, target: str, value: str) -> tuple[list[str], str]:
