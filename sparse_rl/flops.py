@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from torch import nn
 
 from sparse_rl.algorithms import get_algorithm
-from sparse_rl.masks import MaskedLayer
+from sparse_rl.masks import is_masked_layer
 
 
 def active_weights(layer: nn.Linear, dense: bool = False) -> int:
     """Active weights of ``layer`` (its ``nnz``); all of them if ``dense`` or if it has no mask."""
-    if dense or not isinstance(layer, MaskedLayer):
+    if dense or not is_masked_layer(layer):
         return layer.weight.numel()
     return layer.nnz
 
@@ -28,7 +28,7 @@ def active_weights(layer: nn.Linear, dense: bool = False) -> int:
 def weight_grad_weights(layer: nn.Linear, dense: bool = False) -> int:
     """Weights whose gradient a backward pass computes: the active ones, or all of them for a
     layer whose weight gradient is dense by construction (``dense_weight_grad``, e.g. thresholds)."""
-    return active_weights(layer, dense or (isinstance(layer, MaskedLayer) and layer.dense_weight_grad))
+    return active_weights(layer, dense or (is_masked_layer(layer) and layer.dense_weight_grad))
 
 
 @dataclass(frozen=True)

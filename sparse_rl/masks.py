@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeGuard
 
 import torch
 from torch import nn
@@ -38,11 +38,10 @@ def random_positions(shape: tuple[int, int], count: int, generator: torch.Genera
     return torch.randperm(numel, generator=generator)[:count].sort().values
 
 
-@runtime_checkable
 class MaskedLayer(Protocol):
     """What every method kind's linear layer declares (``SparseLinear``, ``HaloLinear``, ``ThresholdLinear``):
-    it computes with ``weight ⊙ mask``. FLOP accounting, export and the neuron readers use this, never
-    ``hasattr``; a plain ``nn.Linear`` is not one and counts as dense."""
+    it computes with ``weight ⊙ mask``. FLOP accounting and the neuron readers ask :func:`is_masked_layer`;
+    a plain ``nn.Linear`` is not one and counts as dense."""
 
     in_features: int
     out_features: int
@@ -120,3 +119,10 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer | None, param: torch.
     """Zero every per-element optimizer slot of ``param`` (Adam's moments, SGD momentum, ...)
     at the boolean ``positions``."""
     apply_to_slots(optimizer, param, lambda slot: slot.masked_fill_(positions, 0))
+
+
+def is_masked_layer(module: object) -> TypeGuard[MaskedLayer]:
+    """Whether ``module``'s class declares :class:`MaskedLayer`'s interface. Read from the class: a runtime
+    ``isinstance`` against the protocol would fetch ``weight`` and ``mask``, which a compact layer builds densely
+    on every access (milliseconds for a 1024×1024 layer, on each FLOP count)."""
+    return all(hasattr(type(module), name) for name in ("nnz", "density", "dense_weight_grad"))

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from sparse_rl.layers import SparseLinear
-from sparse_rl.masks import MaskedLayer
+from sparse_rl.masks import is_masked_layer
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def dormant_neurons(scores: torch.Tensor, tau: float) -> torch.Tensor:
 def dead_neurons(layer: nn.Linear) -> torch.Tensor:
     """Neurons of ``layer`` with no incoming active weight (a boolean vector); a layer without a
     ``mask`` counts its non-zero weights."""
-    return ~(layer.mask if isinstance(layer, MaskedLayer) else layer.weight != 0).any(dim=1)
+    return ~(layer.mask if is_masked_layer(layer) else layer.weight != 0).any(dim=1)
 
 
 @torch.no_grad()

@@ -1,5 +1,6 @@
 """Networks are built sparse layer by layer, compact layers without a dense copy, with the same random draws."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -56,3 +57,19 @@ def test_draw_like_linear_init_advances_the_generator_as_a_linear_layer_does(fan
     torch.manual_seed(1)
     draw_like_linear_init(nn.Linear(fan_in, fan_out, bias=bias, device="meta"))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_masked_layers_are_recognised_from_their_class_without_building_a_compact_layer_densely(monkeypatch):
+    from sparse_rl.backends.compact import CompactStructure
+    from sparse_rl.flops import active_weights
+    from sparse_rl.layers import SparseLinear
+    from sparse_rl.masks import is_masked_layer
+    from sparse_rl.methods.halo import HaloLinear
+    from sparse_rl.methods.thresholds import ThresholdLinear
+
+    assert all(is_masked_layer(cls(3, 4)) for cls in (SparseLinear, HaloLinear, ThresholdLinear))
+    assert not is_masked_layer(nn.Linear(3, 4))
+    net, _ = built("auto")
+    monkeypatch.setattr(CompactStructure, "dense", lambda *args: pytest.fail("built the dense weight"))
+    monkeypatch.setattr(CompactStructure, "mask", lambda *args: pytest.fail("built the dense mask"))
+    assert is_masked_layer(net[2]) and active_weights(net[2]) == net[2].nnz < 96 * 96
