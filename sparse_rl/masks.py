@@ -4,6 +4,7 @@ positions."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeGuard
@@ -16,26 +17,26 @@ from sparse_rl.layer_state import apply_to_slots
 from sparse_rl.layers import SparseLinear
 
 
-def random_mask(shape: tuple[int, ...], count: int, generator: torch.Generator | None = None,
-                device: torch.device | str | None = None) -> torch.Tensor:
-    """A boolean mask of ``shape`` with exactly ``count`` ``True`` entries placed uniformly at random."""
-    numel = 1
-    for size in shape:
-        numel *= size
-    if not 0 <= count <= numel:
-        raise ValueError(f"count must be in [0, {numel}], got {count}")
-    flat = torch.zeros(numel, dtype=torch.bool)
-    flat[torch.randperm(numel, generator=generator)[:count]] = True
-    return flat.view(shape).to(device)
-
-
-def random_positions(shape: tuple[int, int], count: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The ascending flat positions of :func:`random_mask`'s ``True`` entries, drawn the same way (the same random
-    numbers), without the boolean mask."""
-    numel = shape[0] * shape[1]
+def random_positions(shape: tuple[int, ...], count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``count`` distinct flat positions of a ``shape`` tensor, drawn uniformly at random, ascending."""
+    numel = math.prod(shape)
     if not 0 <= count <= numel:
         raise ValueError(f"count must be in [0, {numel}], got {count}")
     return torch.randperm(numel, generator=generator)[:count].sort().values
+
+
+def positions_mask(positions: torch.Tensor, shape: tuple[int, ...],
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """The boolean mask of ``shape`` that is ``True`` at the flat ``positions``."""
+    flat = torch.zeros(math.prod(shape), dtype=torch.bool)
+    flat[positions] = True
+    return flat.view(shape).to(device)
+
+
+def random_mask(shape: tuple[int, ...], count: int, generator: torch.Generator | None = None,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """A boolean mask of ``shape`` with exactly ``count`` ``True`` entries placed uniformly at random."""
+    return positions_mask(random_positions(shape, count, generator), shape, device)
 
 
 class MaskedLayer(Protocol):

@@ -18,7 +18,7 @@ from torch import nn
 from sparse_rl.backends import layout_for_shape
 from sparse_rl.distributions import layer_counts, layer_densities
 from sparse_rl.layers import SparseLinear, set_backend
-from sparse_rl.masks import init_masks, random_positions, sparse_layers
+from sparse_rl.masks import init_masks, positions_mask, random_positions, sparse_layers
 from sparse_rl.methods import KINDS
 from sparse_rl.sparsity import NetworkSparsity
 
@@ -111,6 +111,4 @@ def _build_in_layout(module: nn.Module, linears: dict[str, nn.Linear], sparsity:
             set_submodule(module, name, SparseLinear.from_active(linear, positions))
         else:
             layer = module.get_submodule(name)
-            mask = torch.zeros(shapes[name][0] * shapes[name][1], dtype=torch.bool)
-            mask[positions] = True
-            layer.set_mask(mask.view(shapes[name]).to(linear.weight.device))  # type: ignore[operator]  # a SparseLinear
+            layer.set_mask(positions_mask(positions, shapes[name], linear.weight.device))  # type: ignore[operator]  # a SparseLinear

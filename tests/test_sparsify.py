@@ -41,11 +41,12 @@ def test_sparse_init_rescales_compact_and_masked_layers_alike():
 
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 40), st.integers(1, 40), st.data())
-def test_random_positions_are_random_masks_positions(rows, cols, data):
+def test_random_masks_are_their_random_positions(rows, cols, data):
     count = data.draw(st.integers(0, rows * cols))
     mask = random_mask((rows, cols), count, torch.Generator().manual_seed(3))
     positions = random_positions((rows, cols), count, torch.Generator().manual_seed(3))
-    assert torch.equal(positions, mask.flatten().nonzero().squeeze(1))
+    assert int(mask.sum()) == count and torch.equal(positions, mask.flatten().nonzero().squeeze(1))
+    assert bool((positions.diff() > 0).all()) and (count == 0 or int(positions[-1]) < rows * cols)
 
 
 @settings(max_examples=20, deadline=None)
