@@ -82,10 +82,12 @@ class RLx2ReplayBuffer(NStepReplayBuffer):
         self.batches_sampled = 0
         self.last_distance: float | None = None
         self._model: Any = None
+        self._max_entropy = False
 
     def attach(self, model: Any) -> None:
         """Give the buffer its SB3 model (actor, entropy coefficient, ``learning_starts``)."""
         self._model = model
+        self._max_entropy = algorithm_of(model).max_entropy  # looked up once, not per sampled batch
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -162,7 +164,8 @@ class RLx2ReplayBuffer(NStepReplayBuffer):
         env_indices = np.random.randint(0, self.n_envs, size=batch_inds.shape)
         np.random.set_state(state)
         samples = super()._get_samples(batch_inds, env)
-        if self.n_steps == 1 or not algorithm_of(self._require_model()).max_entropy:  # SAC's entropy term
+        self._require_model()
+        if self.n_steps == 1 or not self._max_entropy:  # SAC's entropy term
             return samples
         assert samples.discounts is not None  # NStepReplayBuffer always sets them
         return samples._replace(rewards=samples.rewards + self.entropy_bonus(batch_inds, env_indices,
