@@ -17,8 +17,8 @@ environment step and topology updates included (RigL, ΔT = 1000, never stopped)
 each density on ``backend=auto`` (compact where the compiled kernels are built) and on ``backend=masked``, SB3's
 ``MlpPolicy``, the parameter-matched dense network of each density, the wide network (``width_multiplier=4,
 iso_params=True``, on ``auto``) and, with the ``bench`` extra installed, SBX's dense agent (the JAX SB3, one thread).
-``--methods rigl srigl`` adds SRigL at each density on ``auto`` (which never lays SRigL's layers out compactly:
-masked, or ``sparse`` where the older rule says so), in its own table. All models first collect ``--learning-starts``
+``--methods rigl srigl`` adds SRigL at each density on ``auto`` (compact where the compiled kernels are built, as
+RigL), in its own table. All models first collect ``--learning-starts``
 steps and then train in alternating chunks.
 
 Gathers (``--part traffic``): why a half-way fix does not pay. With values inside a dense tensor, one gather of the
@@ -134,7 +134,7 @@ def build_models(algo: str, env_id: str, densities: list[float], width: int, com
                  srigl: bool = False) -> dict:
     """The models of one algorithm's comparison, by name: ``mlp``, ``{backend} {density}`` for each backend,
     ``matched {density}`` (the parameter-matched dense network) if ``matched``, ``srigl {density}`` (SRigL on
-    ``auto``, which never lays its layers out compactly) if ``srigl``, and ``wide`` (SAC, TD3)."""
+    ``auto``) if ``srigl``, and ``wide`` (SAC, TD3)."""
     from sparse_rl.sb3.matched import matched_net_arch
 
     algo_class, policy_class = algo_and_policy(algo)

@@ -60,6 +60,17 @@ def convert_state(layer: SparseLinear, slot: Any) -> Any:
     return slot
 
 
+def replace_parameter(optimizer: torch.optim.Optimizer, old: torch.Tensor, new: torch.Tensor, move: Any) -> None:
+    """Put parameter ``new`` in ``old``'s place in ``optimizer``, with each of ``old``'s per-element slots (Adam's
+    moments, ...) as ``move(slot)`` and its other state (the step count) unchanged."""
+    for group in optimizer.param_groups:
+        group["params"] = [new if p is old else p for p in group["params"]]
+    state = optimizer.state.pop(old, None)
+    if state is not None:
+        optimizer.state[new] = {key: move(slot) if torch.is_tensor(slot) and slot.shape == old.shape else slot
+                                for key, slot in state.items()}
+
+
 def apply_to_slots(optimizer: torch.optim.Optimizer | None, param: torch.Tensor, move: Any) -> None:
     """Apply ``move`` to every per-element optimizer slot of ``param`` (Adam's moments, SGD's momentum, ...)."""
     if optimizer is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, TypeVar
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 from sparse_rl.backends import Backend, check_backend, layout_for, resolve
 from sparse_rl.backends.compact import CompactStructure, relaid, relayout_map
 from sparse_rl.backends.csr import CsrStructure
-from sparse_rl.layer_state import apply_to_slots, convert_state, to_layout, valid_positions
+from sparse_rl.layer_state import apply_to_slots, convert_state, replace_parameter, to_layout, valid_positions
 
 LinearT = TypeVar("LinearT", bound=nn.Linear)
 
@@ -181,7 +182,10 @@ class SparseLinear(nn.Linear):
                  optimizer: torch.optim.Optimizer | None = None) -> None:
         """Give the layer a new pattern ``mask``. Surviving weights keep their values and optimizer state exactly;
         grown weights, and those at the boolean ``changed`` positions (dropped and regrown), start at 0 with zeroed
-        optimizer state (looked up in ``optimizer``). The compact layout keeps its count."""
+        optimizer state (looked up in ``optimizer``). A pending gradient follows the weights, so an optimizer step
+        after an update applies what the masked layout would. The compact layout may change its count (SRigL's
+        ablation): ``values`` is then a new parameter, which takes the old one's place in ``optimizer`` (pass the
+        optimizer that trains the layer; a new tensor, because autograd keeps the old one's shape in live graphs)."""
         if self._compact is None:
             if changed is not None:
                 self.weight.masked_fill_(changed, 0)
@@ -191,12 +195,21 @@ class SparseLinear(nn.Linear):
             return
         new = mask.flatten().nonzero().squeeze(1)
         values = self.trainable_weight()
-        if new.numel() != values.numel():
-            raise ValueError(f"a compact layer keeps its {values.numel()} active weights; the new mask has "
-                             f"{new.numel()} (use the masked layout for methods whose density changes)")
-        source, keep = relayout_map(self._compact.positions, new, mask.numel(), changed)
-        values.copy_(relaid(values, source, keep))
-        apply_to_slots(optimizer, values, lambda slot: slot.copy_(relaid(slot, source, keep)))
+        source, found = relayout_map(self._compact.positions, new, mask.numel())
+        keep = found if changed is None else found & ~changed.flatten()[new]
+        grad, dense_grad = values.grad, self._dense_grad
+        if grad is not None:
+            grad = dense_grad.flatten()[new].clone() if dense_grad is not None else relaid(grad, source, found)
+        if new.numel() == values.numel():
+            apply_to_slots(optimizer, values, lambda slot: slot.copy_(relaid(slot, source, keep)))
+            values.copy_(relaid(values, source, keep))
+            values.grad = grad
+        else:
+            resized = nn.Parameter(relaid(values, source, keep), requires_grad=values.requires_grad)
+            resized.grad = grad
+            if optimizer is not None:
+                replace_parameter(optimizer, values, resized, lambda slot: relaid(slot, source, keep))
+            self._parameters["values"] = resized
         self._compact = CompactStructure.from_positions(new, self._compact.shape)
         self._mask_version += 1
         self._invalidate()
@@ -376,17 +389,8 @@ def set_backend(module: nn.Module, backend: str, optimizers: tuple[torch.optim.O
         swapped = layer.set_backend(backend)
         if swapped is not None:
             for optimizer in optimizers:
-                _swap_parameter(optimizer, layer, *swapped)
+                replace_parameter(optimizer, *swapped, partial(convert_state, layer))
     return len(layers)
-
-
-def _swap_parameter(optimizer: torch.optim.Optimizer, layer: SparseLinear, old: nn.Parameter,
-                    new: nn.Parameter) -> None:
-    for group in optimizer.param_groups:
-        group["params"] = [new if p is old else p for p in group["params"]]
-    state = optimizer.state.pop(old, None)
-    if state is not None:
-        optimizer.state[new] = {key: convert_state(layer, slot) for key, slot in state.items()}
 
 
 __all__ = ["LayoutGroup", "SparseLinear", "copy_linear", "set_backend"]

@@ -89,29 +89,36 @@ def assert_structure_after_every_update(policy) -> None:
         controller.update = checked
 
 
-def run(algo, policy_class, tmp_path):
+@pytest.mark.parametrize("backend", ["masked", "compact"])
+@pytest.mark.parametrize("algo, policy_class", [(SAC, SparseSACPolicy), (TD3, SparseTD3Policy)])
+def test_constant_fan_in_holds_through_training_and_save_load(algo, policy_class, backend, tmp_path):
+    """On either layout; γ_sal = 0.9 ablates neurons, so compact layers change their counts and their optimizer
+    state follows (it trains on after the updates, and its moments keep one slot per active weight)."""
     model = algo(policy_class, "Pendulum-v1", policy_kwargs=dict(method="srigl", density=0.2, update_interval=20,
-                                                                 net_arch=[16, 16]),
+                                                                 net_arch=[16, 16], backend=backend, srigl_gamma=0.9),
                  learning_starts=40, batch_size=16, seed=0)
     assert_structure_after_every_update(model.policy)
+    layers = [m for m in model.policy.modules() if isinstance(m, SparseLinear) and m.nnz < m.weight.numel()]
+    assert layers and all(layer.layout == backend for layer in layers)
+    counts = [layer.nnz for layer in layers]
     model.learn(200)
     assert int(model.policy.critic_controller.num_updates) > 0
+    assert [layer.nnz for layer in layers] != counts
+    for network in (model.actor, model.critic):
+        for layer in (m for m in network.modules() if isinstance(m, SparseLinear)):
+            param = layer.trainable_weight()
+            assert all(slot.shape == param.shape for slot in network.optimizer.state[param].values()
+                       if torch.is_tensor(slot) and slot.dim() > 0)
     model.save(tmp_path / "model")
-    loaded = algo.load(tmp_path / "model")
+    loaded = algo.load(tmp_path / "model", env=model.get_env())
     for net, controller in model.policy.controllers().items():
         other = loaded.policy.controllers()[net]
         check_structure(other)
         for name, layer in controller.layers.items():
             assert torch.equal(layer.mask, other.layers[name].mask)
+            assert other.layers[name].layout == layer.layout
             assert controller.budget(name) == other.budget(name)
-
-
-def test_sac_keeps_constant_fan_in_through_training_and_save_load(tmp_path):
-    run(SAC, SparseSACPolicy, tmp_path)
-
-
-def test_td3_keeps_constant_fan_in_through_training_and_save_load(tmp_path):
-    run(TD3, SparseTD3Policy, tmp_path)
+    loaded.learn(60, reset_num_timesteps=False)
 
 
 def test_a_gamma_outside_0_1_is_refused_with_its_value():

@@ -14,8 +14,11 @@ Kernels (:mod:`sparse_rl.backends.kernels`). Activations are feature-major ``(fe
   layer's ``dense_grad_needed`` is set (one step ahead of a gradient-scored topology update), one dense product
   ``dYᵀ X`` instead, kept by the layer for scoring (:meth:`~sparse_rl.layers.SparseLinear.score_grad`).
 
-A topology update re-lays the layer (:func:`relayout_map`): one gather moves the values and every optimizer
-moment of the surviving weights to their new places, and grown weights start at 0 with zeroed moments.
+A topology update re-lays the layer (:func:`relayout_map`): one gather moves the values, every optimizer moment and
+the pending gradient of the surviving weights to their new places; grown weights start at 0 with zeroed moments (and
+the dense gradient where the step kept it). The count may change (SRigL's ablation): ``values`` is then a new
+parameter in the old one's place, in the layer and in its optimizer, and the target is re-laid the same way, so
+``polyak_update`` keeps pairing them.
 """
 
 from __future__ import annotations
@@ -100,17 +103,14 @@ def _row_pointers(rows: torch.Tensor, num_rows: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def relayout_map(old: torch.Tensor, new: torch.Tensor, numel: int,
-                 changed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where each new active position's value comes from: ``(source, keep)``, with ``source`` an index into the old
-    values and ``keep`` false for a grown weight (or one in the boolean ``changed``, e.g. dropped and regrown)."""
+def relayout_map(old: torch.Tensor, new: torch.Tensor, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each new active position's value comes from: ``(source, found)``, with ``source`` an index into the old
+    values and ``found`` false for a position that was not active before (a grown weight)."""
     lookup = torch.full((numel,), -1, dtype=torch.int32, device=old.device)  # int32: nnz < 2**31
     lookup[old] = torch.arange(old.numel(), dtype=torch.int32, device=old.device)
     source = lookup[new].long()
-    keep = source >= 0
-    if changed is not None:
-        keep &= ~changed.flatten()[new]
-    return source.clamp(min=0), keep
+    found = source >= 0
+    return source.clamp(min=0), found
 
 
 @torch.no_grad()

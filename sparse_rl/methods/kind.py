@@ -61,8 +61,8 @@ class MethodKind:
     :param settings_class: a frozen dataclass of the kind's own ``policy_kwargs`` keys.
     :param learns_density: the kind learns its density instead of holding a target one.
     :param starts_dense: networks are built dense and pruned later (the target density applies then).
-    :param compact: whether its layers may take the compact layout (a fixed count per layer, and targets that
-        share the online pattern); ``auto`` keeps the others on the masked layout.
+    :param compact: whether its layers may take the compact layout (a count per layer that only topology updates
+        change, and targets that share the online pattern); ``auto`` keeps the others on the masked layout.
     :param init_masks: gives a network's layers their first masks (random at each layer's count by default).
     """
 

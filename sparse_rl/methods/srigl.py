@@ -33,7 +33,7 @@ from torch import nn
 from sparse_rl.criteria import Criterion
 from sparse_rl.distributions import layer_densities
 from sparse_rl.layers import SparseLinear
-from sparse_rl.masks import LayerUpdateStats, reset_optimizer_state
+from sparse_rl.masks import LayerUpdateStats
 from sparse_rl.methods.kind import MethodKind, MethodPreset
 from sparse_rl.methods.prune_grow import PruneGrowController, prune_grow_controller
 from sparse_rl.neurons import hidden_layers
@@ -63,7 +63,7 @@ def init_constant_fan_in(layers: Mapping[str, SparseLinear], density: float, dis
     counts = {}
     for name, layer in layers.items():
         k = constant_fan_in(shapes[name], densities[name])
-        layer.set_mask(random_fan_in_mask(shapes[name], k, generator).to(layer.weight.device))
+        layer.set_mask(random_fan_in_mask(shapes[name], k, generator).to(layer.device))
         counts[name] = k * layer.out_features
     return counts
 
@@ -163,15 +163,14 @@ class SRigLController(PruneGrowController):
             forbidden = torch.zeros(layer.in_features, dtype=torch.bool, device=old.device)
             for producer in self.producers(name):
                 forbidden |= ~self.layers[producer].mask.any(dim=1)
-            grad = layer.weight.grad if layer.weight.grad is not None else torch.zeros_like(layer.weight)
-            if not (bool(torch.isfinite(layer.weight).all()) and bool(torch.isfinite(grad).all())):
+            weight, grad = layer.score_weight(), layer.score_grad()
+            grad = grad if grad is not None else torch.zeros_like(weight)
+            if not (bool(torch.isfinite(weight).all()) and bool(torch.isfinite(grad).all())):
                 raise FloatingPointError(f"non-finite weights or gradients in layer {name} at optimizer step "
                                          f"{self.current_step}: the network diverged")
-            new = srigl_layer_update(old, layer.weight, grad, drop_fraction, self.budget(name), self.gamma,
+            new = srigl_layer_update(old, weight, grad, drop_fraction, self.budget(name), self.gamma,
                                      name in self.consumers, forbidden)
-            changed = new ^ old
-            self.set_layer_mask(name, new, changed)
-            reset_optimizer_state(optimizer, layer.weight, changed)
+            self.set_layer_mask(name, new, new ^ old, optimizer)
             stats[name] = self._stats(layer, old, int((old & ~new).sum()))
         self.last_stats = stats
         return stats
@@ -209,5 +208,4 @@ KIND = MethodKind(
     presets=(MethodPreset("srigl", "srigl", "magnitude", "gradient",
                           "Lasby et al. 2024, Structured RigL (constant fan-in, neuron ablation)"),),
     settings_class=SRigLSettings, init_masks=init_constant_fan_in,
-    compact=False,  # ablation redistributes a layer's budget over its live neurons, so a layer's count can change
 )
