@@ -4,8 +4,10 @@ Per layer (``--part layers``): one training step of a lone ``SparseLinear`` (for
 weight gradient, ``dense_grad_needed`` off as between topology updates, the gradient mask, fused Adam, the weight
 mask) on ``masked``, ``sparse`` and ``compact``, the same random mask for each, timed alternately one step each;
 medians. The input is row-major (as from a dense layer); the output gradient has the layout of the layer's output
-(row-major for ``masked``, feature-major for the sparse kernels), as the next layer hands it back. The break-even
-density is where compact ÷ masked crosses 1, interpolated linearly in log-density.
+(row-major for ``masked``, feature-major for the sparse kernels), as the next layer hands it back. "compact in
+network" feeds the compact layer feature-major input too, as it gets it inside a network (whose dense layers return
+feature-major activations when a sparse layer follows), so it pays no transposes. The break-even density is where
+compact ÷ masked crosses 1, interpolated linearly in log-density.
 
 Times are the process's CPU time (``time.process_time``), not wall-clock time. With one torch thread
 the two are the same on an idle machine. On a shared one, CPU time leaves out the time other
@@ -114,17 +116,21 @@ def layer_tables(shapes: list[tuple[int, int]], batches: list[int], densities: l
         for batch in batches:
             ratios = []
             for density in densities:
-                median = time_layer(in_features, out_features, batch, density, repeats)
+                median = time_layer(in_features, out_features, batch, density, repeats,
+                                    backends=("masked", "sparse", "compact", "compact in network"))
                 ratio = median["compact"] / median["masked"]
                 ratios.append(ratio)
                 auto = auto_backend(in_features, out_features, density, torch.device("cpu"))
+                in_network = median["compact in network"]
                 rows.append(f"| {in_features}×{out_features} | {batch} | {density:g} | {median['masked'] * 1e6:.0f} "
                             f"| {median['sparse'] * 1e6:.0f} | {median['compact'] * 1e6:.0f} "
-                            f"| {median['sparse'] / median['masked']:.2f} | {ratio:.2f} | {auto} |")
+                            f"| {in_network * 1e6:.0f} | {median['sparse'] / median['masked']:.2f} | {ratio:.2f} "
+                            f"| {in_network / median['masked']:.2f} | {auto} |")
                 print(rows[-1], flush=True)
             summary.append(f"| {in_features}×{out_features} | {batch} | {break_even(densities, ratios)} |")
-    return ["| layer (in×out) | batch | density | masked µs | sparse µs | compact µs | sparse ÷ masked "
-            "| compact ÷ masked | auto picks |", "|---|---|---|---|---|---|---|---|---|", *rows, "",
+    return ["| layer (in×out) | batch | density | masked µs | sparse µs | compact µs | compact in network µs "
+            "| sparse ÷ masked | compact ÷ masked | in network ÷ masked | auto picks |",
+            "|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
             "Break-even density of `compact` (faster than `masked` below it):", "",
             "| layer (in×out) | batch | break-even density |", "|---|---|---|", *summary]
 
@@ -253,11 +259,10 @@ def srigl_table(srigl_rows: list[str]) -> list[str]:
     if not srigl_rows:
         return []
     return ["", "SRigL (`method=\"srigl\"`: constant fan-in, neuron ablation; RigL's ΔT and drop fraction) beside "
-            "RigL, timed in the same alternating chunks, both on `auto`. SRigL's layers never get the compact "
-            "layout (its neuron ablation redistributes a layer's budget, so a layer's count can change; "
-            "`docs/architecture.md`, \"What stays masked\"): `auto` keeps them masked, or runs them on the older "
-            "`sparse` backend where the rule above says so; \"sparse layers (srigl)\" is the share that runs "
-            "`sparse`. RigL's `auto` column is the compact engine.", "",
+            "RigL, timed in the same alternating chunks, both on `auto`: SRigL's layers take the compact layout "
+            "by the same rule as RigL's (an update whose neuron ablation changes a layer's count gives the layer a "
+            "new `values` parameter; `docs/architecture.md`, SRigL). \"sparse layers (srigl)\" is the share of its "
+            "online weights on sparse kernels (`compact` or `sparse`).", "",
             "| algo | density | rigl auto ms | rigl masked ms | srigl ms | srigl ÷ rigl auto | srigl ÷ rigl masked "
             "| sparse layers (srigl) |", "|---|---|---|---|---|---|---|---|", *srigl_rows]
 

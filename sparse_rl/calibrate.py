@@ -57,11 +57,14 @@ def time_layer(in_features: int, out_features: int, batch: int, density: float, 
 
     The input is row-major (as from a dense layer); the output gradient has the layout of the layer's
     output, row-major for ``masked`` and feature-major for the sparse kernels, as the next layer hands it back.
+    A backend named ``"<backend> in network"`` gets its input feature-major too, as inside a network whose dense
+    layers hand the sparse ones feature-major activations (:class:`~sparse_rl.layers.LayoutGroup`): no transposes.
     """
     generator = torch.Generator().manual_seed(seed)
     mask = random_mask((out_features, in_features), round(density * in_features * out_features), generator)
     steps = {}
-    for backend in backends:
+    for name in backends:
+        backend = name.removesuffix(" in network")
         torch.manual_seed(seed)
         layer = SparseLinear(in_features, out_features)
         layer.set_mask(mask)
@@ -72,8 +75,10 @@ def time_layer(in_features: int, out_features: int, batch: int, density: float, 
         dy = torch.randn(batch, out_features, generator=generator)
         if backend != "masked":
             dy = dy.t().contiguous().t()
+        if name != backend:
+            x = x.t().contiguous().t()
         x.requires_grad_(True)
-        steps[backend] = (layer, optimizer, x, dy)
+        steps[name] = (layer, optimizer, x, dy)
     return alternating_medians({backend: partial(layer_step, *args) for backend, args in steps.items()},
                                repeats, time.process_time)
 
