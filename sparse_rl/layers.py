@@ -267,12 +267,16 @@ class SparseLinear(nn.Linear):
         if layout == "compact":
             structure = CompactStructure.from_mask(self.mask)
             new = nn.Parameter(old.detach().flatten()[structure.positions].clone(), requires_grad=old.requires_grad)
+            if old.grad is not None:  # a pending gradient (a switch between backward and step) follows
+                new.grad = old.grad.flatten()[structure.positions].clone()
             del self.weight, self.mask, self.mask_values
             self._parameters = {"values": new, **{k: v for k, v in self._parameters.items()}}
             self._compact = structure
         else:
             structure = self.compact_structure()
             new = nn.Parameter(structure.dense(old.detach()), requires_grad=old.requires_grad)
+            if old.grad is not None:
+                new.grad = structure.dense(old.grad)
             del self.values
             self._compact = None
             self._parameters = {"weight": new, **{k: v for k, v in self._parameters.items()}}

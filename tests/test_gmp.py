@@ -71,3 +71,52 @@ def test_gmp_reaches_the_exact_density_pays_the_dense_phase_and_survives_save_lo
     for net, controller in model.policy.controllers().items():
         for name, layer in controller.layers.items():
             assert torch.equal(layer.mask, loaded.policy.controllers()[net].layers[name].mask)
+
+
+def hidden_layers_of(model) -> dict[str, SparseLinear]:
+    return {name: m for name, m in model.policy.named_modules()
+            if isinstance(m, SparseLinear) and (m.in_features, m.out_features) == (64, 64)}
+
+
+@pytest.mark.parametrize("algo, policy_class", [(SAC, SparseSACPolicy), (TD3, SparseTD3Policy)])
+def test_layers_take_autos_layout_once_their_density_is_final_and_train_on(algo, policy_class, tmp_path):
+    """Dense and masked while pruning; from the prune at prune_end, each layer (its target too) takes the layout
+    ``auto`` gives a fixed-count layer (compact for these 64×64 layers at density ≤ 0.2 where the kernels are
+    built), the optimizer follows, the counts stay exact and training goes on, also after save and load."""
+    from sparse_rl.backends import kernels
+
+    kwargs = dict(method="gmp", density=0.1, update_interval=10, prune_start=20, prune_end=60, net_arch=[64, 64])
+    model = algo(policy_class, "Pendulum-v1", policy_kwargs=kwargs, learning_starts=30, batch_size=16, seed=0)
+    hidden = hidden_layers_of(model)
+    assert hidden and all(layer.layout == "masked" and layer.density == 1 for layer in hidden.values())
+    model.learn(160)  # TD3's actor steps every other step: 65 steps, past prune_end
+    expected = "compact" if kernels.compiled() else "masked"
+    hidden = hidden_layers_of(model)
+    assert all(layer.layout == expected for layer in hidden.values()), {n: m.layout for n, m in hidden.items()}
+    assert all(layer.density <= 0.2 for layer in hidden.values())
+
+    def check(policy) -> None:
+        for net, controller in policy.controllers().items():
+            total = sum(layer.in_features * layer.out_features for layer in controller.layers.values())
+            assert sum(layer.nnz for layer in controller.layers.values()) == round(0.1 * total), net
+            for name, layer in controller.layers.items():
+                target = controller.targets.get(name)
+                if target is not None:
+                    assert target.layout == layer.layout and torch.equal(target.mask, layer.mask), name
+        for network in (policy.actor, policy.critic):
+            for layer in (m for m in network.modules() if isinstance(m, SparseLinear)):
+                param = layer.trainable_weight()
+                assert any(param is p for group in network.optimizer.param_groups for p in group["params"])
+                assert all(slot.shape == param.shape for slot in network.optimizer.state[param].values()
+                           if torch.is_tensor(slot) and slot.dim() > 0)
+
+    check(model.policy)
+    before = {name: layer.weight.clone() for name, layer in hidden.items() if name.startswith("critic.")}
+    model.learn(40, reset_num_timesteps=False)
+    check(model.policy)
+    assert all(not torch.equal(before[name], hidden[name].weight) for name in before)
+    model.save(tmp_path / "model")
+    loaded = algo.load(tmp_path / "model", env=model.get_env())
+    loaded.learn(20, reset_num_timesteps=False)
+    assert all(layer.layout == expected for layer in hidden_layers_of(loaded).values())
+    check(loaded.policy)

@@ -10,7 +10,9 @@ that config's per-layer ERK targets, ``mask_init_method = 'erdos_renyi_kernel'``
 sparsity s_l · s_t / s_f (s_l its final ERK sparsity), so every layer follows the cubic too;
 ``"global"`` ranks all the network's weights together. Pruned weights never regrow; masks change
 only through the controller, with the optimizer state of pruned weights zeroed. The FLOP
-accounting reads the current masks, so the dense phase is paid in full.
+accounting reads the current masks, so the dense phase is paid in full. Once the prune at
+``prune_end`` has given every layer its final count, each layer (and its target) takes the layout
+``auto`` gives a fixed-count layer of that shape and density: compact where the kernels are faster.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -25,6 +28,7 @@ from torch import nn
 
 from sparse_rl.controller import MaskController
 from sparse_rl.distributions import layer_counts, layer_densities
+from sparse_rl.layer_state import convert_state, replace_parameter
 from sparse_rl.layers import SparseLinear
 from sparse_rl.masks import reset_optimizer_state, sparse_layers
 from sparse_rl.methods.halo import PruneSchedule
@@ -80,6 +84,22 @@ class GMPController(MaskController):
         if density is not None:
             self.prune(density, optimizer)
             self._at_final = density == self.schedule.final_density
+            if self._at_final:
+                self.settle_layout(optimizer)
+
+    def settle_layout(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Lay out every layer and its target as ``auto`` lays out a fixed-count layer (their counts no longer
+        change): compact where faster; ``optimizer``'s state and pending gradients follow the new parameters."""
+        for name, layer in self.layers.items():
+            target = self.targets.get(name)
+            for module, module_optimizer in ((layer, optimizer), (target, None)):
+                if module is None:
+                    continue
+                module.compact_capable = True
+                swapped = module.set_backend(module.backend)
+                if swapped is not None and module_optimizer is not None:
+                    old, new = swapped
+                    replace_parameter(module_optimizer, old, new, partial(convert_state, module))
 
     def _past_end(self, step: int, progress: float | None) -> bool:
         position = progress if self.schedule.needs_progress else step
