@@ -54,7 +54,7 @@ def convert_state(layer: SparseLinear, slot: Any) -> Any:
         return slot
     shape = (layer.out_features, layer.in_features)
     if layer.layout == "compact" and tuple(slot.shape) == shape:
-        return slot.flatten()[layer.compact_structure().positions].clone()
+        return layer.compact_structure().gather(slot)
     if layer.layout == "masked" and slot.dim() == 1 and slot.numel() == layer.nnz and slot.numel() != shape[0]:
         return CompactStructure.from_mask(layer.mask).dense(slot)
     return slot

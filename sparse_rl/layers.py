@@ -48,9 +48,9 @@ class SparseLinear(nn.Linear):
     """
 
     compact_capable: bool = True
+    """Whether ``auto`` may lay this layer out compactly (false where the density changes as it learns)."""
     dense_weight_grad: bool = False
     """The backward pass computes only the active weights' gradient (:class:`~sparse_rl.masks.MaskedLayer`)."""
-    """Whether ``auto`` may lay this layer out compactly (false where the density changes as it learns)."""
 
     mask: torch.Tensor
     mask_values: torch.Tensor
@@ -81,16 +81,21 @@ class SparseLinear(nn.Linear):
 
     @classmethod
     @torch.no_grad()
-    def from_active(cls, linear: nn.Linear, positions: torch.Tensor) -> SparseLinear:
-        """A compact layer holding ``linear``'s weights at the ascending flat ``positions`` and its bias, built
-        without a dense copy (on the meta device first: no memory, no random draws)."""
+    def from_active(cls, linear: nn.Linear, positions: torch.Tensor,
+                    initial: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> SparseLinear:
+        """A compact layer holding ``linear``'s weights at the flat ``positions`` and its bias, built without a dense
+        copy (on the meta device first: no memory, no random draws). ``initial``: the values at the positions in
+        ascending order and the bias, for a ``linear`` on the meta device (:mod:`sparse_rl.deferred_init`)."""
+        device = linear.weight.device if initial is None else initial[0].device
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         del layer.weight, layer.mask, layer.mask_values
-        layer._compact = CompactStructure.from_positions(positions.to(linear.weight.device),
-                                                         (linear.out_features, linear.in_features))
-        values = nn.Parameter(linear.weight.detach().flatten()[layer._compact.positions].clone())
-        bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
-        layer._parameters = {"values": values, "bias": bias}
+        shape = (linear.out_features, linear.in_features)
+        layer._compact = CompactStructure.from_positions(positions.to(device), shape)
+        if initial is None:
+            initial = (layer._compact.gather(linear.weight.detach()),
+                       None if linear.bias is None else linear.bias.detach().clone())
+        layer._parameters = {"values": nn.Parameter(initial[0]),
+                             "bias": None if initial[1] is None else nn.Parameter(initial[1])}
         layer.layout = "compact"
         return layer
 
@@ -180,12 +185,11 @@ class SparseLinear(nn.Linear):
     @torch.no_grad()
     def relayout(self, mask: torch.Tensor, changed: torch.Tensor | None = None,
                  optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Give the layer a new pattern ``mask``. Surviving weights keep their values and optimizer state exactly;
-        grown weights, and those at the boolean ``changed`` positions (dropped and regrown), start at 0 with zeroed
-        optimizer state (looked up in ``optimizer``). A pending gradient follows the weights, so an optimizer step
-        after an update applies what the masked layout would. The compact layout may change its count (SRigL's
-        ablation): ``values`` is then a new parameter, which takes the old one's place in ``optimizer`` (pass the
-        optimizer that trains the layer; a new tensor, because autograd keeps the old one's shape in live graphs)."""
+        """Give the layer a new pattern ``mask``. Survivors keep their values and optimizer state exactly; grown
+        weights, and those at the boolean ``changed`` positions (dropped and regrown), start at 0 with zeroed state
+        in ``optimizer``. A pending gradient follows the weights, so the step after an update applies what the masked
+        layout would. A compact layer may change its count (SRigL's ablation): ``values`` is then a new parameter in
+        the old one's place in ``optimizer`` (autograd keeps the old one's shape in live graphs)."""
         if self._compact is None:
             if changed is not None:
                 self.weight.masked_fill_(changed, 0)
@@ -264,19 +268,15 @@ class SparseLinear(nn.Linear):
         if layout == self.layout:
             return None
         old = self.trainable_weight()
+        structure = CompactStructure.from_mask(self.mask) if layout == "compact" else self.compact_structure()
+        move = structure.gather if layout == "compact" else structure.dense
+        new = nn.Parameter(move(old.detach()), requires_grad=old.requires_grad)
+        new.grad = None if old.grad is None else move(old.grad)  # a pending gradient (switched before a step) follows
         if layout == "compact":
-            structure = CompactStructure.from_mask(self.mask)
-            new = nn.Parameter(old.detach().flatten()[structure.positions].clone(), requires_grad=old.requires_grad)
-            if old.grad is not None:  # a pending gradient (a switch between backward and step) follows
-                new.grad = old.grad.flatten()[structure.positions].clone()
             del self.weight, self.mask, self.mask_values
             self._parameters = {"values": new, **{k: v for k, v in self._parameters.items()}}
             self._compact = structure
         else:
-            structure = self.compact_structure()
-            new = nn.Parameter(structure.dense(old.detach()), requires_grad=old.requires_grad)
-            if old.grad is not None:
-                new.grad = structure.dense(old.grad)
             del self.values
             self._compact = None
             self._parameters = {"weight": new, **{k: v for k, v in self._parameters.items()}}

@@ -2,28 +2,27 @@
 of the network's density, with its first random pattern.
 
 A layer that ends on the compact layout is built there directly from the ``nn.Linear`` (its values gathered at the
-drawn positions), so no dense copy, mask or float mask of it ever exists: building a wide network costs what the
-built network holds (``benchmarks/sparse_speed.py --part memory``). The random numbers drawn are the same as when
+drawn positions, or drawn there when SB3 built the layer on the meta device: :mod:`sparse_rl.deferred_init`), so no
+dense copy, mask or float mask of it ever exists: building a wide network costs what the built network holds
+(``benchmarks/sparse_speed.py --part memory``). The random numbers drawn are the same as when
 every layer was first copied dense and then masked (:func:`draw_like_linear_init` stands in for a copy's
 initialisation), so a seed gives the same masks and weights whichever way a layer is built.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
 
 from sparse_rl.backends import layout_for_shape
+from sparse_rl.deferred_init import DeferredInit, draw_like_linear_init
 from sparse_rl.distributions import layer_counts, layer_densities
 from sparse_rl.layers import SparseLinear, set_backend
 from sparse_rl.masks import init_masks, positions_mask, random_positions, sparse_layers
 from sparse_rl.methods import KINDS
 from sparse_rl.sparsity import NetworkSparsity
-
-DRAW_CHUNK = 1 << 16
-"""Random numbers drawn per call by :func:`draw_like_linear_init` (a scratch buffer of this size, not the layer's)."""
 
 
 def plain_linears(module: nn.Module, skip: str = "features_extractor") -> dict[str, nn.Linear]:
@@ -46,18 +45,6 @@ def set_submodule(module: nn.Module, name: str, layer: nn.Module) -> None:
 
 
 @torch.no_grad()
-def draw_like_linear_init(linear: nn.Linear) -> None:
-    """Advance torch's generator exactly as initialising a copy of ``linear`` would (its weight, then its bias:
-    one uniform number per element), through a small scratch buffer."""
-    scratch = torch.empty(DRAW_CHUNK, dtype=linear.weight.dtype)
-    for numel in (linear.weight.numel(), linear.bias.numel() if linear.bias is not None else 0):
-        while numel:
-            count = min(numel, DRAW_CHUNK)
-            scratch[:count].uniform_()
-            numel -= count
-
-
-@torch.no_grad()
 def rescale_to_active_fan_in(layer: SparseLinear) -> None:
     """Multiply each output neuron's weights by sqrt(dense fan-in / active fan-in): the variance of its
     pre-activation then matches the dense layer's at initialisation (Evci et al. 2022's sparse init)."""
@@ -71,19 +58,25 @@ def rescale_to_active_fan_in(layer: SparseLinear) -> None:
     layer.weight.mul_(torch.sqrt(layer.in_features / active_fan_in).unsqueeze(1))
 
 
-def sparsify(module: nn.Module, sparsity: NetworkSparsity, output_layers: Iterable[str]) -> None:
+def sparsify(module: nn.Module, sparsity: NetworkSparsity, output_layers: Iterable[str],
+             deferred: Mapping[nn.Linear, DeferredInit] | None = None) -> None:
     """Swap ``module``'s plain linear layers for ``sparsity``'s kind's layers with their first patterns (the
-    ``output_layers`` kept dense too when ``sparsity.dense_output``), each in the layout its backend gives."""
+    ``output_layers`` kept dense too when ``sparsity.dense_output``), each in the layout its backend gives.
+    ``deferred``: the meta-built linear layers (:func:`~sparse_rl.deferred_init.linears_on_meta`); a compact layer
+    draws its initial values at its positions only, every other one is materialized first."""
     kind = KINDS[sparsity.kind]
     keep_dense = sparsity.dense_layers + (tuple(output_layers) if sparsity.dense_output else ())
     linears = plain_linears(module)
+    deferred = deferred or {}
     direct = kind.compact and kind.holds_density and kind.init_masks is init_masks and kind.layer_class is SparseLinear
     if direct:
-        _build_in_layout(module, linears, sparsity, keep_dense)
+        _build_in_layout(module, linears, sparsity, keep_dense, deferred)
     else:
+        _materialize(linears.values(), deferred)
         for name, linear in linears.items():
             set_submodule(module, name, kind.layer_class.from_dense(linear))  # type: ignore[attr-defined]  # every kind's layer class has one
         kind.init_masks(sparse_layers(module), sparsity.density, sparsity.distribution, keep_dense)
+    _materialize((m for m in module.modules() if type(m) is nn.Linear), deferred)  # plain layers left (skipped)
     for layer in sparse_layers(module).values():
         if sparsity.sparse_init:
             rescale_to_active_fan_in(layer)
@@ -92,14 +85,23 @@ def sparsify(module: nn.Module, sparsity: NetworkSparsity, output_layers: Iterab
     set_backend(module, sparsity.backend)
 
 
+def _materialize(linears: Iterable[nn.Linear], deferred: Mapping[nn.Linear, DeferredInit]) -> None:
+    for linear in linears:
+        if linear in deferred and linear.weight.is_meta:
+            deferred[linear].materialize(linear)
+
+
 def _build_in_layout(module: nn.Module, linears: dict[str, nn.Linear], sparsity: NetworkSparsity,
-                     keep_dense: tuple[str, ...]) -> None:
+                     keep_dense: tuple[str, ...], deferred: Mapping[nn.Linear, DeferredInit]) -> None:
     """Each layer built in its final layout; the random draws in the order of copy-all-then-mask-all."""
     shapes = {name: (linear.out_features, linear.in_features) for name, linear in linears.items()}
     counts = layer_counts(shapes, layer_densities(shapes, sparsity.density, sparsity.distribution, keep_dense))
+    devices = {name: torch.device("cpu") if linear in deferred else linear.weight.device
+               for name, linear in linears.items()}
     compact = {name: layout_for_shape(shape[1], shape[0], counts[name] / (shape[0] * shape[1]),
-                                      linears[name].weight.device, sparsity.backend, True) == "compact"
+                                      devices[name], sparsity.backend, True) == "compact"
                for name, shape in shapes.items()}
+    _materialize((linear for name, linear in linears.items() if not compact[name]), deferred)
     for name, linear in linears.items():
         if compact[name]:
             draw_like_linear_init(linear)
@@ -108,7 +110,8 @@ def _build_in_layout(module: nn.Module, linears: dict[str, nn.Linear], sparsity:
     for name, linear in linears.items():
         positions = random_positions(shapes[name], counts[name])
         if compact[name]:
-            set_submodule(module, name, SparseLinear.from_active(linear, positions))
+            initial = deferred[linear].weight_at(linear, positions.sort().values) if linear in deferred else None
+            set_submodule(module, name, SparseLinear.from_active(linear, positions, initial))
         else:
             layer = module.get_submodule(name)
             layer.set_mask(positions_mask(positions, shapes[name], linear.weight.device))  # type: ignore[operator]  # a SparseLinear

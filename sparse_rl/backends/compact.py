@@ -89,6 +89,10 @@ class CompactStructure:
         flat[self.positions] = values
         return flat.view(self.shape)
 
+    def gather(self, dense: torch.Tensor) -> torch.Tensor:
+        """The values of a dense ``(out, in)`` tensor at the active positions, in this structure's order."""
+        return dense.flatten()[self.positions].clone()
+
     def to(self, device: torch.device) -> CompactStructure:
         """This structure on ``device``."""
         moved = {name: getattr(self, name).to(device) for name in ("positions", "crow", "col", "crow_t", "col_t",

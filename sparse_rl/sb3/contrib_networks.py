@@ -20,6 +20,7 @@ from sb3_contrib.tqc.policies import Actor as TQCActor
 from sb3_contrib.tqc.policies import Critic as TQCCritic
 from torch import nn
 
+from sparse_rl.deferred_init import linears_on_meta
 from sparse_rl.sb3.networks import SparseNetworkMixin
 from sparse_rl.sparsity import NetworkSparsity
 
@@ -32,9 +33,10 @@ class SparseContribNetwork(SparseNetworkMixin):
 
     def __init__(self, *args: Any, sparsity: NetworkSparsity = NetworkSparsity(), **kwargs: Any) -> None:
         bound = inspect.signature(type(self)._base_class).bind(*args, **kwargs)
-        super().__init__(*args, **kwargs)
+        with linears_on_meta() as deferred:
+            super().__init__(*args, **kwargs)
         self._base_arguments = dict(bound.arguments)
-        self._init_sparsity(sparsity)
+        self._init_sparsity(sparsity, deferred)
         float_step_counters(self)  # type: ignore[arg-type]  # mixin: sb3-contrib's network, later in the MRO, makes self an nn.Module
         guard_zero_variance(self)  # type: ignore[arg-type]  # mixin: as above
 

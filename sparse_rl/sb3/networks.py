@@ -8,6 +8,7 @@ back from the state dict. Linear layers inside a features extractor are left den
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from gymnasium import spaces
@@ -17,6 +18,7 @@ from stable_baselines3.sac.policies import Actor as SACActor
 from stable_baselines3.td3.policies import Actor as TD3Actor
 from torch import nn
 
+from sparse_rl.deferred_init import DeferredInit, linears_on_meta
 from sparse_rl.distributions import check_density
 from sparse_rl.methods import KINDS
 from sparse_rl.sparsify import sparsify
@@ -34,12 +36,13 @@ class SparseNetworkMixin:
 
     sparsity: NetworkSparsity
 
-    def _init_sparsity(self, sparsity: NetworkSparsity) -> None:
+    def _init_sparsity(self, sparsity: NetworkSparsity, deferred: Mapping[nn.Linear, DeferredInit]) -> None:
+        """Make the just-built network sparse; ``deferred``: its linear layers built on the meta device."""
         if sparsity.kind not in KINDS:
             raise ValueError(f"unknown method kind {sparsity.kind!r}; allowed: {', '.join(KINDS)}")
         check_density(sparsity.density)
         self.sparsity = sparsity
-        sparsify(self, sparsity, self.output_layer_names())  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
+        sparsify(self, sparsity, self.output_layer_names(), deferred)  # type: ignore[arg-type]  # mixin: SB3's Actor/ContinuousCritic, later in the MRO, make self an nn.Module
 
     def output_layer_names(self) -> list[str]:
         """Names of the linear layers that produce the network's outputs (the last one of every head)."""
@@ -72,8 +75,9 @@ class SparseSACActor(SparseNetworkMixin, SACActor):
         return [name for name in ("mu", "log_std") if isinstance(getattr(self, name, None), nn.Module)]
 
     def __init__(self, *args: Any, sparsity: NetworkSparsity = NetworkSparsity(), **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_sparsity(sparsity)
+        with linears_on_meta() as deferred:
+            super().__init__(*args, **kwargs)
+        self._init_sparsity(sparsity, deferred)
 
 
 class SparseTD3Actor(SparseNetworkMixin, TD3Actor):
@@ -83,8 +87,9 @@ class SparseTD3Actor(SparseNetworkMixin, TD3Actor):
         return ["mu"]
 
     def __init__(self, *args: Any, sparsity: NetworkSparsity = NetworkSparsity(), **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_sparsity(sparsity)
+        with linears_on_meta() as deferred:
+            super().__init__(*args, **kwargs)
+        self._init_sparsity(sparsity, deferred)
 
 
 class SparseContinuousCritic(SparseNetworkMixin, ContinuousCritic):
@@ -99,10 +104,11 @@ class SparseContinuousCritic(SparseNetworkMixin, ContinuousCritic):
                  features_extractor: BaseFeaturesExtractor, features_dim: int,
                  activation_fn: type[nn.Module] = nn.ReLU, normalize_images: bool = True, n_critics: int = 2,
                  share_features_extractor: bool = True, sparsity: NetworkSparsity = NetworkSparsity()) -> None:
-        super().__init__(observation_space, action_space, net_arch, features_extractor, features_dim,
-                         activation_fn, normalize_images, n_critics, share_features_extractor)
+        with linears_on_meta() as deferred:
+            super().__init__(observation_space, action_space, net_arch, features_extractor, features_dim,
+                             activation_fn, normalize_images, n_critics, share_features_extractor)
         self.net_arch, self.features_dim, self.activation_fn = net_arch, features_dim, activation_fn
-        self._init_sparsity(sparsity)
+        self._init_sparsity(sparsity, deferred)
 
     def _output_heads(self) -> list[str]:
         return [f"qf{index}" for index in range(self.n_critics)]
