@@ -199,7 +199,7 @@ class SparseLinear(nn.Linear):
             return
         new = mask.flatten().nonzero().squeeze(1)
         values = self.trainable_weight()
-        source, found = relayout_map(self._compact.positions, new, mask.numel())
+        source, found = relayout_map(self._compact.positions, new)
         keep = found if changed is None else found & ~changed.flatten()[new]
         grad, dense_grad = values.grad, self._dense_grad
         if grad is not None:

@@ -173,3 +173,34 @@ def test_controller_counters_round_trip_through_state_dict():
     restored = PruneGrowController(layers, resolve_criterion("prune", "magnitude"), resolve_criterion("grow", "random"))
     restored.load_state_dict(controller.state_dict())
     assert int(restored.step) == 1 and float(restored.progress) == 0.25
+
+
+@pytest.mark.parametrize("layout", ["masked", "compact"])
+def test_a_non_finite_score_where_it_is_ranked_stops_the_update(layout):
+    """A NaN magnitude at an active weight or a NaN gradient at an inactive one (a growth candidate) raises; a NaN
+    gradient at an active weight, which no score ranks, does not."""
+    def controller_with(nan_at):
+        torch.manual_seed(0)
+        layer = SparseLinear(8, 8)
+        layer.set_mask(torch.rand(8, 8) < 0.4)
+        layer.set_backend(layout)
+        grad = torch.randn(8, 8)
+        mask = layer.mask
+        if nan_at == "inactive grad":
+            grad[~mask] = float("nan")
+        elif nan_at == "active grad":
+            grad[mask] = float("nan")
+        if layout == "compact":
+            layer.accumulate_dense_grad(grad)
+        else:
+            layer.weight.grad = grad
+        if nan_at == "active weight":
+            with torch.no_grad():
+                layer.trainable_weight().fill_(float("nan"))
+        return PruneGrowController({"w": layer}, resolve_criterion("prune", "magnitude"),
+                                   resolve_criterion("grow", "gradient"))
+
+    for nan_at in ("active weight", "inactive grad"):
+        with pytest.raises(FloatingPointError, match="non-finite topology scores in layer w"):
+            controller_with(nan_at).update(0.3)
+    controller_with("active grad").update(0.3)

@@ -107,14 +107,15 @@ def _row_pointers(rows: torch.Tensor, num_rows: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def relayout_map(old: torch.Tensor, new: torch.Tensor, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
+def relayout_map(old: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each new active position's value comes from: ``(source, found)``, with ``source`` an index into the old
-    values and ``found`` false for a position that was not active before (a grown weight)."""
-    lookup = torch.full((numel,), -1, dtype=torch.int32, device=old.device)  # int32: nnz < 2**31
-    lookup[old] = torch.arange(old.numel(), dtype=torch.int32, device=old.device)
-    source = lookup[new].long()
-    found = source >= 0
-    return source.clamp(min=0), found
+    values and ``found`` false for a position that was not active before (a grown weight). Both position lists are
+    ascending (CSR order); a binary search, so nothing of the dense weight's size is allocated."""
+    if old.numel() == 0:
+        return torch.zeros_like(new), torch.zeros_like(new, dtype=torch.bool)
+    old = old.to(new.dtype)
+    source = torch.searchsorted(old, new).clamp_(max=old.numel() - 1)
+    return source, old[source] == new
 
 
 @torch.no_grad()

@@ -121,12 +121,13 @@ class PruneGrowController(MaskController):
             inputs = ScoreInputs(layer.score_weight(), layer.score_grad(), old_mask, self.active_count(name),
                                  int(self.num_updates))
             prune_scores, grow_scores = self.prune(inputs), self.grow(inputs)
-            if not (bool(torch.isfinite(prune_scores[old_mask]).all())
-                    and bool(torch.isfinite(grow_scores[~old_mask]).all())):
+            if not (bool((torch.isfinite(prune_scores) | ~old_mask).all())
+                    and bool((torch.isfinite(grow_scores) | old_mask).all())):
                 raise FloatingPointError(f"non-finite topology scores in layer {name} at optimizer step "
                                          f"{self.current_step}: the network diverged")
             count = round(drop_fraction * active)
             new_mask, dropped, grown = update_mask(old_mask, prune_scores, grow_scores, count)
+            del inputs, prune_scores, grow_scores  # dense temporaries: free them before the re-layout allocates
             changed = torch.zeros(old_mask.numel(), dtype=torch.bool, device=old_mask.device)
             changed[dropped] = True
             changed[grown] = True
