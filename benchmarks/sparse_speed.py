@@ -27,10 +27,11 @@ Gathers (``--part traffic``): why a half-way fix does not pay. With values insid
 active values (``index_select`` at the CSR positions) against one dense pass over the weight (a zero-fill) and a
 copy of the same number of values stored contiguously.
 
-Breakdown (``--part breakdown``): where one SAC gradient step's CPU time goes, for ``MlpPolicy``, the sparse policy
-at ``--densities`` on ``auto`` and the wide network. Module hooks time the forward and backward of the square hidden
-layers, of the input and output layers and of the ReLUs; "rest" is everything else in SB3's ``train()``. The hooks
-add overhead of their own, so the shares are approximate.
+Breakdown (``--part breakdown``): where one gradient step's CPU time goes for each of ``--algos``, for the dense
+policy, the sparse policy at ``--densities`` on ``auto`` and (SAC, TD3) the wide network. Module hooks time the
+forward and backward of the square hidden layers, of the input and output layers, of the ReLUs and of CrossQ's
+BatchRenorm layers; "rest" is everything else in ``train()``. The hooks add overhead of their own, so the shares are
+approximate.
 
 Kernels (``--part kernels``, ``sparse_kernels.py``): multiply-adds per second of the compact kernels (forward, input
 gradient, weight gradient at the active positions) against torch's MKL products for the same three, and dense GEMM's
@@ -45,7 +46,7 @@ parts' sections) and records its own command line.
     python benchmarks/sparse_speed.py --part layers [--shapes 256x256 1024x1024 --batches 256 1]
     python benchmarks/sparse_speed.py --part e2e [--algos sac td3 --densities 0.5 0.1 0.05 --methods rigl srigl]
     python benchmarks/sparse_speed.py --part traffic [--shapes 256x256 1024x1024]
-    python benchmarks/sparse_speed.py --part breakdown [--densities 0.1]
+    python benchmarks/sparse_speed.py --part breakdown [--algos sac --densities 0.1]
     python benchmarks/sparse_speed.py --part kernels [--shapes 256x256 1024x1024 --densities 0.2 0.1 0.05 0.02]
     python benchmarks/sparse_speed.py --part memory [--chunk 200]
 """
@@ -64,6 +65,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from sb3_contrib.common.torch_layers import BatchRenorm
 
 from sparse_rl.backends import kernels
 from sparse_rl.backends.auto import COMPACT_MAX_DENSITY, COMPACT_MIN_WEIGHTS, auto_backend, auto_rule
@@ -76,7 +78,7 @@ from sparse_kernels import kernel_tables, traffic_tables  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "sparse_speed.md"
 SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "#### Gathers from a dense weight",
-            "breakdown": "#### Where a SAC gradient step's time goes", "kernels": "#### Kernel throughput",
+            "breakdown": "#### Where a gradient step's time goes", "kernels": "#### Kernel throughput",
             "memory": "#### Peak memory"}
 NET_ARCH: dict[str, list[int] | dict[str, list[int]]] = {
     "sac": [256, 256], "td3": [400, 300], "tqc": [256, 256], "crossq": {"pi": [256, 256], "qf": [1024, 1024]}}
@@ -332,8 +334,8 @@ def time_breakdown(model, steps: int) -> tuple[float, dict[str, float]]:
     for module in model.policy.modules():
         if isinstance(module, torch.nn.Linear):
             kind = "hidden" if module.in_features == module.out_features else "in/out"
-        elif isinstance(module, torch.nn.ReLU):
-            kind = "ReLU"
+        elif isinstance(module, (torch.nn.ReLU, BatchRenorm)):
+            kind = type(module).__name__.removesuffix("1d")
         else:
             continue
         forward_start, forward_stop = timer(f"{kind} fwd", "_fwd_start")
@@ -349,27 +351,30 @@ def time_breakdown(model, steps: int) -> tuple[float, dict[str, float]]:
     return total, {kind: seconds / steps for kind, seconds in spent.items()}
 
 
-def breakdown_tables(env_id: str, densities: list[float], width: int, chunk: int, learning_starts: int,
-                     seed: int) -> list[str]:
+def breakdown_tables(algos: list[str], env_id: str, densities: list[float], width: int, chunk: int,
+                     learning_starts: int, seed: int) -> list[str]:
     common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
-    models = build_models("sac", env_id, densities, width, common, backends=("auto",), matched=False, peer=False)
     labels = {"mlp": "MlpPolicy", "wide": f"wide ×{width}"} | {f"auto {d}": f"sparse {d:g}" for d in densities}
-    kinds = [f"{kind} {part}" for kind in ("hidden", "in/out", "ReLU") for part in ("fwd", "bwd")]
+    kinds = [f"{kind} {part}" for kind in ("hidden", "in/out", "ReLU", "BatchRenorm") for part in ("fwd", "bwd")]
     rows = []
-    for name, model in models.items():
-        model.learn(learning_starts + 1)
-        model.train(gradient_steps=10, batch_size=model.batch_size)  # warm-up: optimizer state, CSR structures
-        total, spent = time_breakdown(model, chunk)
-        rest = total - sum(spent.values())
-        rows.append(f"| {labels[name]} | {total * 1e3:.2f} | " + " | ".join(
-            f"{spent.get(kind, 0.0) * 1e3:.2f} ({spent.get(kind, 0.0) / total:.0%})" for kind in kinds)
-            + f" | {rest * 1e3:.2f} ({rest / total:.0%}) |")
-        print(rows[-1], flush=True)
-    return [f"SAC on {env_id}, seed {seed}: CPU ms per gradient step of SB3's `train()` (batch 256), {chunk} steps "
-            f"after {learning_starts} learning-starts steps, and the ms (share) spent in the forward and backward of "
-            "each kind of module, timed by module hooks (which add overhead of their own). \"hidden\" are the "
-            "square hidden layers, \"in/out\" the input and output layers, \"rest\" everything else.", "",
-            "| model | step ms | " + " | ".join(kinds) + " | rest |", "|---|---|" + "---|" * (len(kinds) + 1), *rows]
+    for algo in algos:
+        models = build_models(algo, env_id, densities, width, common, backends=("auto",), matched=False, peer=False)
+        for name, model in models.items():
+            model.learn(learning_starts + 1)
+            model.train(gradient_steps=10, batch_size=model.batch_size)  # warm-up: optimizer state, structures
+            total, spent = time_breakdown(model, chunk)
+            rest = total - sum(spent.values())
+            rows.append(f"| {algo} | {labels[name]} | {total * 1e3:.2f} | " + " | ".join(
+                f"{spent.get(kind, 0.0) * 1e3:.2f} ({spent.get(kind, 0.0) / total:.0%})" for kind in kinds)
+                + f" | {rest * 1e3:.2f} ({rest / total:.0%}) |")
+            print(rows[-1], flush=True)
+    return [f"{', '.join(algos)} on {env_id}, seed {seed}: CPU ms per gradient step of `train()` (batch 256), "
+            f"{chunk} steps after {learning_starts} learning-starts steps, and the ms (share) spent in the forward "
+            "and backward of each kind of module, timed by module hooks (which add overhead of their own). "
+            "\"hidden\" are the square hidden layers, \"in/out\" the input and output layers, \"BatchRenorm\" "
+            "CrossQ's normalisation layers, \"rest\" everything else.", "",
+            "| algo | model | step ms | " + " | ".join(kinds) + " | rest |",
+            "|---|---|---|" + "---|" * (len(kinds) + 1), *rows]
 
 
 def write_section(path: Path, part: str, lines: list[str]) -> str:
@@ -465,8 +470,8 @@ def main() -> None:
     elif args.part == "memory":
         lines = [header, "", *memory_tables(args.env, args.chunk)]
     elif args.part == "breakdown":
-        lines = [header, "", *breakdown_tables(args.env, args.densities or [0.1], args.width_multiplier, args.chunk,
-                                               args.learning_starts, args.seed)]
+        lines = [header, "", *breakdown_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
+                                               args.chunk, args.learning_starts, args.seed)]
     else:
         lines = [header, "", *e2e_tables(args.algos, args.env, args.densities or [0.5, 0.1, 0.05],
                                           args.width_multiplier, args.rounds, args.chunk, args.learning_starts,
