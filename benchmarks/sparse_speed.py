@@ -29,7 +29,7 @@ copy of the same number of values stored contiguously.
 
 Breakdown (``--part breakdown``): where one gradient step's CPU time goes for each of ``--algos``, for the dense
 policy, the sparse policy at ``--densities`` on ``auto`` and (SAC, TD3) the wide network. Module hooks time the
-forward and backward of the square hidden layers, of the input and output layers, of the ReLUs and of CrossQ's
+forward and backward of the hidden-to-hidden layers, of the input and output layers, of the ReLUs and of CrossQ's
 BatchRenorm layers; "rest" is everything else in ``train()``. The hooks add overhead of their own, so the shares are
 approximate.
 
@@ -331,9 +331,12 @@ def time_breakdown(model, steps: int) -> tuple[float, dict[str, float]]:
         return start, stop
 
     handles = []
+    linears = [m for m in model.policy.modules() if isinstance(m, torch.nn.Linear)]
+    fed, fed_by = {m.in_features for m in linears}, {m.out_features for m in linears}
     for module in model.policy.modules():
-        if isinstance(module, torch.nn.Linear):
-            kind = "hidden" if module.in_features == module.out_features else "in/out"
+        if isinstance(module, torch.nn.Linear):  # hidden: reads and feeds widths that other linear layers have
+            hidden = module.in_features in fed_by and module.out_features in fed
+            kind = "hidden" if hidden else "in/out"
         elif isinstance(module, (torch.nn.ReLU, BatchRenorm)):
             kind = type(module).__name__.removesuffix("1d")
         else:
@@ -371,7 +374,7 @@ def breakdown_tables(algos: list[str], env_id: str, densities: list[float], widt
     return [f"{', '.join(algos)} on {env_id}, seed {seed}: CPU ms per gradient step of `train()` (batch 256), "
             f"{chunk} steps after {learning_starts} learning-starts steps, and the ms (share) spent in the forward "
             "and backward of each kind of module, timed by module hooks (which add overhead of their own). "
-            "\"hidden\" are the square hidden layers, \"in/out\" the input and output layers, \"BatchRenorm\" "
+            "\"hidden\" are the hidden-to-hidden layers, \"in/out\" the input and output layers, \"BatchRenorm\" "
             "CrossQ's normalisation layers, \"rest\" everything else.", "",
             "| algo | model | step ms | " + " | ".join(kinds) + " | rest |",
             "|---|---|---|" + "---|" * (len(kinds) + 1), *rows]
