@@ -40,6 +40,11 @@ rate.
 Memory (``--part memory``): peak RSS of building a SAC model and training ``--chunk`` steps, each model in its own
 process.
 
+BatchRenorm (``--part batch-renorm``): forward and backward of sb3-contrib's ``BatchRenorm1d`` against
+``FusedBatchRenorm1d`` (the sparse CrossQ policy's) at the shapes CrossQ's ``train()`` gives them, timed alternately;
+medians. End to end, ``--algos crossq`` also times the sparse policy at density 1.0 (dense layers, fused
+BatchRenorm), which splits the speed-up over ``MlpPolicy`` into what the fused layer gives and what sparsity gives.
+
 Each part rewrites its own section of ``results/sparse_speed.md`` (the file keeps the other
 parts' sections) and records its own command line.
 
@@ -49,6 +54,7 @@ parts' sections) and records its own command line.
     python benchmarks/sparse_speed.py --part breakdown [--algos sac --densities 0.1]
     python benchmarks/sparse_speed.py --part kernels [--shapes 256x256 1024x1024 --densities 0.2 0.1 0.05 0.02]
     python benchmarks/sparse_speed.py --part memory [--chunk 200]
+    python benchmarks/sparse_speed.py --part batch-renorm [--repeats 30]
 """
 
 from __future__ import annotations
@@ -79,10 +85,12 @@ from sparse_kernels import kernel_tables, traffic_tables  # noqa: E402
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "sparse_speed.md"
 SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "#### Gathers from a dense weight",
             "breakdown": "#### Where a gradient step's time goes", "kernels": "#### Kernel throughput",
-            "memory": "#### Peak memory"}
+            "memory": "#### Peak memory", "batch-renorm": "#### BatchRenorm"}
 NET_ARCH: dict[str, list[int] | dict[str, list[int]]] = {
     "sac": [256, 256], "td3": [400, 300], "tqc": [256, 256], "crossq": {"pi": [256, 256], "qf": [1024, 1024]}}
 WIDE_ALGOS = ("sac", "td3")
+BATCH_RENORM_ALGOS = ("crossq",)
+"""Algorithms with BatchRenorm layers: their e2e comparison includes the sparse policy at density 1.0."""
 """Algorithms whose e2e comparison includes the wide network (a 4x-wide CrossQ critic would be 4096 wide)."""
 
 
@@ -161,6 +169,8 @@ def build_models(algo: str, env_id: str, densities: list[float], width: int, com
                                             dict(density=density))
             models[f"matched {density}"] = algo_class(policy_class, env_id, **common,
                                                       policy_kwargs=dict(net_arch=matched_arch, density=1.0))
+    if algo in BATCH_RENORM_ALGOS:
+        models["dense"] = algo_class(policy_class, env_id, **common, policy_kwargs=dict(net_arch=net_arch, density=1.0))
     sbx = sbx_model(algo, env_id, net_arch, common) if peer else None
     if sbx is not None:
         models["sbx"] = sbx
@@ -210,7 +220,7 @@ def sparse_share(model) -> str:
 def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
                learning_starts: int, seed: int, methods: tuple[str, ...] = ("rigl",)) -> list[str]:
     common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
-    rows, wide_rows, srigl_rows = [], [], []
+    rows, wide_rows, srigl_rows, fused_rows = [], [], [], []
     for algo in algos:
         models = build_models(algo, env_id, densities, width, common, srigl="srigl" in methods)
         per_step = time_models(models, rounds, chunk, learning_starts)
@@ -227,6 +237,11 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
                                   f"| {srigl / auto:.2f} | {srigl / masked:.2f} "
                                   f"| {sparse_share(models[f'srigl {density}'])} |")
                 print(srigl_rows[-1], flush=True)
+        if "dense" in per_step:
+            dense = per_step["dense"]
+            fused_rows.append(f"| {algo} | {mlp * 1e3:.2f} | {dense * 1e3:.2f} | {mlp / dense:.2f} "
+                              + "".join(f"| {dense / per_step[f'auto {d}']:.2f} " for d in densities) + "|")
+            print(fused_rows[-1], flush=True)
         wide = models.get("wide")
         if wide is None:
             continue
@@ -243,7 +258,19 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
             "| algo | density | auto ms | masked ms | MlpPolicy ms | matched dense ms | SBX ms | speed-up vs MlpPolicy "
             "| auto ÷ matched | speed-up vs SBX | auto ÷ masked | sparse layers |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, *wide_table(width, wide_rows),
-            *srigl_table(srigl_rows)]
+            *srigl_table(srigl_rows), *fused_table(densities, fused_rows)]
+
+
+def fused_table(densities: list[float], fused_rows: list[str]) -> list[str]:
+    """What the fused BatchRenorm gives and what sparsity gives (none without a BatchRenorm algorithm)."""
+    if not fused_rows:
+        return []
+    return ["", "The speed-up over `MlpPolicy` split in two: \"dense, fused\" is the sparse policy at density 1 (dense "
+            "layers, `FusedBatchRenorm1d`); MlpPolicy ÷ dense is what the fused BatchRenorm gives, dense ÷ auto what "
+            "sparsity gives on top:", "",
+            "| algo | MlpPolicy ms | dense, fused ms | MlpPolicy ÷ dense | "
+            + " | ".join(f"dense ÷ auto {d:g}" for d in densities) + " |",
+            "|---|---|---|---|" + "---|" * len(densities), *fused_rows]
 
 
 def wide_table(width: int, wide_rows: list[str]) -> list[str]:
@@ -338,7 +365,7 @@ def time_breakdown(model, steps: int) -> tuple[float, dict[str, float]]:
             hidden = module.in_features in fed_by and module.out_features in fed
             kind = "hidden" if hidden else "in/out"
         elif isinstance(module, (torch.nn.ReLU, BatchRenorm)):
-            kind = type(module).__name__.removesuffix("1d")
+            kind = "ReLU" if isinstance(module, torch.nn.ReLU) else "BatchRenorm"
         else:
             continue
         forward_start, forward_stop = timer(f"{kind} fwd", "_fwd_start")
@@ -357,7 +384,7 @@ def time_breakdown(model, steps: int) -> tuple[float, dict[str, float]]:
 def breakdown_tables(algos: list[str], env_id: str, densities: list[float], width: int, chunk: int,
                      learning_starts: int, seed: int) -> list[str]:
     common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
-    labels = {"mlp": "MlpPolicy", "wide": f"wide ×{width}"} | {f"auto {d}": f"sparse {d:g}" for d in densities}
+    labels = {"mlp": "MlpPolicy", "wide": f"wide ×{width}", "dense": "dense, fused BatchRenorm"} | {f"auto {d}": f"sparse {d:g}" for d in densities}
     kinds = [f"{kind} {part}" for kind in ("hidden", "in/out", "ReLU", "BatchRenorm") for part in ("fwd", "bwd")]
     rows = []
     for algo in algos:
@@ -378,6 +405,41 @@ def breakdown_tables(algos: list[str], env_id: str, densities: list[float], widt
             "CrossQ's normalisation layers, \"rest\" everything else.", "",
             "| algo | model | step ms | " + " | ".join(kinds) + " | rest |",
             "|---|---|---|" + "---|" * (len(kinds) + 1), *rows]
+
+
+BATCH_RENORM_SHAPES = ((512, 23, True), (512, 1024, True), (256, 1024, False), (256, 17, True), (256, 256, True))
+"""(batch, features, training) of CrossQ's BatchRenorm calls in one ``train()`` step on HalfCheetah-v4: the
+critics' joint batch (input and hidden layers, training mode), the critics under the actor loss (eval mode), the
+actor (training mode)."""
+
+
+def batch_renorm_tables(repeats: int) -> list[str]:
+    """Median µs of forward + backward of sb3-contrib's BatchRenorm1d and of FusedBatchRenorm1d, timed alternately."""
+    from sb3_contrib.common.torch_layers import BatchRenorm1d
+
+    from sparse_rl.sb3.batch_renorm import FusedBatchRenorm1d
+
+    rows = []
+    for batch, features, training in BATCH_RENORM_SHAPES:
+        layers = {"sb3-contrib": BatchRenorm1d(features), "fused": FusedBatchRenorm1d(features)}
+        x = torch.randn(batch, features).relu_().requires_grad_()
+        grad = torch.randn(batch, features)
+        times: dict[str, list[float]] = {name: [] for name in layers}
+        for _ in range(repeats + 3):
+            for name, layer in layers.items():
+                layer.train(training)
+                start = time.perf_counter()
+                layer(x).backward(grad)
+                times[name].append(time.perf_counter() - start)
+        plain, fused = (statistics.median(times[name][3:]) for name in layers)
+        rows.append(f"| {batch}×{features} | {'train' if training else 'eval'} | {plain * 1e6:.0f} | {fused * 1e6:.0f} "
+                    f"| {plain / fused:.2f} |")
+        print(rows[-1], flush=True)
+    return [f"Median µs (wall-clock, {repeats} repeats after 3 warm-up ones, the two layers timed alternately) of one "
+            "forward and backward (input gradient and parameter gradients) of a BatchRenorm at the shapes CrossQ's "
+            "`train()` step gives it on HalfCheetah-v4 (critics' joint batch of 512, the critics under the actor loss "
+            "in eval mode, the actor's batch of 256), input `relu(N(0, 1))`:", "",
+            "| batch×features | mode | sb3-contrib µs | fused µs | speed-up |", "|---|---|---|---|---|", *rows]
 
 
 def write_section(path: Path, part: str, lines: list[str]) -> str:
@@ -420,7 +482,8 @@ def main() -> None:
                         help="default: 1 0.5 0.2 0.1 0.05 (layers), 0.5 0.1 0.05 (e2e), "
                              "0.5 0.2 0.1 0.05 0.02 (traffic, kernels), 0.1 (breakdown)")
     parser.add_argument("--repeats", type=int, default=30,
-                        help="layers, traffic, kernels: timed repeats per backend (or operation) and configuration")
+                        help="layers, traffic, kernels, batch-renorm: timed repeats per backend (or operation) and "
+                             "configuration")
     parser.add_argument("--env", default="HalfCheetah-v4")
     parser.add_argument("--algos", nargs="+", default=list(WIDE_ALGOS), choices=list(NET_ARCH))
     parser.add_argument("--methods", nargs="+", default=["rigl"], choices=["rigl", "srigl"],
@@ -472,6 +535,8 @@ def main() -> None:
                  *kernel_tables(shapes, densities, args.batches[0], args.repeats)]
     elif args.part == "memory":
         lines = [header, "", *memory_tables(args.env, args.chunk)]
+    elif args.part == "batch-renorm":
+        lines = [header, "", *batch_renorm_tables(args.repeats)]
     elif args.part == "breakdown":
         lines = [header, "", *breakdown_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
                                                args.chunk, args.learning_starts, args.seed)]

@@ -113,7 +113,8 @@ class MaskController(nn.Module):
     def _announce_next_step(self) -> None:
         needed = self.needs_dense_grad(self.current_step + 1)
         for layer in self.layers.values():
-            if isinstance(layer, SparseLinear):
+            # Set only on a change: the assignment goes through nn.Module.__setattr__ (µs each, every step).
+            if isinstance(layer, SparseLinear) and layer.dense_grad_needed != needed:
                 layer.dense_grad_needed = needed
 
     # -- the hooks a kind overrides -----------------------------------------------------------

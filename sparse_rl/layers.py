@@ -304,17 +304,18 @@ class SparseLinear(nn.Linear):
 
     # -- masking (masked layout; no-ops in the compact one, where absent weights do not exist) ------------------
 
-    @torch.no_grad()
     def apply_mask(self) -> None:
-        """Zero the weights at masked positions."""
+        """Zero the weights at masked positions. (The check comes before ``no_grad``: both run on every optimizer
+        step, and entering the context costs more than the compact layout's no-op.)"""
         if self._compact is None:
-            self.weight.mul_(self.mask_values)
+            with torch.no_grad():
+                self.weight.mul_(self.mask_values)
 
-    @torch.no_grad()
     def mask_grad(self) -> None:
         """Zero the gradient at masked positions (no-op when there is no gradient)."""
         if self._compact is None and self.weight.grad is not None:
-            self.weight.grad.mul_(self.mask_values)
+            with torch.no_grad():
+                self.weight.grad.mul_(self.mask_values)
 
     # -- saving and loading -------------------------------------------------------------------------------------
 

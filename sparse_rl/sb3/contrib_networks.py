@@ -3,7 +3,8 @@
 As in :mod:`sparse_rl.sb3.networks`, each class is sb3-contrib's own network with its ``nn.Linear``
 layers swapped for the method kind's layer at construction. Everything else stays as sb3-contrib
 builds it: TQC's quantile heads are the critics' last linear layers (one budget for all heads), and
-CrossQ's ``BatchRenorm1d`` layers are not linear layers, so they stay dense. Every constructor
+CrossQ's ``BatchRenorm1d`` layers are not linear layers, so they stay dense (computed by
+:class:`~sparse_rl.sb3.batch_renorm.FusedBatchRenorm1d`, the same layer in fewer passes). Every constructor
 argument is recorded, so each network can be saved and loaded alone.
 """
 
@@ -21,6 +22,7 @@ from sb3_contrib.tqc.policies import Critic as TQCCritic
 from torch import nn
 
 from sparse_rl.deferred_init import linears_on_meta
+from sparse_rl.sb3.batch_renorm import fuse_batch_renorm
 from sparse_rl.sb3.networks import SparseNetworkMixin
 from sparse_rl.sparsity import NetworkSparsity
 
@@ -38,7 +40,7 @@ class SparseContribNetwork(SparseNetworkMixin):
         self._base_arguments = dict(bound.arguments)
         self._init_sparsity(sparsity, deferred)
         float_step_counters(self)  # type: ignore[arg-type]  # mixin: sb3-contrib's network, later in the MRO, makes self an nn.Module
-        guard_zero_variance(self)  # type: ignore[arg-type]  # mixin: as above
+        fuse_batch_renorm(self)  # type: ignore[arg-type]  # mixin: as above
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return {**super()._get_constructor_parameters(), **self._base_arguments}
@@ -50,30 +52,6 @@ def float_step_counters(module: nn.Module) -> None:
     for layer in module.modules():
         if isinstance(layer, BatchRenorm):
             layer.steps = layer.steps.to(torch.float64)
-
-
-def _finite(grad: torch.Tensor) -> torch.Tensor:
-    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _finite_input_grad(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-    if inputs[0].requires_grad:
-        inputs[0].register_hook(_finite)
-
-
-def guard_zero_variance(module: nn.Module) -> None:
-    """Give every BatchRenorm a finite input gradient where a feature has zero batch variance.
-
-    After its warm-up, BatchRenorm's training forward takes ``sqrt(batch_var)``, whose gradient at 0 is
-    infinite and turns the input gradient of a constant feature into NaN. In a sparse network a unit
-    whose incoming weights are all masked outputs a constant, so this happens at once (sb3-contrib's own
-    ``test_crossq`` at density 0.5 had a NaN actor after its first actor step). A constant feature's
-    input gradient is 0, which the hook restores; the layer's forward and its parameter gradients are
-    unchanged. (A hook on the input tensor, registered in a forward pre-hook, not a full backward hook:
-    that one warns whenever the input needs no gradient, as the observations do.)"""
-    for layer in module.modules():
-        if isinstance(layer, BatchRenorm):
-            layer.register_forward_pre_hook(_finite_input_grad)
 
 
 def gaussian_heads(network: nn.Module) -> list[str]:
