@@ -384,7 +384,8 @@ def time_breakdown(model, steps: int) -> tuple[float, dict[str, float]]:
 def breakdown_tables(algos: list[str], env_id: str, densities: list[float], width: int, chunk: int,
                      learning_starts: int, seed: int) -> list[str]:
     common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
-    labels = {"mlp": "MlpPolicy", "wide": f"wide ×{width}", "dense": "dense, fused BatchRenorm"} | {f"auto {d}": f"sparse {d:g}" for d in densities}
+    labels = ({"mlp": "MlpPolicy", "wide": f"wide ×{width}", "dense": "dense, fused BatchRenorm"}
+              | {f"auto {d}": f"sparse {d:g}" for d in densities})
     kinds = [f"{kind} {part}" for kind in ("hidden", "in/out", "ReLU", "BatchRenorm") for part in ("fwd", "bwd")]
     rows = []
     for algo in algos:

@@ -2,6 +2,8 @@ import pytest
 import torch
 from hypothesis import settings
 
+from sparse_rl.backends import kernels
+
 torch.set_num_threads(1)
 settings.register_profile("default", deadline=None)
 settings.load_profile("default")
@@ -26,3 +28,15 @@ def fresh_auto_rule():
 
     yield
     auto_rule.cache_clear()
+
+
+@pytest.fixture(params=kernels.simd_levels() or ["torch"])
+def simd(request):  # the level stays set for every example of one test run
+    """Every SIMD level this CPU runs (and torch's kernels where the extension is not built)."""
+    if request.param == "torch":
+        yield request.param
+        return
+    before = kernels.simd_level()
+    kernels.set_simd_level(request.param)
+    yield request.param
+    kernels.set_simd_level(before)

@@ -6,11 +6,12 @@ import copy
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sb3_contrib import CrossQ
 from sb3_contrib.common.torch_layers import BatchRenorm, BatchRenorm1d
 
+from sparse_rl.backends import kernels
 from sparse_rl.sb3 import SparseCrossQPolicy
 from sparse_rl.sb3.batch_renorm import FusedBatchRenorm1d, fuse_batch_renorm
 
@@ -69,6 +70,44 @@ def test_fused_batch_renorm_equals_sb3_contribs(batch, features, post_warmup, af
         torch.testing.assert_close(grad, grad_ref, rtol=1e-9, atol=1e-9)
     for stat, stat_ref in zip(stats, stats_ref, strict=True):
         torch.testing.assert_close(stat, stat_ref, rtol=0, atol=1e-12)
+
+
+def _float32_pass(layer: torch.nn.Module, x: torch.Tensor, upstream: torch.Tensor) -> list[torch.Tensor]:
+    inputs = x.clone().requires_grad_()
+    output = layer(inputs)
+    output.backward(upstream)
+    return [output.detach(), inputs.grad, layer.scale.grad.clone(), layer.bias.grad.clone(), layer.ra_mean.clone(),
+            layer.ra_var.clone()]
+
+
+@pytest.mark.skipif(not kernels.compiled(), reason="the compiled kernels are not built")
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.integers(2, 300), features=st.integers(1, 70), post_warmup=st.booleans(),
+       constant=st.lists(st.integers(0, 69), max_size=3), seed=st.integers(0, 2**16))
+def test_the_compiled_statistics_and_gradients_equal_torchs(simd, monkeypatch, batch, features, post_warmup, constant,
+                                                           seed):
+    """At every SIMD level, for batch and feature counts across the vector widths, the layer on the compiled kernels
+    equals the layer on torch ops (float32; the kernels sum in float64)."""
+    generator = torch.Generator().manual_seed(seed)
+    layers = [FusedBatchRenorm1d(features, warmup_steps=3) for _ in range(2)]
+    with torch.no_grad():
+        layers[0].scale.uniform_(0.5, 1.5, generator=generator)
+        layers[0].bias.normal_(generator=generator)
+        layers[0].ra_var.uniform_(0.5, 2.0, generator=generator)
+        layers[0].steps += 10 if post_warmup else 0
+    layers[1].load_state_dict(layers[0].state_dict())
+    x = torch.randn(batch, features, generator=generator).relu_() * 3 + 0.5
+    for column in constant:
+        if column < features:
+            x[:, column] = 0.7
+    upstream = torch.randn(batch, features, generator=generator)
+    compiled = _float32_pass(layers[0], x, upstream)
+    monkeypatch.setattr(kernels, "renorm_runs_on", lambda _: False)
+    plain = _float32_pass(layers[1], x, upstream)
+    for got, expected in zip(compiled, plain, strict=True):
+        torch.testing.assert_close(got, expected, rtol=2e-5, atol=2e-5 * max(1.0, float(expected.abs().amax())))
+    if post_warmup:
+        assert bool((compiled[1][:, [c for c in constant if c < features]] == 0).all())
 
 
 def test_a_constant_feature_gets_a_zero_input_gradient_after_warmup_only():

@@ -43,18 +43,6 @@ def run(layer: SparseLinear, x: torch.Tensor, upstream: torch.Tensor):
     return y.detach(), x.grad
 
 
-@pytest.fixture(params=kernels.simd_levels() or ["torch"])
-def simd(request):  # the level stays set for every example of one test run
-    """Every SIMD level this CPU runs (and torch's kernels where the extension is not built)."""
-    if request.param == "torch":
-        yield request.param
-        return
-    before = kernels.simd_level()
-    kernels.set_simd_level(request.param)
-    yield request.param
-    kernels.set_simd_level(before)
-
-
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(in_features=st.integers(1, 90), out_features=st.integers(1, 90), batch=st.integers(1, 300),
        fraction=st.floats(0, 1), seed=st.integers(0, 2**16), feature_major=st.booleans(), bias=st.booleans(),

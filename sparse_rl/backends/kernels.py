@@ -118,3 +118,40 @@ def values_grad(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, x_t: 
     _warn_fallback()
     pattern = _csr(crow, col, dy_t.new_zeros(col.numel()), (rows, cols))
     return torch.sparse.sampled_addmm(pattern, dy_t, x_t.t(), beta=0.0).values()
+
+
+def renorm_runs_on(x: torch.Tensor) -> bool:
+    """Whether the compiled BatchRenorm kernels take ``x`` (CPU float32, contiguous ``(batch, features)``)."""
+    return (_EXTENSION is not None and x.dtype == torch.float32 and x.is_cpu and x.dim() == 2
+            and x.is_contiguous())
+
+
+def renorm_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column mean (centred on the first row, so exactly ``x[0]`` for a constant column) and unbiased variance
+    (exactly 0 for a constant column) of ``x`` (:func:`renorm_runs_on`), summed in float64."""
+    n, f = x.shape
+    mean, var = x.new_empty(f), x.new_empty(f)
+    _EXTENSION.renorm_stats(x.data_ptr(), mean.data_ptr(), var.data_ptr(), n, f)  # type: ignore[union-attr]
+    return mean, var
+
+
+def renorm_grad_sums(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Σ grad`` and ``Σ grad (x - mean)`` over the batch, for each feature (float64 sums)."""
+    grad = grad.contiguous()
+    n, f = x.shape
+    grad_sum, centred_sum = x.new_empty(f), x.new_empty(f)
+    _EXTENSION.renorm_grad_sums(grad.data_ptr(), x.data_ptr(), mean.data_ptr(),  # type: ignore[union-attr]
+                                grad_sum.data_ptr(), centred_sum.data_ptr(), n, f)
+    return grad_sum, centred_sum
+
+
+def renorm_input_grad(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, alpha: torch.Tensor,
+                      beta: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """``alpha grad + beta (x - mean) + gamma`` (per-feature vectors broadcast over the batch), in one pass."""
+    # Bound to names: a temporary's memory would be freed before the call reads it.
+    grad, alpha, beta, gamma = (t.contiguous() for t in (grad, alpha, beta, gamma))
+    n, f = x.shape
+    d_input = torch.empty_like(x)
+    _EXTENSION.renorm_input_grad(grad.data_ptr(), x.data_ptr(), mean.data_ptr(),  # type: ignore[union-attr]
+                                 alpha.data_ptr(), beta.data_ptr(), gamma.data_ptr(), d_input.data_ptr(), n, f)
+    return d_input

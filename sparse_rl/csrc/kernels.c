@@ -13,10 +13,14 @@
  * scalars) take the batch's rest. The weight gradient takes eight active weights of a row at once, so one load of dy
  * feeds eight products, and reduces the eight accumulators together with shuffles into one vector of eight sums
  * (no per-weight horizontal sum); a row's last 1-7 weights take a padded group, not a single-weight loop.
+ *
+ * Beside them, CrossQ's BatchRenorm (sparse_rl/sb3/batch_renorm.py): its column statistics, the backward's column
+ * sums and its input gradient, each one pass over a row-major (batch, features) input (see DEFINE_RENORM).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* One output row times a block of NV vectors of batch columns, accumulated in registers. */
@@ -167,28 +171,98 @@ typedef int32_t iv16 __attribute__((vector_size(64)));
         }                                                                                                      \
     }
 
+/* BatchRenorm (CrossQ) over a row-major (n, f) float32 input, one column per feature: the loops run along rows with
+ * the f columns' running sums in float64 (so the sums do not depend on n's rounding), written plainly for the
+ * compiler to vectorise under each level's target attribute.
+ *   renorm_stats       mean[c] = x[0, c] + sum_i (x[i, c] - x[0, c]) / n    (exactly x[0, c] for a constant column)
+ *                      var[c]  = sum_i (x[i, c] - mean[c])^2 / (n - 1)     (exactly 0 for a constant column)
+ *   renorm_grad_sums   gsum[c] = sum_i g[i, c],  gcsum[c] = sum_i g[i, c] (x[i, c] - mean[c])
+ *   renorm_input_grad  dx[i, c] = alpha[c] g[i, c] + beta[c] (x[i, c] - mean[c]) + gamma[c] */
+#define DEFINE_RENORM(SUFFIX, TARGET)                                                                          \
+    TARGET static void renorm_stats_##SUFFIX(const float *x, float *mean, float *var, double *acc, int64_t n,     \
+                                             int64_t f) {                                                      \
+        for (int64_t c = 0; c < f; c++) acc[c] = 0.0;                                                          \
+        for (int64_t i = 1; i < n; i++) {                                                                      \
+            const float *xi = x + i * f;                                                                       \
+            for (int64_t c = 0; c < f; c++) acc[c] += (double)(xi[c] - x[c]);                                  \
+        }                                                                                                      \
+        for (int64_t c = 0; c < f; c++) {                                                                      \
+            mean[c] = x[c] + (float)(acc[c] / (double)n);                                                      \
+            acc[c] = 0.0;                                                                                      \
+        }                                                                                                      \
+        for (int64_t i = 0; i < n; i++) {                                                                      \
+            const float *xi = x + i * f;                                                                       \
+            for (int64_t c = 0; c < f; c++) {                                                                  \
+                const double d = (double)(xi[c] - mean[c]);                                                    \
+                acc[c] += d * d;                                                                               \
+            }                                                                                                  \
+        }                                                                                                      \
+        for (int64_t c = 0; c < f; c++) var[c] = (float)(acc[c] / (double)(n - 1));                            \
+    }                                                                                                          \
+                                                                                                               \
+    TARGET static void renorm_grad_sums_##SUFFIX(const float *g, const float *x, const float *mean, float *gsum,  \
+                                                 float *gcsum, double *acc, int64_t n, int64_t f) {            \
+        double *acc_c = acc + f;                                                                               \
+        for (int64_t c = 0; c < f; c++) acc[c] = acc_c[c] = 0.0;                                               \
+        for (int64_t i = 0; i < n; i++) {                                                                      \
+            const float *gi = g + i * f, *xi = x + i * f;                                                      \
+            for (int64_t c = 0; c < f; c++) {                                                                  \
+                acc[c] += (double)gi[c];                                                                       \
+                acc_c[c] += (double)gi[c] * (double)(xi[c] - mean[c]);                                         \
+            }                                                                                                  \
+        }                                                                                                      \
+        for (int64_t c = 0; c < f; c++) {                                                                      \
+            gsum[c] = (float)acc[c];                                                                           \
+            gcsum[c] = (float)acc_c[c];                                                                        \
+        }                                                                                                      \
+    }                                                                                                          \
+                                                                                                               \
+    TARGET static void renorm_input_grad_##SUFFIX(const float *g, const float *x, const float *mean,             \
+                                                  const float *alpha, const float *beta, const float *gamma,     \
+                                                  float *dx, int64_t n, int64_t f) {                             \
+        for (int64_t i = 0; i < n; i++) {                                                                      \
+            const float *gi = g + i * f, *xi = x + i * f;                                                      \
+            float *di = dx + i * f;                                                                            \
+            for (int64_t c = 0; c < f; c++) di[c] = alpha[c] * gi[c] + beta[c] * (xi[c] - mean[c]) + gamma[c];  \
+        }                                                                                                      \
+    }
+
 #if defined(__x86_64__) && defined(__GNUC__)
 DEFINE_KERNELS(avx512, 16, 16, __attribute__((target("avx512f,fma"))))
 DEFINE_KERNELS(avx2, 8, 8, __attribute__((target("avx2,fma"))))
+DEFINE_RENORM(avx512, __attribute__((target("avx512f,fma"))))
+DEFINE_RENORM(avx2, __attribute__((target("avx2,fma"))))
 #define HAVE_X86 1
 #endif
 DEFINE_KERNELS(generic, 4, 4, )
+DEFINE_RENORM(generic, )
 
 typedef void (*forward_fn)(const float *, const int32_t *, const int32_t *, const float *, const float *, float *,
                            int64_t, int64_t);
 typedef void (*values_grad_fn)(const int32_t *, const int32_t *, const float *, const float *, float *, int64_t,
                                int64_t);
+typedef void (*renorm_stats_fn)(const float *, float *, float *, double *, int64_t, int64_t);
+typedef void (*renorm_grad_sums_fn)(const float *, const float *, const float *, float *, float *, double *, int64_t,
+                                    int64_t);
+typedef void (*renorm_input_grad_fn)(const float *, const float *, const float *, const float *, const float *,
+                                     const float *, float *, int64_t, int64_t);
 
+#define LEVEL(SUFFIX)                                                                                          \
+    {#SUFFIX, forward_##SUFFIX, values_grad_##SUFFIX, renorm_stats_##SUFFIX, renorm_grad_sums_##SUFFIX,         \
+     renorm_input_grad_##SUFFIX}
 static struct {
     const char *name;
     forward_fn forward;
     values_grad_fn values_grad;
+    renorm_stats_fn renorm_stats;
+    renorm_grad_sums_fn renorm_grad_sums;
+    renorm_input_grad_fn renorm_input_grad;
 } LEVELS[] = {
 #ifdef HAVE_X86
-    {"avx512", forward_avx512, values_grad_avx512},
-    {"avx2", forward_avx2, values_grad_avx2},
+    LEVEL(avx512),
+    LEVEL(avx2),
 #endif
-    {"generic", forward_generic, values_grad_generic},
+    LEVEL(generic),
 };
 #define NUM_LEVELS ((int)(sizeof(LEVELS) / sizeof(LEVELS[0])))
 static int current = NUM_LEVELS - 1;
@@ -238,6 +312,36 @@ static PyObject *py_values_grad(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
+static PyObject *py_renorm_stats(PyObject *self, PyObject *args) {
+    Py_ssize_t x, mean, var, n, f;
+    if (!PyArg_ParseTuple(args, "nnnnn", &x, &mean, &var, &n, &f)) return NULL;
+    double *acc = malloc((size_t)f * sizeof(double));
+    if (!acc) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS LEVELS[current].renorm_stats((const float *)x, (float *)mean, (float *)var, acc, n, f);
+    Py_END_ALLOW_THREADS free(acc);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_renorm_grad_sums(PyObject *self, PyObject *args) {
+    Py_ssize_t g, x, mean, gsum, gcsum, n, f;
+    if (!PyArg_ParseTuple(args, "nnnnnnn", &g, &x, &mean, &gsum, &gcsum, &n, &f)) return NULL;
+    double *acc = malloc(2 * (size_t)f * sizeof(double));
+    if (!acc) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS LEVELS[current].renorm_grad_sums((const float *)g, (const float *)x, (const float *)mean,
+                                                            (float *)gsum, (float *)gcsum, acc, n, f);
+    Py_END_ALLOW_THREADS free(acc);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_renorm_input_grad(PyObject *self, PyObject *args) {
+    Py_ssize_t g, x, mean, alpha, beta, gamma, dx, n, f;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnn", &g, &x, &mean, &alpha, &beta, &gamma, &dx, &n, &f)) return NULL;
+    Py_BEGIN_ALLOW_THREADS LEVELS[current].renorm_input_grad((const float *)g, (const float *)x, (const float *)mean,
+                                                             (const float *)alpha, (const float *)beta,
+                                                             (const float *)gamma, (float *)dx, n, f);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
 static PyObject *py_levels(PyObject *self, PyObject *noargs) {
     PyObject *list = PyList_New(0);
     for (int i = 0; i < NUM_LEVELS; i++)
@@ -263,6 +367,9 @@ static PyMethodDef METHODS[] = {
     {"forward", py_forward, METH_VARARGS, "y = W x + b (pointers and sizes)"},
     {"input_grad", py_input_grad, METH_VARARGS, "dx = W^T dy (pointers and sizes)"},
     {"values_grad", py_values_grad, METH_VARARGS, "gradient of W's active values (pointers and sizes)"},
+    {"renorm_stats", py_renorm_stats, METH_VARARGS, "BatchRenorm's column mean and variance (pointers and sizes)"},
+    {"renorm_grad_sums", py_renorm_grad_sums, METH_VARARGS, "BatchRenorm's backward column sums"},
+    {"renorm_input_grad", py_renorm_input_grad, METH_VARARGS, "BatchRenorm's input gradient"},
     {"levels", py_levels, METH_NOARGS, "the SIMD levels this CPU runs, best first"},
     {"level", py_level, METH_NOARGS, "the SIMD level in use"},
     {"set_level", py_set_level, METH_VARARGS, "use another supported SIMD level"},

@@ -4,9 +4,11 @@ sb3-contrib's ``BatchRenorm`` composes about a dozen tensor ops, each a pass ove
 input with a saved temporary, and computes its batch variance with ``Tensor.var(dim=0)``, which torch reduces
 along the strided dimension: on one core of the Intel Xeon, for CrossQ's critic input of 512 × 1024, the
 variance alone takes 3.1 ms where the mean takes 0.05 ms, and the layer's forward and backward take 9.4 ms
-(``python benchmarks/sparse_speed.py --part batch-renorm``). Here the statistics are a mean and a sum of squared
-deviations (column sums, which torch reduces fast), the output is one ``addcmul``, and the backward is written
-out: two column sums and two passes.
+(``python benchmarks/sparse_speed.py --part batch-renorm``). Here the statistics are two passes of column sums
+(the mean, then the squared deviations), the output is one ``addcmul``, and the backward is written out: one pass
+of two column sums and one pass for the input gradient. The passes run on the compiled kernels
+(``sparse_rl/csrc/kernels.c``, float64 sums) for a float32 CPU input, on torch ops otherwise (float64, no
+extension), which the tests compare.
 
 The gradient is the one autograd takes through sb3-contrib's composition. With batch mean ``μ`` and unbiased
 variance ``v``, the layer normalises with ``m = μ``, ``c = v`` during warm-up and, after it, with
@@ -29,33 +31,56 @@ import torch
 from sb3_contrib.common.torch_layers import BatchRenorm, BatchRenorm1d
 from torch import nn
 
+from sparse_rl.backends import kernels
+
 
 class _RenormFunction(torch.autograd.Function):
-    """``y = a (x - μ) + shift`` from ``centred = x - μ`` (computed without autograd), with the gradient of the batch
-    statistics ``μ`` and ``v`` written out; the gradient goes to ``x``."""
+    """``y = a (x - m) + β`` with ``m = μ - mean_shift``, and the gradient of the batch statistics ``μ`` and ``v``
+    written out (see the module docstring); the sums and the input gradient run on the compiled kernels where they
+    take ``x``."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, centred: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
+    def forward(ctx: Any, x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
                 mean_shift: torch.Tensor, std: torch.Tensor, dm_dv: torch.Tensor, dc_dv: torch.Tensor,
                 input_live: torch.Tensor) -> torch.Tensor:
         a = scale / std
-        ctx.save_for_backward(centred, a, mean_shift, std, dm_dv, dc_dv, input_live)
-        return torch.addcmul(bias + mean_shift * a, centred, a)
+        ctx.save_for_backward(x, mean, a, mean_shift, std, dm_dv, dc_dv, input_live)
+        return torch.addcmul(bias - a * (mean - mean_shift), x, a)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        centred, a, mean_shift, std, dm_dv, dc_dv, input_live = ctx.saved_tensors
-        n = centred.shape[0]
-        grad_sum = grad.sum(0)
-        # x̂ = (x - m) / s = (centred + (μ - m)) / s, and mean_shift = μ - m.
-        grad_normalised = ((grad * centred).sum(0) + mean_shift * grad_sum) / std
+        x, mean, a, mean_shift, std, dm_dv, dc_dv, input_live = ctx.saved_tensors
+        n = x.shape[0]
+        compiled = kernels.renorm_runs_on(x)
+        if compiled:
+            grad_sum, centred_sum = kernels.renorm_grad_sums(grad, x, mean)
+        else:
+            centred = x - mean
+            grad_sum, centred_sum = grad.sum(0), (grad * centred).sum(0)
+        # Σ g x̂ with x̂ = (x - m) / s = ((x - μ) + mean_shift) / s.
+        grad_normalised = (centred_sum + mean_shift * grad_sum) / std
         d_mean = -a * grad_sum
         d_var = d_mean * dm_dv + (-a * grad_normalised / (2 * std)) * dc_dv
         d_input = None
         if ctx.needs_input_grad[0]:
-            d_input = grad * (a * input_live)
-            d_input.addcmul_(centred, d_var * (2.0 / (n - 1)) * input_live).add_(d_mean * input_live / n)
+            alpha, beta, gamma = a * input_live, d_var * (2.0 / (n - 1)) * input_live, d_mean * input_live / n
+            if compiled:
+                d_input = kernels.renorm_input_grad(grad, x, mean, alpha, beta, gamma)
+            else:
+                d_input = (grad * alpha).addcmul_(centred, beta).add_(gamma)
         return d_input, None, grad_normalised, grad_sum, None, None, None, None, None
+
+
+def batch_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance of each feature over the batch, centred on the first sample, so a constant
+    feature's mean is its value and its variance exactly 0 (as torch's own ``var`` computes them) however the sum
+    rounds; on the compiled kernels where they take ``x`` (sums in float64)."""
+    if kernels.renorm_runs_on(x):
+        return kernels.renorm_stats(x)
+    shifted = x - x[0]
+    shifted_mean = shifted.mean(0)
+    centred = shifted.sub_(shifted_mean)
+    return x[0] + shifted_mean, centred.square().sum(0) / (x.shape[0] - 1)
 
 
 class FusedBatchRenorm1d(BatchRenorm1d):
@@ -74,13 +99,7 @@ class FusedBatchRenorm1d(BatchRenorm1d):
             a = scale / (self.ra_var + self.eps).sqrt()
             return torch.addcmul(bias - self.ra_mean * a, x, a)
         with torch.no_grad():
-            # Centred on the first sample, so a constant feature has a mean equal to its value and a centred
-            # input and variance of exactly 0 (as torch's own var computes them), however the sum rounds.
-            shifted = x - x[0]
-            shifted_mean = shifted.mean(0)
-            mean = x[0] + shifted_mean
-            centred = shifted.sub_(shifted_mean)
-            var = centred.square().sum(0) / (x.shape[0] - 1)
+            mean, var = batch_statistics(x.detach())
             live = torch.ones_like(var)
             if self.steps > self.warmup_steps:
                 running_std = (self.ra_var + self.eps).sqrt()
@@ -100,7 +119,7 @@ class FusedBatchRenorm1d(BatchRenorm1d):
             self.ra_var += self.momentum * (var - self.ra_var)
             self.steps += 1
             std = (norm_var + self.eps).sqrt()
-        return _RenormFunction.apply(x, centred, scale, bias, mean_shift, std, dm_dv, dc_dv, live)
+        return _RenormFunction.apply(x, mean, scale, bias, mean_shift, std, dm_dv, dc_dv, live)
 
 
 def fuse_batch_renorm(module: nn.Module) -> None:
