@@ -408,10 +408,12 @@ def breakdown_tables(algos: list[str], env_id: str, densities: list[float], widt
             "|---|---|---|" + "---|" * (len(kinds) + 1), *rows]
 
 
-BATCH_RENORM_SHAPES = ((512, 23, True), (512, 1024, True), (256, 1024, False), (256, 17, True), (256, 256, True))
-"""(batch, features, training) of CrossQ's BatchRenorm calls in one ``train()`` step on HalfCheetah-v4: the
-critics' joint batch (input and hidden layers, training mode), the critics under the actor loss (eval mode), the
-actor (training mode)."""
+BATCH_RENORM_SHAPES = ((512, 23, True, False), (512, 1024, True, False), (512, 1024, True, True),
+                       (256, 1024, False, True), (256, 17, True, False), (256, 256, True, True))
+"""(batch, features, training, feature-major) of CrossQ's BatchRenorm calls in one ``train()`` step on
+HalfCheetah-v4: the critics' joint batch (input and hidden layers, training mode), the critics under the actor loss
+(eval mode), the actor (training mode). A hidden layer's input is feature-major after a compact layer, row-major
+after a dense one."""
 
 
 def batch_renorm_tables(repeats: int) -> list[str]:
@@ -421,10 +423,13 @@ def batch_renorm_tables(repeats: int) -> list[str]:
     from sparse_rl.sb3.batch_renorm import FusedBatchRenorm1d
 
     rows = []
-    for batch, features, training in BATCH_RENORM_SHAPES:
+    for batch, features, training, feature_major in BATCH_RENORM_SHAPES:
         layers = {"sb3-contrib": BatchRenorm1d(features), "fused": FusedBatchRenorm1d(features)}
-        x = torch.randn(batch, features).relu_().requires_grad_()
+        x = torch.randn(batch, features).relu_()
         grad = torch.randn(batch, features)
+        if feature_major:
+            x, grad = x.t().contiguous().t(), grad.t().contiguous().t()
+        x.requires_grad_()
         times: dict[str, list[float]] = {name: [] for name in layers}
         for _ in range(repeats + 3):
             for name, layer in layers.items():
@@ -433,14 +438,18 @@ def batch_renorm_tables(repeats: int) -> list[str]:
                 layer(x).backward(grad)
                 times[name].append(time.perf_counter() - start)
         plain, fused = (statistics.median(times[name][3:]) for name in layers)
-        rows.append(f"| {batch}×{features} | {'train' if training else 'eval'} | {plain * 1e6:.0f} | {fused * 1e6:.0f} "
+        rows.append(f"| {batch}×{features} | {'train' if training else 'eval'} "
+                    f"| {'feature-major' if feature_major else 'row-major'} | {plain * 1e6:.0f} | {fused * 1e6:.0f} "
                     f"| {plain / fused:.2f} |")
         print(rows[-1], flush=True)
     return [f"Median µs (wall-clock, {repeats} repeats after 3 warm-up ones, the two layers timed alternately) of one "
             "forward and backward (input gradient and parameter gradients) of a BatchRenorm at the shapes CrossQ's "
             "`train()` step gives it on HalfCheetah-v4 (critics' joint batch of 512, the critics under the actor loss "
-            "in eval mode, the actor's batch of 256), input `relu(N(0, 1))`:", "",
-            "| batch×features | mode | sb3-contrib µs | fused µs | speed-up |", "|---|---|---|---|---|", *rows]
+            "in eval mode, the actor's batch of 256), input `relu(N(0, 1))` stored row-major (after a dense layer) "
+            "or feature-major (after a compact one), its gradient stored alike. "
+            f"Fused: {'compiled kernels, ' + kernels.simd_level() if kernels.compiled() else 'torch ops'}.", "",
+            "| batch×features | mode | input | sb3-contrib µs | fused µs | speed-up |", "|---|---|---|---|---|---|",
+            *rows]
 
 
 def write_section(path: Path, part: str, lines: list[str]) -> str:

@@ -73,7 +73,7 @@ def test_fused_batch_renorm_equals_sb3_contribs(batch, features, post_warmup, af
 
 
 def _float32_pass(layer: torch.nn.Module, x: torch.Tensor, upstream: torch.Tensor) -> list[torch.Tensor]:
-    inputs = x.clone().requires_grad_()
+    inputs = x.clone().requires_grad_()  # clone keeps the layout
     output = layer(inputs)
     output.backward(upstream)
     return [output.detach(), inputs.grad, layer.scale.grad.clone(), layer.bias.grad.clone(), layer.ra_mean.clone(),
@@ -83,11 +83,13 @@ def _float32_pass(layer: torch.nn.Module, x: torch.Tensor, upstream: torch.Tenso
 @pytest.mark.skipif(not kernels.compiled(), reason="the compiled kernels are not built")
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.integers(2, 300), features=st.integers(1, 70), post_warmup=st.booleans(),
-       constant=st.lists(st.integers(0, 69), max_size=3), seed=st.integers(0, 2**16))
+       constant=st.lists(st.integers(0, 69), max_size=3), feature_major=st.booleans(),
+       grad_feature_major=st.booleans(), seed=st.integers(0, 2**16))
 def test_the_compiled_statistics_and_gradients_equal_torchs(simd, monkeypatch, batch, features, post_warmup, constant,
-                                                           seed):
-    """At every SIMD level, for batch and feature counts across the vector widths, the layer on the compiled kernels
-    equals the layer on torch ops (float32; the kernels sum in float64)."""
+                                                           feature_major, grad_feature_major, seed):
+    """At every SIMD level, for batch and feature counts across the vector widths, input row-major or feature-major
+    (as a compact layer hands it on) and its gradient in either layout, the layer on the compiled kernels equals the
+    layer on torch ops (float32)."""
     generator = torch.Generator().manual_seed(seed)
     layers = [FusedBatchRenorm1d(features, warmup_steps=3) for _ in range(2)]
     with torch.no_grad():
@@ -101,9 +103,16 @@ def test_the_compiled_statistics_and_gradients_equal_torchs(simd, monkeypatch, b
         if column < features:
             x[:, column] = 0.7
     upstream = torch.randn(batch, features, generator=generator)
+    if feature_major:
+        x = x.t().contiguous().t()
+    if grad_feature_major:
+        upstream = upstream.t().contiguous().t()
+    assert kernels.renorm_runs_on(x)
     compiled = _float32_pass(layers[0], x, upstream)
-    monkeypatch.setattr(kernels, "renorm_runs_on", lambda _: False)
-    plain = _float32_pass(layers[1], x, upstream)
+    assert compiled[1].stride() == x.stride(), "the input gradient is stored as the input"
+    with monkeypatch.context() as patch:  # the torch-op path
+        patch.setattr(kernels, "renorm_runs_on", lambda _: False)
+        plain = _float32_pass(layers[1], x, upstream)
     for got, expected in zip(compiled, plain, strict=True):
         torch.testing.assert_close(got, expected, rtol=2e-5, atol=2e-5 * max(1.0, float(expected.abs().amax())))
     if post_warmup:

@@ -120,38 +120,58 @@ def values_grad(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, x_t: 
     return torch.sparse.sampled_addmm(pattern, dy_t, x_t.t(), beta=0.0).values()
 
 
+def _feature_major(x: torch.Tensor) -> bool | None:
+    """Whether a 2-D ``x`` is stored feature-major (``xᵀ`` contiguous, as compact layers hand on their output),
+    ``False`` if row-major, ``None`` if neither."""
+    if x.is_contiguous():
+        return False
+    return True if x.t().is_contiguous() else None
+
+
+def _like(grad: torch.Tensor, feature_major: bool) -> torch.Tensor:
+    """``grad`` stored in the given layout (copied only where it is not)."""
+    return grad.t().contiguous().t() if feature_major else grad.contiguous()
+
+
 def renorm_runs_on(x: torch.Tensor) -> bool:
-    """Whether the compiled BatchRenorm kernels take ``x`` (CPU float32, contiguous ``(batch, features)``)."""
+    """Whether the compiled BatchRenorm kernels take ``x``: CPU float32 ``(batch, features)``, row-major or
+    feature-major."""
     return (_EXTENSION is not None and x.dtype == torch.float32 and x.is_cpu and x.dim() == 2
-            and x.is_contiguous())
+            and _feature_major(x) is not None)
 
 
 def renorm_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Column mean (centred on the first row, so exactly ``x[0]`` for a constant column) and unbiased variance
-    (exactly 0 for a constant column) of ``x`` (:func:`renorm_runs_on`), summed in float64."""
+    """Mean (centred on the first sample, so exactly ``x[0]`` for a constant feature) and unbiased variance
+    (exactly 0 for a constant feature) of each feature of ``x`` (:func:`renorm_runs_on`) over the batch."""
     n, f = x.shape
     mean, var = x.new_empty(f), x.new_empty(f)
-    _EXTENSION.renorm_stats(x.data_ptr(), mean.data_ptr(), var.data_ptr(), n, f)  # type: ignore[union-attr]
+    _EXTENSION.renorm_stats(x.data_ptr(), mean.data_ptr(), var.data_ptr(), n, f,  # type: ignore[union-attr]
+                            bool(_feature_major(x)))
     return mean, var
 
 
 def renorm_grad_sums(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``Σ grad`` and ``Σ grad (x - mean)`` over the batch, for each feature (float64 sums)."""
-    grad = grad.contiguous()
+    """``Σ grad`` and ``Σ grad (x - mean)`` over the batch, for each feature."""
+    feature_major = bool(_feature_major(x))
+    grad = _like(grad, feature_major)
     n, f = x.shape
     grad_sum, centred_sum = x.new_empty(f), x.new_empty(f)
     _EXTENSION.renorm_grad_sums(grad.data_ptr(), x.data_ptr(), mean.data_ptr(),  # type: ignore[union-attr]
-                                grad_sum.data_ptr(), centred_sum.data_ptr(), n, f)
+                                grad_sum.data_ptr(), centred_sum.data_ptr(), n, f, feature_major)
     return grad_sum, centred_sum
 
 
 def renorm_input_grad(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, alpha: torch.Tensor,
                       beta: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """``alpha grad + beta (x - mean) + gamma`` (per-feature vectors broadcast over the batch), in one pass."""
+    """``alpha grad + beta (x - mean) + gamma`` (per-feature vectors broadcast over the batch) in one pass, stored
+    as ``x`` is."""
+    feature_major = bool(_feature_major(x))
     # Bound to names: a temporary's memory would be freed before the call reads it.
-    grad, alpha, beta, gamma = (t.contiguous() for t in (grad, alpha, beta, gamma))
+    grad = _like(grad, feature_major)
+    alpha, beta, gamma = (t.contiguous() for t in (alpha, beta, gamma))
     n, f = x.shape
     d_input = torch.empty_like(x)
     _EXTENSION.renorm_input_grad(grad.data_ptr(), x.data_ptr(), mean.data_ptr(),  # type: ignore[union-attr]
-                                 alpha.data_ptr(), beta.data_ptr(), gamma.data_ptr(), d_input.data_ptr(), n, f)
+                                 alpha.data_ptr(), beta.data_ptr(), gamma.data_ptr(), d_input.data_ptr(), n, f,
+                                 feature_major)
     return d_input

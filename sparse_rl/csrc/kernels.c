@@ -14,8 +14,9 @@
  * feeds eight products, and reduces the eight accumulators together with shuffles into one vector of eight sums
  * (no per-weight horizontal sum); a row's last 1-7 weights take a padded group, not a single-weight loop.
  *
- * Beside them, CrossQ's BatchRenorm (sparse_rl/sb3/batch_renorm.py): its column statistics, the backward's column
- * sums and its input gradient, each one pass over a row-major (batch, features) input (see DEFINE_RENORM).
+ * Beside them, CrossQ's BatchRenorm (sparse_rl/sb3/batch_renorm.py): its per-feature statistics, the backward's
+ * per-feature sums and its input gradient, each one pass over a row-major (batch, features) or a feature-major
+ * input (see DEFINE_RENORM).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -225,6 +226,74 @@ typedef int32_t iv16 __attribute__((vector_size(64)));
             float *di = dx + i * f;                                                                            \
             for (int64_t c = 0; c < f; c++) di[c] = alpha[c] * gi[c] + beta[c] * (xi[c] - mean[c]) + gamma[c];  \
         }                                                                                                      \
+    }                                                                                                          \
+                                                                                                               \
+    /* The same three for feature-major input ((features, batch) contiguous, as the compact layers hand it on):   \
+     * each feature's sums run along its row in W float lanes (shifted by the row's first value or mean, so a     \
+     * constant row sums exactly 0), whose lanes are added in float64. */                                      \
+    TARGET static void renorm_stats_fm_##SUFFIX(const float *x, float *mean, float *var, double *unused,         \
+                                                int64_t n, int64_t f) {                                        \
+        enum { W = sizeof(vec_##SUFFIX) / sizeof(float) };                                                     \
+        (void)unused;                                                                                          \
+        for (int64_t c = 0; c < f; c++) {                                                                      \
+            const float *xr = x + c * n, x0 = xr[0];                                                           \
+            vec_##SUFFIX acc = (vec_##SUFFIX){0};                                                              \
+            int64_t i = 0;                                                                                     \
+            for (; i + W <= n; i += W) acc += *(const vec_##SUFFIX *)(xr + i) - x0;                            \
+            double sum = 0.0;                                                                                  \
+            for (int k = 0; k < W; k++) sum += acc[k];                                                         \
+            for (; i < n; i++) sum += xr[i] - x0;                                                              \
+            const float m = x0 + (float)(sum / (double)n);                                                     \
+            acc = (vec_##SUFFIX){0};                                                                           \
+            for (i = 0; i + W <= n; i += W) {                                                                  \
+                const vec_##SUFFIX d = *(const vec_##SUFFIX *)(xr + i) - m;                                    \
+                acc += d * d;                                                                                  \
+            }                                                                                                  \
+            sum = 0.0;                                                                                         \
+            for (int k = 0; k < W; k++) sum += acc[k];                                                         \
+            for (; i < n; i++) sum += (double)(xr[i] - m) * (double)(xr[i] - m);                               \
+            mean[c] = m;                                                                                       \
+            var[c] = (float)(sum / (double)(n - 1));                                                           \
+        }                                                                                                      \
+    }                                                                                                          \
+                                                                                                               \
+    TARGET static void renorm_grad_sums_fm_##SUFFIX(const float *g, const float *x, const float *mean,          \
+                                                    float *gsum, float *gcsum, double *unused, int64_t n,      \
+                                                    int64_t f) {                                               \
+        enum { W = sizeof(vec_##SUFFIX) / sizeof(float) };                                                     \
+        (void)unused;                                                                                          \
+        for (int64_t c = 0; c < f; c++) {                                                                      \
+            const float *gr = g + c * n, *xr = x + c * n, m = mean[c];                                         \
+            vec_##SUFFIX a1 = (vec_##SUFFIX){0}, a2 = (vec_##SUFFIX){0};                                       \
+            int64_t i = 0;                                                                                     \
+            for (; i + W <= n; i += W) {                                                                       \
+                const vec_##SUFFIX gv = *(const vec_##SUFFIX *)(gr + i);                                       \
+                a1 += gv;                                                                                      \
+                a2 += gv * (*(const vec_##SUFFIX *)(xr + i) - m);                                              \
+            }                                                                                                  \
+            double s1 = 0.0, s2 = 0.0;                                                                         \
+            for (int k = 0; k < W; k++) {                                                                      \
+                s1 += a1[k];                                                                                   \
+                s2 += a2[k];                                                                                   \
+            }                                                                                                  \
+            for (; i < n; i++) {                                                                               \
+                s1 += gr[i];                                                                                   \
+                s2 += (double)gr[i] * (double)(xr[i] - m);                                                     \
+            }                                                                                                  \
+            gsum[c] = (float)s1;                                                                               \
+            gcsum[c] = (float)s2;                                                                              \
+        }                                                                                                      \
+    }                                                                                                          \
+                                                                                                               \
+    TARGET static void renorm_input_grad_fm_##SUFFIX(const float *g, const float *x, const float *mean,         \
+                                                     const float *alpha, const float *beta, const float *gamma, \
+                                                     float *dx, int64_t n, int64_t f) {                         \
+        for (int64_t c = 0; c < f; c++) {                                                                      \
+            const float *gr = g + c * n, *xr = x + c * n;                                                      \
+            float *dr = dx + c * n;                                                                            \
+            const float al = alpha[c], be = beta[c], ga = gamma[c], m = mean[c];                               \
+            for (int64_t i = 0; i < n; i++) dr[i] = al * gr[i] + be * (xr[i] - m) + ga;                        \
+        }                                                                                                      \
     }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -247,16 +316,18 @@ typedef void (*renorm_grad_sums_fn)(const float *, const float *, const float *,
 typedef void (*renorm_input_grad_fn)(const float *, const float *, const float *, const float *, const float *,
                                      const float *, float *, int64_t, int64_t);
 
+/* The BatchRenorm loops come in pairs, [0] for row-major input and [1] for feature-major. */
 #define LEVEL(SUFFIX)                                                                                          \
-    {#SUFFIX, forward_##SUFFIX, values_grad_##SUFFIX, renorm_stats_##SUFFIX, renorm_grad_sums_##SUFFIX,         \
-     renorm_input_grad_##SUFFIX}
+    {#SUFFIX, forward_##SUFFIX, values_grad_##SUFFIX, {renorm_stats_##SUFFIX, renorm_stats_fm_##SUFFIX},        \
+     {renorm_grad_sums_##SUFFIX, renorm_grad_sums_fm_##SUFFIX},                                                \
+     {renorm_input_grad_##SUFFIX, renorm_input_grad_fm_##SUFFIX}}
 static struct {
     const char *name;
     forward_fn forward;
     values_grad_fn values_grad;
-    renorm_stats_fn renorm_stats;
-    renorm_grad_sums_fn renorm_grad_sums;
-    renorm_input_grad_fn renorm_input_grad;
+    renorm_stats_fn renorm_stats[2];
+    renorm_grad_sums_fn renorm_grad_sums[2];
+    renorm_input_grad_fn renorm_input_grad[2];
 } LEVELS[] = {
 #ifdef HAVE_X86
     LEVEL(avx512),
@@ -312,33 +383,40 @@ static PyObject *py_values_grad(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
+/* The BatchRenorm entry points take (batch n, features f) and whether the input is feature-major; the gradient
+ * and the input gradient's output have the input's layout (the wrapper makes them so). */
 static PyObject *py_renorm_stats(PyObject *self, PyObject *args) {
     Py_ssize_t x, mean, var, n, f;
-    if (!PyArg_ParseTuple(args, "nnnnn", &x, &mean, &var, &n, &f)) return NULL;
-    double *acc = malloc((size_t)f * sizeof(double));
+    int feature_major;
+    if (!PyArg_ParseTuple(args, "nnnnnp", &x, &mean, &var, &n, &f, &feature_major)) return NULL;
+    double *acc = malloc(2 * (size_t)f * sizeof(double));
     if (!acc) return PyErr_NoMemory();
-    Py_BEGIN_ALLOW_THREADS LEVELS[current].renorm_stats((const float *)x, (float *)mean, (float *)var, acc, n, f);
+    Py_BEGIN_ALLOW_THREADS LEVELS[current].renorm_stats[feature_major]((const float *)x, (float *)mean, (float *)var,
+                                                                       acc, n, f);
     Py_END_ALLOW_THREADS free(acc);
     Py_RETURN_NONE;
 }
 
 static PyObject *py_renorm_grad_sums(PyObject *self, PyObject *args) {
     Py_ssize_t g, x, mean, gsum, gcsum, n, f;
-    if (!PyArg_ParseTuple(args, "nnnnnnn", &g, &x, &mean, &gsum, &gcsum, &n, &f)) return NULL;
+    int feature_major;
+    if (!PyArg_ParseTuple(args, "nnnnnnnp", &g, &x, &mean, &gsum, &gcsum, &n, &f, &feature_major)) return NULL;
     double *acc = malloc(2 * (size_t)f * sizeof(double));
     if (!acc) return PyErr_NoMemory();
-    Py_BEGIN_ALLOW_THREADS LEVELS[current].renorm_grad_sums((const float *)g, (const float *)x, (const float *)mean,
-                                                            (float *)gsum, (float *)gcsum, acc, n, f);
+    Py_BEGIN_ALLOW_THREADS LEVELS[current].renorm_grad_sums[feature_major](
+        (const float *)g, (const float *)x, (const float *)mean, (float *)gsum, (float *)gcsum, acc, n, f);
     Py_END_ALLOW_THREADS free(acc);
     Py_RETURN_NONE;
 }
 
 static PyObject *py_renorm_input_grad(PyObject *self, PyObject *args) {
     Py_ssize_t g, x, mean, alpha, beta, gamma, dx, n, f;
-    if (!PyArg_ParseTuple(args, "nnnnnnnnn", &g, &x, &mean, &alpha, &beta, &gamma, &dx, &n, &f)) return NULL;
-    Py_BEGIN_ALLOW_THREADS LEVELS[current].renorm_input_grad((const float *)g, (const float *)x, (const float *)mean,
-                                                             (const float *)alpha, (const float *)beta,
-                                                             (const float *)gamma, (float *)dx, n, f);
+    int feature_major;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnp", &g, &x, &mean, &alpha, &beta, &gamma, &dx, &n, &f, &feature_major))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS LEVELS[current].renorm_input_grad[feature_major](
+        (const float *)g, (const float *)x, (const float *)mean, (const float *)alpha, (const float *)beta,
+        (const float *)gamma, (float *)dx, n, f);
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
