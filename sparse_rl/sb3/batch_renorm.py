@@ -37,19 +37,20 @@ from sparse_rl.backends import kernels
 class _RenormFunction(torch.autograd.Function):
     """``y = a (x - m) + β`` with ``m = μ - mean_shift``, and the gradient of the batch statistics ``μ`` and ``v``
     written out (see the module docstring); the sums and the input gradient run on the compiled kernels where they
-    take ``x``."""
+    take ``x``. ``renorm`` is ``None`` during warm-up (``m = μ``, ``c = v``), else ``(mean_shift, ∂m/∂v, ∂c/∂v,
+    live)``, ``live`` 0 for a feature of zero batch variance."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
-                mean_shift: torch.Tensor, std: torch.Tensor, dm_dv: torch.Tensor, dc_dv: torch.Tensor,
-                input_live: torch.Tensor) -> torch.Tensor:
+                std: torch.Tensor, renorm: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
         a = scale / std
-        ctx.save_for_backward(x, mean, a, mean_shift, std, dm_dv, dc_dv, input_live)
-        return torch.addcmul(bias - a * (mean - mean_shift), x, a)
+        ctx.save_for_backward(x, mean, a, std, *(renorm or ()))
+        norm_mean = mean if renorm is None else mean - renorm[0]
+        return torch.addcmul(bias - a * norm_mean, x, a)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, mean, a, mean_shift, std, dm_dv, dc_dv, input_live = ctx.saved_tensors
+        x, mean, a, std, *renorm = ctx.saved_tensors
         n = x.shape[0]
         compiled = kernels.renorm_runs_on(x)
         if compiled:
@@ -58,17 +59,23 @@ class _RenormFunction(torch.autograd.Function):
             centred = x - mean
             grad_sum, centred_sum = grad.sum(0), (grad * centred).sum(0)
         # Σ g x̂ with x̂ = (x - m) / s = ((x - μ) + mean_shift) / s.
-        grad_normalised = (centred_sum + mean_shift * grad_sum) / std
-        d_mean = -a * grad_sum
-        d_var = d_mean * dm_dv + (-a * grad_normalised / (2 * std)) * dc_dv
+        grad_normalised = (centred_sum if not renorm else centred_sum + renorm[0] * grad_sum) / std
+        d_mean = (a * grad_sum).neg_()
+        d_norm_var = (a * grad_normalised).div_(std).mul_(-0.5)
+        if not renorm:
+            d_var, alpha = d_norm_var, a
+        else:
+            _, dm_dv, dc_dv, live = renorm
+            d_var = (d_mean * dm_dv).add_(d_norm_var * dc_dv).mul_(live)
+            alpha, d_mean = a * live, d_mean * live
         d_input = None
         if ctx.needs_input_grad[0]:
-            alpha, beta, gamma = a * input_live, d_var * (2.0 / (n - 1)) * input_live, d_mean * input_live / n
+            beta, gamma = d_var * (2.0 / (n - 1)), d_mean / n
             if compiled:
                 d_input = kernels.renorm_input_grad(grad, x, mean, alpha, beta, gamma)
             else:
                 d_input = (grad * alpha).addcmul_(centred, beta).add_(gamma)
-        return d_input, None, grad_normalised, grad_sum, None, None, None, None, None
+        return d_input, None, grad_normalised, grad_sum, None, None
 
 
 def batch_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,26 +107,22 @@ class FusedBatchRenorm1d(BatchRenorm1d):
             return torch.addcmul(bias - self.ra_mean * a, x, a)
         with torch.no_grad():
             mean, var = batch_statistics(x.detach())
-            live = torch.ones_like(var)
+            renorm = None
+            norm_var = var
             if self.steps > self.warmup_steps:
                 running_std = (self.ra_var + self.eps).sqrt()
                 r = ((var + self.eps).sqrt() / running_std).clamp(1 / self.rmax, self.rmax)
                 d = ((mean - self.ra_mean) / running_std).clamp(-self.dmax, self.dmax)
                 batch_std = var.sqrt()
                 live = (batch_std > 0).to(var.dtype)
-                mean_shift = d * batch_std / r
-                norm_var = var / r**2
                 dm_dv = -d / (2 * r * torch.where(batch_std > 0, batch_std, 1.0))
-                dc_dv = 1 / r**2
-            else:
-                mean_shift = torch.zeros_like(mean)
-                norm_var = var
-                dm_dv, dc_dv = torch.zeros_like(var), torch.ones_like(var)
-            self.ra_mean += self.momentum * (mean - self.ra_mean)
-            self.ra_var += self.momentum * (var - self.ra_var)
+                renorm = (d * batch_std / r, dm_dv, 1 / r**2, live)
+                norm_var = var / r**2
+            self.ra_mean.lerp_(mean, self.momentum)
+            self.ra_var.lerp_(var, self.momentum)
             self.steps += 1
-            std = (norm_var + self.eps).sqrt()
-        return _RenormFunction.apply(x, mean, scale, bias, mean_shift, std, dm_dv, dc_dv, live)
+            std = torch.add(norm_var, self.eps).sqrt_()
+        return _RenormFunction.apply(x, mean, scale, bias, std, renorm)
 
 
 def fuse_batch_renorm(module: nn.Module) -> None:
