@@ -304,9 +304,8 @@ class SparseLinear(nn.Linear):
 
     # -- masking (masked layout; no-ops in the compact one, where absent weights do not exist) ------------------
 
-    def apply_mask(self) -> None:
-        """Zero the weights at masked positions. (The check comes before ``no_grad``: both run on every optimizer
-        step, and entering the context costs more than the compact layout's no-op.)"""
+    def apply_mask(self) -> None:  # the layout check before no_grad: each optimizer step runs both, for every layer
+        """Zero the weights at masked positions."""
         if self._compact is None:
             with torch.no_grad():
                 self.weight.mul_(self.mask_values)
