@@ -129,6 +129,19 @@ def test_a_constant_feature_gets_a_zero_input_gradient_after_warmup_only():
     assert bool((inputs.grad[:, 2] == 0).all()) and bool((inputs.grad[:, [0, 1, 3]] != 0).all())
 
 
+def test_a_3d_input_takes_sb3_contribs_computation():
+    """sb3-contrib's layer accepts a (batch, features, length) input by its check, then fails on it in training
+    (its running statistics cannot take the per-position ones); the fused layer does the same, not something else."""
+    reference, fused = _pair(5, post_warmup=False, affine=True, seed=1)
+    x = torch.randn(8, 5, 5, dtype=torch.float64)
+    for network in (reference, fused):
+        with pytest.raises(RuntimeError, match="broadcast"):
+            network(x)
+    reference.eval()
+    fused.eval()
+    torch.testing.assert_close(fused(x), reference(x), rtol=0, atol=0)
+
+
 def test_fusing_keeps_the_tensors_settings_and_state_dict():
     model = CrossQ("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[16]), device="cpu")
     before = dict(model.policy.state_dict(keep_vars=True))

@@ -100,6 +100,8 @@ class FusedBatchRenorm1d(BatchRenorm1d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
+        if x.dim() != 2:  # (batch, features, length): sb3-contrib's own computation (CrossQ's networks give 2-D)
+            return super().forward(x)
         scale = self.scale if self.affine else torch.ones_like(self.scale)
         bias = self.bias if self.affine else torch.zeros_like(self.bias)
         if not self.training:
