@@ -110,7 +110,7 @@ def _build_in_layout(module: nn.Module, linears: dict[str, nn.Linear], sparsity:
     for name, linear in linears.items():
         positions = random_positions(shapes[name], counts[name])
         if compact[name]:
-            initial = deferred[linear].weight_at(linear, positions.sort().values) if linear in deferred else None
+            initial = deferred[linear].weight_at(linear, positions) if linear in deferred else None
             set_submodule(module, name, SparseLinear.from_active(linear, positions, initial))
         else:
             layer = module.get_submodule(name)
