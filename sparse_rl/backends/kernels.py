@@ -16,6 +16,8 @@ from types import ModuleType
 
 import torch
 
+from sparse_rl.backends.masked import is_feature_major
+
 SIMD_ENV = "SPARSE_RL_SIMD"
 
 
@@ -120,14 +122,6 @@ def values_grad(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, x_t: 
     return torch.sparse.sampled_addmm(pattern, dy_t, x_t.t(), beta=0.0).values()
 
 
-def _feature_major(x: torch.Tensor) -> bool | None:
-    """Whether a 2-D ``x`` is stored feature-major (``xᵀ`` contiguous, as compact layers hand on their output),
-    ``False`` if row-major, ``None`` if neither."""
-    if x.is_contiguous():
-        return False
-    return True if x.t().is_contiguous() else None
-
-
 def _like(grad: torch.Tensor, feature_major: bool) -> torch.Tensor:
     """``grad`` stored in the given layout (copied only where it is not)."""
     return grad.t().contiguous().t() if feature_major else grad.contiguous()
@@ -137,7 +131,7 @@ def renorm_runs_on(x: torch.Tensor) -> bool:
     """Whether the compiled BatchRenorm kernels take ``x``: CPU float32 ``(batch, features)``, row-major or
     feature-major."""
     return (_EXTENSION is not None and x.dtype == torch.float32 and x.is_cpu and x.dim() == 2
-            and _feature_major(x) is not None)
+            and (x.is_contiguous() or is_feature_major(x)))
 
 
 def renorm_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,13 +140,13 @@ def renorm_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n, f = x.shape
     mean, var = x.new_empty(f), x.new_empty(f)
     _EXTENSION.renorm_stats(x.data_ptr(), mean.data_ptr(), var.data_ptr(), n, f,  # type: ignore[union-attr]
-                            bool(_feature_major(x)))
+                            is_feature_major(x))
     return mean, var
 
 
 def renorm_grad_sums(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``Σ grad`` and ``Σ grad (x - mean)`` over the batch, for each feature."""
-    feature_major = bool(_feature_major(x))
+    feature_major = is_feature_major(x)
     grad = _like(grad, feature_major)
     n, f = x.shape
     grad_sum, centred_sum = x.new_empty(f), x.new_empty(f)
@@ -165,7 +159,7 @@ def renorm_input_grad(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, a
                       beta: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """``alpha grad + beta (x - mean) + gamma`` (per-feature vectors broadcast over the batch) in one pass, stored
     as ``x`` is."""
-    feature_major = bool(_feature_major(x))
+    feature_major = is_feature_major(x)
     # Bound to names: a temporary's memory would be freed before the call reads it.
     grad = _like(grad, feature_major)
     alpha, beta, gamma = (t.contiguous() for t in (alpha, beta, gamma))
