@@ -89,9 +89,9 @@ SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "##
 NET_ARCH: dict[str, list[int] | dict[str, list[int]]] = {
     "sac": [256, 256], "td3": [400, 300], "tqc": [256, 256], "crossq": {"pi": [256, 256], "qf": [1024, 1024]}}
 WIDE_ALGOS = ("sac", "td3")
+"""Algorithms whose e2e comparison includes the wide network (a 4x-wide CrossQ critic would be 4096 wide)."""
 BATCH_RENORM_ALGOS = ("crossq",)
 """Algorithms with BatchRenorm layers: their e2e comparison includes the sparse policy at density 1.0."""
-"""Algorithms whose e2e comparison includes the wide network (a 4x-wide CrossQ critic would be 4096 wide)."""
 
 
 def algo_and_policy(algo: str) -> tuple[type, type]:
