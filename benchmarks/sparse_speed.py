@@ -45,6 +45,11 @@ BatchRenorm (``--part batch-renorm``): forward and backward of sb3-contrib's ``B
 medians. End to end, ``--algos crossq`` also times the sparse policy at density 1.0 (dense layers, fused
 BatchRenorm), which splits the speed-up over ``MlpPolicy`` into what the fused layer gives and what sparsity gives.
 
+Fused ReLUs (``--part relu-fusion``): ``train()``'s CPU time per gradient step of each sparse model (``auto``, and
+the wide network for SAC and TD3) with its ReLUs fused into the compact layers before them, as built
+(:mod:`sparse_rl.relu_fusion`), against a twin built from the same seed with plain ``nn.ReLU`` modules put back,
+timed alternately in ``--rounds`` chunks of ``--chunk`` gradient steps; medians.
+
 Each part rewrites its own section of ``results/sparse_speed.md`` (the file keeps the other
 parts' sections) and records its own command line.
 
@@ -55,6 +60,7 @@ parts' sections) and records its own command line.
     python benchmarks/sparse_speed.py --part kernels [--shapes 256x256 1024x1024 --densities 0.2 0.1 0.05 0.02]
     python benchmarks/sparse_speed.py --part memory [--chunk 200]
     python benchmarks/sparse_speed.py --part batch-renorm [--repeats 30]
+    python benchmarks/sparse_speed.py --part relu-fusion [--algos sac td3 --rounds 3 --chunk 200]
 """
 
 from __future__ import annotations
@@ -72,12 +78,14 @@ from pathlib import Path
 
 import torch
 from sb3_contrib.common.torch_layers import BatchRenorm
+from torch import nn
 
 from sparse_rl.backends import kernels
 from sparse_rl.backends.auto import COMPACT_MAX_DENSITY, COMPACT_MIN_WEIGHTS, auto_backend, auto_rule
 from sparse_rl.calibrate import time_layer
 from sparse_rl.layers import SparseLinear
 from sparse_rl.machine import cpu_model
+from sparse_rl.relu_fusion import RectifiedReLU
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sparse_kernels import kernel_tables, traffic_tables  # noqa: E402
@@ -85,7 +93,7 @@ from sparse_kernels import kernel_tables, traffic_tables  # noqa: E402
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "sparse_speed.md"
 SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "#### Gathers from a dense weight",
             "breakdown": "#### Where a gradient step's time goes", "kernels": "#### Kernel throughput",
-            "memory": "#### Peak memory", "batch-renorm": "#### BatchRenorm"}
+            "memory": "#### Peak memory", "batch-renorm": "#### BatchRenorm", "relu-fusion": "#### Fused ReLUs"}
 NET_ARCH: dict[str, list[int] | dict[str, list[int]]] = {
     "sac": [256, 256], "td3": [400, 300], "tqc": [256, 256], "crossq": {"pi": [256, 256], "qf": [1024, 1024]}}
 WIDE_ALGOS = ("sac", "td3")
@@ -408,6 +416,51 @@ def breakdown_tables(algos: list[str], env_id: str, densities: list[float], widt
             "|---|---|---|" + "---|" * (len(kinds) + 1), *rows]
 
 
+def unfuse_relus(model) -> None:
+    """Put plain ``nn.ReLU`` modules back where :func:`~sparse_rl.relu_fusion.fuse_relus` fused them."""
+    for sequence in model.policy.modules():
+        if isinstance(sequence, nn.Sequential):
+            for name, module in sequence.named_children():
+                if isinstance(module, RectifiedReLU):
+                    setattr(sequence, name, nn.ReLU())
+                elif isinstance(module, SparseLinear):
+                    module.fused_relu = False
+
+
+def relu_fusion_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
+                       learning_starts: int, seed: int) -> list[str]:
+    """CPU ms per gradient step of ``train()`` of each sparse model with its ReLUs fused (as built) and unfused (plain
+    ``nn.ReLU`` modules put back in a twin built from the same seed), timed alternately."""
+    common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
+    rows = []
+    for algo in algos:
+        fused = build_models(algo, env_id, densities, width, common, backends=("auto",), matched=False, peer=False)
+        unfused = build_models(algo, env_id, densities, width, common, backends=("auto",), matched=False,
+                               peer=False)
+        for name in [name for name in fused if name != "mlp"]:
+            pair = {"fused": fused[name], "unfused": unfused[name]}
+            unfuse_relus(pair["unfused"])
+            times: dict[str, list[float]] = {kind: [] for kind in pair}
+            for model in pair.values():
+                model.learn(learning_starts + 1)
+                model.train(gradient_steps=10, batch_size=model.batch_size)
+            for _ in range(rounds):
+                for kind, model in pair.items():
+                    start = time.process_time()
+                    model.train(gradient_steps=chunk, batch_size=model.batch_size)
+                    times[kind].append((time.process_time() - start) / chunk)
+            ms = {kind: statistics.median(values) * 1e3 for kind, values in times.items()}
+            label = f"wide ×{width}" if name == "wide" else f"sparse {name.split()[1]}"
+            rows.append(f"| {algo} | {label} | {ms['unfused']:.2f} | {ms['fused']:.2f} | "
+                        f"{ms['unfused'] / ms['fused']:.3f} |")
+            print(rows[-1], flush=True)
+    return [f"{', '.join(algos)} on {env_id}, seed {seed}: median CPU ms per gradient step of `train()` (batch 256) "
+            f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
+            "sparse model with its ReLUs fused into the compact layers before them (as built) and a twin with plain "
+            "`nn.ReLU` modules put back:", "",
+            "| algo | model | unfused ms | fused ms | unfused ÷ fused |", "|---|---|---|---|---|", *rows]
+
+
 BATCH_RENORM_SHAPES = ((512, 23, True, False), (512, 1024, True, False), (512, 1024, True, True),
                        (256, 1024, False, True), (256, 17, True, False), (256, 256, True, True))
 """(batch, features, training, feature-major) of CrossQ's BatchRenorm calls in one ``train()`` step on
@@ -547,6 +600,9 @@ def main() -> None:
         lines = [header, "", *memory_tables(args.env, args.chunk)]
     elif args.part == "batch-renorm":
         lines = [header, "", *batch_renorm_tables(args.repeats)]
+    elif args.part == "relu-fusion":
+        lines = [header, "", *relu_fusion_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
+                                                 args.rounds, args.chunk, args.learning_starts, args.seed)]
     elif args.part == "breakdown":
         lines = [header, "", *breakdown_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
                                                args.chunk, args.learning_starts, args.seed)]

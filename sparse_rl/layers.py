@@ -17,8 +17,7 @@ LinearT = TypeVar("LinearT", bound=nn.Linear)
 
 
 def copy_linear(cls: type[LinearT], linear: nn.Linear) -> LinearT:
-    """A ``cls`` layer of ``linear``'s shape holding a copy of its weight and bias (extra
-    parameters and buffers of ``cls`` keep their initial values)."""
+    """A ``cls`` layer of ``linear``'s shape holding a copy of its weight and bias (other parameters: initial)."""
     layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                 device=linear.weight.device, dtype=linear.weight.dtype)
     layer.load_state_dict(linear.state_dict(), strict=False)
@@ -51,6 +50,8 @@ class SparseLinear(nn.Linear):
     """Whether ``auto`` may lay this layer out compactly (false where the density changes as it learns)."""
     dense_weight_grad: bool = False
     """The backward pass computes only the active weights' gradient (:class:`~sparse_rl.masks.MaskedLayer`)."""
+    fused_relu: bool = False
+    """The ``nn.ReLU`` after it is fused into it (:mod:`sparse_rl.relu_fusion`): compact kernels rectify its output."""
 
     mask: torch.Tensor
     mask_values: torch.Tensor
@@ -158,9 +159,8 @@ class SparseLinear(nn.Linear):
         return self.weight
 
     def score_grad(self) -> torch.Tensor | None:
-        """The dense weight gradient of the last backward pass, as topology scores read it. In the compact layout
-        it is the dense product kept on steps that announced ``dense_grad_needed``, else the active positions'
-        gradient with zeros elsewhere."""
+        """The dense weight gradient of the last backward pass, as topology scores read it. Compact: the dense product
+        kept on steps that announced ``dense_grad_needed``, else the active positions' gradient, zeros elsewhere."""
         if self._compact is None:
             return self.weight.grad
         if self._dense_grad is not None:

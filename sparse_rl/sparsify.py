@@ -22,6 +22,7 @@ from sparse_rl.distributions import layer_counts, layer_densities
 from sparse_rl.layers import SparseLinear, set_backend
 from sparse_rl.masks import init_masks, positions_mask, random_positions, sparse_layers
 from sparse_rl.methods import KINDS
+from sparse_rl.relu_fusion import fuse_relus
 from sparse_rl.sparsity import NetworkSparsity
 
 
@@ -82,6 +83,7 @@ def sparsify(module: nn.Module, sparsity: NetworkSparsity, output_layers: Iterab
             rescale_to_active_fan_in(layer)
         if not (kind.compact and kind.holds_density):
             layer.compact_capable = False
+    fuse_relus(module)
     set_backend(module, sparsity.backend)
 
 

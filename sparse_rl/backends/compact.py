@@ -13,6 +13,8 @@ Kernels (:mod:`sparse_rl.backends.kernels`). Activations are feature-major ``(fe
 * weight gradient: one dot product of ``dYᵀ[r]`` and ``Xᵀ[c]`` per active ``(r, c)``. On the steps where the
   layer's ``dense_grad_needed`` is set (one step ahead of a gradient-scored topology update), one dense product
   ``dYᵀ X`` instead, kept by the layer for scoring (:meth:`~sparse_rl.layers.SparseLinear.score_grad`).
+* a fused ReLU (:mod:`sparse_rl.relu_fusion`): the forward kernel rectifies each output row while it is in cache,
+  and the backward masks ``dYᵀ`` by the rectified output first, as ``torch.relu``'s backward does.
 
 A topology update re-lays the layer (:func:`relayout_map`): one gather moves the values, every optimizer moment and
 the pending gradient of the surviving weights to their new places; grown weights start at 0 with zeroed moments (and
@@ -30,6 +32,7 @@ import torch
 
 from sparse_rl.backends import kernels
 from sparse_rl.backends.masked import is_feature_major
+from sparse_rl.relu_fusion import mark_rectified
 
 if TYPE_CHECKING:
     from sparse_rl.layers import SparseLinear
@@ -132,16 +135,19 @@ class _CompactLinearFunction(torch.autograd.Function):
                 structure: CompactStructure, layer: SparseLinear) -> torch.Tensor:
         ctx.input_feature_major = is_feature_major(x)
         x_t = x.t().contiguous()  # (in, batch); a no-op for feature-major input
-        y_t = kernels.forward(values, structure.crow, structure.col, x_t, bias, structure.shape[1])
-        ctx.save_for_backward(x_t, values)
+        relu = layer.fused_relu
+        y_t = kernels.forward(values, structure.crow, structure.col, x_t, bias, structure.shape[1], relu)
+        ctx.save_for_backward(x_t, values, y_t if relu else None)
         ctx.structure, ctx.layer, ctx.has_bias = structure, layer, bias is not None
         return y_t.t()
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x_t, values = ctx.saved_tensors
+        x_t, values, rectified_t = ctx.saved_tensors
         structure: CompactStructure = ctx.structure
         dy_t = grad_output.t().contiguous()  # (out, batch); a no-op for feature-major gradients
+        if rectified_t is not None:  # the fused ReLU's backward: ReluBackward0's own op, on one layout
+            dy_t = torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
         grad_x = grad_values = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_x = kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, dy_t,
@@ -171,5 +177,6 @@ def forward(layer: SparseLinear, x: torch.Tensor) -> torch.Tensor:
         y = _CompactLinearFunction.apply(x2, values, bias, structure, layer)
     else:  # no graph to record (target networks, predict): the kernel alone
         y = kernels.forward(values.detach(), structure.crow, structure.col, x2.t().contiguous(),
-                            None if bias is None else bias.detach(), structure.shape[1]).t()
-    return y if x.dim() == 2 else y.reshape(*lead, layer.out_features)
+                            None if bias is None else bias.detach(), structure.shape[1], layer.fused_relu).t()
+    y = y if x.dim() == 2 else y.reshape(*lead, layer.out_features)
+    return mark_rectified(y) if layer.fused_relu else y

@@ -81,17 +81,20 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tup
 
 
 def forward(values: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, x_t: torch.Tensor,
-            bias: torch.Tensor | None, cols: int) -> torch.Tensor:
-    """``W xᵀ + b`` as ``(rows, batch)``, for ``W`` in CSR and ``x_t = xᵀ`` contiguous ``(cols, batch)``."""
+            bias: torch.Tensor | None, cols: int, relu: bool = False) -> torch.Tensor:
+    """``W xᵀ + b`` as ``(rows, batch)``, for ``W`` in CSR and ``x_t = xᵀ`` contiguous ``(cols, batch)``; with
+    ``relu``, rectified as ``torch.relu`` does (in the same pass: each output row while it is in cache)."""
     rows, batch = crow.numel() - 1, x_t.shape[1]
     if _check(values, x_t) and (bias is None or bias.is_contiguous()):
         y_t = x_t.new_empty(rows, batch)
         _EXTENSION.forward(values.data_ptr(), crow.data_ptr(), col.data_ptr(),  # type: ignore[union-attr]
-                           x_t.data_ptr(), 0 if bias is None else bias.data_ptr(), y_t.data_ptr(), rows, batch)
+                           x_t.data_ptr(), 0 if bias is None else bias.data_ptr(), y_t.data_ptr(), rows, batch,
+                           relu)
         return y_t
     _warn_fallback()
     w = _csr(crow, col, values, (rows, cols))
-    return torch.sparse.mm(w, x_t) if bias is None else torch.addmm(bias.unsqueeze(1), w, x_t)
+    y_t = torch.sparse.mm(w, x_t) if bias is None else torch.addmm(bias.unsqueeze(1), w, x_t)
+    return y_t.relu_() if relu else y_t
 
 
 def input_grad(values: torch.Tensor, perm_t: torch.Tensor, crow_t: torch.Tensor, col_t: torch.Tensor,

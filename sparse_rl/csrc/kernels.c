@@ -1,7 +1,8 @@
 /* Compact sparse kernels for sparse_rl: CSR weight (int32 row pointers and columns, float32 values)
  * times feature-major activations ((features, batch), row-major, contiguous).
  *
- *   forward       y[r, :]  = bias[r] + sum_j values[j] * x[col[j], :]        (rows = out features)
+ *   forward       y[r, :]  = bias[r] + sum_j values[j] * x[col[j], :]        (rows = out features), rectified
+ *                 (max(y, 0), NaN kept, as torch.relu) when the layer's ReLU is fused into it
  *   input_grad    dx[c, :] = sum_{r: (r, c) active} W[r, c] * dy[r, :]        (the forward loop over Wᵀ's CSR)
  *   values_grad   gv[j]    = dot(dy[r, :], x[col[j], :])                      (the active positions only)
  *
@@ -139,7 +140,7 @@ typedef int32_t iv16 __attribute__((vector_size(64)));
                                                                                                                \
     TARGET static void forward_##SUFFIX(const float *values, const int32_t *crow, const int32_t *col,          \
                                         const float *x, const float *bias, float *y, int64_t rows,             \
-                                        int64_t batch) {                                                       \
+                                        int64_t batch, int relu) {                                             \
         enum { W = WIDTH };                                                                                    \
         for (int64_t r = 0; r < rows; r++) {                                                                   \
             const int32_t begin = crow[r], end = crow[r + 1];                                                 \
@@ -157,6 +158,8 @@ typedef int32_t iv16 __attribute__((vector_size(64)));
                 for (int32_t j = begin; j < end; j++) acc += values[j] * x[(int64_t)col[j] * batch + b];       \
                 yr[b] = acc;                                                                                   \
             }                                                                                                  \
+            if (relu) /* while the row is in L1 */                                                             \
+                for (b = 0; b < batch; b++) yr[b] = yr[b] <= 0.0f ? 0.0f : yr[b];                              \
         }                                                                                                      \
     }                                                                                                          \
                                                                                                                \
@@ -307,7 +310,7 @@ DEFINE_KERNELS(generic, 4, 4, )
 DEFINE_RENORM(generic, )
 
 typedef void (*forward_fn)(const float *, const int32_t *, const int32_t *, const float *, const float *, float *,
-                           int64_t, int64_t);
+                           int64_t, int64_t, int);
 typedef void (*values_grad_fn)(const int32_t *, const int32_t *, const float *, const float *, float *, int64_t,
                                int64_t);
 typedef void (*renorm_stats_fn)(const float *, float *, float *, double *, int64_t, int64_t);
@@ -351,9 +354,11 @@ static int supported(int level) {
  * dtypes, devices, contiguity and shapes before calling. The GIL is released around each loop. */
 static PyObject *py_forward(PyObject *self, PyObject *args) {
     Py_ssize_t values, crow, col, x, bias, y, rows, batch;
-    if (!PyArg_ParseTuple(args, "nnnnnnnn", &values, &crow, &col, &x, &bias, &y, &rows, &batch)) return NULL;
+    int relu;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnp", &values, &crow, &col, &x, &bias, &y, &rows, &batch, &relu)) return NULL;
     Py_BEGIN_ALLOW_THREADS LEVELS[current].forward((const float *)values, (const int32_t *)crow, (const int32_t *)col,
-                                                   (const float *)x, (const float *)bias, (float *)y, rows, batch);
+                                                   (const float *)x, (const float *)bias, (float *)y, rows, batch,
+                                                   relu);
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
@@ -370,7 +375,7 @@ static PyObject *py_input_grad(PyObject *self, PyObject *args) {
         float *vt = (float *)scratch;
         for (Py_ssize_t j = 0; j < nnz; j++) vt[j] = v[p[j]];
         LEVELS[current].forward(vt, (const int32_t *)crow_t, (const int32_t *)col_t, (const float *)dy, NULL,
-                                (float *)dx, cols, batch);
+                                (float *)dx, cols, batch, 0);
     }
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
@@ -442,7 +447,7 @@ static PyObject *py_set_level(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef METHODS[] = {
-    {"forward", py_forward, METH_VARARGS, "y = W x + b (pointers and sizes)"},
+    {"forward", py_forward, METH_VARARGS, "y = W x + b, rectified or not (pointers, sizes, relu)"},
     {"input_grad", py_input_grad, METH_VARARGS, "dx = W^T dy (pointers and sizes)"},
     {"values_grad", py_values_grad, METH_VARARGS, "gradient of W's active values (pointers and sizes)"},
     {"renorm_stats", py_renorm_stats, METH_VARARGS, "BatchRenorm's column mean and variance (pointers and sizes)"},

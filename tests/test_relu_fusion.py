@@ -1,0 +1,119 @@
+"""A ReLU fused into the sparse layer before it computes exactly what the unfused pair computes."""
+
+import copy
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from stable_baselines3 import SAC
+from torch import nn
+
+from sparse_rl import SparseSACPolicy
+from sparse_rl.backends import kernels
+from sparse_rl.layers import SparseLinear, set_backend
+from sparse_rl.masks import random_mask
+from sparse_rl.neurons import hidden_layers
+from sparse_rl.relu_fusion import RectifiedReLU, fuse_relus
+
+
+def unfused_and_fused(in_features: int, hidden: int, count: int, seed: int, backend: str):
+    """``Sequential(sparse, ReLU, sparse, ReLU)`` as built, and a copy with both ReLUs fused."""
+    torch.manual_seed(seed)
+    first, second = SparseLinear(in_features, hidden), SparseLinear(hidden, 5)
+    generator = torch.Generator().manual_seed(seed)
+    first.set_mask(random_mask((hidden, in_features), count, generator))
+    second.set_mask(random_mask((5, hidden), (5 * hidden) // 3, generator))
+    unfused = nn.Sequential(first, nn.ReLU(), second, nn.ReLU())
+    fused = copy.deepcopy(unfused)
+    assert fuse_relus(fused) == 2
+    set_backend(unfused, backend)
+    set_backend(fused, backend)
+    return unfused, fused
+
+
+def run(network: nn.Sequential, x: torch.Tensor, upstream: torch.Tensor):
+    """Output, hidden activations as a forward hook on the first ReLU sees them, input and parameter gradients."""
+    seen = []
+    handle = network[1].register_forward_hook(lambda module, inputs, output: seen.append(output.detach().clone()))
+    x = x.detach().clone().requires_grad_(True)
+    y = network(x)
+    y.backward(upstream)
+    handle.remove()
+    return [y.detach(), seen[0], x.grad, *(p.grad for p in network.parameters())]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(in_features=st.integers(1, 40), hidden=st.integers(1, 70), batch=st.integers(1, 300),
+       fraction=st.floats(0, 1), seed=st.integers(0, 2**16), feature_major=st.booleans(),
+       backend=st.sampled_from(["compact", "masked", "sparse"]))
+def test_a_fused_relu_gives_the_unfused_outputs_hooks_and_gradients_exactly(simd, in_features, hidden, batch,
+                                                                              fraction, seed, feature_major, backend):
+    """Same floats, not just close: the kernel's rectification and the backward's mask are ReLU's own tests."""
+    unfused, fused = unfused_and_fused(in_features, hidden, round(fraction * in_features * hidden), seed, backend)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, in_features, generator=generator) - 0.3
+    if feature_major:
+        x = x.t().contiguous().t()
+    upstream = torch.randn(batch, 5, generator=generator)
+    for expected, actual in zip(run(unfused, x, upstream), run(fused, x, upstream), strict=True):
+        assert torch.equal(actual, expected)
+    with torch.no_grad():  # the no-graph path (target networks, predict)
+        assert torch.equal(fused(x), unfused(x))
+
+
+def test_only_a_plain_relu_right_after_a_sparse_layer_is_fused():
+    network = nn.Sequential(SparseLinear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), SparseLinear(6, 6), nn.Tanh(),
+                            SparseLinear(6, 6), nn.ReLU(inplace=True), SparseLinear(6, 6), nn.ReLU())
+    assert fuse_relus(network) == 2
+    assert [type(m) for m in network][1::2] == [RectifiedReLU, nn.ReLU, nn.Tanh, nn.ReLU, RectifiedReLU]
+    assert [getattr(m, "fused_relu", None) for m in network][0::2] == [True, None, False, False, True]
+    assert fuse_relus(network) == 0, "fusing twice changes nothing"
+
+
+def test_a_rectified_relu_rectifies_whatever_no_fused_layer_returned():
+    x = torch.randn(8, 3)
+    assert torch.equal(RectifiedReLU()(x), torch.relu(x))
+    layer = SparseLinear(3, 4)
+    layer.fused_relu = True
+    layer.set_backend("masked")  # the masked layout computes the plain product: the ReLU module rectifies it
+    assert torch.equal(nn.Sequential(layer, RectifiedReLU())(x), torch.relu(layer(x)))
+    assert (layer(x) < 0).any()
+
+
+def test_sparse_policies_fuse_every_relu_after_a_sparse_layer_and_dormant_hooks_see_them():
+    model = SAC(SparseSACPolicy, "Pendulum-v1", policy_kwargs=dict(density=0.1, net_arch=[256, 256]), seed=0,
+                device="cpu")
+    for network in (model.actor, model.critic, model.critic_target):
+        activations = [hidden.activation for hidden in hidden_layers(network).values()]
+        assert activations and all(type(a) is RectifiedReLU for a in activations)
+        assert not any(type(m) is nn.ReLU for m in network.modules())
+    compact = [m for m in model.policy.modules() if isinstance(m, SparseLinear) and m.layout == "compact"]
+    assert compact and all(layer.fused_relu for layer in compact)
+    x = torch.randn(16, 256) - 1.0
+    assert (compact[0](x) >= 0).all(), "a fused layer called alone returns its output rectified"
+
+
+def test_without_the_extension_a_fused_layer_still_rectifies(monkeypatch):
+    unfused, fused = unfused_and_fused(30, 40, 300, 1, "compact")
+    monkeypatch.setattr(kernels, "_EXTENSION", None)
+    monkeypatch.setattr(kernels, "_warned", True)
+    x, upstream = torch.randn(32, 30), torch.randn(32, 5)
+    for expected, actual in zip(run(unfused, x, upstream), run(fused, x, upstream), strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("inplace_after", [False, True])
+def test_an_in_place_change_of_a_fused_output_fails_loudly_not_silently(inplace_after):
+    """The backward reads the saved rectified output; changing it in place is refused by autograd (the output of a
+    custom function is a view) instead of giving a wrong gradient."""
+    _, fused = unfused_and_fused(10, 20, 100, 2, "compact")
+    x = torch.randn(8, 10, requires_grad=True)
+    hidden = fused[1](fused[0](x))
+    if inplace_after:
+        with pytest.raises(RuntimeError, match="inplace"):
+            hidden.mul_(2.0)
+            fused[2](hidden).sum().backward()
+    else:
+        fused[2](hidden).sum().backward()
+        assert x.grad is not None
