@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sparse_rl.backends import kernels
-from sparse_rl.backends.masked import is_feature_major
 from sparse_rl.relu_fusion import mark_rectified
 
 if TYPE_CHECKING:
@@ -133,8 +132,10 @@ class _CompactLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,
                 structure: CompactStructure, layer: SparseLinear) -> torch.Tensor:
-        ctx.input_feature_major = is_feature_major(x)
-        x_t = x.t().contiguous()  # (in, batch); a no-op for feature-major input
+        x_t = x.t()  # (in, batch): copied unless the input is feature-major (masked.is_feature_major, inlined)
+        ctx.input_feature_major = feature_major = x_t.is_contiguous() and not x.is_contiguous()
+        if not feature_major:
+            x_t = x_t.contiguous()
         relu = layer.fused_relu
         y_t = kernels.forward(values, structure.crow, structure.col, x_t, bias, structure.shape[1], relu)
         ctx.save_for_backward(x_t, values, y_t if relu else None)
@@ -168,8 +169,7 @@ class _CompactLinearFunction(torch.autograd.Function):
 
 def forward(layer: SparseLinear, x: torch.Tensor) -> torch.Tensor:
     """The ``compact`` backend's forward pass of ``layer`` (compact layout): every batch size, batch 1 included."""
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
     parameters = layer._parameters
     values, bias, structure = parameters["values"], parameters["bias"], layer._compact
     assert values is not None and structure is not None
@@ -178,5 +178,6 @@ def forward(layer: SparseLinear, x: torch.Tensor) -> torch.Tensor:
     else:  # no graph to record (target networks, predict): the kernel alone
         y = kernels.forward(values.detach(), structure.crow, structure.col, x2.t().contiguous(),
                             None if bias is None else bias.detach(), structure.shape[1], layer.fused_relu).t()
-    y = y if x.dim() == 2 else y.reshape(*lead, layer.out_features)
+    if x.dim() != 2:
+        y = y.reshape(*x.shape[:-1], layer.out_features)
     return mark_rectified(y) if layer.fused_relu else y

@@ -103,10 +103,8 @@ def input_grad(values: torch.Tensor, perm_t: torch.Tensor, crow_t: torch.Tensor,
     cols, batch = crow_t.numel() - 1, dy_t.shape[1]
     if _check(values, dy_t):
         dx_t = dy_t.new_empty(cols, batch)
-        scratch = torch.empty_like(values)
         _EXTENSION.input_grad(values.data_ptr(), perm_t.data_ptr(), crow_t.data_ptr(),  # type: ignore[union-attr]
-                              col_t.data_ptr(), dy_t.data_ptr(), dx_t.data_ptr(), scratch.data_ptr(), cols,
-                              values.numel(), batch)
+                              col_t.data_ptr(), dy_t.data_ptr(), dx_t.data_ptr(), cols, values.numel(), batch)
         return dx_t
     _warn_fallback()
     return torch.sparse.mm(_csr(crow_t, col_t, values[perm_t.long()], (cols, rows)), dy_t)

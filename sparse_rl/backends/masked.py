@@ -43,6 +43,9 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 def forward(layer: SparseLinear, x: torch.Tensor) -> torch.Tensor:
     """The ``masked`` backend's forward pass: feature-major when the layer's network runs sparse kernels."""
+    parameters = layer._parameters  # not layer.weight: SparseLinear.__getattr__ costs µs on every call
+    weight, bias = parameters["weight"], parameters["bias"]
+    assert weight is not None
     if layer.backend == "auto" and x.dim() == 2 and x.shape[0] >= SMALL_BATCH and layer.in_sparse_network():
-        return dense_linear(x, layer.weight, layer.bias, feature_major=True)
-    return F.linear(x, layer.weight, layer.bias)
+        return dense_linear(x, weight, bias, feature_major=True)
+    return F.linear(x, weight, bias)

@@ -364,20 +364,21 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
 
 static PyObject *py_input_grad(PyObject *self, PyObject *args) {
     /* dx = Wᵀ dy: the forward loop over Wᵀ's CSR structure (crow_t, col_t), whose values are W's gathered
-     * through perm (Wᵀ's j-th value is values[perm[j]]) into the caller's scratch buffer. */
-    Py_ssize_t values, perm, crow_t, col_t, dy, dx, scratch, cols, nnz, batch;
-    if (!PyArg_ParseTuple(args, "nnnnnnnnnn", &values, &perm, &crow_t, &col_t, &dy, &dx, &scratch, &cols, &nnz,
-                          &batch))
+     * through perm (Wᵀ's j-th value is values[perm[j]]) into a scratch buffer. */
+    Py_ssize_t values, perm, crow_t, col_t, dy, dx, cols, nnz, batch;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnn", &values, &perm, &crow_t, &col_t, &dy, &dx, &cols, &nnz, &batch))
         return NULL;
+    float *vt = malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(float));
+    if (vt == NULL) return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS {
         const float *v = (const float *)values;
         const int32_t *p = (const int32_t *)perm;
-        float *vt = (float *)scratch;
         for (Py_ssize_t j = 0; j < nnz; j++) vt[j] = v[p[j]];
         LEVELS[current].forward(vt, (const int32_t *)crow_t, (const int32_t *)col_t, (const float *)dy, NULL,
                                 (float *)dx, cols, batch, 0);
     }
-    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+    Py_END_ALLOW_THREADS free(vt);
+    Py_RETURN_NONE;
 }
 
 static PyObject *py_values_grad(PyObject *self, PyObject *args) {
