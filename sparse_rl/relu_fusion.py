@@ -1,5 +1,5 @@
-"""A ReLU fused into the compact layer before it: one pass over the activations instead of three, one autograd node
-instead of two.
+"""A ReLU fused into the compact layer before it: rectified inside the forward kernel's own pass over the output,
+masked at the start of the layer's backward, one autograd node instead of two.
 
 SB3 builds its networks as ``nn.Sequential(Linear, ReLU, Linear, ReLU, ...)``. :func:`fuse_relus` sets
 ``fused_relu`` on each sparse layer followed by a plain ``nn.ReLU`` and puts a :class:`RectifiedReLU` in that ReLU's
