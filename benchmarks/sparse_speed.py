@@ -31,7 +31,8 @@ Breakdown (``--part breakdown``): where one gradient step's CPU time goes for ea
 policy, the sparse policy at ``--densities`` on ``auto`` and (SAC, TD3) the wide network. Module hooks time the
 forward and backward of the hidden-to-hidden layers, of the input and output layers, of the ReLUs and of CrossQ's
 BatchRenorm layers; "rest" is everything else in ``train()``. The hooks add overhead of their own, so the shares are
-approximate.
+approximate. A backward hook wraps a layer's output in a new tensor, which drops a fused layer's "rectified" tag, so
+here every ReLU computes as an unfused one (``--part relu-fusion`` measures what the fusion saves).
 
 Kernels (``--part kernels``, ``sparse_kernels.py``): multiply-adds per second of the compact kernels (forward, input
 gradient, weight gradient at the active positions) against torch's MKL products for the same three, and dense GEMM's
@@ -411,7 +412,8 @@ def breakdown_tables(algos: list[str], env_id: str, densities: list[float], widt
             f"{chunk} steps after {learning_starts} learning-starts steps, and the ms (share) spent in the forward "
             "and backward of each kind of module, timed by module hooks (which add overhead of their own). "
             "\"hidden\" are the hidden-to-hidden layers, \"in/out\" the input and output layers, \"BatchRenorm\" "
-            "CrossQ's normalisation layers, \"rest\" everything else.", "",
+            "CrossQ's normalisation layers, \"rest\" everything else. The hooks also undo the ReLU fusion (a "
+            "hooked layer's output loses its tag), so the ReLUs here cost what unfused ones do.", "",
             "| algo | model | step ms | " + " | ".join(kinds) + " | rest |",
             "|---|---|---|" + "---|" * (len(kinds) + 1), *rows]
 
