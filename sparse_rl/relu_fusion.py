@@ -7,8 +7,10 @@ place. A compact layer with ``fused_relu`` rectifies its output in its forward k
 its backward by the same test ``torch.relu``'s backward uses, and tags its output (:func:`mark_rectified`);
 :class:`RectifiedReLU` returns a tagged tensor unchanged (``relu(relu(z)) == relu(z)``, with the same gradient) and
 rectifies anything else, as ``nn.ReLU`` does. So a network's outputs, gradients and the ReLU module's forward hooks
-(dormant neurons read them) are those of the unfused pair, on every layout; only a fused layer called alone returns
-its output rectified.
+(dormant neurons read them) are those of the unfused pair, on every layout. Only the fused layer itself differs: called
+alone it returns its output rectified, and hooks on it see that output and its gradient. A hook that returns a new
+output tensor (a module's full backward hook wraps it) drops the tag: the ReLU then rectifies again, which changes no
+value and costs what the unfused ReLU did.
 """
 
 from __future__ import annotations

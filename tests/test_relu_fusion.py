@@ -62,6 +62,16 @@ def test_a_fused_relu_gives_the_unfused_outputs_hooks_and_gradients_exactly(simd
         assert torch.equal(fused(x), unfused(x))
 
 
+def test_a_backward_hook_that_drops_the_tag_changes_no_value():
+    unfused, fused = unfused_and_fused(12, 30, 120, 4, "compact")
+    seen = []
+    fused[0].register_full_backward_hook(lambda module, grad_input, grad_output: seen.append(grad_output[0]))
+    x, upstream = torch.randn(16, 12) - 0.3, torch.randn(16, 5)
+    for expected, actual in zip(run(unfused, x, upstream), run(fused, x, upstream), strict=True):
+        assert torch.equal(actual, expected)
+    assert len(seen) == 1
+
+
 def test_only_a_plain_relu_right_after_a_sparse_layer_is_fused():
     network = nn.Sequential(SparseLinear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), SparseLinear(6, 6), nn.Tanh(),
                             SparseLinear(6, 6), nn.ReLU(inplace=True), SparseLinear(6, 6), nn.ReLU())
