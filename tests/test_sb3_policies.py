@@ -294,13 +294,19 @@ def test_discrete_and_non_box_action_spaces_are_refused():
         SparseSACPolicy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2), lambda _: 1e-3)
 
 
+# Both Pendulum learning tests: RL Zoo's Pendulum learning rate (1e-3) takes SAC past -400 within 5k steps (about
+# -200 there with seeds 0, 1 and 2, with or without gSDE; random play scores about -1200 to -1500); a batch of 128
+# learns as fast here as the default 256 at less compute per gradient step.
+LEARNS = dict(learning_rate=1e-3, batch_size=128, learning_starts=1000, seed=0, device="cpu")
+
+
 @pytest.mark.slow
 def test_sparse_sac_learns_pendulum():
     torch.set_num_threads(1)
-    model = SAC(SparseSACPolicy, "Pendulum-v1", policy_kwargs=dict(density=0.2), learning_starts=1000, seed=0,
-                device="cpu")
-    model.learn(8000, callback=SparseMetricsCallback())
-    assert evaluate(model) > -400
+    model = SAC(SparseSACPolicy, "Pendulum-v1", policy_kwargs=dict(density=0.2), **LEARNS)
+    untrained = evaluate(model)
+    model.learn(5000, callback=SparseMetricsCallback())
+    assert untrained < -1000 and evaluate(model) > -400
 
 
 def evaluate(model, episodes=10):
@@ -319,12 +325,12 @@ def evaluate(model, episodes=10):
 @pytest.mark.slow
 def test_gsde_sparse_sac_learns_pendulum_and_round_trips(tmp_path):
     torch.set_num_threads(1)
-    model = SAC(SparseSACPolicy, "Pendulum-v1", use_sde=True, policy_kwargs=dict(density=0.2), learning_rate=1e-3,
-                learning_starts=1000, seed=0, device="cpu")
+    model = SAC(SparseSACPolicy, "Pendulum-v1", use_sde=True, policy_kwargs=dict(density=0.2), **LEARNS)
     assert not model.policy.actor.log_std.__class__.__name__.startswith("Sparse")  # a parameter, dense
-    model.learn(8000)
+    untrained = evaluate(model)
+    model.learn(5000)
     check_invariants(model)
-    assert evaluate(model) > -400
+    assert untrained < -1000 and evaluate(model) > -400
     model.save(tmp_path / "gsde")
     loaded = SAC.load(tmp_path / "gsde", device="cpu")
     obs = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
