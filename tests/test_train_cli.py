@@ -138,7 +138,7 @@ def run_cli(*args, cwd):
                           cwd=cwd, timeout=120)
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_INPUTS = [
     (["--env", "NoSuchEnv-v0"], "unknown env 'NoSuchEnv-v0'"),
     (["--env", "CartPole-v1"], "Discrete action space"),
     (["--env", "Pendulum-v1", "--density", "1.5"], r"\(0, 1\]"),
@@ -178,13 +178,43 @@ def run_cli(*args, cwd):
     (["--env", "Pendulum-v1", "--set", "sparsity.drop_fraction=1.5"],
       r"sparsity: drop_fraction must be a number in \[0, 1\)"),
     (["--env", "Pendulum-v1", "--set", "sparsity.update_interval=0"], "sparsity: update_interval must be a positive"),
-])
-def test_bad_input_exits_with_one_line_and_leaves_no_run_dir(args, message, tmp_path):
+]
+
+
+def main_in_process(args, cwd, monkeypatch, capfd):
+    """``python -m sparse_rl.train ARGS`` run in this process, from ``cwd``: (exit status, stderr), with the
+    interpreter's handling of ``SystemExit`` (a message goes to stderr, status 1)."""
+    monkeypatch.chdir(cwd)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(list(args))
+    code = exit_info.value.code
+    err = capfd.readouterr().err  # the file descriptor, as a parent process would read it
+    if code is not None and not isinstance(code, int):
+        return 1, f"{err}{code}\n"
+    return code or 0, err
+
+
+# Every case in this process (each one's own process would spend ~2 s importing torch before the same code runs);
+# test_bad_input_from_the_command_line_is_the_same runs some of them as their own processes too.
+@pytest.mark.parametrize("args, message", BAD_INPUTS)
+def test_bad_input_exits_with_one_line_and_leaves_no_run_dir(args, message, tmp_path, monkeypatch, capfd):
+    returncode, stderr = main_in_process([*args, "--logdir", str(tmp_path / "runs")], tmp_path, monkeypatch, capfd)
+    assert returncode != 0
+    assert "Traceback" not in stderr
+    assert re.search(message, stderr.strip().splitlines()[-1]), stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args, message", [BAD_INPUTS[0], BAD_INPUTS[6], BAD_INPUTS[7]],
+                         ids=["env", "config-file", "resume"])
+def test_bad_input_from_the_command_line_is_the_same(args, message, tmp_path, monkeypatch, capfd):
     result = run_cli(*args, "--logdir", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert re.search(message, result.stderr.strip().splitlines()[-1]), result.stderr
     assert not (tmp_path / "runs").exists()
+    assert main_in_process([*args, "--logdir", str(tmp_path / "runs")], tmp_path, monkeypatch, capfd) == (
+        result.returncode, result.stderr)
 
 
 def test_help_explains_every_flag():
