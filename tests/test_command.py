@@ -1,10 +1,13 @@
 """``sparse-rl NAME ARGS...`` (``sparse_rl.command``): one command for every command line, with plain-text help."""
 
 import importlib
+import io
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -38,11 +41,25 @@ def test_a_bad_or_missing_subcommand_is_one_line_and_exit_2(args):
     assert result.stderr.startswith("sparse-rl: error: ")
 
 
+def command_help(name: str) -> subprocess.CompletedProcess[str]:
+    """``sparse-rl NAME --help`` run by ``sparse_rl.command.main`` in this process, as a process would end: its exit
+    status and output (help is as wide as in a process whose output is a pipe: $COLUMNS, else 80)."""
+    from sparse_rl import command
+
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.dict(os.environ, {"COLUMNS": os.environ.get("COLUMNS", "80")}), redirect_stdout(out), \
+            redirect_stderr(err), pytest.raises(SystemExit) as stop:
+        command.main([name, "--help"])
+    return subprocess.CompletedProcess(["sparse-rl", name, "--help"], stop.value.code or 0, out.getvalue(),
+                                       err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def helps():
-    """Each subcommand's help through sparse-rl and through python -m, side by side."""
-    return {name: (run("-m", "sparse_rl.command", name, "--help"), run("-m", MODULES.get(name, f"sparse_rl.{name}"),
-                                                                         "--help")) for name in NAMES}
+    """Each subcommand's help through sparse-rl and through python -m, side by side: python -m in a process of its
+    own (as a user runs it), sparse-rl's in this process (its dispatch in a process of its own is tested above and
+    by test_a_subcommand_errs_under_its_own_name; another process would spend ~2 s importing torch first)."""
+    return {name: (command_help(name), run("-m", MODULES.get(name, f"sparse_rl.{name}"), "--help")) for name in NAMES}
 
 
 @pytest.mark.parametrize("name", NAMES)
