@@ -439,7 +439,7 @@ def relu_fusion_tables(algos: list[str], env_id: str, densities: list[float], wi
         fused = build_models(algo, env_id, densities, width, common, backends=("auto",), matched=False, peer=False)
         unfused = build_models(algo, env_id, densities, width, common, backends=("auto",), matched=False,
                                peer=False)
-        for name in [name for name in fused if name != "mlp"]:
+        for name in [name for name in fused if name.startswith("auto") or name == "wide"]:  # the sparse models
             pair = {"fused": fused[name], "unfused": unfused[name]}
             unfuse_relus(pair["unfused"])
             times: dict[str, list[float]] = {kind: [] for kind in pair}
@@ -518,9 +518,9 @@ def write_section(path: Path, part: str, lines: list[str]) -> str:
                 sections[current] = []
             elif current is not None:
                 sections[current].append(line)
-    sections[SECTIONS[part]] = ["", *lines, ""]
+    sections[SECTIONS[part]] = ["", *lines]
     text = "\n".join(line for header in SECTIONS.values() if header in sections
-                     for line in (header, *sections[header])).strip() + "\n"
+                     for line in (header, *"\n".join(sections[header]).rstrip().splitlines(), "")).strip() + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text
