@@ -51,7 +51,7 @@ class SparseLinear(nn.Linear):
     dense_weight_grad: bool = False
     """The backward pass computes only the active weights' gradient (:class:`~sparse_rl.masks.MaskedLayer`)."""
     fused_relu: bool = False
-    """The ``nn.ReLU`` after it is fused into it (:mod:`sparse_rl.relu_fusion`): compact kernels rectify its output."""
+    """The ``nn.ReLU`` after it is fused into it (:mod:`sparse_rl.relu_fusion`): compact kernels rectify in-sequence."""
 
     mask: torch.Tensor
     mask_values: torch.Tensor

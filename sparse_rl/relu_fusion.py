@@ -2,15 +2,16 @@
 masked at the start of the layer's backward, one autograd node instead of two.
 
 SB3 builds its networks as ``nn.Sequential(Linear, ReLU, Linear, ReLU, ...)``. :func:`fuse_relus` sets
-``fused_relu`` on each sparse layer followed by a plain ``nn.ReLU`` and puts a :class:`RectifiedReLU` in that ReLU's
-place. A compact layer with ``fused_relu`` rectifies its output in its forward kernel, masks the output gradient in
-its backward by the same test ``torch.relu``'s backward uses, and tags its output (:func:`mark_rectified`);
-:class:`RectifiedReLU` returns a tagged tensor unchanged (``relu(relu(z)) == relu(z)``, with the same gradient) and
-rectifies anything else, as ``nn.ReLU`` does. So a network's outputs, gradients and the ReLU module's forward hooks
-(dormant neurons read them) are those of the unfused pair, on every layout. Only the fused layer itself differs: called
-alone it returns its output rectified, and hooks on it see that output and its gradient. A hook that returns a new
-output tensor (a module's full backward hook wraps it) drops the tag: the ReLU then rectifies again, which changes no
-value and costs what the unfused ReLU did.
+``fused_relu`` on each sparse layer followed by a plain ``nn.ReLU``, puts a :class:`RectifiedReLU` in that ReLU's
+place and makes the ``nn.Sequential`` a :class:`FusedReLUSequential`. When that sequence runs such a pair, the layer
+is called (hooks and all) with its :data:`RECTIFY` flag set: on the compact layout it rectifies its output in its
+forward kernel, masks the output gradient in its backward by the same test ``torch.relu``'s backward uses, and tags
+its output (:func:`mark_rectified`); :class:`RectifiedReLU` returns a tagged tensor unchanged (``relu(relu(z)) ==
+relu(z)``, with the same gradient) and rectifies anything else, as ``nn.ReLU`` does. So a network's outputs,
+gradients and the ReLU module's forward hooks (dormant neurons read them) are those of the unfused pair, on every
+layout, and the layer called alone is a plain linear layer. Only hooks on the fused layer itself, inside its
+sequence, see its output rectified. A hook that returns a new output tensor (a module's full backward hook wraps it)
+drops the tag: the ReLU then rectifies again, which changes no value and costs what the unfused ReLU did.
 """
 
 from __future__ import annotations
@@ -26,6 +27,31 @@ def mark_rectified(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor``, tagged as the rectified output of a fused layer."""
     setattr(tensor, RECTIFIED, True)
     return tensor
+
+
+RECTIFY = "_sparse_rl_rectify"
+"""The instance attribute a :class:`FusedReLUSequential` sets on a fused layer while it runs it (in ``__dict__``,
+past ``nn.Module.__setattr__``: it is set and cleared on every call)."""
+
+
+class FusedReLUSequential(nn.Sequential):
+    """``nn.Sequential`` that runs each layer with ``fused_relu`` followed by a :class:`RectifiedReLU` with the layer's
+    :data:`RECTIFY` flag set (the same modules, names and state dict)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        modules = list(self._modules.values())
+        for index, module in enumerate(modules):
+            fuse = (getattr(module, "fused_relu", False) and index + 1 < len(modules)
+                    and isinstance(modules[index + 1], RectifiedReLU))
+            if fuse:
+                module.__dict__[RECTIFY] = True
+                try:
+                    input = module(input)
+                finally:
+                    module.__dict__[RECTIFY] = False
+            else:
+                input = module(input)
+        return input
 
 
 class RectifiedReLU(nn.ReLU):
@@ -49,7 +75,15 @@ def fuse_relus(module: nn.Module) -> int:
                 setattr(layer, "fused_relu", True)  # typed as a module here; SparseLinear declares it a bool
                 setattr(sequence, name, RectifiedReLU())
                 fused += 1
+        if type(sequence) is nn.Sequential and any(isinstance(m, RectifiedReLU) for m in sequence):
+            sequence.__class__ = FusedReLUSequential  # same modules and state; only its forward differs
     return fused
 
 
-__all__ = ["RECTIFIED", "RectifiedReLU", "fuse_relus", "mark_rectified"]
+def rectifies_now(layer: nn.Module) -> bool:
+    """Whether ``layer`` is being run by a :class:`FusedReLUSequential` as the first of a fused pair."""
+    return layer.__dict__.get(RECTIFY, False)
+
+
+__all__ = ["RECTIFIED", "RECTIFY", "FusedReLUSequential", "RectifiedReLU", "fuse_relus", "mark_rectified",
+           "rectifies_now"]

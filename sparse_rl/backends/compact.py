@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sparse_rl.backends import kernels
-from sparse_rl.relu_fusion import mark_rectified
+from sparse_rl.relu_fusion import mark_rectified, rectifies_now
 
 if TYPE_CHECKING:
     from sparse_rl.layers import SparseLinear
@@ -136,7 +136,7 @@ class _CompactLinearFunction(torch.autograd.Function):
         ctx.input_feature_major = feature_major = x_t.is_contiguous() and not x.is_contiguous()
         if not feature_major:
             x_t = x_t.contiguous()
-        relu = layer.fused_relu
+        relu = rectifies_now(layer)
         y_t = kernels.forward(values, structure.crow, structure.col, x_t, bias, structure.shape[1], relu)
         ctx.save_for_backward(x_t, values, y_t if relu else None)
         ctx.structure, ctx.layer, ctx.has_bias = structure, layer, bias is not None
@@ -173,11 +173,12 @@ def forward(layer: SparseLinear, x: torch.Tensor) -> torch.Tensor:
     parameters = layer._parameters
     values, bias, structure = parameters["values"], parameters["bias"], layer._compact
     assert values is not None and structure is not None
+    rectify = rectifies_now(layer)
     if torch.is_grad_enabled() and (x2.requires_grad or values.requires_grad):
         y = _CompactLinearFunction.apply(x2, values, bias, structure, layer)
     else:  # no graph to record (target networks, predict): the kernel alone
         y = kernels.forward(values.detach(), structure.crow, structure.col, x2.t().contiguous(),
-                            None if bias is None else bias.detach(), structure.shape[1], layer.fused_relu).t()
+                            None if bias is None else bias.detach(), structure.shape[1], rectify).t()
     if x.dim() != 2:
         y = y.reshape(*x.shape[:-1], layer.out_features)
-    return mark_rectified(y) if layer.fused_relu else y
+    return mark_rectified(y) if rectify else y
