@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sparse_rl.backends import kernels
+from sparse_rl.backends.masked import is_feature_major
 from sparse_rl.relu_fusion import mark_rectified, rectifies_now
 
 if TYPE_CHECKING:
@@ -132,10 +133,8 @@ class _CompactLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,
                 structure: CompactStructure, layer: SparseLinear) -> torch.Tensor:
-        x_t = x.t()  # (in, batch): copied unless the input is feature-major (masked.is_feature_major, inlined)
-        ctx.input_feature_major = feature_major = x_t.is_contiguous() and not x.is_contiguous()
-        if not feature_major:
-            x_t = x_t.contiguous()
+        ctx.input_feature_major = feature_major = is_feature_major(x)
+        x_t = x.t() if feature_major else x.t().contiguous()  # (in, batch): copied unless the input is feature-major
         relu = rectifies_now(layer)
         y_t = kernels.forward(values, structure.crow, structure.col, x_t, bias, structure.shape[1], relu)
         ctx.save_for_backward(x_t, values, y_t if relu else None)
