@@ -50,8 +50,6 @@ class SparseLinear(nn.Linear):
     """Whether ``auto`` may lay this layer out compactly (false where the density changes as it learns)."""
     dense_weight_grad: bool = False
     """The backward pass computes only the active weights' gradient (:class:`~sparse_rl.masks.MaskedLayer`)."""
-    fused_relu: bool = False
-    """The ``nn.ReLU`` after it is fused into it (:mod:`sparse_rl.relu_fusion`): compact kernels rectify in-sequence."""
 
     mask: torch.Tensor
     mask_values: torch.Tensor

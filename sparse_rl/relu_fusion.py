@@ -1,9 +1,10 @@
 """A ReLU fused into the compact layer before it: rectified inside the forward kernel's own pass over the output,
 masked at the start of the layer's backward, one autograd node instead of two.
 
-SB3 builds its networks as ``nn.Sequential(Linear, ReLU, Linear, ReLU, ...)``. :func:`fuse_relus` sets
-``fused_relu`` on each sparse layer followed by a plain ``nn.ReLU``, puts a :class:`RectifiedReLU` in that ReLU's
-place and makes the ``nn.Sequential`` a :class:`FusedReLUSequential`. When that sequence runs such a pair, the layer
+SB3 builds its networks as ``nn.Sequential(Linear, ReLU, Linear, ReLU, ...)``. :func:`fuse_relus` puts a
+:class:`RectifiedReLU` in the place of each plain ``nn.ReLU`` that follows a sparse layer and makes the
+``nn.Sequential`` a :class:`FusedReLUSequential`; a layer followed by a ``RectifiedReLU`` is a fused pair (there
+is no other record of it). When that sequence runs such a pair, the layer
 is called (hooks and all) with its :data:`RECTIFY` flag set: on the compact layout it rectifies its output in its
 forward kernel, masks the output gradient in its backward by the same test ``torch.relu``'s backward uses, and tags
 its output (:func:`mark_rectified`); :class:`RectifiedReLU` returns a tagged tensor unchanged (``relu(relu(z)) ==
@@ -35,15 +36,13 @@ past ``nn.Module.__setattr__``: it is set and cleared on every call)."""
 
 
 class FusedReLUSequential(nn.Sequential):
-    """``nn.Sequential`` that runs each layer with ``fused_relu`` followed by a :class:`RectifiedReLU` with the layer's
+    """``nn.Sequential`` that runs each module followed by a :class:`RectifiedReLU` with the module's
     :data:`RECTIFY` flag set (the same modules, names and state dict)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         modules = list(self._modules.values())
-        for index, module in enumerate(modules):
-            fuse = (getattr(module, "fused_relu", False) and index + 1 < len(modules)
-                    and isinstance(modules[index + 1], RectifiedReLU))
-            if fuse:
+        for module, after in zip(modules, [*modules[1:], None]):
+            if isinstance(after, RectifiedReLU):
                 module.__dict__[RECTIFY] = True
                 try:
                     input = module(input)
@@ -62,17 +61,17 @@ class RectifiedReLU(nn.ReLU):
 
 
 def fuse_relus(module: nn.Module) -> int:
-    """Fuse every plain ``nn.ReLU`` that directly follows a layer with a ``fused_relu`` setting (a
-    :class:`~sparse_rl.layers.SparseLinear`) in an ``nn.Sequential`` of ``module`` into that layer. Returns how many
-    were fused."""
+    """Fuse every plain, non-inplace ``nn.ReLU`` that directly follows a :class:`~sparse_rl.layers.SparseLinear` in
+    an ``nn.Sequential`` of ``module`` into that layer. Returns how many were fused."""
+    from sparse_rl.layers import SparseLinear  # here: the layers' backends import this module
+
     fused = 0
     for sequence in module.modules():
         if not isinstance(sequence, nn.Sequential):
             continue
         children = list(sequence.named_children())
         for (_, layer), (name, after) in zip(children, children[1:]):
-            if hasattr(layer, "fused_relu") and type(after) is nn.ReLU and not after.inplace:
-                setattr(layer, "fused_relu", True)  # typed as a module here; SparseLinear declares it a bool
+            if isinstance(layer, SparseLinear) and type(after) is nn.ReLU and not after.inplace:
                 setattr(sequence, name, RectifiedReLU())
                 fused += 1
         if type(sequence) is nn.Sequential and any(isinstance(m, RectifiedReLU) for m in sequence):

@@ -76,7 +76,6 @@ def test_only_a_plain_relu_right_after_a_sparse_layer_is_fused():
                             SparseLinear(6, 6), nn.ReLU(inplace=True), SparseLinear(6, 6), nn.ReLU())
     assert fuse_relus(network) == 2
     assert [type(m) for m in network][1::2] == [RectifiedReLU, nn.ReLU, nn.Tanh, nn.ReLU, RectifiedReLU]
-    assert [getattr(m, "fused_relu", None) for m in network][0::2] == [True, None, False, False, True]
     assert fuse_relus(network) == 0, "fusing twice changes nothing"
 
 
@@ -84,9 +83,8 @@ def test_a_rectified_relu_rectifies_whatever_no_fused_layer_returned():
     x = torch.randn(8, 3)
     assert torch.equal(RectifiedReLU()(x), torch.relu(x))
     layer = SparseLinear(3, 4)
-    layer.fused_relu = True
     layer.set_backend("masked")  # the masked layout computes the plain product: the ReLU module rectifies it
-    assert torch.equal(nn.Sequential(layer, RectifiedReLU())(x), torch.relu(layer(x)))
+    assert torch.equal(FusedReLUSequential(layer, RectifiedReLU())(x), torch.relu(layer(x)))
     assert (layer(x) < 0).any()
 
 
@@ -98,7 +96,9 @@ def test_sparse_policies_fuse_every_relu_after_a_sparse_layer_and_dormant_hooks_
         assert activations and all(type(a) is RectifiedReLU for a in activations)
         assert not any(type(m) is nn.ReLU for m in network.modules())
     compact = [m for m in model.policy.modules() if isinstance(m, SparseLinear) and m.layout == "compact"]
-    assert compact and all(layer.fused_relu for layer in compact)
+    fused = [layer for sequence in model.policy.modules() if isinstance(sequence, nn.Sequential)
+             for layer, after in zip(sequence, list(sequence)[1:]) if isinstance(after, RectifiedReLU)]
+    assert compact and all(any(layer is f for f in fused) for layer in compact)
     assert all(type(s) is FusedReLUSequential for s in model.policy.modules() if isinstance(s, nn.Sequential)
                and any(isinstance(m, RectifiedReLU) for m in s))
 
