@@ -168,8 +168,7 @@ def build_models(algo: str, env_id: str, densities: list[float], width: int, com
     env = models["mlp"].env
     for density in densities:
         for backend in backends:
-            models[f"{backend} {density}"] = algo_class(policy_class, env_id, **common, policy_kwargs=dict(
-                net_arch=net_arch, density=density, method="rigl", update_end=None, backend=backend))
+            models[f"{backend} {density}"] = rigl_model(algo, env_id, common, density, backend)
         if srigl:
             models[f"srigl {density}"] = algo_class(policy_class, env_id, **common, policy_kwargs=dict(
                 net_arch=net_arch, density=density, method="srigl", update_end=None, backend="auto"))
@@ -184,9 +183,30 @@ def build_models(algo: str, env_id: str, densities: list[float], width: int, com
     if sbx is not None:
         models["sbx"] = sbx
     if algo in WIDE_ALGOS:
-        models["wide"] = algo_class(policy_class, env_id, **common, policy_kwargs=dict(
-            net_arch=net_arch, width_multiplier=width, iso_params=True, method="rigl", update_end=None,
-            backend="auto"))
+        models["wide"] = wide_model(algo, env_id, common, width)
+    return models
+
+
+def rigl_model(algo: str, env_id: str, common: dict, density: float, backend: str):
+    """The benchmark's sparse model: RigL at ``density`` on ``backend``, updates never ending."""
+    algo_class, policy_class = algo_and_policy(algo)
+    return algo_class(policy_class, env_id, **common, policy_kwargs=dict(
+        net_arch=NET_ARCH[algo], density=density, method="rigl", update_end=None, backend=backend))
+
+
+def wide_model(algo: str, env_id: str, common: dict, width: int):
+    """The wide ×``width`` iso-parameter RigL network on ``auto``."""
+    algo_class, policy_class = algo_and_policy(algo)
+    return algo_class(policy_class, env_id, **common, policy_kwargs=dict(
+        net_arch=NET_ARCH[algo], width_multiplier=width, iso_params=True, method="rigl", update_end=None,
+        backend="auto"))
+
+
+def sparse_models(algo: str, env_id: str, densities: list[float], width: int, common: dict) -> dict:
+    """Only the sparse models of :func:`build_models`: ``sparse {density}`` on ``auto`` and ``wide`` (SAC, TD3)."""
+    models = {f"sparse {density}": rigl_model(algo, env_id, common, density, "auto") for density in densities}
+    if algo in WIDE_ALGOS:
+        models["wide"] = wide_model(algo, env_id, common, width)
     return models
 
 
@@ -425,8 +445,6 @@ def unfuse_relus(model) -> None:
             for name, module in sequence.named_children():
                 if isinstance(module, RectifiedReLU):
                     setattr(sequence, name, nn.ReLU())
-                elif isinstance(module, SparseLinear):
-                    module.fused_relu = False
 
 
 def relu_fusion_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
@@ -436,10 +454,9 @@ def relu_fusion_tables(algos: list[str], env_id: str, densities: list[float], wi
     common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
     rows = []
     for algo in algos:
-        fused = build_models(algo, env_id, densities, width, common, backends=("auto",), matched=False, peer=False)
-        unfused = build_models(algo, env_id, densities, width, common, backends=("auto",), matched=False,
-                               peer=False)
-        for name in [name for name in fused if name.startswith("auto") or name == "wide"]:  # the sparse models
+        fused = sparse_models(algo, env_id, densities, width, common)
+        unfused = sparse_models(algo, env_id, densities, width, common)
+        for name in fused:
             pair = {"fused": fused[name], "unfused": unfused[name]}
             unfuse_relus(pair["unfused"])
             times: dict[str, list[float]] = {kind: [] for kind in pair}
@@ -452,7 +469,7 @@ def relu_fusion_tables(algos: list[str], env_id: str, densities: list[float], wi
                     model.train(gradient_steps=chunk, batch_size=model.batch_size)
                     times[kind].append((time.process_time() - start) / chunk)
             ms = {kind: statistics.median(values) * 1e3 for kind, values in times.items()}
-            label = f"wide ×{width}" if name == "wide" else f"sparse {name.split()[1]}"
+            label = f"wide ×{width}" if name == "wide" else name
             rows.append(f"| {algo} | {label} | {ms['unfused']:.2f} | {ms['fused']:.2f} | "
                         f"{ms['unfused'] / ms['fused']:.3f} |")
             print(rows[-1], flush=True)
@@ -519,8 +536,8 @@ def write_section(path: Path, part: str, lines: list[str]) -> str:
             elif current is not None:
                 sections[current].append(line)
     sections[SECTIONS[part]] = ["", *lines]
-    text = "\n".join(line for header in SECTIONS.values() if header in sections
-                     for line in (header, *"\n".join(sections[header]).rstrip().splitlines(), "")).strip() + "\n"
+    blocks = ["\n".join([header, *sections[header]]).rstrip() for header in SECTIONS.values() if header in sections]
+    text = "\n\n".join(blocks) + "\n"  # one blank line between sections
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text
