@@ -25,6 +25,8 @@ from typing import Any
 import ray
 from ray import tune
 
+from sparse_rl.rundir import RunDir
+
 PROG = "sparse_rl.sweep"
 
 
@@ -111,7 +113,8 @@ class TrialLines(tune.Callback):
         self._line(trial, "started")
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._line(trial, "finished")
+        finished = RunDir(Path(trial.config["trial"]["run_dir"])).is_finished()
+        self._line(trial, "finished" if finished else "stopped (unfinished)")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._line(trial, "failed")
@@ -120,9 +123,33 @@ class TrialLines(tune.Callback):
         self._line(trial, f"failed (attempt {trial.run_metadata.num_failures}); retrying")
 
 
+class StopWhenIdle(tune.Stopper, tune.Callback):
+    """Ends the experiment once ``stop`` exists and no trial is running, so that no further trial starts after a
+    sweep was asked to stop (its running trials checkpoint and end on their own: :func:`sparse_rl.sweep.run_trial`)."""
+
+    def __init__(self, stop: Path) -> None:
+        self.stop, self.running = stop, set[str]()
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.running.add(trial.trial_id)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.running.discard(trial.trial_id)
+
+    on_trial_error = on_trial_recover = on_trial_complete
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return not self.running and self.stop.exists()
+
+
 def tune_trials(trainable: Any, specs: list[dict[str, Any]], logdir: Path, name: str,
-                options: argparse.Namespace) -> dict[Path, str]:
-    """Run one Tune trial per spec (named by its run label); the error text of each failed one, by run directory."""
+                options: argparse.Namespace, stop: Path) -> dict[Path, str]:
+    """Run one Tune trial per spec (named by its run label); the error text of each failed one, by run directory.
+    Once ``stop`` exists, no further trial starts."""
+    stopper = StopWhenIdle(stop)
     if not options.verbose:  # Tune's own reporter and its per-failure tracebacks: TrialLines says it in one line
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
@@ -135,8 +162,8 @@ def tune_trials(trainable: Any, specs: list[dict[str, Any]], logdir: Path, name:
         run_config=tune.RunConfig(name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                   storage_path=str(logdir / "ray_results"),
                                   failure_config=tune.FailureConfig(max_failures=options.max_failures),
-                                  verbose=2 if options.verbose else 0,
-                                  callbacks=[] if options.verbose else [TrialLines()]),
+                                  verbose=2 if options.verbose else 0, stop=stopper,
+                                  callbacks=[stopper] if options.verbose else [stopper, TrialLines()]),
     )
     results = tuner.fit()
     failed = [results[index] for index in range(len(results)) if results[index].error is not None]

@@ -80,7 +80,8 @@ def network_densities(model: OffPolicyAlgorithm) -> dict[str, float]:
 
 class RunCallback(BaseCallback):
     """Owns what makes a run a run, at each step boundary (rollout start, after the previous train step):
-    a stop requested by a signal, the divergence check, periodic checkpoints; and logs the run's
+    a stop requested by a signal (or by the existence of ``stop_file``: a sweep asks its trials to stop so, since
+    they run outside the main thread, where signals go), the divergence check, periodic checkpoints; and logs the run's
     wall-clock (``time/wall_clock_s``, resumes included) and ``sparsity/density/<net>``, and counts the
     process's CPU time (resumes included), which other processes on a shared machine do not inflate."""
 
@@ -89,9 +90,9 @@ class RunCallback(BaseCallback):
     model: OffPolicyAlgorithm
 
     def __init__(self, run_dir: Path, every: int, metrics: SparseMetricsCallback,
-                 wall_clock_s: float = 0.0, cpu_s: float = 0.0) -> None:
+                 wall_clock_s: float = 0.0, cpu_s: float = 0.0, stop_file: Path | None = None) -> None:
         super().__init__()
-        self.run_dir, self.every, self.metrics = run_dir, every, metrics
+        self.run_dir, self.every, self.metrics, self.stop_file = run_dir, every, metrics, stop_file
         self.stop_signal: int | None = None
         self._last_checkpoint = -1
         self._last_density = -self.DENSITY_EVERY
@@ -116,6 +117,8 @@ class RunCallback(BaseCallback):
 
     def _on_rollout_start(self) -> None:
         self.check_finite(weights=self.model.num_timesteps % self.WEIGHT_CHECK_EVERY == 0)
+        if self.stop_signal is None and self.stop_file is not None and self.stop_file.exists():
+            self.stop_signal = signal.SIGINT
         if self.stop_signal is not None:
             raise RunInterrupted(self.run_dir, self.model.num_timesteps, self.stop_signal)
         if self.every and self.model.num_timesteps - self._last_checkpoint >= self.every:

@@ -220,8 +220,10 @@ def summary_text(summary: Mapping[str, Any], run_dir: Path) -> str:
     ])
 
 
-def start_run(config: dict[str, Any], logdir: Path, progress_bar: bool = False, ledger: Ledger | None = None) -> Path:
-    """Train the run of ``config`` (from :func:`make_config`) into a new directory under ``logdir``; return it."""
+def start_run(config: dict[str, Any], logdir: Path, progress_bar: bool = False, ledger: Ledger | None = None,
+              stop_file: Path | None = None) -> Path:
+    """Train the run of ``config`` (from :func:`make_config`) into a new directory under ``logdir``; return it.
+    The run stops as on SIGINT (``RunInterrupted``, checkpoint written) once ``stop_file`` exists."""
     validate(config)
     check_device(config)
     run_dir = run_dir_of(config, logdir)
@@ -233,11 +235,13 @@ def start_run(config: dict[str, Any], logdir: Path, progress_bar: bool = False, 
     mujoco_log_to(run_dir)
     RunDir(run_dir).write_config(config)
     print(start_text(run_dir, config, 0), flush=True)
-    return _train(model, config, run_dir, progress_bar, ledger)
+    return _train(model, config, run_dir, progress_bar, ledger, stop_file=stop_file)
 
 
-def resume_run(run_dir: Path, progress_bar: bool = False, ledger: Ledger | None = None) -> Path:
-    """Continue the interrupted run in ``run_dir`` from its checkpoint to its ``total_steps``; return it."""
+def resume_run(run_dir: Path, progress_bar: bool = False, ledger: Ledger | None = None,
+               stop_file: Path | None = None) -> Path:
+    """Continue the interrupted run in ``run_dir`` from its checkpoint to its ``total_steps``; return it
+    (``stop_file`` as in :func:`start_run`)."""
     run = RunDir(run_dir)
     if not run.is_run():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
@@ -250,7 +254,7 @@ def resume_run(run_dir: Path, progress_bar: bool = False, ledger: Ledger | None 
     mujoco_log_to(run_dir)
     model = load_checkpoint(run_dir, config)
     print(start_text(run_dir, config, model.num_timesteps), flush=True)
-    return _train(model, config, run_dir, progress_bar, ledger, resumed=True)
+    return _train(model, config, run_dir, progress_bar, ledger, resumed=True, stop_file=stop_file)
 
 
 def start_text(run_dir: Path, config: Mapping[str, Any], step: int) -> str:
@@ -263,14 +267,14 @@ def start_text(run_dir: Path, config: Mapping[str, Any], step: int) -> str:
 
 
 def _train(model: OffPolicyAlgorithm, config: Mapping[str, Any], run_dir: Path, progress_bar: bool,
-           ledger: Ledger | None, resumed: bool = False) -> Path:
+           ledger: Ledger | None, resumed: bool = False, stop_file: Path | None = None) -> Path:
     metrics = SparseMetricsCallback()
     state = checkpoint_state(run_dir) if resumed else {}
     if state:
         metrics.load_flops_state(state)
     evaluation = make_eval_callback(config, run_dir, model.num_timesteps)
     run_callback = RunCallback(run_dir, config.get("checkpoint_freq", CHECKPOINT_EVERY), metrics,
-                               float(state.get("wall_clock_s", 0.0)), float(state.get("cpu_s", 0.0)))
+                               float(state.get("wall_clock_s", 0.0)), float(state.get("cpu_s", 0.0)), stop_file)
     try:
         with stop_on_signals(run_callback):
             model.learn(max(0, config["total_steps"] - model.num_timesteps), tb_log_name=TENSORBOARD_NAME,

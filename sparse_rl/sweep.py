@@ -19,8 +19,9 @@ and ``set``, a mapping of config paths to values)::
 Run directories are ``<logdir>/<env>/<algo>-<method>-d<density>-s<seed>/`` as for a single run,
 so ``sparse_rl.report`` reads a sweep directory unchanged. Running a sweep again resumes it: a
 run with ``summary.json`` is finished and skipped, a run with a checkpoint continues from it, and
-a run that died before its first checkpoint starts over. Ctrl-C stops the sweep and leaves every
-finished run intact.
+a run that died before its first checkpoint starts over. Ctrl-C (or SIGTERM) stops the sweep
+safely: each running trial writes its checkpoint at its next step and ends, and no further trial
+starts; a second Ctrl-C stops at once, losing each running trial's steps since its last checkpoint.
 
 With ``--ledger DIR`` every finished trial is recorded in ``DIR/<name>/<env>/<run>/``
 (:mod:`sparse_rl.ledger`), and a trial whose record is there (or in a ``reuse`` grid) is not run
@@ -44,7 +45,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,17 +164,23 @@ def run_trial(params: dict[str, Any]) -> None:
 
     from sparse_rl import runs
     from sparse_rl.quiet import filter_known_warnings
+    from sparse_rl.run_callbacks import RunInterrupted
 
     filter_known_warnings()  # in the worker too: MuJoCo's log goes to the run directory
     spec = params["trial"]
-    run_dir = Path(spec["run_dir"])
+    run_dir, stop = Path(spec["run_dir"]), Path(spec["stop_file"])
+    if stop.exists():  # the sweep is stopping: a trial that has not started does not start
+        return
     ledger = Ledger(Path(spec["ledger"]), spec["grid"]) if spec["ledger"] else None
-    if RunDir(run_dir).checkpoint.model_file.is_file():
-        runs.resume_run(run_dir, ledger=ledger)
-    else:
-        if run_dir.exists():  # an earlier attempt died before its first checkpoint
-            shutil.rmtree(run_dir)
-        runs.start_run(spec["config"], run_dir.parent.parent, ledger=ledger)
+    try:
+        if RunDir(run_dir).checkpoint.model_file.is_file():
+            runs.resume_run(run_dir, ledger=ledger, stop_file=stop)
+        else:
+            if run_dir.exists():  # an earlier attempt died before its first checkpoint
+                shutil.rmtree(run_dir)
+            runs.start_run(spec["config"], run_dir.parent.parent, ledger=ledger, stop_file=stop)
+    except RunInterrupted:  # stopped by the sweep, its checkpoint written: the sweep's next run resumes it
+        return
     summary = RunDir(run_dir).read_summary()
     final = summary["final_return"]
     tune.report({"final_return": math.nan if final is None else final, "env_steps": summary["env_steps"]})
@@ -187,13 +197,45 @@ def run_on_ray(trials: list[Trial], logdir: Path, name: str, options: argparse.N
         connect(options.address or os.environ.get("RAY_ADDRESS"), options.max_concurrent, options.verbose)
     except ClusterError as error:
         raise SweepError(str(error)) from None
+    stop = logdir / f".stop-{name}"
     specs = [{"config": t.config, "run_dir": str(t.run_dir), "name": t.name, "dirname": f"{t.config['env']}_{t.name}",
-              "ledger": str(ledger.root.resolve()) if ledger else None, "grid": ledger.grid if ledger else name}
-             for t in trials]
+              "ledger": str(ledger.root.resolve()) if ledger else None, "grid": ledger.grid if ledger else name,
+              "stop_file": str(stop)} for t in trials]
     try:
-        return tune_trials(run_trial, specs, logdir, name, options)
+        with stop_trials_on_signals(stop):
+            return tune_trials(run_trial, specs, logdir, name, options, stop)
     finally:
         ray.shutdown()
+
+
+@contextmanager
+def stop_trials_on_signals(stop: Path) -> Iterator[None]:
+    """While Tune runs the trials, SIGINT or SIGTERM creates ``stop``: each running trial then writes its checkpoint
+    at its next step and ends, and a trial not yet started does not start (trials run in Ray's workers, which the
+    driver's signals do not reach). A second signal stops at once (``KeyboardInterrupt``; Tune's own SIGINT handler
+    is off meanwhile). ``stop`` is removed before and after."""
+    def request_stop(signum: int, frame: Any) -> None:
+        if stop.exists():
+            raise KeyboardInterrupt
+        stop.touch()
+        print(f"{PROG}: stopping: each running trial writes its checkpoint at its next step (run the sweep again to "
+              "resume); Ctrl-C again stops at once, losing the steps since each one's last checkpoint", flush=True)
+
+    stop.parent.mkdir(parents=True, exist_ok=True)
+    stop.unlink(missing_ok=True)
+    previous_tune_handler = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if previous_tune_handler is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER")
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous_tune_handler
+        stop.unlink(missing_ok=True)
 
 
 def status_table(trials: list[Trial], records: dict[Path, Path], skipped: set[Path], errors: dict[Path, str]) -> str:
@@ -282,6 +324,9 @@ def main(argv: list[str] | None = None) -> None:
         errors = run_on_ray(pending, logdir.resolve(), name, args, ledger) if pending else {}
     except SweepError as error:
         fail(PROG, str(error))
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
+        print(f"\n{PROG}: {name}: stopped at once:\n{status_table(trials, records, skipped, {})}", file=sys.stderr)
+        raise SystemExit(130) from None
     print(f"\n{PROG}: {name}:\n{status_table(trials, records, skipped, errors)}")
     unfinished = [trial for trial in trials if not (trial.finished or trial.run_dir in records)]
     if unfinished:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,6 +113,34 @@ def test_failing_trial_is_reported_with_its_error_and_others_finish(tmp_path, ca
     diverging = "sac-dense-d1-t300-bs32-lr1000-ls100-s1"
     failed = next((line for line in out.splitlines() if diverging in line and "FAILED" in line), out)
     assert "diverged at env step" in failed
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_the_running_trial_and_starts_no_other(tmp_path):
+    base = {**TINY, "total_steps": 100_000, "eval_freq": 100_000,
+            "set": {**TINY["set"], "checkpoint_freq": 100_000}}  # no periodic checkpoint: only the stop writes one
+    path = write_sweep(tmp_path, name="stopping", base=base, grid={"seed": [0, 1]})
+    logdir = tmp_path / "out"
+    first, second = (logdir / "Pendulum-v1" / f"sac-dense-d1-t100k-bs32-ls100-s{seed}" for seed in (0, 1))
+    process = subprocess.Popen([sys.executable, "-m", "sparse_rl.sweep", str(path), "--logdir", str(logdir),
+                                "--max-concurrent", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (first / "config.yaml").is_file() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(3)  # training
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 1, err
+    assert "stopping: each running trial writes its checkpoint" in out
+    assert "sac-dense-d1-t100k-bs32-ls100-s0 stopped (unfinished)" in out
+    state = json.loads((first / "checkpoint" / "state.json").read_text())
+    assert 0 < state["env_steps"] < 100_000 and not (first / "summary.json").exists()
+    assert not second.exists() and "ls100-s1 started" not in out, "no trial starts once the sweep is stopping"
+    assert not (logdir / ".stop-stopping").exists()
+    assert "2 of 2 trials did not finish" in err
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1"])
