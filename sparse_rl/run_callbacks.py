@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -181,12 +181,19 @@ def stop_on_signals(callback: RunCallback) -> Iterator[None]:
             raise KeyboardInterrupt
         callback.stop_signal = signum
 
-    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    with signals_handled_by(request_stop):
+        yield
+
+
+@contextmanager
+def signals_handled_by(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM go to ``handler`` inside the block (main thread only); the previous handlers after it."""
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, before in previous.items():
+            signal.signal(signum, before)
 
 
 def make_eval_callback(config: Mapping[str, Any], run_dir: Path, num_timesteps: int) -> EvalCallback:

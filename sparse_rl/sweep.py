@@ -45,7 +45,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +54,7 @@ from typing import Any
 
 from sparse_rl.cli import OneLineParser, at_least, fail, missing_extra
 from sparse_rl.ledger import Ledger
+from sparse_rl.run_callbacks import RunInterrupted, signals_handled_by
 from sparse_rl.run_config import ConfigError, read_yaml
 from sparse_rl.rundir import RunDir
 from sparse_rl.runs import OPTION_KEYS, make_config, run_dir_of
@@ -164,7 +164,6 @@ def run_trial(params: dict[str, Any]) -> None:
 
     from sparse_rl import runs
     from sparse_rl.quiet import filter_known_warnings
-    from sparse_rl.run_callbacks import RunInterrupted
 
     filter_known_warnings()  # in the worker too: MuJoCo's log goes to the run directory
     spec = params["trial"]
@@ -225,12 +224,10 @@ def stop_trials_on_signals(stop: Path) -> Iterator[None]:
     stop.unlink(missing_ok=True)
     previous_tune_handler = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        with signals_handled_by(request_stop):
+            yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
         if previous_tune_handler is None:
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER")
         else:
