@@ -154,7 +154,7 @@ def tune_trials(trainable: Any, specs: list[dict[str, Any]], logdir: Path, name:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": 1, "gpu": options.gpus_per_trial}),
+        tune.with_resources(trainable, {"cpu": options.threads, "gpu": options.gpus_per_trial}),
         param_space={"trial": tune.grid_search(specs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent,
                                     trial_name_creator=lambda trial: trial.config["trial"]["name"],

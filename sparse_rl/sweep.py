@@ -27,8 +27,8 @@ With ``--ledger DIR`` every finished trial is recorded in ``DIR/<name>/<env>/<ru
 (:mod:`sparse_rl.ledger`), and a trial whose record is there (or in a ``reuse`` grid) is not run
 at all, so a grid continues across sessions and machines from its committed records.
 
-Locally each trial gets one CPU (and one torch thread), so as many trials run at once as the
-machine has cores (``--max-concurrent`` to lower it). ``--address`` (or ``RAY_ADDRESS``) sends
+Locally each trial gets one CPU (and one torch thread; ``--threads N`` gives it N of each), so as many
+trials run at once as the machine has cores (``--max-concurrent`` to lower it). ``--address`` (or ``RAY_ADDRESS``) sends
 the trials to an existing Ray cluster (``ray start --head`` prints its address) whose nodes have
 ``sparse_rl`` installed with the same Ray and Python; give ``--logdir`` (and ``--ledger``) paths all
 nodes share. A token in ``~/.ray/auth_token`` (or ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH``) is sent
@@ -126,11 +126,12 @@ def trial_options(sweep: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**base, **entry, "set": {**base.get("set", {}), **entry.get("set", {})}} for entry in entries]
 
 
-def plan_trials(sweep: dict[str, Any], logdir: Path, gpus_per_trial: float = 0.0) -> list[Trial]:
-    """The sweep's trials, each config validated as ``sparse_rl.train`` would, before anything runs."""
+def plan_trials(sweep: dict[str, Any], logdir: Path, gpus_per_trial: float = 0.0, threads: int = 1) -> list[Trial]:
+    """The sweep's trials, each config validated as ``sparse_rl.train`` would, before anything runs; each trains
+    with ``threads`` torch threads (a setting the run's directory name and the ledger's matching leave out)."""
     trials: dict[Path, Trial] = {}
     for options in trial_options(sweep):
-        run_options = {**options, "threads": 1, "device": "cuda" if gpus_per_trial > 0 else "cpu"}
+        run_options = {**options, "threads": threads, "device": "cuda" if gpus_per_trial > 0 else "cpu"}
         try:
             config = make_config(run_options)
         except ValueError as error:
@@ -193,7 +194,8 @@ def run_on_ray(trials: list[Trial], logdir: Path, name: str, options: argparse.N
     from sparse_rl.ray_cluster import ClusterError, connect, tune_trials
 
     try:
-        connect(options.address or os.environ.get("RAY_ADDRESS"), options.max_concurrent, options.verbose)
+        cpus = options.max_concurrent * options.threads if options.max_concurrent else None  # a local Ray's
+        connect(options.address or os.environ.get("RAY_ADDRESS"), cpus, options.verbose)
     except ClusterError as error:
         raise SweepError(str(error)) from None
     stop = logdir / f".stop-{name}"
@@ -265,6 +267,9 @@ def parse_sweep_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "file's reuse grids), e.g. results/ledger")
     parser.add_argument("--address", help="address of an existing Ray cluster (default: $RAY_ADDRESS, else local)")
     parser.add_argument("--max-concurrent", type=at_least(int, 1), help="trials at a time (default: one per CPU)")
+    parser.add_argument("--threads", type=at_least(int, 1), default=1,
+                        help="torch threads, and CPUs reserved, per trial: more for a run that would not finish "
+                             "on one core in the time there is (default: 1)")
     parser.add_argument("--gpus-per-trial", type=at_least(float, 0), default=0.0,
                         help="GPUs per trial; > 0 trains on cuda")
     parser.add_argument("--max-failures", type=at_least(int, 0),
@@ -287,7 +292,11 @@ def send_token(address: str | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Plan, run and summarise a sweep; bad input is one line and exit status 2."""
     args = parse_sweep_args(argv)
-    send_token(args.address or os.environ.get("RAY_ADDRESS"))
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address is None and args.threads > (os.cpu_count() or 1):
+        fail(PROG, f"--threads {args.threads}: this machine has {os.cpu_count()} CPUs, so a trial could never start; "
+                   f"give at most {os.cpu_count()} (or --address of a cluster with larger nodes)")
+    send_token(address)
     try:
         import ray  # noqa: F401  (the sweep extra)
     except ImportError as error:
@@ -299,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         sweep = read_yaml(args.sweep)
         name = str(sweep.get("name") or args.sweep.stem)
         logdir = args.logdir or Path(sweep.get("logdir") or Path("runs") / "sweeps" / name)
-        trials = plan_trials(sweep, logdir.resolve(), args.gpus_per_trial)  # trials run in Ray's own cwd
+        trials = plan_trials(sweep, logdir.resolve(), args.gpus_per_trial, args.threads)  # in Ray's own cwd
         ledger = Ledger(args.ledger, name) if args.ledger is not None else None
         ledgers = [ledger, *(Ledger(args.ledger, str(grid)) for grid in sweep.get("reuse") or [])] if ledger else []
         records = recorded(trials, ledgers)

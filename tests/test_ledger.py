@@ -60,6 +60,13 @@ def test_record_is_a_few_kb_and_holds_no_model(recorded):
         assert np.nanmax(np.abs(series["density_actor"] - density)) < 0.01
 
 
+def test_a_record_matches_the_same_run_on_other_threads_and_devices(recorded):
+    _, root = recorded
+    book = Ledger(root, "tiny")
+    assert book.find(runs.make_config({**RUN, "density": 1.0, "threads": 2})) is not None
+    assert book.find(runs.make_config({**RUN, "density": 1.0, "seed": 1})) is None
+
+
 def test_report_over_records_equals_report_over_run_directories(recorded, tmp_path):
     run_root, ledger_root = recorded
     from_runs = report.write_report([run_root], tmp_path / "from_runs", reps=50)

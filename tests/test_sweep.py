@@ -160,6 +160,7 @@ def test_unreachable_cluster_is_one_line_naming_the_address_and_ray_start(addres
     (["--max-concurrent", "0"], "argument --max-concurrent: must be an integer >= 1, got '0'"),
     (["--max-failures", "-1"], "argument --max-failures: must be an integer >= 0, got '-1'"),
     (["--gpus-per-trial", "nan"], "argument --gpus-per-trial: must be a number >= 0, got 'nan'"),
+    (["--threads", "0"], "argument --threads: must be an integer >= 1, got '0'"),
 ])
 def test_bad_sweep_arguments_are_one_line_errors(args, message, capsys):
     with pytest.raises(SystemExit):
@@ -171,3 +172,21 @@ def test_a_sweep_plans_gpu_trials_on_a_machine_without_one(tmp_path):
     # a cluster's head node may lack the GPUs its workers have: the device is checked where a trial trains
     trials = plan_trials({"base": TINY, "trials": [{"seed": 0}]}, tmp_path, gpus_per_trial=0.5)
     assert trials[0].config["device"] == "cuda"
+
+
+def test_threads_per_trial_reach_the_config_and_nothing_else(tmp_path):
+    one, two = (plan_trials({"base": TINY, "trials": [{"seed": 0}]}, tmp_path, threads=threads)[0]
+                for threads in (1, 2))
+    assert (one.config["threads"], two.config["threads"]) == (1, 2)
+    assert one.run_dir == two.run_dir
+    assert {k: v for k, v in one.config.items() if k != "threads"} == {k: v for k, v in two.config.items()
+                                                                       if k != "threads"}
+
+
+def test_more_threads_per_trial_than_local_cpus_is_one_line_before_anything_runs(tmp_path, capsys):
+    path = write_sweep(tmp_path, name="greedy", base=TINY)
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main([str(path), "--threads", "999", "--logdir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "--threads 999: this machine has" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
