@@ -423,3 +423,35 @@ def test_auto_lays_out_compactly_by_shape_and_density_alone():
     assert auto_backend(COMPACT_MIN_WEIGHTS - 1, 1, 0.1, cpu) == "masked", "small layers stay dense"
     assert auto_backend(1024, 1024, 0.05, torch.device("meta")) == "masked", "non-CPU devices stay masked"
     assert auto_backend(1024, 1024, 0.05, cpu, compact_capable=False) in ("sparse", "masked")
+
+
+def test_sac_training_steps_with_topology_updates_on_compact_equal_masked():
+    """A whole ``train()`` (losses, Adam, Polyak, entropy, RigL updates every 3 steps) on the same replay buffer and
+    random streams (torch's for the policy, numpy's for the buffer's batches) gives both layouts the same masks and,
+    to float32 rounding, the same weights."""
+    from stable_baselines3 import SAC
+
+    from sparse_rl import SparseSACPolicy
+
+    models = {backend: SAC(SparseSACPolicy, "Pendulum-v1", seed=0, device="cpu", learning_starts=200, batch_size=64,
+                           policy_kwargs=dict(density=0.1, backend=backend, update_interval=3,
+                                              update_end=None))
+              for backend in ("compact", "masked")}
+    for model in models.values():
+        model.learn(200)  # random actions only: the same buffer
+    initial = {name: module.mask.clone() for name, module in models["masked"].policy.named_modules()
+               if isinstance(module, SparseLinear)}
+    for step in range(9):
+        for model in models.values():
+            torch.manual_seed(step)
+            np.random.seed(step)
+            model.train(gradient_steps=1, batch_size=64)
+    layers = {backend: {name: module for name, module in model.policy.named_modules()
+                        if isinstance(module, SparseLinear)} for backend, model in models.items()}
+    assert {layer.layout for layer in layers["compact"].values()} == {"compact"}
+    assert models["compact"].policy.actor.optimizer.state, "Adam has stepped"
+    assert any(not torch.equal(initial[name], layer.mask) for name, layer in layers["masked"].items()), "no update"
+    for name, compact in layers["compact"].items():
+        masked = layers["masked"][name]
+        assert torch.equal(compact.mask, masked.mask), name
+        torch.testing.assert_close(compact.score_weight().detach(), masked.score_weight().detach(), **TOL)
