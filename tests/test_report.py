@@ -166,7 +166,31 @@ def test_time_columns_are_ratios_to_dense_and_blank_without_cpu_time(tmp_path):
     dense, sparse = table_rows(write_report([runs], tmp_path / "out", reps=REPS))
     columns = ("s / 1k steps", "wall-clock vs dense", "CPU time vs dense")
     assert [dense[column] for column in columns] == ["20.0", "1.00×", "1.00×"]
-    assert [sparse[column] for column in columns] == ["15.0", "0.75×", "0.33×"]
+    assert [sparse[column] for column in columns] == ["15.0", "0.75×", "0.33× (2 of 3)"]
+
+
+@pytest.mark.parametrize("sparse_machines, wall_clock, cpu_time", [
+    ([("CPU A", 1)] * 3, "0.75×", "0.33×"),
+    ([("CPU A", 1), ("CPU A", 1), ("CPU B", 1)], "0.75× (2 of 3)", "0.33× (2 of 3)"),
+    ([("CPU B", 1)] * 3, "other machine", "other machine"),
+    ([("CPU A", 2)] * 3, "other machine", "other machine"),  # the same CPU on other thread counts
+])
+def test_time_columns_compare_runs_only_with_dense_runs_on_the_same_cpu_and_threads(tmp_path, sparse_machines,
+                                                                                     wall_clock, cpu_time):
+    runs = make_runs(tmp_path)
+    for path in runs.rglob("summary.json"):  # dense: 20 s wall, 18 s CPU per 1k steps on CPU A, one thread
+        summary = json.loads(path.read_text())
+        dense = "dense" in str(path)
+        cpu, threads = ("CPU A", 1) if dense else sparse_machines[int(path.parent.name.removeprefix("seed"))]
+        # a run on another machine takes other times, which must not enter the ratio
+        other = (cpu, threads) != ("CPU A", 1)
+        summary.update(cpu=cpu, threads=threads, wall_clock_s_per_1k_steps=20.0 if dense else 99.0 if other else 15.0,
+                       cpu_s_per_1k_steps=18.0 if dense else 99.0 if other else 6.0)
+        path.write_text(json.dumps(summary))
+    results = write_report([runs], tmp_path / "out", reps=REPS)
+    sparse = table_rows(results)[1]
+    assert (sparse["wall-clock vs dense"], sparse["CPU time vs dense"]) == (wall_clock, cpu_time)
+    assert "on the same CPU model and thread count only" in results.read_text()
 
 
 def test_final_network_densities_come_from_summary(report):

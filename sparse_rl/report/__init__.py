@@ -24,8 +24,9 @@ Runs without ``summary.json`` (interrupted, or still running) are left out with 
   cumulative FLOP series for a run that has no summary yet), the mean wall-clock seconds per
   1,000 env steps, the wall-clock ratio to dense and the CPU-time ratio to dense (CPU time is
   what a shared machine's other work does not inflate; ``—`` for records written before runs
-  counted it); a line names the machines (CPU model,
-  threads) the runs ran on. A second table gives rliable's probability of improvement
+  counted it), each run against the dense runs on its own CPU model and thread count only
+  (``other machine`` where a row has none; ``(k of n)`` where only k of its runs have); a line names
+  the machines (CPU model, threads) the runs ran on. A second table gives rliable's probability of improvement
   P(X > Y) with its CI, each group against dense, each sparse group against the
   parameter-matched network of its density, and each variant of a method (``rigl+sparse-init``)
   against the method itself (``rigl``) at the same density;

@@ -21,6 +21,10 @@ COLUMNS = ("env", "algo", "method", "density", "settings", "seeds", "final retur
 PAIR_COLUMNS = ("env", "algo", "X", "Y", "seeds X / Y", "P(X > Y) [95% CI]")
 
 NO_DENSE = "no dense baseline"
+OTHER_MACHINE = "other machine"
+TIME_NOTE = ("`wall-clock vs dense` and `CPU time vs dense` compare each run with the dense runs on the same CPU model "
+             "and thread count only; `other machine` where none of a row's runs has such dense runs, and `(k of n)` "
+             "where only k of its n runs have.")
 
 
 def comparison_markdown(groups: dict[GroupKey, list[Run]], reps: int) -> str:
@@ -88,6 +92,25 @@ def seconds_per_1k_steps(runs: Sequence[Run]) -> str:
     return f"{np.mean(known):.1f}" if known else MISSING
 
 
+def machine(run: Run) -> tuple[object, object]:
+    """The CPU model and torch thread count a run's summary names (``None`` where it names none)."""
+    summary = run.summary or {}
+    return summary.get("cpu"), summary.get("threads")
+
+
+def time_ratio(group: Sequence[Run], name: str, dense_runs: Sequence[Run]) -> str:
+    """The mean ratio of ``summary[name]`` (a time) to the dense runs' on the same machine (:func:`machine`), over
+    the runs of ``group`` that have such dense runs: times on other CPUs or thread counts do not compare.
+    ``—`` where the records do not hold the time."""
+    comparable = {id(run): [d for d in dense_runs if machine(d) == machine(run)] for run in group}
+    if not any(comparable.values()):
+        return OTHER_MACHINE if any(run.summary is not None for run in group) else MISSING
+    ratios = [summary_ratio(run, name, comparable[id(run)]) for run in group if comparable[id(run)]]
+    known = [ratio for ratio in ratios if ratio is not None]
+    cell = mean_ratio(known)
+    return cell if len(known) in (0, len(group)) else f"{cell} ({len(known)} of {len(group)})"
+
+
 def machines_text(runs: Sequence[Run]) -> str:
     """Which CPU models and thread counts the runs' summaries name, with how many runs each."""
     counts: dict[str, int] = {}
@@ -146,10 +169,8 @@ def group_row(key: GroupKey, groups: dict[GroupKey, list[Run]], iqms: dict[Group
             NO_DENSE if dense_iqm is None else f"{iqm - dense_iqm:+.1f}",
             counts[0], final_densities(group), counts[1], counts[2],
             seconds_per_1k_steps(group),
-            NO_DENSE if dense is None else
-            mean_ratio(summary_ratio(run, "wall_clock_s_per_1k_steps", dense_runs) for run in group),
-            NO_DENSE if dense is None else
-            mean_ratio(summary_ratio(run, "cpu_s_per_1k_steps", dense_runs) for run in group))
+            NO_DENSE if dense is None else time_ratio(group, "wall_clock_s_per_1k_steps", dense_runs),
+            NO_DENSE if dense is None else time_ratio(group, "cpu_s_per_1k_steps", dense_runs))
 
 
 def results_markdown(groups: dict[GroupKey, list[Run]], reps: int) -> str:
@@ -158,7 +179,7 @@ def results_markdown(groups: dict[GroupKey, list[Run]], reps: int) -> str:
     iqms = {key: iqm_with_ci([run.final_return for run in group], reps) for key, group in groups.items()}
     lines = [f"Runs read ({len(runs)}): {runs_text(runs)}. Budget: {budget_text(runs)}. Rows group runs that "
              "differ only in their seed; `settings` names what differs from the packaged defaults.",
-             f"Machines: {machines_text(runs)}.", "",
+             f"Machines: {machines_text(runs)}. {TIME_NOTE}", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(group_row(key, groups, iqms)) + " |" for key in groups]
     comparison = comparison_markdown(groups, reps)
