@@ -102,11 +102,12 @@ def time_ratio(group: Sequence[Run], name: str, dense_runs: Sequence[Run]) -> st
     """The mean ratio of ``summary[name]`` (a time) to the dense runs' on the same machine (:func:`machine`), over
     the runs of ``group`` that have such dense runs: times on other CPUs or thread counts do not compare.
     ``—`` where the records do not hold the time."""
-    comparable = {id(run): [d for d in dense_runs if machine(d) == machine(run)] for run in group}
-    if not any(comparable.values()):
+    pairs = [(run, [d for d in dense_runs if machine(d) == machine(run)]) for run in group]
+    pairs = [(run, same_machine) for run, same_machine in pairs if same_machine]
+    if not pairs:
         return OTHER_MACHINE if any(run.summary is not None for run in group) else MISSING
-    ratios = [summary_ratio(run, name, comparable[id(run)]) for run in group if comparable[id(run)]]
-    known = [ratio for ratio in ratios if ratio is not None]
+    known = [ratio for ratio in (summary_ratio(run, name, same_machine) for run, same_machine in pairs)
+             if ratio is not None]
     cell = mean_ratio(known)
     return cell if len(known) in (0, len(group)) else f"{cell} ({len(known)} of {len(group)})"
 
