@@ -3,7 +3,7 @@ import torch
 from stable_baselines3 import SAC, TD3
 from torch.utils.flop_counter import FlopCounterMode
 
-from sparse_rl import SparseSACPolicy, SparseTD3Policy
+from sparse_rl import SparseMetricsCallback, SparseSACPolicy, SparseTD3Policy
 from sparse_rl.flops import NetworkFlops
 from sparse_rl.layers import SparseLinear
 from sparse_rl.masks import random_mask
@@ -59,3 +59,27 @@ def test_sparse_step_scales_with_density_and_updates_cost_a_dense_weight_gradien
     assert sparse.critic_controller_update == pytest.approx(2 * 0.9 * critic_weights * 256, rel=0.01)
     assert dense.critic_controller_update == 0
     assert inference_flops(model) / inference_flops(model, dense=True) == pytest.approx(0.1, abs=0.01)
+
+
+class RecountingCallback(SparseMetricsCallback):
+    """The callback without its cache: every count made afresh."""
+
+    def _current_flops(self):
+        return model_step_flops(self.model), inference_flops(self.model)
+
+
+@pytest.mark.parametrize("algo, policy_kwargs", [
+    ("sac", dict(density=0.2, update_interval=20)),  # RigL: counts fixed, positions move
+    ("sac", dict(method="srigl", density=0.2, update_interval=20)),  # neuron ablation changes the counts
+    ("sac", dict(method="thresholds", threshold_alpha=0.05)),  # density learned at every step
+    ("td3", dict(density=0.2, update_interval=20)),
+])
+def test_cached_flop_counts_equal_counts_made_at_every_step(algo, policy_kwargs):
+    totals = []
+    for callback in (SparseMetricsCallback(), RecountingCallback()):
+        cls, policy = (SAC, SparseSACPolicy) if algo == "sac" else (TD3, SparseTD3Policy)
+        model = cls(policy, "Pendulum-v1", policy_kwargs=dict(net_arch=[32, 32], **policy_kwargs),
+                    learning_starts=50, batch_size=32, seed=0, device="cpu")
+        model.learn(300, callback=callback)
+        totals.append((callback.train_flops, callback.dense_train_flops, model_step_flops(model)))
+    assert totals[0] == totals[1]

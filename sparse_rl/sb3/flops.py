@@ -10,6 +10,7 @@ from stable_baselines3.common.preprocessing import get_action_dim
 from torch import nn
 
 from sparse_rl.flops import NetworkFlops, TrainStepFlops, actor_critic_step_flops
+from sparse_rl.masks import MaskedLayer, is_masked_layer
 from sparse_rl.sb3.algorithms import algorithm_of
 
 
@@ -74,3 +75,22 @@ def model_step_flops(model: BaseAlgorithm, dense: bool = False) -> TrainStepFlop
 def inference_flops(model: BaseAlgorithm, dense: bool = False) -> int:
     """FLOPs of choosing one deterministic action (actor forward, batch 1)."""
     return model_networks(model, sampled=False)[0].forward(dense)
+
+
+
+def counted_layers(model: BaseAlgorithm) -> list[MaskedLayer]:
+    """The masked layers whose counts :func:`model_step_flops` and :func:`inference_flops` read: the actor's and
+    the critic's (target networks mirror them)."""
+    policy: Any = model.policy
+    return [module for net in (policy.actor, policy.critic) for module in net.modules() if is_masked_layer(module)]
+
+
+def flops_key(model: BaseAlgorithm, layers: list[MaskedLayer]) -> tuple:
+    """What :func:`model_step_flops` and :func:`inference_flops` of ``model`` depend on that can change while it
+    trains, given its :func:`counted_layers`: the policy object, each layer's shape, active count and
+    dense-weight-gradient flag, and the replay buffer's extra actor forwards (RLx2's). Two equal keys mean equal
+    counts, so a caller recounts only when the key changes."""
+    forwards_per_sample = getattr(getattr(model, "replay_buffer", None), "actor_forwards_per_sample", None)
+    bonus = forwards_per_sample(algorithm_of(model).max_entropy) if forwards_per_sample is not None else 0
+    shapes = tuple((layer.in_features, layer.out_features, layer.nnz, layer.dense_weight_grad) for layer in layers)
+    return model.policy, getattr(model, "batch_size", None), bonus, shapes
