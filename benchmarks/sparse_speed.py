@@ -51,6 +51,11 @@ the wide network for SAC and TD3) with its ReLUs fused into the compact layers b
 (:mod:`sparse_rl.relu_fusion`), against a twin built from the same seed with plain ``nn.ReLU`` modules put back,
 timed alternately in ``--rounds`` chunks of ``--chunk`` gradient steps; medians.
 
+Critic weight gradients (``--part actor-loss``): ``train()``'s CPU time per gradient step of each sparse model
+(and of the sparse policy at density 1.0), whose critic computes no weight gradients in the actor's loss
+(:mod:`sparse_rl.sb3.actor_loss`), against a same-seed twin that computes them as SB3's critics do, timed
+alternately in ``--rounds`` chunks of ``--chunk`` gradient steps; medians.
+
 Each part rewrites its own section of ``results/sparse_speed.md`` (the file keeps the other
 parts' sections) and records its own command line.
 
@@ -62,6 +67,7 @@ parts' sections) and records its own command line.
     python benchmarks/sparse_speed.py --part memory [--chunk 200]
     python benchmarks/sparse_speed.py --part batch-renorm [--repeats 30]
     python benchmarks/sparse_speed.py --part relu-fusion [--algos sac td3 --rounds 3 --chunk 200]
+    python benchmarks/sparse_speed.py --part actor-loss [--algos sac td3 --rounds 5 --chunk 200]
 """
 
 from __future__ import annotations
@@ -75,6 +81,9 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -87,6 +96,7 @@ from sparse_rl.calibrate import time_layer
 from sparse_rl.layers import SparseLinear
 from sparse_rl.machine import cpu_model
 from sparse_rl.relu_fusion import RectifiedReLU
+from sparse_rl.sb3 import actor_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sparse_kernels import kernel_tables, traffic_tables  # noqa: E402
@@ -94,7 +104,8 @@ from sparse_kernels import kernel_tables, traffic_tables  # noqa: E402
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "sparse_speed.md"
 SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "#### Gathers from a dense weight",
             "breakdown": "#### Where a gradient step's time goes", "kernels": "#### Kernel throughput",
-            "memory": "#### Peak memory", "batch-renorm": "#### BatchRenorm", "relu-fusion": "#### Fused ReLUs"}
+            "memory": "#### Peak memory", "batch-renorm": "#### BatchRenorm", "relu-fusion": "#### Fused ReLUs",
+            "actor-loss": "#### Critic weight gradients in the actor's loss"}
 NET_ARCH: dict[str, list[int] | dict[str, list[int]]] = {
     "sac": [256, 256], "td3": [400, 300], "tqc": [256, 256], "crossq": {"pi": [256, 256], "qf": [1024, 1024]}}
 WIDE_ALGOS = ("sac", "td3")
@@ -447,6 +458,26 @@ def unfuse_relus(model) -> None:
                     setattr(sequence, name, nn.ReLU())
 
 
+def train_ms(pair: dict, rounds: int, chunk: int, learning_starts: int,
+             contexts: dict[str, Callable[[], ContextManager]] | None = None) -> dict[str, float]:
+    """Median CPU ms per gradient step of ``train()`` (batch 256) of each model of ``pair``, timed alternately in
+    ``rounds`` chunks of ``chunk`` steps after ``learning_starts`` collected steps and 10 untimed gradient steps;
+    each model's steps run inside its ``contexts`` entry, if any."""
+    contexts = contexts or {}
+    times: dict[str, list[float]] = {kind: [] for kind in pair}
+    for kind, model in pair.items():
+        with contexts.get(kind, nullcontext)():
+            model.learn(learning_starts + 1)
+            model.train(gradient_steps=10, batch_size=model.batch_size)
+    for _ in range(rounds):
+        for kind, model in pair.items():
+            with contexts.get(kind, nullcontext)():
+                start = time.process_time()
+                model.train(gradient_steps=chunk, batch_size=model.batch_size)
+                times[kind].append((time.process_time() - start) / chunk)
+    return {kind: statistics.median(values) * 1e3 for kind, values in times.items()}
+
+
 def relu_fusion_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
                        learning_starts: int, seed: int) -> list[str]:
     """CPU ms per gradient step of ``train()`` of each sparse model with its ReLUs fused (as built) and unfused (plain
@@ -459,16 +490,7 @@ def relu_fusion_tables(algos: list[str], env_id: str, densities: list[float], wi
         for name in fused:
             pair = {"fused": fused[name], "unfused": unfused[name]}
             unfuse_relus(pair["unfused"])
-            times: dict[str, list[float]] = {kind: [] for kind in pair}
-            for model in pair.values():
-                model.learn(learning_starts + 1)
-                model.train(gradient_steps=10, batch_size=model.batch_size)
-            for _ in range(rounds):
-                for kind, model in pair.items():
-                    start = time.process_time()
-                    model.train(gradient_steps=chunk, batch_size=model.batch_size)
-                    times[kind].append((time.process_time() - start) / chunk)
-            ms = {kind: statistics.median(values) * 1e3 for kind, values in times.items()}
+            ms = train_ms(pair, rounds, chunk, learning_starts)
             label = f"wide ×{width}" if name == "wide" else name
             rows.append(f"| {algo} | {label} | {ms['unfused']:.2f} | {ms['fused']:.2f} | "
                         f"{ms['unfused'] / ms['fused']:.3f} |")
@@ -478,6 +500,42 @@ def relu_fusion_tables(algos: list[str], env_id: str, densities: list[float], wi
             "sparse model with its ReLUs fused into the compact layers before them (as built) and a twin with plain "
             "`nn.ReLU` modules put back:", "",
             "| algo | model | unfused ms | fused ms | unfused ÷ fused |", "|---|---|---|---|---|", *rows]
+
+
+@contextmanager
+def critic_weight_grads_in_actor_loss() -> Iterator[None]:
+    """The sparse critics compute their weight gradients in the actor's loss too, as SB3's critics do."""
+    original = actor_loss.called_from_actor_loss
+    actor_loss.called_from_actor_loss = lambda actions: False
+    try:
+        yield
+    finally:
+        actor_loss.called_from_actor_loss = original
+
+
+def actor_loss_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
+                      learning_starts: int, seed: int) -> list[str]:
+    """CPU ms per gradient step of ``train()`` of each sparse model (and of the sparse policy at density 1.0) as
+    built (no critic weight gradients in the actor's loss) and of a same-seed twin that computes them, timed
+    alternately."""
+    common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
+    rows = []
+    for algo in algos:
+        frozen = sparse_models(algo, env_id, [*densities, 1.0], width, common)
+        every = sparse_models(algo, env_id, [*densities, 1.0], width, common)
+        for name in frozen:
+            pair = {"frozen": frozen[name], "every": every[name]}
+            ms = train_ms(pair, rounds, chunk, learning_starts, {"every": critic_weight_grads_in_actor_loss})
+            label = f"wide ×{width}" if name == "wide" else name
+            rows.append(f"| {algo} | {label} | {ms['every']:.2f} | {ms['frozen']:.2f} | "
+                        f"{ms['every'] / ms['frozen']:.3f} |")
+            print(rows[-1], flush=True)
+    return [f"{', '.join(algos)} on {env_id}, seed {seed}: median CPU ms per gradient step of `train()` (batch 256) "
+            f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
+            "sparse model (RigL on `auto`; `sparse 1.0` is the sparse policy at density 1, dense layers) as built, "
+            "whose critic computes no weight gradients in the actor's loss (`sparse_rl.sb3.actor_loss`), and a "
+            "same-seed twin that computes them, as SB3's critics do:", "",
+            "| algo | model | every gradient ms | frozen ms | every ÷ frozen |", "|---|---|---|---|---|", *rows]
 
 
 BATCH_RENORM_SHAPES = ((512, 23, True, False), (512, 1024, True, False), (512, 1024, True, True),
@@ -622,6 +680,9 @@ def main() -> None:
     elif args.part == "relu-fusion":
         lines = [header, "", *relu_fusion_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
                                                  args.rounds, args.chunk, args.learning_starts, args.seed)]
+    elif args.part == "actor-loss":
+        lines = [header, "", *actor_loss_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
+                                                args.rounds, args.chunk, args.learning_starts, args.seed)]
     elif args.part == "breakdown":
         lines = [header, "", *breakdown_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
                                                args.chunk, args.learning_starts, args.seed)]

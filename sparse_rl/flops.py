@@ -58,12 +58,12 @@ class NetworkFlops:
         """Forward FLOPs per sample."""
         return self._sum(self.layers, dense) + self.extra_forward
 
-    def backward(self, dense: bool = False, input_grad: bool = False) -> int:
-        """Backward FLOPs per sample: weight gradients, and input gradients of every layer except
-        the input layers (those too when ``input_grad``)."""
+    def backward(self, dense: bool = False, input_grad: bool = False, weight_grads: bool = True) -> int:
+        """Backward FLOPs per sample: weight gradients (unless not ``weight_grads``), and input gradients of every
+        layer except the input layers (those too when ``input_grad``)."""
         input_grads = [n for n in self.layers if input_grad or n not in self.input_layers]
-        weight_grads = sum(2 * weight_grad_weights(layer, dense) for layer in self.layers.values())
-        return weight_grads + self._sum(input_grads, dense) + 2 * self.extra_forward
+        weights = sum(2 * weight_grad_weights(layer, dense) for layer in self.layers.values()) if weight_grads else 0
+        return weights + self._sum(input_grads, dense) + 2 * self.extra_forward
 
     def dense_weight_grad_extra(self) -> int:
         """Extra FLOPs per sample when the weight gradient is computed dense instead of sparse."""
@@ -84,7 +84,8 @@ class TrainStepFlops:
 
 
 def actor_critic_step_flops(algo: str, actor: NetworkFlops, critic: NetworkFlops, batch_size: int,
-                            dense: bool = False, extra_actor_forwards: int = 0) -> TrainStepFlops:
+                            dense: bool = False, extra_actor_forwards: int = 0,
+                            critic_weight_grads_in_actor_loss: bool = True) -> TrainStepFlops:
     """FLOPs of the ``train()`` of SB3's SAC and TD3 or sb3-contrib's TQC and CrossQ per gradient step:
 
     SAC and TQC, per step: actor on next obs (no grad), target critics, critics, critic backward;
@@ -97,13 +98,16 @@ def actor_critic_step_flops(algo: str, actor: NetworkFlops, critic: NetworkFlops
     rows; per delayed actor step as SAC. BatchRenorm is element-wise (no matrix FLOPs), but its
     learned scale needs the input gradient of the layer after it (:func:`sparse_rl.sb3.flops.network_flops`).
     ``extra_actor_forwards`` more actor forwards per sample go with each critic step (RLx2's bonuses).
+    The backward through the critics in the actor's loss computes their weight gradients too, as SB3's critics do,
+    unless not ``critic_weight_grads_in_actor_loss`` (the sparse critics: :mod:`sparse_rl.sb3.actor_loss`).
     """
     facts = get_algorithm(algo)
     actor_q = critic.subset(next(iter(critic.layers)).split(".")[0] + ".") if facts.actor_q_first_head else critic
     critic_rows = 2 if facts.joint_critic_batch else 1
     critic_step = ((1 + extra_actor_forwards) * actor.forward(dense) + 2 * critic.forward(dense)
                    + critic_rows * critic.backward(dense))
-    actor_step = (actor.forward(dense) + actor_q.forward(dense) + actor_q.backward(dense, input_grad=True)
+    actor_step = (actor.forward(dense) + actor_q.forward(dense)
+                  + actor_q.backward(dense, input_grad=True, weight_grads=critic_weight_grads_in_actor_loss)
                   + actor.backward(dense))
     return TrainStepFlops(
         critic_step=critic_step * batch_size,

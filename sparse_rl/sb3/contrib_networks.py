@@ -22,6 +22,7 @@ from sb3_contrib.tqc.policies import Critic as TQCCritic
 from torch import nn
 
 from sparse_rl.deferred_init import linears_on_meta
+from sparse_rl.sb3.actor_loss import ActorLossCritic
 from sparse_rl.sb3.batch_renorm import fuse_batch_renorm
 from sparse_rl.sb3.networks import SparseNetworkMixin
 from sparse_rl.sparsity import NetworkSparsity
@@ -73,9 +74,9 @@ class SparseTQCActor(SparseContribNetwork, TQCActor):
         return gaussian_heads(self)
 
 
-class SparseTQCCritic(SparseContribNetwork, TQCCritic):
+class SparseTQCCritic(SparseContribNetwork, ActorLossCritic, TQCCritic):
     """sb3-contrib's TQC ``Critic``: ``n_critics`` quantile networks of ``n_quantiles`` outputs, one
-    density budget for all of them."""
+    density budget for all of them; no weight gradients in the actor loss (:mod:`sparse_rl.sb3.actor_loss`)."""
 
     _base_class = TQCCritic
 
@@ -92,9 +93,9 @@ class SparseCrossQActor(SparseContribNetwork, CrossQActor):
         return gaussian_heads(self)
 
 
-class SparseCrossQCritic(SparseContribNetwork, CrossQCritic):
+class SparseCrossQCritic(SparseContribNetwork, ActorLossCritic, CrossQCritic):
     """sb3-contrib's ``CrossQCritic`` with sparse linear layers (one budget for all Q-heads); its
-    BatchRenorm layers stay dense."""
+    BatchRenorm layers stay dense; no weight gradients in the actor loss (:mod:`sparse_rl.sb3.actor_loss`)."""
 
     _base_class = CrossQCritic
 

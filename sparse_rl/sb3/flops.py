@@ -11,6 +11,7 @@ from torch import nn
 
 from sparse_rl.flops import NetworkFlops, TrainStepFlops, actor_critic_step_flops
 from sparse_rl.masks import MaskedLayer, is_masked_layer
+from sparse_rl.sb3.actor_loss import ActorLossCritic
 from sparse_rl.sb3.algorithms import algorithm_of
 
 
@@ -69,7 +70,8 @@ def model_step_flops(model: BaseAlgorithm, dense: bool = False) -> TrainStepFlop
     forwards_per_sample = getattr(getattr(model, "replay_buffer", None), "actor_forwards_per_sample", None)
     bonus_forwards = forwards_per_sample(algo.max_entropy) if forwards_per_sample is not None else 0  # RLx2's
     batch_size: int = getattr(model, "batch_size")  # SAC and TD3 have one; BaseAlgorithm does not say so
-    return actor_critic_step_flops(algo.name, actor, critic, batch_size, dense, bonus_forwards)
+    weight_grads = not isinstance(getattr(model.policy, "critic", None), ActorLossCritic)
+    return actor_critic_step_flops(algo.name, actor, critic, batch_size, dense, bonus_forwards, weight_grads)
 
 
 def inference_flops(model: BaseAlgorithm, dense: bool = False) -> int:

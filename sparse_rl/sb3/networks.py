@@ -21,6 +21,7 @@ from torch import nn
 from sparse_rl.deferred_init import DeferredInit, linears_on_meta
 from sparse_rl.distributions import check_density
 from sparse_rl.methods import KINDS
+from sparse_rl.sb3.actor_loss import ActorLossQ1Critic
 from sparse_rl.sparsify import sparsify
 from sparse_rl.sparsity import NetworkSparsity
 
@@ -92,12 +93,13 @@ class SparseTD3Actor(SparseNetworkMixin, TD3Actor):
         self._init_sparsity(sparsity, deferred)
 
 
-class SparseContinuousCritic(SparseNetworkMixin, ContinuousCritic):
+class SparseContinuousCritic(SparseNetworkMixin, ActorLossQ1Critic, ContinuousCritic):
     """SB3's ``ContinuousCritic`` with sparse linear layers. All Q-heads share one budget:
     ``density`` is split across the layers of every head together (as in RLx2).
 
     Unlike SB3's critic it records all its constructor parameters, so ``save``/``load`` of the
-    critic alone work.
+    critic alone work, and in SB3's actor loss it computes no weight gradients
+    (:mod:`sparse_rl.sb3.actor_loss`).
     """
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Box, net_arch: list[int],
