@@ -478,6 +478,20 @@ def train_ms(pair: dict, rounds: int, chunk: int, learning_starts: int,
     return {kind: statistics.median(values) * 1e3 for kind, values in times.items()}
 
 
+def twin_rows(algo: str, models: dict, twins: dict, kinds: tuple[str, str], width: int, rounds: int, chunk: int,
+              learning_starts: int, contexts: dict[str, Callable[[], ContextManager]] | None = None) -> list[str]:
+    """One table row per model: ``train_ms`` of it (the first of ``kinds``) and of its twin (the second), the
+    second's ms, the first's ms and their ratio."""
+    rows = []
+    for name in models:
+        ms = train_ms({kinds[0]: models[name], kinds[1]: twins[name]}, rounds, chunk, learning_starts, contexts)
+        label = f"wide ×{width}" if name == "wide" else name
+        base, changed = ms[kinds[1]], ms[kinds[0]]
+        rows.append(f"| {algo} | {label} | {base:.2f} | {changed:.2f} | {base / changed:.3f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
 def relu_fusion_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
                        learning_starts: int, seed: int) -> list[str]:
     """CPU ms per gradient step of ``train()`` of each sparse model with its ReLUs fused (as built) and unfused (plain
@@ -487,14 +501,9 @@ def relu_fusion_tables(algos: list[str], env_id: str, densities: list[float], wi
     for algo in algos:
         fused = sparse_models(algo, env_id, densities, width, common)
         unfused = sparse_models(algo, env_id, densities, width, common)
-        for name in fused:
-            pair = {"fused": fused[name], "unfused": unfused[name]}
-            unfuse_relus(pair["unfused"])
-            ms = train_ms(pair, rounds, chunk, learning_starts)
-            label = f"wide ×{width}" if name == "wide" else name
-            rows.append(f"| {algo} | {label} | {ms['unfused']:.2f} | {ms['fused']:.2f} | "
-                        f"{ms['unfused'] / ms['fused']:.3f} |")
-            print(rows[-1], flush=True)
+        for model in unfused.values():
+            unfuse_relus(model)
+        rows += twin_rows(algo, fused, unfused, ("fused", "unfused"), width, rounds, chunk, learning_starts)
     return [f"{', '.join(algos)} on {env_id}, seed {seed}: median CPU ms per gradient step of `train()` (batch 256) "
             f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
             "sparse model with its ReLUs fused into the compact layers before them (as built) and a twin with plain "
@@ -523,13 +532,8 @@ def actor_loss_tables(algos: list[str], env_id: str, densities: list[float], wid
     for algo in algos:
         frozen = sparse_models(algo, env_id, [*densities, 1.0], width, common)
         every = sparse_models(algo, env_id, [*densities, 1.0], width, common)
-        for name in frozen:
-            pair = {"frozen": frozen[name], "every": every[name]}
-            ms = train_ms(pair, rounds, chunk, learning_starts, {"every": critic_weight_grads_in_actor_loss})
-            label = f"wide ×{width}" if name == "wide" else name
-            rows.append(f"| {algo} | {label} | {ms['every']:.2f} | {ms['frozen']:.2f} | "
-                        f"{ms['every'] / ms['frozen']:.3f} |")
-            print(rows[-1], flush=True)
+        rows += twin_rows(algo, frozen, every, ("frozen", "every"), width, rounds, chunk, learning_starts,
+                          {"every": critic_weight_grads_in_actor_loss})
     return [f"{', '.join(algos)} on {env_id}, seed {seed}: median CPU ms per gradient step of `train()` (batch 256) "
             f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
             "sparse model (RigL on `auto`; `sparse 1.0` is the sparse policy at density 1, dense layers) as built, "
