@@ -41,7 +41,7 @@ from sparse_rl.backends import kernels
 from sparse_rl.backends.auto import auto_rule
 from sparse_rl.buffer_io import load_buffer
 from sparse_rl.flops import active_weights
-from sparse_rl.machine import cpu_model
+from sparse_rl.machine import TIMING_EPOCH, cpu_model
 from sparse_rl.masks import sparse_layers
 from sparse_rl.quiet import mujoco_log_to
 from sparse_rl.run_callbacks import (
@@ -184,7 +184,7 @@ def summarize(model: OffPolicyAlgorithm, metrics: SparseMetricsCallback, evaluat
         "train_flops": metrics.train_flops, "dense_train_flops": metrics.dense_train_flops,
         "wall_clock_s": wall_clock_s, "wall_clock_s_per_1k_steps": 1000 * wall_clock_s / max(1, model.num_timesteps),
         "cpu_s": cpu_s, "cpu_s_per_1k_steps": 1000 * cpu_s / max(1, model.num_timesteps),
-        "cpu": cpu_model(), "threads": torch.get_num_threads(),
+        "cpu": cpu_model(), "threads": torch.get_num_threads(), "timing_epoch": TIMING_EPOCH,
         "auto_rule": {"source": "built-in" if rule_source == "built-in" else "calibrated",
                       "rows": [list(row) for row in rule]},
         "backends": backend_counts(model), "simd": kernels.simd_level(),

@@ -17,6 +17,7 @@ from run_dirs import only_run
 from sparse_rl import ledger, report, runs, sweep
 from sparse_rl.backends.auto import AUTO_RULE
 from sparse_rl.ledger import Ledger
+from sparse_rl.machine import TIMING_EPOCH
 from sparse_rl.run_config import ConfigError
 from sparse_rl.rundir import RunDir, wall_clock_from_event_times
 from tests.test_report import write_scalars
@@ -51,6 +52,7 @@ def test_record_is_a_few_kb_and_holds_no_model(recorded):
         summary = json.loads((record / "summary.json").read_text())
         assert {"wall_clock_s", "wall_clock_s_per_1k_steps", "cpu_s", "cpu_s_per_1k_steps", "cpu",
                 "threads", "auto_rule"} <= set(summary)
+        assert summary["timing_epoch"] == TIMING_EPOCH
         assert summary["auto_rule"] == {"source": "built-in", "rows": [list(row) for row in AUTO_RULE]}
         assert 0 < summary["cpu_s"] and summary["cpu_s_per_1k_steps"] == pytest.approx(summary["cpu_s"] / 0.3)
         series = RunDir(record).read_series()

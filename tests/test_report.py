@@ -174,6 +174,8 @@ def test_time_columns_are_ratios_to_dense_and_blank_without_cpu_time(tmp_path):
     ([("CPU A", 1), ("CPU A", 1), ("CPU B", 1)], "0.75× (2 of 3)", "0.33× (2 of 3)"),
     ([("CPU B", 1)] * 3, "other machine", "other machine"),
     ([("CPU A", 2)] * 3, "other machine", "other machine"),  # the same CPU on other thread counts
+    ([("CPU A", 1, 1)] * 3, "other machine", "other machine"),  # timed by code of a later timing epoch
+    ([("CPU A", 1, 0)] * 3, "0.75×", "0.33×"),  # epoch 0 named is epoch 0 unnamed
 ])
 def test_time_columns_compare_runs_only_with_dense_runs_on_the_same_cpu_and_threads(tmp_path, sparse_machines,
                                                                                      wall_clock, cpu_time):
@@ -181,16 +183,17 @@ def test_time_columns_compare_runs_only_with_dense_runs_on_the_same_cpu_and_thre
     for path in runs.rglob("summary.json"):  # dense: 20 s wall, 18 s CPU per 1k steps on CPU A, one thread
         summary = json.loads(path.read_text())
         dense = "dense" in str(path)
-        cpu, threads = ("CPU A", 1) if dense else sparse_machines[int(path.parent.name.removeprefix("seed"))]
-        # a run on another machine takes other times, which must not enter the ratio
-        other = (cpu, threads) != ("CPU A", 1)
+        cpu, threads, *epoch = ("CPU A", 1) if dense else sparse_machines[int(path.parent.name.removeprefix("seed"))]
+        # a run on another machine (or timed by other code) takes other times, which must not enter the ratio
+        other = (cpu, threads, *epoch) not in (("CPU A", 1), ("CPU A", 1, 0))
         summary.update(cpu=cpu, threads=threads, wall_clock_s_per_1k_steps=20.0 if dense else 99.0 if other else 15.0,
                        cpu_s_per_1k_steps=18.0 if dense else 99.0 if other else 6.0)
+        summary.update({"timing_epoch": epoch[0]} if epoch else {})
         path.write_text(json.dumps(summary))
     results = write_report([runs], tmp_path / "out", reps=REPS)
     sparse = table_rows(results)[1]
     assert (sparse["wall-clock vs dense"], sparse["CPU time vs dense"]) == (wall_clock, cpu_time)
-    assert "on the same CPU model and thread count only" in results.read_text()
+    assert "on the same CPU model and thread count, timed by code of the same timing epoch, only" in results.read_text()
 
 
 def test_final_network_densities_come_from_summary(report):

@@ -23,8 +23,8 @@ PAIR_COLUMNS = ("env", "algo", "X", "Y", "seeds X / Y", "P(X > Y) [95% CI]")
 NO_DENSE = "no dense baseline"
 OTHER_MACHINE = "other machine"
 TIME_NOTE = ("`wall-clock vs dense` and `CPU time vs dense` compare each run with the dense runs on the same CPU model "
-             "and thread count only; `other machine` where none of a row's runs has such dense runs, and `(k of n)` "
-             "where only k of its n runs have.")
+             "and thread count, timed by code of the same timing epoch, only; `other machine` where none of a row's "
+             "runs has such dense runs, and `(k of n)` where only k of its n runs have.")
 
 
 def comparison_markdown(groups: dict[GroupKey, list[Run]], reps: int) -> str:
@@ -92,10 +92,11 @@ def seconds_per_1k_steps(runs: Sequence[Run]) -> str:
     return f"{np.mean(known):.1f}" if known else MISSING
 
 
-def machine(run: Run) -> tuple[object, object]:
-    """The CPU model and torch thread count a run's summary names (``None`` where it names none)."""
+def machine(run: Run) -> tuple[object, object, object]:
+    """The CPU model and torch thread count a run's summary names (``None`` where it names none), and the timing
+    epoch of the code that ran it (:data:`sparse_rl.machine.TIMING_EPOCH`; 0 where it names none)."""
     summary = run.summary or {}
-    return summary.get("cpu"), summary.get("threads")
+    return summary.get("cpu"), summary.get("threads"), summary.get("timing_epoch", 0)
 
 
 def time_ratio(group: Sequence[Run], name: str, dense_runs: Sequence[Run]) -> str:
@@ -117,7 +118,9 @@ def machines_text(runs: Sequence[Run]) -> str:
     counts: dict[str, int] = {}
     for run in runs:
         if run.summary is not None and "cpu" in run.summary:
-            machine = f"{run.summary['cpu']}, {run.summary.get('threads', '?')} thread(s)"
+            epoch = run.summary.get("timing_epoch", 0)
+            machine = (f"{run.summary['cpu']}, {run.summary.get('threads', '?')} thread(s)"
+                       + (f", timing epoch {epoch}" if epoch else ""))
             counts[machine] = counts.get(machine, 0) + 1
     unknown = len(runs) - sum(counts.values())
     counts |= {"not recorded (no summary.json yet)": unknown} if unknown else {}
