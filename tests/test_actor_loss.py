@@ -60,6 +60,7 @@ def test_the_actor_loss_runs_the_critic_with_frozen_weights_and_the_critic_loss_
 @pytest.mark.parametrize("algo, policy_kwargs", [
     ("sac", {}),
     ("sac", {"backend": "masked"}),
+    ("sac", {"share_features_extractor": True}),  # the critic holds the actor's extractor
     ("sac", {"method": "thresholds", "density": 1.0, "threshold_alpha": 0.05}),
     ("sac", {"recycle_dormant": 0.1, "recycle_interval": 40, "recycle_regrow": True}),
     ("td3", {}),
