@@ -118,10 +118,10 @@ def machines_text(runs: Sequence[Run]) -> str:
     counts: dict[str, int] = {}
     for run in runs:
         if run.summary is not None and "cpu" in run.summary:
-            epoch = run.summary.get("timing_epoch", 0)
-            machine = (f"{run.summary['cpu']}, {run.summary.get('threads', '?')} thread(s)"
-                       + (f", timing epoch {epoch}" if epoch else ""))
-            counts[machine] = counts.get(machine, 0) + 1
+            cpu, threads, epoch = machine(run)
+            name = (f"{cpu}, {'?' if threads is None else threads} thread(s)"
+                    + (f", timing epoch {epoch}" if epoch else ""))
+            counts[name] = counts.get(name, 0) + 1
     unknown = len(runs) - sum(counts.values())
     counts |= {"not recorded (no summary.json yet)": unknown} if unknown else {}
     return "; ".join(f"{machine} ({count} of {len(runs)} runs)" for machine, count in counts.items())
