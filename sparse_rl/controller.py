@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparse_rl.layers import SparseLinear
+from sparse_rl.layers import SparseLinear, remask
 
 
 class MaskController(nn.Module):
@@ -86,17 +86,13 @@ class MaskController(nn.Module):
     def after_optimizer_step(self) -> None:
         """Hold masked weights at exactly zero, run the kind's :meth:`after_step`, and tell the
         layers whether the next backward pass must produce the dense weight gradient."""
-        for layer in self.layers.values():
-            if isinstance(layer, SparseLinear):
-                layer.apply_mask()
+        remask(self.layers.values())
         self.after_step()
         self._announce_next_step()
 
     def mask_grads(self) -> None:
         """Zero the gradients at masked positions."""
-        for layer in self.layers.values():
-            if isinstance(layer, SparseLinear):
-                layer.mask_grad()
+        remask(self.layers.values(), grads=True)
 
     @torch.no_grad()
     def set_layer_mask(self, name: str, mask: torch.Tensor, changed: torch.Tensor | None = None,

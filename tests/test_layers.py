@@ -1,8 +1,10 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
-from sparse_rl.layers import SparseLinear
+from sparse_rl.layers import SparseLinear, remask
 from sparse_rl.masks import random_mask
 
 
@@ -32,6 +34,48 @@ def test_gradient_is_dense_until_masked():
     assert (layer.weight.grad[~layer.mask] != 0).any(), "masked positions must still get the dense gradient"
     layer.mask_grad()
     assert (layer.weight.grad[~layer.mask] == 0).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(layouts=st.lists(st.sampled_from(["masked", "compact", "linear", "no grad"]), min_size=0, max_size=5),
+       seed=st.integers(0, 2**16), grads=st.booleans())
+def test_remask_equals_masking_layer_by_layer(layouts, seed, grads):
+    """The controllers' one-call re-masking zeroes exactly what each layer's own apply_mask / mask_grad does (bit for
+    bit), skips compact layers, plain linear layers and layers without a gradient."""
+    layers, expected = _layers_to_remask(layouts, seed), _layers_to_remask(layouts, seed)
+    for layer in expected:
+        if isinstance(layer, SparseLinear):
+            layer.mask_grad() if grads else layer.apply_mask()
+    remask(layers, grads=grads)
+    for got, want in zip(layers, expected):
+        for (name, parameter), wanted in zip(got.named_parameters(), want.parameters()):
+            assert torch.equal(parameter, wanted), name
+            assert (parameter.grad is None) == (wanted.grad is None), name
+            if parameter.grad is not None:
+                assert torch.equal(parameter.grad, wanted.grad), name
+    for layer, layout in zip(layers, layouts):  # and it zeroed something that was not zero
+        if layout == "masked":
+            assert ((layer.weight.grad if grads else layer.weight)[~layer.mask] == 0).all()
+            assert ((layer.weight.grad if grads else layer.weight)[layer.mask] != 0).all()
+
+
+def _layers_to_remask(layouts: list[str], seed: int) -> list[nn.Module]:
+    """Layers of each kind, with non-zero weights and gradients at absent positions too (the same for a seed)."""
+    generator = torch.Generator().manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i, layout in enumerate(layouts):
+        layer = nn.Linear(5, 4) if layout == "linear" else SparseLinear(5, 4)
+        if isinstance(layer, SparseLinear):
+            layer.set_mask(random_mask((4, 5), 1 + i, generator))
+            if layout == "compact":
+                layer.set_backend("compact")
+        for parameter in layer.parameters():
+            with torch.no_grad():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+            if layout != "no grad":
+                parameter.grad = torch.randn(parameter.shape, generator=generator)
+        layers.append(layer)
+    return layers
 
 
 def test_mask_and_state_survive_state_dict_round_trip():
