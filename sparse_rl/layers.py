@@ -416,4 +416,4 @@ def set_backend(module: nn.Module, backend: str, optimizers: tuple[torch.optim.O
     return len(layers)
 
 
-__all__ = ["LayoutGroup", "SparseLinear", "copy_linear", "set_backend"]
+__all__ = ["LayoutGroup", "SparseLinear", "copy_linear", "remask", "set_backend"]
