@@ -21,13 +21,33 @@ Counters are floating-point buffers (exact for integers below 2**53), so code th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from sparse_rl.layers import SparseLinear, remask
+from sparse_rl.layers import SparseLinear
+
+
+def remask(layers: Iterable[nn.Module], grads: bool = False) -> None:
+    """Zero the weights (with ``grads``: the gradients, where there are any) at the masked positions of every
+    masked-layout :class:`SparseLinear` in ``layers``, in one foreach multiply: what :meth:`SparseLinear.apply_mask`
+    and :meth:`SparseLinear.mask_grad` do layer by layer, for a network's per-step re-masking at one call's Python
+    cost. Compact layers have no absent weights to zero and are skipped."""
+    tensors: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
+    for layer in layers:
+        if isinstance(layer, SparseLinear) and layer._compact is None:
+            weight, mask_values = layer._parameters["weight"], layer._buffers["mask_values"]
+            assert weight is not None and mask_values is not None
+            tensor = weight.grad if grads else weight
+            if tensor is not None:
+                tensors.append(tensor)
+                masks.append(mask_values)
+    if tensors:
+        with torch.no_grad():
+            torch._foreach_mul_(tensors, masks)
 
 
 class MaskController(nn.Module):

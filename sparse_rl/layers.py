@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from functools import partial
 from typing import Any, TypeVar
 
@@ -360,26 +359,6 @@ class SparseLinear(nn.Linear):
         return f"{super().extra_repr()}, density={self.density:.3f}, backend={self.backend}"
 
 
-def remask(layers: Iterable[nn.Module], grads: bool = False) -> None:
-    """Zero the weights (with ``grads``: the gradients, where there are any) at the masked positions of every
-    masked-layout :class:`SparseLinear` in ``layers``, in one foreach multiply: what :meth:`SparseLinear.apply_mask`
-    and :meth:`SparseLinear.mask_grad` do layer by layer, for a network's per-step re-masking at one call's Python
-    cost. Compact layers have no absent weights to zero and are skipped."""
-    tensors: list[torch.Tensor] = []
-    masks: list[torch.Tensor] = []
-    for layer in layers:
-        if isinstance(layer, SparseLinear) and layer._compact is None:
-            weight, mask_values = layer._parameters["weight"], layer._buffers["mask_values"]
-            assert weight is not None and mask_values is not None
-            tensor = weight.grad if grads else weight
-            if tensor is not None:
-                tensors.append(tensor)
-                masks.append(mask_values)
-    if tensors:
-        with torch.no_grad():
-            torch._foreach_mul_(tensors, masks)
-
-
 class LayoutGroup:
     """The ``SparseLinear`` layers of one network, grouped by :func:`set_backend`. When any of them computes with
     sparse kernels, the group's dense ``auto`` layers return feature-major activations too, so that no layer copies
@@ -416,4 +395,4 @@ def set_backend(module: nn.Module, backend: str, optimizers: tuple[torch.optim.O
     return len(layers)
 
 
-__all__ = ["LayoutGroup", "SparseLinear", "copy_linear", "remask", "set_backend"]
+__all__ = ["LayoutGroup", "SparseLinear", "copy_linear", "set_backend"]

@@ -4,7 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from sparse_rl.layers import SparseLinear, remask
+from sparse_rl.controller import remask
+from sparse_rl.layers import SparseLinear
 from sparse_rl.masks import random_mask
 
 
