@@ -35,11 +35,11 @@ from sparse_rl.dormant import DormantMonitor
 from sparse_rl.layer_state import convert_state
 from sparse_rl.layers import set_backend
 from sparse_rl.masks import sparse_layers
+from sparse_rl.optim import LEAN_OPTIMIZERS
 from sparse_rl.sb3.networks import SparseContinuousCritic, SparseSACActor, SparseTD3Actor, actor_outputs
 from sparse_rl.sparsity import SPARSITY_KEYS, SparsityConfig
 from sparse_rl.width import iso_param_density, widen
 
-FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
 RENAMED_SUBMODULES = {"actor_topology.": "actor_controller.", "critic_topology.": "critic_controller."}
 """State-dict prefixes of models saved by sparse_rl 0.1.0, and what they are called now."""
 
@@ -117,9 +117,11 @@ class SparsePolicyMixin:
         if multiplier > 1:
             self._widen(observation_space, action_space, kwargs)
         optimizer_class = kwargs.get("optimizer_class", torch.optim.Adam)
-        if optimizer_class in FUSED_OPTIMIZERS:
+        if optimizer_class in LEAN_OPTIMIZERS:
             # Adam's exp_avg_sq is exactly 0 at every masked weight, and torch's foreach sqrt is
             # many times slower on tensors holding zeros on common CPUs; the fused kernel is not.
+            # The lean class runs that kernel with less Python around it (sparse_rl/optim.py).
+            kwargs["optimizer_class"] = LEAN_OPTIMIZERS[optimizer_class]
             kwargs["optimizer_kwargs"] = {"fused": True, **(kwargs.get("optimizer_kwargs") or {})}
 
     def _widen(self, observation_space: spaces.Space, action_space: spaces.Box, kwargs: dict[str, Any]) -> None:
