@@ -6,8 +6,8 @@
 The break-even density of CSR kernels against dense GEMM moves with the CPU and the BLAS build: for a
 256×256 layer at batch 256 it was about 0.1 on this project's Intel Xeon and 0.3 on an AMD EPYC, so a
 rule measured on one machine is wrong on the other. This command times one training step of a lone
-layer (:func:`time_layer`: forward, backward, gradient mask, fused Adam, weight mask) on both backends,
-alternately, for each shape and density, and writes the rule ``auto`` follows from then on
+layer (:func:`time_layer`: forward, backward, gradient mask, fused Adam (the policies' LeanAdam), weight mask) on
+both backends, alternately, for each shape and density, and writes the rule ``auto`` follows from then on
 (:func:`sparse_rl.backends.auto_rule`): for each layer size, the highest measured density up to which
 every measured ``sparse`` step took at most ``--margin`` × the ``masked`` one. The margin keeps ``auto``
 off layers where the lone-layer gain is too small to survive inside a network. Layers smaller than the
@@ -34,6 +34,7 @@ from sparse_rl.backends.auto import Rule, auto_backend, auto_rule, rule_path, wr
 from sparse_rl.cli import OneLineParser, at_least, fraction
 from sparse_rl.layers import SparseLinear
 from sparse_rl.masks import random_mask
+from sparse_rl.optim import LeanAdam
 
 SHAPES = ((256, 256), (400, 300), (1024, 1024))
 """Default layers timed, (in, out): SAC's and TD3's hidden layers, and a wide (×4) one."""
@@ -70,7 +71,7 @@ def time_layer(in_features: int, out_features: int, batch: int, density: float, 
         layer.set_mask(mask)
         layer.set_backend(backend)
         layer.dense_grad_needed = False
-        optimizer = torch.optim.Adam(layer.parameters(), lr=1e-4, fused=True)
+        optimizer = LeanAdam(layer.parameters(), lr=1e-4)  # what the sparse policies build
         x = torch.randn(batch, in_features, generator=generator)
         dy = torch.randn(batch, out_features, generator=generator)
         if backend != "masked":
