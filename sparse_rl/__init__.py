@@ -18,6 +18,7 @@ _HOMES = {
     "DISTRIBUTIONS": "distributions", "layer_counts": "distributions", "layer_densities": "distributions",
     "SparseLinear": "layers",
     "KINDS": "methods", "METHODS": "methods", "get_method": "methods",
+    "LeanAdam": "optim", "LeanAdamW": "optim",
     "UpdateSchedule": "schedules",
     "SparsityConfig": "sparsity",
     "LayerUpdateStats": "topology", "PruneGrowController": "topology", "init_masks": "topology",

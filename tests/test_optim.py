@@ -144,3 +144,12 @@ def test_sparse_policies_build_the_lean_optimizer_unless_told_otherwise():
     model = SAC(SparseSACPolicy, "Pendulum-v1", seed=0,
                 policy_kwargs=dict(density=0.5, optimizer_class=torch.optim.RMSprop))
     assert type(model.critic.optimizer) is torch.optim.RMSprop
+
+
+def test_a_dense_sb3_policy_trains_with_the_lean_optimizer():
+    """``policy_kwargs=dict(optimizer_class=LeanAdam)`` in plain SB3: one counted step per gradient step."""
+    model = SAC("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(optimizer_class=LeanAdam), learning_starts=50,
+                seed=0)
+    model.learn(120)
+    steps = {state["step"].item() for state in model.critic.optimizer.state.values()}
+    assert type(model.critic.optimizer) is LeanAdam and steps == {float(model._n_updates)}
