@@ -56,6 +56,11 @@ Critic weight gradients (``--part actor-loss``): ``train()``'s CPU time per grad
 (:mod:`sparse_rl.sb3.actor_loss`), against a same-seed twin that computes them as SB3's critics do, timed
 alternately in ``--rounds`` chunks of ``--chunk`` gradient steps; medians.
 
+Optimizer (``--part optimizer``): ``train()``'s CPU time per gradient step of each sparse model (and of the sparse
+policy at density 1.0) with the optimizer the policies build, :class:`sparse_rl.optim.LeanAdam`, against a same-seed
+twin on torch's fused Adam class itself, timed alternately in ``--rounds`` chunks of ``--chunk`` gradient steps;
+medians.
+
 Each part rewrites its own section of ``results/sparse_speed.md`` (the file keeps the other
 parts' sections) and records its own command line.
 
@@ -68,6 +73,7 @@ parts' sections) and records its own command line.
     python benchmarks/sparse_speed.py --part batch-renorm [--repeats 30]
     python benchmarks/sparse_speed.py --part relu-fusion [--algos sac td3 --rounds 3 --chunk 200]
     python benchmarks/sparse_speed.py --part actor-loss [--algos sac td3 --rounds 5 --chunk 200]
+    python benchmarks/sparse_speed.py --part optimizer [--algos sac td3 --rounds 5 --chunk 200]
 """
 
 from __future__ import annotations
@@ -85,6 +91,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 from sb3_contrib.common.torch_layers import BatchRenorm
@@ -105,7 +112,7 @@ RESULTS = Path(__file__).resolve().parent.parent / "results" / "sparse_speed.md"
 SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "#### Gathers from a dense weight",
             "breakdown": "#### Where a gradient step's time goes", "kernels": "#### Kernel throughput",
             "memory": "#### Peak memory", "batch-renorm": "#### BatchRenorm", "relu-fusion": "#### Fused ReLUs",
-            "actor-loss": "#### Critic weight gradients in the actor's loss"}
+            "actor-loss": "#### Critic weight gradients in the actor's loss", "optimizer": "#### Optimizer"}
 NET_ARCH: dict[str, list[int] | dict[str, list[int]]] = {
     "sac": [256, 256], "td3": [400, 300], "tqc": [256, 256], "crossq": {"pi": [256, 256], "qf": [1024, 1024]}}
 WIDE_ALGOS = ("sac", "td3")
@@ -198,26 +205,28 @@ def build_models(algo: str, env_id: str, densities: list[float], width: int, com
     return models
 
 
-def rigl_model(algo: str, env_id: str, common: dict, density: float, backend: str):
-    """The benchmark's sparse model: RigL at ``density`` on ``backend``, updates never ending."""
+def rigl_model(algo: str, env_id: str, common: dict, density: float, backend: str, **extra: Any):
+    """The benchmark's sparse model: RigL at ``density`` on ``backend``, updates never ending (``extra``: more
+    policy kwargs)."""
     algo_class, policy_class = algo_and_policy(algo)
     return algo_class(policy_class, env_id, **common, policy_kwargs=dict(
-        net_arch=NET_ARCH[algo], density=density, method="rigl", update_end=None, backend=backend))
+        net_arch=NET_ARCH[algo], density=density, method="rigl", update_end=None, backend=backend, **extra))
 
 
-def wide_model(algo: str, env_id: str, common: dict, width: int):
-    """The wide ×``width`` iso-parameter RigL network on ``auto``."""
+def wide_model(algo: str, env_id: str, common: dict, width: int, **extra: Any):
+    """The wide ×``width`` iso-parameter RigL network on ``auto`` (``extra``: more policy kwargs)."""
     algo_class, policy_class = algo_and_policy(algo)
     return algo_class(policy_class, env_id, **common, policy_kwargs=dict(
         net_arch=NET_ARCH[algo], width_multiplier=width, iso_params=True, method="rigl", update_end=None,
-        backend="auto"))
+        backend="auto", **extra))
 
 
-def sparse_models(algo: str, env_id: str, densities: list[float], width: int, common: dict) -> dict:
+def sparse_models(algo: str, env_id: str, densities: list[float], width: int, common: dict, **extra: Any) -> dict:
     """Only the sparse models of :func:`build_models`: ``sparse {density}`` on ``auto`` and ``wide`` (SAC, TD3)."""
-    models = {f"sparse {density}": rigl_model(algo, env_id, common, density, "auto") for density in densities}
+    models = {f"sparse {density}": rigl_model(algo, env_id, common, density, "auto", **extra)
+              for density in densities}
     if algo in WIDE_ALGOS:
-        models["wide"] = wide_model(algo, env_id, common, width)
+        models["wide"] = wide_model(algo, env_id, common, width, **extra)
     return models
 
 
@@ -542,6 +551,32 @@ def actor_loss_tables(algos: list[str], env_id: str, densities: list[float], wid
             "| algo | model | every gradient ms | frozen ms | every ÷ frozen |", "|---|---|---|---|---|", *rows]
 
 
+class TorchAdam(torch.optim.Adam):
+    """torch's Adam class itself, under a name the sparse policies do not replace with ``LeanAdam``."""
+
+
+def optimizer_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
+                     learning_starts: int, seed: int) -> list[str]:
+    """CPU ms per gradient step of ``train()`` of each sparse model (and of the sparse policy at density 1.0) on
+    ``LeanAdam``, as built, and of a same-seed twin on torch's fused Adam class, timed alternately."""
+    from sparse_rl.sb3.contrib_policies import CROSSQ_ADAM_BETAS
+
+    common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
+    rows = []
+    for algo in algos:
+        settings = {"fused": True, **({"betas": CROSSQ_ADAM_BETAS} if algo == "crossq" else {})}
+        lean = sparse_models(algo, env_id, [*densities, 1.0], width, common)
+        plain = sparse_models(algo, env_id, [*densities, 1.0], width, common, optimizer_class=TorchAdam,
+                              optimizer_kwargs=settings)
+        rows += twin_rows(algo, lean, plain, ("lean", "torch"), width, rounds, chunk, learning_starts)
+    return [f"{', '.join(algos)} on {env_id}, seed {seed}: median CPU ms per gradient step of `train()` (batch 256) "
+            f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
+            "sparse model (RigL on `auto`; `sparse 1.0` is the sparse policy at density 1, dense layers) on the "
+            "optimizer the policies build, `sparse_rl.optim.LeanAdam`, and a same-seed twin on torch's fused Adam "
+            "class (same floats):", "",
+            "| algo | model | torch Adam ms | LeanAdam ms | torch ÷ lean |", "|---|---|---|---|---|", *rows]
+
+
 BATCH_RENORM_SHAPES = ((512, 23, True, False), (512, 1024, True, False), (512, 1024, True, True),
                        (256, 1024, False, True), (256, 17, True, False), (256, 256, True, True))
 """(batch, features, training, feature-major) of CrossQ's BatchRenorm calls in one ``train()`` step on
@@ -687,6 +722,9 @@ def main() -> None:
     elif args.part == "actor-loss":
         lines = [header, "", *actor_loss_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
                                                 args.rounds, args.chunk, args.learning_starts, args.seed)]
+    elif args.part == "optimizer":
+        lines = [header, "", *optimizer_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
+                                               args.rounds, args.chunk, args.learning_starts, args.seed)]
     elif args.part == "breakdown":
         lines = [header, "", *breakdown_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
                                                args.chunk, args.learning_starts, args.seed)]
