@@ -3,9 +3,10 @@
 torch's fused Adam runs one C++ kernel over all of an optimizer's tensors, but around it ``step`` walks them through
 the generic optimizer code (lazy state, sparse, complex and device checks, regrouping by device and dtype) inside a
 profiler range and a TorchDynamo guard, and ``zero_grad`` opens a profiler range too. On a sparse agent's small
-tensors that costs several times the kernel: in a TD3 training step at density 0.1 (AMD EPYC, one thread, quiet),
-``zero_grad`` took 63 µs in place against 10 µs for setting the gradients to ``None``, a profiler range alone 37 µs,
-and the critic's Adam step 150-170 µs against 40-50 µs for the kernel in a tight loop.
+tensors that costs several times the kernel: in a TD3 training step at density 0.1 (AMD EPYC, one thread, a
+training run on the other core), ``zero_grad`` took 63 µs in place against 10 µs for setting the gradients to
+``None``, a profiler range alone 37 µs, and the critic's Adam step 150-170 µs against 40-50 µs for the kernel in a
+tight loop.
 
 :class:`LeanAdam` and :class:`LeanAdamW` take torch's settings, state and ``state_dict`` and run the same kernel
 with the same arguments, so their floats equal torch's exactly (``tests/test_optim.py``). Once every parameter with
