@@ -11,10 +11,11 @@ tight loop.
 :class:`LeanAdam` and :class:`LeanAdamW` take torch's settings, state and ``state_dict`` and run the same kernel
 with the same arguments, so their floats equal torch's exactly (``tests/test_optim.py``). Once every parameter with
 a gradient has its state, their step gathers the tensors and calls the kernel directly; anything else (the first
-step, a closure, ``amsgrad``, ``maximize``, a tensor learning rate, a group that is not fused or not on the CPU,
-AMP's gradient scaling) runs torch's own step. Step pre- and post-hooks, global and per optimizer (the sparsity
-controllers' among them), run as torch runs them; what is left out is the profiler's ``Optimizer.step#...`` and
-``Optimizer.zero_grad#...`` ranges. Any SB3 policy can use them: ``policy_kwargs=dict(optimizer_class=LeanAdam)``.
+step, a closure, ``amsgrad``, ``maximize``, a tensor learning rate, a group that is not fused, a tensor that is not
+float32 on the CPU, AMP's gradient scaling) runs torch's own step. Step pre- and post-hooks, global and per
+optimizer (the sparsity controllers' among them), run as torch runs them; what is left out is the profiler's
+``Optimizer.step#...`` and ``Optimizer.zero_grad#...`` ranges. Any SB3 policy can use them:
+``policy_kwargs=dict(optimizer_class=LeanAdam)``.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ class _LeanStep(torch.optim.Adam):
                 if grad is None:
                     continue
                 state = self.state.get(param)
-                if not state or grad.is_sparse or not param.is_cpu or param.is_complex():
+                if (not state or grad.is_sparse or not param.is_cpu or param.is_complex()
+                        or param.dtype != torch.float32 or grad.dtype != torch.float32):
                     return None
                 params.append(param)
                 grads.append(grad)
@@ -101,7 +103,7 @@ class _LeanStep(torch.optim.Adam):
     @staticmethod
     @torch.no_grad()
     def _fused_step(groups: list[tuple[dict[str, Any], list[list[torch.Tensor]]]]) -> None:
-        """What torch's fused Adam does for CPU tensors of one dtype: count the step, then one kernel call."""
+        """What torch's fused Adam does for float32 CPU tensors: count the step, then one kernel call."""
         for group, (params, grads, exp_avgs, exp_avg_sqs, steps) in groups:
             if not params:
                 continue

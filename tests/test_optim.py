@@ -88,10 +88,14 @@ def test_a_pre_hook_may_replace_the_closure():
 
 
 @pytest.mark.parametrize("settings_", [dict(amsgrad=True), dict(maximize=True), dict(fused=False),
-                                       dict(lr=torch.tensor(0.01))])
+                                       dict(lr=torch.tensor(0.01)), dict(float64=True)])
 def test_settings_outside_the_fast_path_run_torchs_step(settings_):
-    """The floats of torch's own optimizer with the same settings, step after step."""
+    """The floats of torch's own optimizer with the same settings (float64 parameters beside float32 ones: torch
+    groups them by dtype), step after step."""
+    settings_ = dict(settings_)
     ours, theirs = twin_params(0, [(4, 3), (3,)])
+    if settings_.pop("float64", False):
+        ours[1], theirs[1] = (p.detach().double().requires_grad_() for p in (ours[1], theirs[1]))
     fused = settings_.get("fused", True)
     lean = LeanAdam(ours, **settings_)
     reference = torch.optim.Adam(theirs, **{"fused": fused, **settings_})
