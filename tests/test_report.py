@@ -169,16 +169,17 @@ def test_time_columns_are_ratios_to_dense_and_blank_without_cpu_time(tmp_path):
     assert [sparse[column] for column in columns] == ["15.0", "0.75×", "0.33× (2 of 3)"]
 
 
-@pytest.mark.parametrize("sparse_machines, wall_clock, cpu_time", [
-    ([("CPU A", 1)] * 3, "0.75×", "0.33×"),
-    ([("CPU A", 1), ("CPU A", 1), ("CPU B", 1)], "0.75× (2 of 3)", "0.33× (2 of 3)"),
-    ([("CPU B", 1)] * 3, "other machine", "other machine"),
-    ([("CPU A", 2)] * 3, "other machine", "other machine"),  # the same CPU on other thread counts
-    ([("CPU A", 1, 1)] * 3, "other machine", "other machine"),  # timed by code of a later timing epoch
-    ([("CPU A", 1, 0)] * 3, "0.75×", "0.33×"),  # epoch 0 named is epoch 0 unnamed
+@pytest.mark.parametrize("sparse_machines, seconds, wall_clock, cpu_time", [
+    ([("CPU A", 1)] * 3, "15.0", "0.75×", "0.33×"),
+    ([("CPU A", 1), ("CPU A", 1), ("CPU B", 1)], "15.0 (2 of 3)", "0.75× (2 of 3)", "0.33× (2 of 3)"),
+    ([("CPU B", 1), ("CPU A", 1), ("CPU B", 1)], "99.0 (2 of 3)", "0.75× (1 of 3)", "0.33× (1 of 3)"),
+    ([("CPU B", 1)] * 3, "99.0", "other machine", "other machine"),
+    ([("CPU A", 2)] * 3, "99.0", "other machine", "other machine"),  # the same CPU on other thread counts
+    ([("CPU A", 1, 1)] * 3, "99.0", "other machine", "other machine"),  # timed by code of a later timing epoch
+    ([("CPU A", 1, 0)] * 3, "15.0", "0.75×", "0.33×"),  # epoch 0 named is epoch 0 unnamed
 ])
 def test_time_columns_compare_runs_only_with_dense_runs_on_the_same_cpu_and_threads(tmp_path, sparse_machines,
-                                                                                     wall_clock, cpu_time):
+                                                                                     seconds, wall_clock, cpu_time):
     runs = make_runs(tmp_path)
     for path in runs.rglob("summary.json"):  # dense: 20 s wall, 18 s CPU per 1k steps on CPU A, one thread
         summary = json.loads(path.read_text())
@@ -192,7 +193,8 @@ def test_time_columns_compare_runs_only_with_dense_runs_on_the_same_cpu_and_thre
         path.write_text(json.dumps(summary))
     results = write_report([runs], tmp_path / "out", reps=REPS)
     sparse = table_rows(results)[1]
-    assert (sparse["wall-clock vs dense"], sparse["CPU time vs dense"]) == (wall_clock, cpu_time)
+    assert (sparse["s / 1k steps"], sparse["wall-clock vs dense"], sparse["CPU time vs dense"]) == (
+        seconds, wall_clock, cpu_time)
     assert "on the same CPU model and thread count, timed by code of the same timing epoch, only" in results.read_text()
 
 

@@ -24,7 +24,8 @@ NO_DENSE = "no dense baseline"
 OTHER_MACHINE = "other machine"
 TIME_NOTE = ("`wall-clock vs dense` and `CPU time vs dense` compare each run with the dense runs on the same CPU model "
              "and thread count, timed by code of the same timing epoch, only; `other machine` where none of a row's "
-             "runs has such dense runs, and `(k of n)` where only k of its n runs have.")
+             "runs has such dense runs, and `(k of n)` where only k of its n runs have. `s / 1k steps` averages the "
+             "runs of one machine, the one most of a row's runs ran on, `(k of n)` where that leaves k of n.")
 
 
 def comparison_markdown(groups: dict[GroupKey, list[Run]], reps: int) -> str:
@@ -86,10 +87,18 @@ def final_densities(runs: Sequence[Run]) -> str:
 
 
 def seconds_per_1k_steps(runs: Sequence[Run]) -> str:
-    """The runs' mean wall-clock seconds per 1,000 env steps; ``—`` if no summary has it."""
-    known = [run.summary["wall_clock_s_per_1k_steps"] for run in runs
+    """The mean wall-clock seconds per 1,000 env steps of the runs on the machine (:func:`machine`) that most of those
+    recording it ran on (the first such machine on a tie): times on other CPUs or thread counts do not average.
+    ``(k of n)`` where that leaves k of the n runs; ``—`` if no summary has it."""
+    known = [(machine(run), run.summary["wall_clock_s_per_1k_steps"]) for run in runs
              if run.summary is not None and math.isfinite(run.summary.get("wall_clock_s_per_1k_steps", math.nan))]
-    return f"{np.mean(known):.1f}" if known else MISSING
+    if not known:
+        return MISSING
+    machines = [ran_on for ran_on, _ in known]
+    most = max(machines, key=machines.count)
+    same = [seconds for ran_on, seconds in known if ran_on == most]
+    cell = f"{np.mean(same):.1f}"
+    return cell if len(same) == len(runs) else f"{cell} ({len(same)} of {len(runs)})"
 
 
 def machine(run: Run) -> tuple[object, object, object]:
