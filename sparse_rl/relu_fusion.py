@@ -1,18 +1,21 @@
-"""A ReLU fused into the compact layer before it: rectified inside the forward kernel's own pass over the output,
-masked at the start of the layer's backward, one autograd node instead of two.
+"""A ReLU fused into the sparse layer before it: on the compact layout rectified inside the forward kernel's own pass
+over the output and masked at the start of the layer's backward, one autograd node instead of two.
 
 SB3 builds its networks as ``nn.Sequential(Linear, ReLU, Linear, ReLU, ...)``. :func:`fuse_relus` puts a
 :class:`RectifiedReLU` in the place of each plain ``nn.ReLU`` that follows a sparse layer and makes the
 ``nn.Sequential`` a :class:`FusedReLUSequential`; a layer followed by a ``RectifiedReLU`` is a fused pair (there
 is no other record of it). When that sequence runs such a pair, the layer
 is called (hooks and all) with its :data:`RECTIFY` flag set: on the compact layout it rectifies its output in its
-forward kernel, masks the output gradient in its backward by the same test ``torch.relu``'s backward uses, and tags
-its output (:func:`mark_rectified`); :class:`RectifiedReLU` returns a tagged tensor unchanged (``relu(relu(z)) ==
-relu(z)``, with the same gradient) and rectifies anything else, as ``nn.ReLU`` does. So a network's outputs,
-gradients and the ReLU module's forward hooks (dormant neurons read them) are those of the unfused pair, on every
-layout, and the layer called alone is a plain linear layer. Only hooks on the fused layer itself, inside its
-sequence, see its output rectified. A hook that returns a new output tensor (a module's full backward hook wraps it)
-drops the tag: the ReLU then rectifies again, which changes no value and costs what the unfused ReLU did.
+forward kernel and masks the output gradient in its backward by the same test ``torch.relu``'s backward uses; on the
+``masked`` backend it rectifies the GEMM's fresh output in place (``relu_``: no second activation-sized tensor,
+which a cold write made cost several times a hot one; autograd's own ReLU backward masks the gradient); either
+way it tags its output (:func:`mark_rectified`); :class:`RectifiedReLU` returns a tagged tensor unchanged
+(``relu(relu(z)) == relu(z)``, with the same gradient) and rectifies anything else, as ``nn.ReLU`` does. So a
+network's outputs, gradients and the ReLU module's forward hooks (dormant neurons read them) are those of the
+unfused pair, on every layout, and the layer called alone is a plain linear layer. Only hooks on the fused layer
+itself, inside its sequence, see its output rectified. A hook that returns a new output tensor (a module's full
+backward hook wraps it) drops the tag: the ReLU then rectifies again, which changes no value and costs what the
+unfused ReLU did.
 """
 
 from __future__ import annotations

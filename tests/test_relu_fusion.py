@@ -31,11 +31,12 @@ def unfused_and_fused(in_features: int, hidden: int, count: int, seed: int, back
     return unfused, fused
 
 
-def run(network: nn.Sequential, x: torch.Tensor, upstream: torch.Tensor):
-    """Output, hidden activations as a forward hook on the first ReLU sees them, input and parameter gradients."""
+def run(network: nn.Sequential, x: torch.Tensor, upstream: torch.Tensor, input_grad: bool = True):
+    """Output, hidden activations as a forward hook on the first ReLU sees them, input (``None`` without
+    ``input_grad``) and parameter gradients."""
     seen = []
     handle = network[1].register_forward_hook(lambda module, inputs, output: seen.append(output.detach().clone()))
-    x = x.detach().clone().requires_grad_(True)
+    x = x.detach().clone().requires_grad_(input_grad)
     y = network(x)
     y.backward(upstream)
     handle.remove()
@@ -61,6 +62,35 @@ def test_a_fused_relu_gives_the_unfused_outputs_hooks_and_gradients_exactly(simd
         assert torch.equal(fused(x), unfused(x))
 
 
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.integers(1, 300), seed=st.integers(0, 2**16), input_grad=st.booleans())
+def test_a_masked_layer_before_a_compact_one_rectifies_in_place_with_the_unfused_floats(simd, batch, seed,
+                                                                                       input_grad):
+    """``auto`` in a sparse network: the dense first layer returns feature-major activations, rectified in place."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    first, second, last = SparseLinear(17, 256), SparseLinear(256, 256), SparseLinear(256, 5)
+    first.set_mask(random_mask((256, 17), 1700, generator))
+    second.set_mask(random_mask((256, 256), 6554, generator))
+    unfused = nn.Sequential(first, nn.ReLU(), second, nn.ReLU(), last)
+    fused = copy.deepcopy(unfused)
+    assert fuse_relus(fused) == 2
+    for network in (unfused, fused):
+        set_backend(network, "auto")
+        assert [layer.resolved_backend for layer in network[::2]] == ["masked", "compact", "masked"]
+    x = torch.randn(batch, 17, generator=generator) - 0.3
+    upstream = torch.randn(batch, 5, generator=generator)
+    for expected, actual in zip(run(unfused, x, upstream, input_grad), run(fused, x, upstream, input_grad),
+                                 strict=True):
+        assert (actual is None and expected is None) or torch.equal(actual, expected)
+    with torch.no_grad():
+        assert torch.equal(fused(x), unfused(x))
+    tagged = []
+    fused[0].register_forward_hook(lambda module, inputs, output: tagged.append(getattr(output, RECTIFIED, False)))
+    fused(x)
+    assert tagged == [True], "the masked layer rectified its own output"
+
+
 def test_a_backward_hook_that_drops_the_tag_changes_no_value():
     unfused, fused = unfused_and_fused(12, 30, 120, 4, "compact")
     seen = []
@@ -83,9 +113,10 @@ def test_a_rectified_relu_rectifies_whatever_no_fused_layer_returned():
     x = torch.randn(8, 3)
     assert torch.equal(RectifiedReLU()(x), torch.relu(x))
     layer = SparseLinear(3, 4)
-    layer.set_backend("masked")  # the masked layout computes the plain product: the ReLU module rectifies it
+    layer.set_backend("masked")
     assert torch.equal(FusedReLUSequential(layer, RectifiedReLU())(x), torch.relu(layer(x)))
-    assert (layer(x) < 0).any()
+    assert (layer(x) < 0).any(), "called alone, the layer computes the plain product"
+    assert torch.equal(RectifiedReLU()(layer(x)), torch.relu(layer(x)))
 
 
 def test_sparse_policies_fuse_every_relu_after_a_sparse_layer_and_dormant_hooks_see_them():

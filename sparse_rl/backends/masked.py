@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from sparse_rl.relu_fusion import mark_rectified, rectifies_now
+
 if TYPE_CHECKING:
     from sparse_rl.layers import SparseLinear
 
@@ -32,20 +34,29 @@ def is_feature_major(x: torch.Tensor) -> bool:
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 feature_major: bool = False) -> torch.Tensor:
+                 feature_major: bool = False, rectify: bool = False) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` with the dense kernel. The result is feature-major, ``(W xᵀ + b)ᵀ``,
     when ``feature_major`` is set or ``x`` itself is feature-major. Otherwise ``F.linear`` runs
-    and the result is row-major. Dense GEMM reads either layout."""
+    and the result is row-major. Dense GEMM reads either layout. With ``rectify``, the product is rectified in
+    place (``relu_``, while the GEMM's fresh output is still in cache; the GEMM's backward does not read it)."""
     if x.dim() != 2 or not (feature_major or is_feature_major(x)):
-        return F.linear(x, weight, bias)
-    return (torch.mm(weight, x.t()) if bias is None else torch.addmm(bias.unsqueeze(1), weight, x.t())).t()
+        y = F.linear(x, weight, bias)
+        return y.relu_() if rectify else y
+    y_t = torch.mm(weight, x.t()) if bias is None else torch.addmm(bias.unsqueeze(1), weight, x.t())
+    return (y_t.relu_() if rectify else y_t).t()
 
 
 def forward(layer: SparseLinear, x: torch.Tensor) -> torch.Tensor:
-    """The ``masked`` backend's forward pass: feature-major when the layer's network runs sparse kernels."""
+    """The ``masked`` backend's forward pass: feature-major when the layer's network runs sparse kernels; rectified
+    in place when a :class:`~sparse_rl.relu_fusion.FusedReLUSequential` runs the layer with its ReLU."""
     parameters = layer._parameters  # not layer.weight: SparseLinear.__getattr__ costs µs on every call
     weight, bias = parameters["weight"], parameters["bias"]
     assert weight is not None
+    rectify = rectifies_now(layer)
     if layer.backend == "auto" and x.dim() == 2 and x.shape[0] >= SMALL_BATCH and layer.in_sparse_network():
-        return dense_linear(x, weight, bias, feature_major=True)
-    return F.linear(x, weight, bias)
+        y = dense_linear(x, weight, bias, feature_major=True, rectify=rectify)
+    else:
+        y = F.linear(x, weight, bias)
+        if rectify:
+            y = y.relu_()
+    return mark_rectified(y) if rectify else y
