@@ -61,6 +61,12 @@ policy at density 1.0) with the optimizer the policies build, :class:`sparse_rl.
 twin on torch's fused Adam class itself, timed alternately in ``--rounds`` chunks of ``--chunk`` gradient steps;
 medians.
 
+Compact input layers (``--part input-layers``): ``train()``'s CPU time per gradient step of each sparse model as
+built, whose narrow input layers (at most ``COMPACT_NARROW_MAX_IN`` inputs) ``auto`` lays out compactly up to
+density ``COMPACT_NARROW_MAX_DENSITY``, against a same-seed twin built with the hidden layers' density limit for
+them too (so they stay masked), timed alternately in ``--rounds`` chunks of ``--chunk`` gradient steps; medians.
+The twin is timed first in each round.
+
 Each part rewrites its own section of ``results/sparse_speed.md`` (the file keeps the other
 parts' sections) and records its own command line.
 
@@ -74,6 +80,7 @@ parts' sections) and records its own command line.
     python benchmarks/sparse_speed.py --part relu-fusion [--algos sac td3 --rounds 3 --chunk 200]
     python benchmarks/sparse_speed.py --part actor-loss [--algos sac td3 --rounds 5 --chunk 200]
     python benchmarks/sparse_speed.py --part optimizer [--algos sac td3 --rounds 5 --chunk 200]
+    python benchmarks/sparse_speed.py --part input-layers [--algos sac td3 --rounds 9 --chunk 100]
 """
 
 from __future__ import annotations
@@ -97,8 +104,8 @@ import torch
 from sb3_contrib.common.torch_layers import BatchRenorm
 from torch import nn
 
-from sparse_rl.backends import kernels
-from sparse_rl.backends.auto import COMPACT_MAX_DENSITY, COMPACT_MIN_WEIGHTS, auto_backend, auto_rule
+from sparse_rl.backends import auto, kernels
+from sparse_rl.backends.auto import auto_backend, auto_rule
 from sparse_rl.calibrate import time_layer
 from sparse_rl.layers import SparseLinear
 from sparse_rl.machine import cpu_model
@@ -112,7 +119,8 @@ RESULTS = Path(__file__).resolve().parent.parent / "results" / "sparse_speed.md"
 SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "#### Gathers from a dense weight",
             "breakdown": "#### Where a gradient step's time goes", "kernels": "#### Kernel throughput",
             "memory": "#### Peak memory", "batch-renorm": "#### BatchRenorm", "relu-fusion": "#### Fused ReLUs",
-            "actor-loss": "#### Critic weight gradients in the actor's loss", "optimizer": "#### Optimizer"}
+            "actor-loss": "#### Critic weight gradients in the actor's loss", "optimizer": "#### Optimizer",
+            "input-layers": "#### Compact input layers"}
 NET_ARCH: dict[str, list[int] | dict[str, list[int]]] = {
     "sac": [256, 256], "td3": [400, 300], "tqc": [256, 256], "crossq": {"pi": [256, 256], "qf": [1024, 1024]}}
 WIDE_ALGOS = ("sac", "td3")
@@ -577,6 +585,45 @@ def optimizer_tables(algos: list[str], env_id: str, densities: list[float], widt
             "| algo | model | torch Adam ms | LeanAdam ms | torch ÷ lean |", "|---|---|---|---|---|", *rows]
 
 
+@contextmanager
+def narrow_layers_on_the_hidden_rule() -> Iterator[None]:
+    """Models built inside lay narrow input layers out by the hidden layers' density limit (masked at ERK's)."""
+    original = auto.COMPACT_NARROW_MAX_DENSITY
+    auto.COMPACT_NARROW_MAX_DENSITY = auto.COMPACT_MAX_DENSITY
+    try:
+        yield
+    finally:
+        auto.COMPACT_NARROW_MAX_DENSITY = original
+
+
+def input_layer_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
+                       learning_starts: int, seed: int) -> list[str]:
+    """CPU ms per gradient step of ``train()`` of each sparse model as built (compact narrow input layers where
+    ``auto`` picks them) and of a same-seed twin whose narrow input layers stay masked, timed alternately."""
+    common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
+    rows, layouts = [], []
+    for algo in algos:
+        with narrow_layers_on_the_hidden_rule():
+            masked_inputs = sparse_models(algo, env_id, densities, width, common)
+        compact_inputs = sparse_models(algo, env_id, densities, width, common)
+        for name, model in compact_inputs.items():
+            narrow = [f"{layer.in_features}×{layer.out_features} at {layer.density:.2f}: {layer.resolved_backend}"
+                      for layer in model.policy.modules()
+                      if isinstance(layer, SparseLinear) and layer.in_features <= auto.COMPACT_NARROW_MAX_IN]
+            layouts.append(f"- {algo} {name}: " + ", ".join(dict.fromkeys(narrow)))
+        rows += twin_rows(algo, masked_inputs, compact_inputs, ("masked inputs", "compact inputs"), width, rounds,
+                          chunk, learning_starts)
+    return [f"{', '.join(algos)} on {env_id}, seed {seed}: median CPU ms per gradient step of `train()` (batch 256) "
+            f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
+            f"sparse model (RigL on `auto`) as built, whose input layers (≤ {auto.COMPACT_NARROW_MAX_IN} inputs) "
+            f"`auto` lays out compactly up to density {auto.COMPACT_NARROW_MAX_DENSITY:g}, and a same-seed twin that "
+            f"keeps them masked (the hidden layers' limit, {auto.COMPACT_MAX_DENSITY:g}); the twin runs first in each "
+            "round. The "
+            "input layers as built (in×out at density: backend):", "", *layouts, "",
+            "| algo | model | compact inputs ms | masked inputs ms | compact ÷ masked |", "|---|---|---|---|---|",
+            *rows]
+
+
 BATCH_RENORM_SHAPES = ((512, 23, True, False), (512, 1024, True, False), (512, 1024, True, True),
                        (256, 1024, False, True), (256, 17, True, False), (256, 256, True, True))
 """(batch, features, training, feature-major) of CrossQ's BatchRenorm calls in one ``train()`` step on
@@ -648,8 +695,9 @@ def auto_rule_text() -> str:
              + ", ".join(f"≥ {weights:,} weights at density ≤ {density:g}" for weights, density in rule) + ")")
     if not kernels.compiled():
         return f"no compiled kernels, so {table}"
-    return (f"compact for a layer of a fixed-count method with ≥ {COMPACT_MIN_WEIGHTS:,} weights at density ≤ "
-            f"{COMPACT_MAX_DENSITY:g} (compiled kernels, SIMD level {kernels.simd_level()}), else {table}")
+    return (f"compact for a layer of a fixed-count method with ≥ {auto.COMPACT_MIN_WEIGHTS:,} weights at density ≤ "
+            f"{auto.COMPACT_MAX_DENSITY:g} (≤ {auto.COMPACT_NARROW_MAX_DENSITY:g} with ≤ "
+            f"{auto.COMPACT_NARROW_MAX_IN} inputs; compiled kernels, SIMD level {kernels.simd_level()}), else {table}")
 
 
 def main() -> None:
@@ -725,6 +773,9 @@ def main() -> None:
     elif args.part == "optimizer":
         lines = [header, "", *optimizer_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
                                                args.rounds, args.chunk, args.learning_starts, args.seed)]
+    elif args.part == "input-layers":
+        lines = [header, "", *input_layer_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
+                                                 args.rounds, args.chunk, args.learning_starts, args.seed)]
     elif args.part == "breakdown":
         lines = [header, "", *breakdown_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
                                                args.chunk, args.learning_starts, args.seed)]

@@ -413,6 +413,8 @@ def test_the_kernels_are_built_wherever_a_c_compiler_is():
 def test_auto_lays_out_compactly_by_shape_and_density_alone():
     """The constant rule: no calibration and no load can move a layer across it."""
     from sparse_rl.backends.auto import COMPACT_MAX_DENSITY, COMPACT_MIN_WEIGHTS, auto_backend
+    from sparse_rl.backends.auto import COMPACT_NARROW_MAX_DENSITY as NARROW_DENSITY
+    from sparse_rl.backends.auto import COMPACT_NARROW_MAX_IN as NARROW_IN
 
     if not kernels.compiled():
         pytest.skip("without the compiled kernels auto follows the MKL table")
@@ -421,6 +423,12 @@ def test_auto_lays_out_compactly_by_shape_and_density_alone():
     assert auto_backend(256, 256, COMPACT_MAX_DENSITY + 0.01, cpu) == "masked"
     assert auto_backend(COMPACT_MIN_WEIGHTS, 1, 0.1, cpu) == "compact"
     assert auto_backend(COMPACT_MIN_WEIGHTS - 1, 1, 0.1, cpu) == "masked", "small layers stay dense"
+    assert COMPACT_MAX_DENSITY < NARROW_DENSITY
+    assert auto_backend(17, 256, NARROW_DENSITY, cpu) == "compact", "an input layer at ERK's density"
+    assert auto_backend(17, 256, NARROW_DENSITY + 0.01, cpu) == "masked"
+    assert auto_backend(NARROW_IN, 256, NARROW_DENSITY, cpu) == "compact"
+    assert auto_backend(NARROW_IN + 1, 256, COMPACT_MAX_DENSITY + 0.01, cpu) == "masked"
+    assert auto_backend(17, 200, COMPACT_MAX_DENSITY, cpu) == "masked", "narrow and small: 3,400 weights"
     assert auto_backend(1024, 1024, 0.05, torch.device("meta")) == "masked", "non-CPU devices stay masked"
     assert auto_backend(1024, 1024, 0.05, cpu, compact_capable=False) in ("sparse", "masked")
 

@@ -2,9 +2,10 @@
 
 With the compiled compact kernels present (:mod:`sparse_rl.backends.kernels`), a CPU layer of a fixed-count method
 runs ``compact`` when it has at least :data:`COMPACT_MIN_WEIGHTS` weights at density :data:`COMPACT_MAX_DENSITY` or
-below, and ``masked`` otherwise. That rule is a constant, not a calibration: the compact kernels break even with
-dense far above the densities DST uses (``docs/architecture.md`` has the measurements), so a machine's load on the
-day cannot move a layer across it. Without the compiled kernels, ``auto`` follows the older ``sparse``-or-``masked``
+below (:data:`COMPACT_NARROW_MAX_DENSITY` for a layer reading at most :data:`COMPACT_NARROW_MAX_IN` features: an
+input layer), and ``masked`` otherwise. That rule is a constant, not a calibration: the compact kernels break even
+with dense far above the densities DST uses (``docs/architecture.md`` has the measurements), so a machine's load on
+the day cannot move a layer across it. Without the compiled kernels, ``auto`` follows the older ``sparse``-or-``masked``
 table: this machine's calibration (``python -m sparse_rl.calibrate``) when one exists for its CPU and torch, else
 the built-in :data:`AUTO_RULE`.
 """
@@ -24,6 +25,17 @@ from sparse_rl.machine import cpu_model
 
 COMPACT_MAX_DENSITY = 0.2
 """Highest density at which ``auto`` lays a layer out compactly (see the module docstring)."""
+
+COMPACT_NARROW_MAX_IN = 64
+"""Input width up to which a layer counts as narrow (an observation, or an observation and an action: 11-35 features
+in MuJoCo's Hopper to Ant), where ``auto`` lays it out compactly up to :data:`COMPACT_NARROW_MAX_DENSITY`."""
+
+COMPACT_NARROW_MAX_DENSITY = 0.5
+"""Highest density at which ``auto`` lays a narrow layer out compactly. Dense GEMM runs far below its rate at so
+short an inner dimension, and the compact forward writes the (rectified) activations in one pass where the dense
+layer takes three (bias, product, ReLU): inside SAC's and TD3's ``train()`` such input layers made the step 3-10 %
+faster at ERK densities 0.24-0.41 (``python benchmarks/sparse_speed.py --part input-layers``), while a lone layer
+timed hot breaks even (``docs/architecture.md``)."""
 
 COMPACT_MIN_WEIGHTS = 4096
 """Smallest layer (in × out weights) that ``auto`` lays out compactly: below it, Python per call costs more."""
@@ -96,6 +108,11 @@ def auto_rule() -> tuple[Rule, str]:
     return (AUTO_RULE, "built-in") if rule is None else (rule, f"calibrated {path}")
 
 
+def compact_max_density(in_features: int) -> float:
+    """Highest density at which ``auto`` lays a fixed-count layer with ``in_features`` inputs out compactly."""
+    return COMPACT_NARROW_MAX_DENSITY if in_features <= COMPACT_NARROW_MAX_IN else COMPACT_MAX_DENSITY
+
+
 def auto_backend(in_features: int, out_features: int, density: float, device: torch.device,
                  compact_capable: bool = True) -> str:
     """The backend ``auto`` resolves to for a layer (see the module docstring). ``compact_capable`` is false for
@@ -109,7 +126,7 @@ def auto_backend(in_features: int, out_features: int, density: float, device: to
         return "masked"
     weights = in_features * out_features
     if compact_capable and kernels.compiled():
-        return "compact" if weights >= COMPACT_MIN_WEIGHTS and density <= COMPACT_MAX_DENSITY else "masked"
+        return "compact" if weights >= COMPACT_MIN_WEIGHTS and density <= compact_max_density(in_features) else "masked"
     if not torch.backends.mkl.is_available():
         return "masked"
     for min_weights, max_density in auto_rule()[0]:
