@@ -99,6 +99,7 @@ from contextlib import AbstractContextManager as ContextManager
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import torch
 from sb3_contrib.common.torch_layers import BatchRenorm
@@ -585,15 +586,9 @@ def optimizer_tables(algos: list[str], env_id: str, densities: list[float], widt
             "| algo | model | torch Adam ms | LeanAdam ms | torch ÷ lean |", "|---|---|---|---|---|", *rows]
 
 
-@contextmanager
-def narrow_layers_on_the_hidden_rule() -> Iterator[None]:
+def narrow_layers_on_the_hidden_rule() -> ContextManager:
     """Models built inside lay narrow input layers out by the hidden layers' density limit (masked at ERK's)."""
-    original = auto.COMPACT_NARROW_MAX_DENSITY
-    auto.COMPACT_NARROW_MAX_DENSITY = auto.COMPACT_MAX_DENSITY
-    try:
-        yield
-    finally:
-        auto.COMPACT_NARROW_MAX_DENSITY = original
+    return patch.object(auto, "COMPACT_NARROW_MAX_DENSITY", auto.COMPACT_MAX_DENSITY)
 
 
 def input_layer_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,

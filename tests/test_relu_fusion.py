@@ -70,7 +70,7 @@ def test_a_masked_layer_before_a_compact_one_rectifies_in_place_with_the_unfused
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     first, second, last = SparseLinear(17, 256), SparseLinear(256, 256), SparseLinear(256, 5)
-    first.set_mask(random_mask((256, 17), 3000, generator))  # density 0.69: above the narrow layers' limit
+    first.set_mask(random_mask((256, 17), 3500, generator))  # density 0.80: above the narrow layers' limit
     second.set_mask(random_mask((256, 256), 6554, generator))
     unfused = nn.Sequential(first, nn.ReLU(), second, nn.ReLU(), last)
     fused = copy.deepcopy(unfused)

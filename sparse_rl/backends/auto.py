@@ -30,12 +30,13 @@ COMPACT_NARROW_MAX_IN = 64
 """Input width up to which a layer counts as narrow (an observation, or an observation and an action: 11-35 features
 in MuJoCo's Hopper to Ant), where ``auto`` lays it out compactly up to :data:`COMPACT_NARROW_MAX_DENSITY`."""
 
-COMPACT_NARROW_MAX_DENSITY = 0.5
+COMPACT_NARROW_MAX_DENSITY = 0.7
 """Highest density at which ``auto`` lays a narrow layer out compactly. Dense GEMM runs far below its rate at so
 short an inner dimension, and the compact forward writes the (rectified) activations in one pass where the dense
-layer takes three (bias, product, ReLU): inside SAC's and TD3's ``train()`` such input layers made the step 3-10 %
-faster at ERK densities 0.24-0.41 (``python benchmarks/sparse_speed.py --part input-layers``), while a lone layer
-timed hot breaks even (``docs/architecture.md``)."""
+layer takes three (bias, product, ReLU): inside ``train()``, SAC's input layers at ERK's densities 0.35 and 0.41 on
+the compact layout made the step 7 % faster and TD3's at 0.61 and 0.52 6 %, while a lone layer timed hot breaks even
+and fully dense input layers (wide networks) gained nothing (``python benchmarks/sparse_speed.py --part
+input-layers``, ``docs/architecture.md``)."""
 
 COMPACT_MIN_WEIGHTS = 4096
 """Smallest layer (in × out weights) that ``auto`` lays out compactly: below it, Python per call costs more."""
