@@ -97,11 +97,35 @@ def test_kernels_at_the_edges_of_their_blocks(simd, in_features, counts, batch, 
     torch.testing.assert_close(kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, dy_t,
                                                   out_features), weight.t() @ dy_t, **SUM_TOL)
     guarded = torch.full((structure.nnz + 16,), 7.0)
-    kernels._EXTENSION.values_grad(structure.crow.data_ptr(), structure.col.data_ptr(), dy_t.data_ptr(),
+    kernels._EXTENSION.values_grad(structure.crow.data_ptr(), structure.col.data_ptr(), dy_t.data_ptr(), 0, 0,
                                    x_t.data_ptr(), guarded.data_ptr(), out_features, batch)
     torch.testing.assert_close(guarded[:structure.nnz], (dy_t @ x_t.t()).flatten()[structure.positions],
                                rtol=1e-4, atol=1e-4 * max(1.0, batch ** 0.5))
     assert (guarded[structure.nnz:] == 7.0).all()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(in_features=st.integers(1, 40), counts=st.lists(st.integers(0, 40), min_size=1, max_size=12),
+       batch=st.integers(1, 300), seed=st.integers(0, 2**16))
+def test_the_fused_relus_mask_in_the_weight_gradient_is_relus_backward_exactly(simd, in_features, counts, batch,
+                                                                              seed):
+    """The mask written by the weight-gradient kernel is ``threshold_backward``'s, zeros, -0.0 and NaN outputs
+    included, and the values' gradient is the unfused kernel's on the masked gradient, bit for bit."""
+    generator = torch.Generator().manual_seed(seed)
+    out_features = len(counts)
+    mask = torch.zeros(out_features, in_features, dtype=torch.bool)
+    for row, count in enumerate(counts):
+        mask[row, torch.randperm(in_features, generator=generator)[:min(count, in_features)]] = True
+    structure = CompactStructure.from_mask(mask)
+    x_t, dy_t = (torch.randn(n, batch, generator=generator) for n in (in_features, out_features))
+    rectified_t = torch.randn(out_features, batch, generator=generator).relu()
+    specials = torch.randint(0, 4, rectified_t.shape, generator=generator)
+    rectified_t[specials == 1] = -0.0
+    rectified_t[specials == 2] = float("nan")
+    grad, masked = kernels.rectified_values_grad(structure.crow, structure.col, dy_t, rectified_t, x_t)
+    expected = torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
+    assert torch.equal(masked, expected) and masked.is_contiguous()
+    assert torch.equal(grad, kernels.values_grad(structure.crow, structure.col, expected, x_t))
 
 
 def test_the_compact_layout_holds_no_dense_tensor():

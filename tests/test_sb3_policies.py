@@ -397,3 +397,29 @@ def test_a_sparsity_config_object_is_handed_down_whole_and_never_mixed_with_flat
         SAC(SparseSACPolicy, "Pendulum-v1", policy_kwargs=dict(sparsity=config, density=0.5))
     with pytest.raises(ValueError, match=r"takes a SparsityConfig.*\(got dict\)"):
         SAC(SparseSACPolicy, "Pendulum-v1", policy_kwargs=dict(sparsity={"density": 0.5}))
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_set_training_mode_sets_the_flags_nn_module_train_sets(algo):
+    """The sparse networks' fast ``train()``: every submodule of the actor and critic flips, SB3's targets stay in
+    eval mode, and a submodule with a ``train()`` of its own is still called."""
+    model = make(algo)
+    calls = []
+
+    class Recording(torch.nn.Module):
+        def train(self, mode=True):
+            calls.append(mode)
+            return super().train(mode)
+
+    model.actor.extra = Recording()
+    model.actor.extra.inner = torch.nn.Linear(2, 2)
+    targets = [model.critic_target] + ([model.actor_target] if algo == "td3" else [])
+    for mode in (False, True, False, True):
+        model.policy.set_training_mode(mode)
+        assert model.policy.training is mode
+        for network in (model.actor, model.critic):
+            assert all(module.training is mode for module in network.modules())
+        assert not any(module.training for target in targets for module in target.modules())
+    assert calls == [False, True, False, True]
+    with pytest.raises(ValueError, match="boolean"):
+        model.actor.train("yes")

@@ -14,7 +14,8 @@ Kernels (:mod:`sparse_rl.backends.kernels`). Activations are feature-major ``(fe
   layer's ``dense_grad_needed`` is set (one step ahead of a gradient-scored topology update), one dense product
   ``dYᵀ X`` instead, kept by the layer for scoring (:meth:`~sparse_rl.layers.SparseLinear.score_grad`).
 * a fused ReLU (:mod:`sparse_rl.relu_fusion`): the forward kernel rectifies each output row while it is in cache,
-  and the backward masks ``dYᵀ`` by the rectified output first, as ``torch.relu``'s backward does.
+  and the backward masks ``dYᵀ`` by the rectified output first, as ``torch.relu``'s backward does (inside the
+  weight-gradient kernel's pass over ``dYᵀ`` where it runs: one pass less).
 
 A topology update re-lays the layer (:func:`relayout_map`): one gather moves the values, every optimizer moment and
 the pending gradient of the surviving weights to their new places; grown weights start at 0 with zeroed moments (and
@@ -146,21 +147,24 @@ class _CompactLinearFunction(torch.autograd.Function):
         x_t, values, rectified_t = ctx.saved_tensors
         structure: CompactStructure = ctx.structure
         dy_t = grad_output.t().contiguous()  # (out, batch); a no-op for feature-major gradients
-        if rectified_t is not None:  # the fused ReLU's backward: ReluBackward0's own op, on one layout
-            dy_t = torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
         grad_x = grad_values = grad_bias = None
+        if ctx.needs_input_grad[1] and not ctx.layer.dense_grad_needed:
+            if rectified_t is not None:  # the fused ReLU's mask in the weight gradient's pass over dyᵀ
+                grad_values, dy_t = kernels.rectified_values_grad(structure.crow, structure.col, dy_t, rectified_t,
+                                                                  x_t)
+            else:
+                grad_values = kernels.values_grad(structure.crow, structure.col, dy_t, x_t)
+        elif rectified_t is not None:  # the fused ReLU's backward: ReluBackward0's own op, on one layout
+            dy_t = torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
+        if ctx.needs_input_grad[1] and ctx.layer.dense_grad_needed:
+            dense = dy_t @ x_t.t()
+            ctx.layer.accumulate_dense_grad(dense)
+            grad_values = dense.flatten()[structure.positions]
         if ctx.needs_input_grad[0]:
             grad_x = kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, dy_t,
                                         structure.shape[0]).t()
             if not ctx.input_feature_major:  # the input's own layout, so that element-wise ops never mix layouts
                 grad_x = grad_x.contiguous()
-        if ctx.needs_input_grad[1]:
-            if ctx.layer.dense_grad_needed:
-                dense = dy_t @ x_t.t()
-                ctx.layer.accumulate_dense_grad(dense)
-                grad_values = dense.flatten()[structure.positions]
-            else:
-                grad_values = kernels.values_grad(structure.crow, structure.col, dy_t, x_t)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = dy_t.sum(1)
         return grad_x, grad_values, grad_bias, None, None

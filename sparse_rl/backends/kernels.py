@@ -115,12 +115,26 @@ def values_grad(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, x_t: 
     rows, cols = crow.numel() - 1, x_t.shape[0]
     if _check(dy_t, x_t):
         grad = dy_t.new_empty(col.numel())
-        _EXTENSION.values_grad(crow.data_ptr(), col.data_ptr(), dy_t.data_ptr(),  # type: ignore[union-attr]
+        _EXTENSION.values_grad(crow.data_ptr(), col.data_ptr(), dy_t.data_ptr(), 0, 0,  # type: ignore[union-attr]
                                x_t.data_ptr(), grad.data_ptr(), rows, dy_t.shape[1])
         return grad
     _warn_fallback()
     pattern = _csr(crow, col, dy_t.new_zeros(col.numel()), (rows, cols))
     return torch.sparse.sampled_addmm(pattern, dy_t, x_t.t(), beta=0.0).values()
+
+
+def rectified_values_grad(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, rectified_t: torch.Tensor,
+                          x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a layer with a fused ReLU: ``dyᵀ`` masked where the rectified output ``rectified_t`` is not positive (as
+    ``torch.relu``'s backward masks it), and :func:`values_grad` of the masked gradient, in one pass over it."""
+    if _check(dy_t, x_t) and rectified_t.is_contiguous() and rectified_t.dtype == torch.float32:
+        grad, masked = dy_t.new_empty(col.numel()), torch.empty_like(dy_t)
+        _EXTENSION.values_grad(crow.data_ptr(), col.data_ptr(), dy_t.data_ptr(),  # type: ignore[union-attr]
+                               rectified_t.data_ptr(), masked.data_ptr(), x_t.data_ptr(), grad.data_ptr(),
+                               crow.numel() - 1, dy_t.shape[1])
+        return grad, masked
+    masked = torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
+    return values_grad(crow, col, masked, x_t), masked
 
 
 def _like(grad: torch.Tensor, feature_major: bool) -> torch.Tensor:

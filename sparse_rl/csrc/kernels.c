@@ -4,7 +4,10 @@
  *   forward       y[r, :]  = bias[r] + sum_j values[j] * x[col[j], :]        (rows = out features), rectified
  *                 (max(y, 0), NaN kept, as torch.relu) when the layer's ReLU is fused into it
  *   input_grad    dx[c, :] = sum_{r: (r, c) active} W[r, c] * dy[r, :]        (the forward loop over Wᵀ's CSR)
- *   values_grad   gv[j]    = dot(dy[r, :], x[col[j], :])                      (the active positions only)
+ *   values_grad   gv[j]    = dot(dy[r, :], x[col[j], :])                      (the active positions only); for a
+ *                 layer with a fused ReLU, dy masked first (dym[r, :] = dy[r, :] where y[r, :] > 0, else 0, as
+ *                 torch's threshold_backward: one pass that writes dym for the input gradient while each row goes
+ *                 into the dot products from L1)
  *
  * Each loop is written once with GCC vector extensions and compiled three times, for AVX-512, AVX2+FMA and the
  * architecture's baseline (SSE2 on x86-64, NEON on aarch64), through `target` attributes; the variant is picked
@@ -171,11 +174,18 @@ typedef int32_t iv16 __attribute__((vector_size(64)));
     }                                                                                                          \
                                                                                                                \
     TARGET static void values_grad_##SUFFIX(const int32_t *crow, const int32_t *col, const float *dy,          \
-                                            const float *x, float *gv, int64_t rows, int64_t batch) {          \
+                                            const float *y, float *dym, const float *x, float *gv,             \
+                                            int64_t rows, int64_t batch) {                                     \
         enum { GW = GWIDTH };                                                                                  \
         const int32_t nnz = crow[rows];                                                                        \
         for (int64_t r = 0; r < rows; r++) {                                                                   \
             const float *dyr = dy + r * batch;                                                                 \
+            if (y) { /* the fused ReLU's mask, written out for the input gradient */                           \
+                const float *yr = y + r * batch;                                                               \
+                float *mr = dym + r * batch;                                                                   \
+                for (int64_t b = 0; b < batch; b++) mr[b] = yr[b] <= 0.0f ? 0.0f : dyr[b];                     \
+                dyr = mr;                                                                                      \
+            }                                                                                                  \
             int32_t j = crow[r];                                                                               \
             const int32_t end = crow[r + 1];                                                                   \
             DOT_ROW(SUFFIX)                                                                                    \
@@ -318,8 +328,8 @@ DEFINE_RENORM(generic, )
 
 typedef void (*forward_fn)(const float *, const int32_t *, const int32_t *, const float *, const float *, float *,
                            int64_t, int64_t, int);
-typedef void (*values_grad_fn)(const int32_t *, const int32_t *, const float *, const float *, float *, int64_t,
-                               int64_t);
+typedef void (*values_grad_fn)(const int32_t *, const int32_t *, const float *, const float *, float *,
+                               const float *, float *, int64_t, int64_t);
 typedef void (*renorm_stats_fn)(const float *, float *, float *, double *, int64_t, int64_t);
 typedef void (*renorm_grad_sums_fn)(const float *, const float *, const float *, float *, float *, double *, int64_t,
                                     int64_t);
@@ -389,10 +399,12 @@ static PyObject *py_input_grad(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_values_grad(PyObject *self, PyObject *args) {
-    Py_ssize_t crow, col, dy, x, gv, rows, batch;
-    if (!PyArg_ParseTuple(args, "nnnnnnn", &crow, &col, &dy, &x, &gv, &rows, &batch)) return NULL;
+    /* y and dym are 0 (NULL) unless the layer's ReLU is fused: then dy is masked by y into dym first. */
+    Py_ssize_t crow, col, dy, y, dym, x, gv, rows, batch;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnn", &crow, &col, &dy, &y, &dym, &x, &gv, &rows, &batch)) return NULL;
     Py_BEGIN_ALLOW_THREADS LEVELS[current].values_grad((const int32_t *)crow, (const int32_t *)col,
-                                                       (const float *)dy, (const float *)x, (float *)gv, rows, batch);
+                                                       (const float *)dy, (const float *)y, (float *)dym,
+                                                       (const float *)x, (float *)gv, rows, batch);
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
