@@ -25,6 +25,15 @@ STEP_TOL = dict(rtol=1e-6, atol=1e-9)
 """For an optimizer step on tensors of different lengths: vectorised loops round their tails differently (FMA)."""
 
 
+def mask_of_counts(in_features: int, counts: list[int], generator: torch.Generator) -> torch.Tensor:
+    """A boolean ``(len(counts), in_features)`` mask whose row ``r`` holds ``counts[r]`` active weights (capped at
+    the row's width) at random columns."""
+    mask = torch.zeros(len(counts), in_features, dtype=torch.bool)
+    for row, count in enumerate(counts):
+        mask[row, torch.randperm(in_features, generator=generator)[:min(count, in_features)]] = True
+    return mask
+
+
 def layer_pair(in_features: int, out_features: int, count: int, seed: int, bias: bool = True):
     """The same layer on ``masked`` and on ``compact``."""
     torch.manual_seed(seed)
@@ -84,9 +93,7 @@ def test_kernels_at_the_edges_of_their_blocks(simd, in_features, counts, batch, 
         pytest.skip("the compiled kernels are not built here")
     generator = torch.Generator().manual_seed(seed)
     out_features = len(counts)
-    mask = torch.zeros(out_features, in_features, dtype=torch.bool)
-    for row, count in enumerate(counts):
-        mask[row, torch.randperm(in_features, generator=generator)[:min(count, in_features)]] = True
+    mask = mask_of_counts(in_features, counts, generator)
     structure = CompactStructure.from_mask(mask)
     weight = torch.randn(out_features, in_features, generator=generator) * mask
     values = weight.flatten()[structure.positions].contiguous()
@@ -113,9 +120,7 @@ def test_the_fused_relus_mask_in_the_weight_gradient_is_relus_backward_exactly(s
     included, and the values' gradient is the unfused kernel's on the masked gradient, bit for bit."""
     generator = torch.Generator().manual_seed(seed)
     out_features = len(counts)
-    mask = torch.zeros(out_features, in_features, dtype=torch.bool)
-    for row, count in enumerate(counts):
-        mask[row, torch.randperm(in_features, generator=generator)[:min(count, in_features)]] = True
+    mask = mask_of_counts(in_features, counts, generator)
     structure = CompactStructure.from_mask(mask)
     x_t, dy_t = (torch.randn(n, batch, generator=generator) for n in (in_features, out_features))
     rectified_t = torch.randn(out_features, batch, generator=generator).relu()
