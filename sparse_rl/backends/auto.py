@@ -34,8 +34,8 @@ COMPACT_NARROW_MAX_DENSITY = 0.7
 """Highest density at which ``auto`` lays a narrow layer out compactly. Dense GEMM runs far below its rate at so
 short an inner dimension, and the compact forward writes the (rectified) activations in one pass where the dense
 layer takes three (bias, product, ReLU): inside ``train()`` such input layers at ERK's densities (SAC's 0.35 and
-0.41, TD3's 0.61 and 0.52) made the step 7 % and 4–6 % faster than masked ones (two quiet runs), while a lone
-layer timed hot breaks even and fully dense input layers (wide networks) gained nothing (``python
+0.41, TD3's 0.61 and 0.52) made the step 7 % and 4–6 % faster than masked ones (two quiet runs; Ant-v4 10 %),
+while a lone layer timed hot breaks even and fully dense input layers (wide networks) gained nothing (``python
 benchmarks/sparse_speed.py --part input-layers``, ``docs/architecture.md``)."""
 
 COMPACT_MIN_WEIGHTS = 4096
