@@ -610,7 +610,8 @@ def input_layer_tables(algos: list[str], env_id: str, densities: list[float], wi
                           chunk, learning_starts)
     return [f"{', '.join(algos)} on {env_id}, seed {seed}: median CPU ms per gradient step of `train()` (batch 256) "
             f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
-            f"sparse model (RigL on `auto`) as built, whose input layers (≤ {auto.COMPACT_NARROW_MAX_IN} inputs) "
+            f"sparse model (RigL on `auto`) as built, whose input layers (≤ {auto.COMPACT_NARROW_MAX_IN} inputs, "
+            f"≥ {auto.COMPACT_NARROW_MIN_FANOUT}× as many outputs) "
             f"`auto` lays out compactly up to density {auto.COMPACT_NARROW_MAX_DENSITY:g}, and a same-seed twin that "
             f"keeps them masked (the hidden layers' limit, {auto.COMPACT_MAX_DENSITY:g}); the twin runs first in each "
             "round. The "
@@ -692,7 +693,8 @@ def auto_rule_text() -> str:
         return f"no compiled kernels, so {table}"
     return (f"compact for a layer of a fixed-count method with ≥ {auto.COMPACT_MIN_WEIGHTS:,} weights at density ≤ "
             f"{auto.COMPACT_MAX_DENSITY:g} (≤ {auto.COMPACT_NARROW_MAX_DENSITY:g} with ≤ "
-            f"{auto.COMPACT_NARROW_MAX_IN} inputs; compiled kernels, SIMD level {kernels.simd_level()}), else {table}")
+            f"{auto.COMPACT_NARROW_MAX_IN} inputs and ≥ {auto.COMPACT_NARROW_MIN_FANOUT}× as many outputs; compiled "
+            f"kernels, SIMD level {kernels.simd_level()}), else {table}")
 
 
 def main() -> None:

@@ -65,7 +65,8 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how sparse layers store and compute: compact (active values only, this package's "
                              "kernels), masked (dense kernels on masked weights), sparse (MKL's CSR on masked "
                              "weights) or auto (per layer: compact for a CPU layer of a fixed-count method with at "
-                             "least 4,096 weights at density <= 0.2 (<= 0.7 with at most 64 inputs), else masked; "
+                             "least 4,096 weights at density <= 0.2 (<= 0.7 for an input layer: at most 64 inputs, at "
+                             "least 4x as many outputs), else masked; "
                              "where the compiled kernels are missing, this machine's table from python -m "
                              "sparse_rl.calibrate; the default)")
 

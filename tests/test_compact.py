@@ -457,6 +457,9 @@ def test_auto_lays_out_compactly_by_shape_and_density_alone():
     assert auto_backend(17, 256, NARROW_DENSITY + 0.01, cpu) == "masked"
     assert auto_backend(NARROW_IN, 256, NARROW_DENSITY, cpu) == "compact"
     assert auto_backend(NARROW_IN + 1, 256, COMPACT_MAX_DENSITY + 0.01, cpu) == "masked"
+    assert auto_backend(64, 64, COMPACT_MAX_DENSITY + 0.01, cpu) == "masked", "a narrow hidden layer: no fan-out"
+    assert auto_backend(64, 255, NARROW_DENSITY, cpu) == "masked"
+    assert auto_backend(64, 256, NARROW_DENSITY, cpu) == "compact"
     assert auto_backend(17, 200, COMPACT_MAX_DENSITY, cpu) == "masked", "narrow and small: 3,400 weights"
     assert auto_backend(1024, 1024, 0.05, torch.device("meta")) == "masked", "non-CPU devices stay masked"
     assert auto_backend(1024, 1024, 0.05, cpu, compact_capable=False) in ("sparse", "masked")

@@ -2,12 +2,12 @@
 
 With the compiled compact kernels present (:mod:`sparse_rl.backends.kernels`), a CPU layer of a fixed-count method
 runs ``compact`` when it has at least :data:`COMPACT_MIN_WEIGHTS` weights at density :data:`COMPACT_MAX_DENSITY` or
-below (:data:`COMPACT_NARROW_MAX_DENSITY` for a layer reading at most :data:`COMPACT_NARROW_MAX_IN` features: an
-input layer), and ``masked`` otherwise. That rule is a constant, not a calibration: the compact kernels break even
-with dense far above the densities DST uses (``docs/architecture.md`` has the measurements), so a machine's load on
-the day cannot move a layer across it. Without the compiled kernels, ``auto`` follows the older ``sparse``-or-``masked``
-table: this machine's calibration (``python -m sparse_rl.calibrate``) when one exists for its CPU and torch, else
-the built-in :data:`AUTO_RULE`.
+below (:data:`COMPACT_NARROW_MAX_DENSITY` for an input layer: at most :data:`COMPACT_NARROW_MAX_IN` features fanned
+out to at least :data:`COMPACT_NARROW_MIN_FANOUT` times as many), and ``masked`` otherwise. That rule is a constant,
+not a calibration: the compact kernels break even with dense far above the densities DST uses
+(``docs/architecture.md`` has the measurements), so a machine's load on the day cannot move a layer across it.
+Without the compiled kernels, ``auto`` follows the older ``sparse``-or-``masked`` table: this machine's calibration
+(``python -m sparse_rl.calibrate``) when one exists for its CPU and torch, else the built-in :data:`AUTO_RULE`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,13 @@ COMPACT_MAX_DENSITY = 0.2
 """Highest density at which ``auto`` lays a layer out compactly (see the module docstring)."""
 
 COMPACT_NARROW_MAX_IN = 64
-"""Input width up to which a layer counts as narrow (an observation, or an observation and an action: 11-35 features
-in MuJoCo's Hopper to Ant), where ``auto`` lays it out compactly up to :data:`COMPACT_NARROW_MAX_DENSITY`."""
+"""Input width up to which a layer counts as an input layer (an observation, or an observation and an action: 11-35
+features in MuJoCo's Hopper to Ant), where ``auto`` lays it out compactly up to :data:`COMPACT_NARROW_MAX_DENSITY`."""
+
+COMPACT_NARROW_MIN_FANOUT = 4
+"""How many times its input width an input layer's output width is at least (17 -> 256 is 15 times). A narrow hidden
+layer (64 -> 64) is not one: at density 0.4 the compact layout made SAC's ``train()`` with ``net_arch=[64, 64]``
+1.08x slower (0.24: 1.01x; an ad-hoc in-process A/B, Intel Xeon), so it keeps the hidden layers' limit."""
 
 COMPACT_NARROW_MAX_DENSITY = 0.7
 """Highest density at which ``auto`` lays a narrow layer out compactly. Dense GEMM runs far below its rate at so
@@ -109,9 +114,10 @@ def auto_rule() -> tuple[Rule, str]:
     return (AUTO_RULE, "built-in") if rule is None else (rule, f"calibrated {path}")
 
 
-def compact_max_density(in_features: int) -> float:
-    """Highest density at which ``auto`` lays a fixed-count layer with ``in_features`` inputs out compactly."""
-    return COMPACT_NARROW_MAX_DENSITY if in_features <= COMPACT_NARROW_MAX_IN else COMPACT_MAX_DENSITY
+def compact_max_density(in_features: int, out_features: int) -> float:
+    """Highest density at which ``auto`` lays a fixed-count layer of this shape out compactly."""
+    input_layer = in_features <= COMPACT_NARROW_MAX_IN and out_features >= COMPACT_NARROW_MIN_FANOUT * in_features
+    return COMPACT_NARROW_MAX_DENSITY if input_layer else COMPACT_MAX_DENSITY
 
 
 def auto_backend(in_features: int, out_features: int, density: float, device: torch.device,
@@ -127,7 +133,8 @@ def auto_backend(in_features: int, out_features: int, density: float, device: to
         return "masked"
     weights = in_features * out_features
     if compact_capable and kernels.compiled():
-        return "compact" if weights >= COMPACT_MIN_WEIGHTS and density <= compact_max_density(in_features) else "masked"
+        compact = weights >= COMPACT_MIN_WEIGHTS and density <= compact_max_density(in_features, out_features)
+        return "compact" if compact else "masked"
     if not torch.backends.mkl.is_available():
         return "masked"
     for min_weights, max_density in auto_rule()[0]:
