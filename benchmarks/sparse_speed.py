@@ -62,8 +62,9 @@ twin on torch's fused Adam class itself, timed alternately in ``--rounds`` chunk
 medians.
 
 Compact input layers (``--part input-layers``): ``train()``'s CPU time per gradient step of each sparse model as
-built, whose narrow input layers (at most ``COMPACT_NARROW_MAX_IN`` inputs) ``auto`` lays out compactly up to
-density ``COMPACT_NARROW_MAX_DENSITY``, against a same-seed twin built with the hidden layers' density limit for
+built, whose input layers (``auto.is_input_layer``: at most ``COMPACT_NARROW_MAX_IN`` inputs, at least
+``COMPACT_NARROW_MIN_FANOUT`` times as many outputs) ``auto`` lays out compactly up to density
+``COMPACT_NARROW_MAX_DENSITY``, against a same-seed twin built with the hidden layers' density limit for
 them too (so they stay masked), timed alternately in ``--rounds`` chunks of ``--chunk`` gradient steps; medians.
 The twin is timed first in each round.
 
@@ -604,7 +605,7 @@ def input_layer_tables(algos: list[str], env_id: str, densities: list[float], wi
         for name, model in compact_inputs.items():
             narrow = [f"{layer.in_features}×{layer.out_features} at {layer.density:.2f}: {layer.resolved_backend}"
                       for layer in model.policy.modules()
-                      if isinstance(layer, SparseLinear) and layer.in_features <= auto.COMPACT_NARROW_MAX_IN]
+                      if isinstance(layer, SparseLinear) and auto.is_input_layer(layer.in_features, layer.out_features)]
             layouts.append(f"- {algo} {name}: " + ", ".join(dict.fromkeys(narrow)))
         rows += twin_rows(algo, masked_inputs, compact_inputs, ("masked inputs", "compact inputs"), width, rounds,
                           chunk, learning_starts)

@@ -114,10 +114,15 @@ def auto_rule() -> tuple[Rule, str]:
     return (AUTO_RULE, "built-in") if rule is None else (rule, f"calibrated {path}")
 
 
+def is_input_layer(in_features: int, out_features: int) -> bool:
+    """Whether ``auto`` treats a layer of this shape as an input layer: at most :data:`COMPACT_NARROW_MAX_IN` features
+    fanned out to at least :data:`COMPACT_NARROW_MIN_FANOUT` times as many."""
+    return in_features <= COMPACT_NARROW_MAX_IN and out_features >= COMPACT_NARROW_MIN_FANOUT * in_features
+
+
 def compact_max_density(in_features: int, out_features: int) -> float:
     """Highest density at which ``auto`` lays a fixed-count layer of this shape out compactly."""
-    input_layer = in_features <= COMPACT_NARROW_MAX_IN and out_features >= COMPACT_NARROW_MIN_FANOUT * in_features
-    return COMPACT_NARROW_MAX_DENSITY if input_layer else COMPACT_MAX_DENSITY
+    return COMPACT_NARROW_MAX_DENSITY if is_input_layer(in_features, out_features) else COMPACT_MAX_DENSITY
 
 
 def auto_backend(in_features: int, out_features: int, density: float, device: torch.device,
