@@ -154,12 +154,13 @@ class _CompactLinearFunction(torch.autograd.Function):
                                                                   x_t)
             else:
                 grad_values = kernels.values_grad(structure.crow, structure.col, dy_t, x_t)
-        elif rectified_t is not None:  # the fused ReLU's backward: ReluBackward0's own op, on one layout
-            dy_t = torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
-        if ctx.needs_input_grad[1] and ctx.layer.dense_grad_needed:
-            dense = dy_t @ x_t.t()
-            ctx.layer.accumulate_dense_grad(dense)
-            grad_values = dense.flatten()[structure.positions]
+        else:
+            if rectified_t is not None:  # the fused ReLU's backward: ReluBackward0's own op, on one layout
+                dy_t = torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
+            if ctx.needs_input_grad[1]:  # one step ahead of a gradient-scored update: the dense product
+                dense = dy_t @ x_t.t()
+                ctx.layer.accumulate_dense_grad(dense)
+                grad_values = dense.flatten()[structure.positions]
         if ctx.needs_input_grad[0]:
             grad_x = kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, dy_t,
                                         structure.shape[0]).t()
