@@ -114,10 +114,7 @@ def values_grad(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, x_t: 
     """The gradient of ``W``'s active values: ``dot(dyᵀ[r], xᵀ[col[j]])`` for every active ``(r, col[j])``."""
     rows, cols = crow.numel() - 1, x_t.shape[0]
     if _check(dy_t, x_t):
-        grad = dy_t.new_empty(col.numel())
-        _EXTENSION.values_grad(crow.data_ptr(), col.data_ptr(), dy_t.data_ptr(), 0, 0,  # type: ignore[union-attr]
-                               x_t.data_ptr(), grad.data_ptr(), rows, dy_t.shape[1])
-        return grad
+        return _compiled_values_grad(crow, col, dy_t, x_t)
     _warn_fallback()
     pattern = _csr(crow, col, dy_t.new_zeros(col.numel()), (rows, cols))
     return torch.sparse.sampled_addmm(pattern, dy_t, x_t.t(), beta=0.0).values()
@@ -128,13 +125,21 @@ def rectified_values_grad(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Ten
     """For a layer with a fused ReLU: ``dyᵀ`` masked where the rectified output ``rectified_t`` is not positive (as
     ``torch.relu``'s backward masks it), and :func:`values_grad` of the masked gradient, in one pass over it."""
     if _check(dy_t, x_t) and rectified_t.is_contiguous() and rectified_t.dtype == torch.float32:
-        grad, masked = dy_t.new_empty(col.numel()), torch.empty_like(dy_t)
-        _EXTENSION.values_grad(crow.data_ptr(), col.data_ptr(), dy_t.data_ptr(),  # type: ignore[union-attr]
-                               rectified_t.data_ptr(), masked.data_ptr(), x_t.data_ptr(), grad.data_ptr(),
-                               crow.numel() - 1, dy_t.shape[1])
-        return grad, masked
+        masked = torch.empty_like(dy_t)
+        return _compiled_values_grad(crow, col, dy_t, x_t, (rectified_t, masked)), masked
     masked = torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
     return values_grad(crow, col, masked, x_t), masked
+
+
+def _compiled_values_grad(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, x_t: torch.Tensor,
+                          rectified_into: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """The compiled weight-gradient kernel; with ``rectified_into = (rectified_t, masked)`` it first masks ``dyᵀ``
+    by the rectified output into ``masked`` (contiguous, ``dyᵀ``'s shape) and takes the dots of that."""
+    grad = dy_t.new_empty(col.numel())
+    rectified, masked = (0, 0) if rectified_into is None else (t.data_ptr() for t in rectified_into)
+    _EXTENSION.values_grad(crow.data_ptr(), col.data_ptr(), dy_t.data_ptr(), rectified,  # type: ignore[union-attr]
+                           masked, x_t.data_ptr(), grad.data_ptr(), crow.numel() - 1, dy_t.shape[1])
+    return grad
 
 
 def _like(grad: torch.Tensor, feature_major: bool) -> torch.Tensor:
