@@ -63,10 +63,7 @@ class SparseNetworkMixin:
         ``train()``), and ``nn.Module.__setattr__`` made that about 55 µs per flip for a SAC or TD3 network."""
         if not isinstance(mode, bool):
             raise ValueError("training mode is expected to be boolean")
-        self.__dict__["training"] = mode
-        for child in self._modules.values():  # type: ignore[attr-defined]  # mixin: as above
-            if child is not None:
-                set_training(child, mode)
+        _flag_tree(self, mode)  # type: ignore[arg-type]  # mixin: as above
         return self
 
 
@@ -76,7 +73,12 @@ def set_training(module: nn.Module, mode: bool) -> None:
     cls = type(module)
     if cls.train is not nn.Module.train or cls.__setattr__ is not nn.Module.__setattr__:
         module.train(mode)
-        return
+    else:
+        _flag_tree(module, mode)
+
+
+def _flag_tree(module: nn.Module, mode: bool) -> None:
+    """``module``'s own ``training`` flag set directly, then each child's by :func:`set_training`."""
     module.__dict__["training"] = mode
     for child in module._modules.values():
         if child is not None:
