@@ -97,8 +97,12 @@ def seconds_per_1k_steps(runs: Sequence[Run]) -> str:
     machines = [ran_on for ran_on, _ in known]
     most = max(machines, key=machines.count)
     same = [seconds for ran_on, seconds in known if ran_on == most]
-    cell = f"{np.mean(same):.1f}"
-    return cell if len(same) == len(runs) else f"{cell} ({len(same)} of {len(runs)})"
+    return of_runs(f"{np.mean(same):.1f}", len(same), len(runs))
+
+
+def of_runs(cell: str, counted: int, runs: int) -> str:
+    """``cell`` as it stands when it counts all ``runs``, else with ``(counted of runs)`` after it."""
+    return cell if counted == runs else f"{cell} ({counted} of {runs})"
 
 
 def machine(run: Run) -> tuple[object, object, object]:
@@ -118,8 +122,7 @@ def time_ratio(group: Sequence[Run], name: str, dense_runs: Sequence[Run]) -> st
         return OTHER_MACHINE if any(run.summary is not None for run in group) else MISSING
     known = [ratio for ratio in (summary_ratio(run, name, same_machine) for run, same_machine in pairs)
              if ratio is not None]
-    cell = mean_ratio(known)
-    return cell if len(known) in (0, len(group)) else f"{cell} ({len(known)} of {len(group)})"
+    return of_runs(mean_ratio(known), len(known), len(group)) if known else MISSING
 
 
 def machines_text(runs: Sequence[Run]) -> str:
