@@ -103,12 +103,13 @@ def test_kernels_at_the_edges_of_their_blocks(simd, in_features, counts, batch, 
                                weight @ x_t + bias.unsqueeze(1), **SUM_TOL)
     torch.testing.assert_close(kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, dy_t,
                                                   out_features), weight.t() @ dy_t, **SUM_TOL)
-    guarded = torch.full((structure.nnz + 16,), 7.0)
+    guarded, guarded_bias = torch.full((structure.nnz + 16,), 7.0), torch.full((out_features + 16,), 7.0)
     kernels._EXTENSION.values_grad(structure.crow.data_ptr(), structure.col.data_ptr(), dy_t.data_ptr(), 0, 0,
-                                   x_t.data_ptr(), guarded.data_ptr(), out_features, batch)
+                                   x_t.data_ptr(), guarded.data_ptr(), guarded_bias.data_ptr(), out_features, batch)
     torch.testing.assert_close(guarded[:structure.nnz], (dy_t @ x_t.t()).flatten()[structure.positions],
                                rtol=1e-4, atol=1e-4 * max(1.0, batch ** 0.5))
-    assert (guarded[structure.nnz:] == 7.0).all()
+    torch.testing.assert_close(guarded_bias[:out_features], dy_t.sum(1), rtol=1e-4, atol=1e-4 * max(1.0, batch ** 0.5))
+    assert (guarded[structure.nnz:] == 7.0).all() and (guarded_bias[out_features:] == 7.0).all()
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -117,7 +118,8 @@ def test_kernels_at_the_edges_of_their_blocks(simd, in_features, counts, batch, 
 def test_the_fused_relus_mask_in_the_weight_gradient_is_relus_backward_exactly(simd, in_features, counts, batch,
                                                                               seed):
     """The mask written by the weight-gradient kernel is ``threshold_backward``'s, zeros, -0.0 and NaN outputs
-    included, and the values' gradient is the unfused kernel's on the masked gradient, bit for bit."""
+    included, the values' gradient is the unfused kernel's on the masked gradient, bit for bit, and the bias'
+    gradient taken in the same pass is the masked gradient's row sums."""
     generator = torch.Generator().manual_seed(seed)
     out_features = len(counts)
     mask = mask_of_counts(in_features, counts, generator)
@@ -127,10 +129,12 @@ def test_the_fused_relus_mask_in_the_weight_gradient_is_relus_backward_exactly(s
     specials = torch.randint(0, 4, rectified_t.shape, generator=generator)
     rectified_t[specials == 1] = -0.0
     rectified_t[specials == 2] = float("nan")
-    grad, masked = kernels.rectified_values_grad(structure.crow, structure.col, dy_t, rectified_t, x_t)
+    grad, grad_bias, masked = kernels.layer_grads(structure.crow, structure.col, dy_t, x_t, rectified_t, bias=True)
     expected = torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
     assert torch.equal(masked, expected) and masked.is_contiguous()
     assert torch.equal(grad, kernels.values_grad(structure.crow, structure.col, expected, x_t))
+    torch.testing.assert_close(grad_bias, expected.sum(1), equal_nan=True, rtol=1e-4, atol=1e-4 * batch ** 0.5)
+    assert kernels.layer_grads(structure.crow, structure.col, dy_t, x_t, rectified_t)[1] is None
 
 
 def test_the_compact_layout_holds_no_dense_tensor():

@@ -16,6 +16,7 @@ Kernels (:mod:`sparse_rl.backends.kernels`). Activations are feature-major ``(fe
 * a fused ReLU (:mod:`sparse_rl.relu_fusion`): the forward kernel rectifies each output row while it is in cache,
   and the backward masks ``dYᵀ`` by the rectified output first, as ``torch.relu``'s backward does (inside the
   weight-gradient kernel's pass over ``dYᵀ`` where it runs: one pass less).
+* the bias' gradient, each row of ``dYᵀ`` summed, in the weight-gradient kernel's pass too (another pass less).
 
 A topology update re-lays the layer (:func:`relayout_map`): one gather moves the values, every optimizer moment and
 the pending gradient of the surviving weights to their new places; grown weights start at 0 with zeroed moments (and
@@ -148,12 +149,11 @@ class _CompactLinearFunction(torch.autograd.Function):
         structure: CompactStructure = ctx.structure
         dy_t = grad_output.t().contiguous()  # (out, batch); a no-op for feature-major gradients
         grad_x = grad_values = grad_bias = None
+        wants_bias = ctx.has_bias and ctx.needs_input_grad[2]
         if ctx.needs_input_grad[1] and not ctx.layer.dense_grad_needed:
-            if rectified_t is not None:  # the fused ReLU's mask in the weight gradient's pass over dyᵀ
-                grad_values, dy_t = kernels.rectified_values_grad(structure.crow, structure.col, dy_t, rectified_t,
-                                                                  x_t)
-            else:
-                grad_values = kernels.values_grad(structure.crow, structure.col, dy_t, x_t)
+            # one pass over dyᵀ: the fused ReLU's mask, the values' and the bias' gradients
+            grad_values, grad_bias, dy_t = kernels.layer_grads(structure.crow, structure.col, dy_t, x_t, rectified_t,
+                                                               wants_bias)
         else:
             if rectified_t is not None:  # the fused ReLU's backward: ReluBackward0's own op, on one layout
                 dy_t = torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
@@ -166,7 +166,7 @@ class _CompactLinearFunction(torch.autograd.Function):
                                         structure.shape[0]).t()
             if not ctx.input_feature_major:  # the input's own layout, so that element-wise ops never mix layouts
                 grad_x = grad_x.contiguous()
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if wants_bias and grad_bias is None:
             grad_bias = dy_t.sum(1)
         return grad_x, grad_values, grad_bias, None, None
 

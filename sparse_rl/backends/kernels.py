@@ -114,32 +114,31 @@ def values_grad(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, x_t: 
     """The gradient of ``W``'s active values: ``dot(dyᵀ[r], xᵀ[col[j]])`` for every active ``(r, col[j])``."""
     rows, cols = crow.numel() - 1, x_t.shape[0]
     if _check(dy_t, x_t):
-        return _compiled_values_grad(crow, col, dy_t, x_t)
+        return layer_grads(crow, col, dy_t, x_t)[0]
     _warn_fallback()
     pattern = _csr(crow, col, dy_t.new_zeros(col.numel()), (rows, cols))
     return torch.sparse.sampled_addmm(pattern, dy_t, x_t.t(), beta=0.0).values()
 
 
-def rectified_values_grad(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, rectified_t: torch.Tensor,
-                          x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For a layer with a fused ReLU: ``dyᵀ`` masked where the rectified output ``rectified_t`` is not positive (as
-    ``torch.relu``'s backward masks it), and :func:`values_grad` of the masked gradient, in one pass over it."""
-    if _check(dy_t, x_t) and rectified_t.is_contiguous() and rectified_t.dtype == torch.float32:
-        masked = torch.empty_like(dy_t)
-        return _compiled_values_grad(crow, col, dy_t, x_t, (rectified_t, masked)), masked
-    masked = torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
-    return values_grad(crow, col, masked, x_t), masked
-
-
-def _compiled_values_grad(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, x_t: torch.Tensor,
-                          rectified_into: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """The compiled weight-gradient kernel; with ``rectified_into = (rectified_t, masked)`` it first masks ``dyᵀ``
-    by the rectified output into ``masked`` (contiguous, ``dyᵀ``'s shape) and takes the dots of that."""
-    grad = dy_t.new_empty(col.numel())
-    rectified, masked = (0, 0) if rectified_into is None else (t.data_ptr() for t in rectified_into)
-    _EXTENSION.values_grad(crow.data_ptr(), col.data_ptr(), dy_t.data_ptr(), rectified,  # type: ignore[union-attr]
-                           masked, x_t.data_ptr(), grad.data_ptr(), crow.numel() - 1, dy_t.shape[1])
-    return grad
+def layer_grads(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, x_t: torch.Tensor,
+                rectified_t: torch.Tensor | None = None,
+                bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """A compact layer's parameter gradients in one pass over ``dyᵀ``: :func:`values_grad`, the bias' gradient (each
+    row's sum; ``None`` unless ``bias``) and the output gradient they were taken from. For a layer with a fused ReLU
+    (``rectified_t``, its rectified output), ``dyᵀ`` is first masked where the output is not positive, as
+    ``torch.relu``'s backward masks it, and the masked gradient is returned."""
+    if _check(dy_t, x_t) and (rectified_t is None or (rectified_t.is_contiguous()
+                                                      and rectified_t.dtype == torch.float32)):
+        grad = dy_t.new_empty(col.numel())
+        grad_bias = dy_t.new_empty(dy_t.shape[0]) if bias else None
+        masked = dy_t if rectified_t is None else torch.empty_like(dy_t)
+        pointers = (0, 0) if rectified_t is None else (rectified_t.data_ptr(), masked.data_ptr())
+        _EXTENSION.values_grad(crow.data_ptr(), col.data_ptr(), dy_t.data_ptr(), *pointers,  # type: ignore[union-attr]
+                               x_t.data_ptr(), grad.data_ptr(), 0 if grad_bias is None else grad_bias.data_ptr(),
+                               crow.numel() - 1, dy_t.shape[1])
+        return grad, grad_bias, masked
+    masked = dy_t if rectified_t is None else torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
+    return values_grad(crow, col, masked, x_t), masked.sum(1) if bias else None, masked
 
 
 def _like(grad: torch.Tensor, feature_major: bool) -> torch.Tensor:

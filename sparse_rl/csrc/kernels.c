@@ -7,7 +7,8 @@
  *   values_grad   gv[j]    = dot(dy[r, :], x[col[j], :])                      (the active positions only); for a
  *                 layer with a fused ReLU, dy masked first (dym[r, :] = dy[r, :] where y[r, :] > 0, else 0, as
  *                 torch's threshold_backward: one pass that writes dym for the input gradient while each row goes
- *                 into the dot products from L1)
+ *                 into the dot products from L1); with gb, also the bias' gradient gb[r] = sum_b dy[r, b] of the
+ *                 (masked) row while it is in L1, instead of another pass over dy
  *
  * Each loop is written once with GCC vector extensions and compiled three times, for AVX-512, AVX2+FMA and the
  * architecture's baseline (SSE2 on x86-64, NEON on aarch64), through `target` attributes; the variant is picked
@@ -174,7 +175,7 @@ typedef int32_t iv16 __attribute__((vector_size(64)));
     }                                                                                                          \
                                                                                                                \
     TARGET static void values_grad_##SUFFIX(const int32_t *crow, const int32_t *col, const float *dy,          \
-                                            const float *y, float *dym, const float *x, float *gv,             \
+                                            const float *y, float *dym, const float *x, float *gv, float *gb,  \
                                             int64_t rows, int64_t batch) {                                     \
         enum { GW = GWIDTH };                                                                                  \
         const int32_t nnz = crow[rows];                                                                        \
@@ -185,6 +186,19 @@ typedef int32_t iv16 __attribute__((vector_size(64)));
                 float *mr = dym + r * batch;                                                                   \
                 for (int64_t b = 0; b < batch; b++) mr[b] = yr[b] <= 0.0f ? 0.0f : dyr[b];                     \
                 dyr = mr;                                                                                      \
+            }                                                                                                  \
+            if (gb) { /* the bias' gradient: the row's sum, in four vectors of lanes, while the row is in L1 */ \
+                gvec_##SUFFIX s4[4] = {{0}, {0}, {0}, {0}};                                                    \
+                int64_t b = 0;                                                                                 \
+                for (; b + 4 * GW <= batch; b += 4 * GW)                                                       \
+                    _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++)                                        \
+                        s4[i] += *(const gvec_##SUFFIX *)(dyr + b + i * GW);                                   \
+                for (; b + GW <= batch; b += GW) s4[0] += *(const gvec_##SUFFIX *)(dyr + b);                  \
+                const gvec_##SUFFIX lanes = (s4[0] + s4[1]) + (s4[2] + s4[3]);                                 \
+                float sum = 0.0f;                                                                              \
+                for (int k = 0; k < GW; k++) sum += lanes[k];                                                  \
+                for (; b < batch; b++) sum += dyr[b];                                                          \
+                gb[r] = sum;                                                                                   \
             }                                                                                                  \
             int32_t j = crow[r];                                                                               \
             const int32_t end = crow[r + 1];                                                                   \
@@ -329,7 +343,7 @@ DEFINE_RENORM(generic, )
 typedef void (*forward_fn)(const float *, const int32_t *, const int32_t *, const float *, const float *, float *,
                            int64_t, int64_t, int);
 typedef void (*values_grad_fn)(const int32_t *, const int32_t *, const float *, const float *, float *,
-                               const float *, float *, int64_t, int64_t);
+                               const float *, float *, float *, int64_t, int64_t);
 typedef void (*renorm_stats_fn)(const float *, float *, float *, double *, int64_t, int64_t);
 typedef void (*renorm_grad_sums_fn)(const float *, const float *, const float *, float *, float *, double *, int64_t,
                                     int64_t);
@@ -399,12 +413,13 @@ static PyObject *py_input_grad(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_values_grad(PyObject *self, PyObject *args) {
-    /* y and dym are 0 (NULL) unless the layer's ReLU is fused: then dy is masked by y into dym first. */
-    Py_ssize_t crow, col, dy, y, dym, x, gv, rows, batch;
-    if (!PyArg_ParseTuple(args, "nnnnnnnnn", &crow, &col, &dy, &y, &dym, &x, &gv, &rows, &batch)) return NULL;
+    /* y and dym are 0 (NULL) unless the layer's ReLU is fused: then dy is masked by y into dym first. gb is 0 unless
+     * the bias' gradient (each row's sum of the masked dy) is wanted. */
+    Py_ssize_t crow, col, dy, y, dym, x, gv, gb, rows, batch;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnn", &crow, &col, &dy, &y, &dym, &x, &gv, &gb, &rows, &batch)) return NULL;
     Py_BEGIN_ALLOW_THREADS LEVELS[current].values_grad((const int32_t *)crow, (const int32_t *)col,
                                                        (const float *)dy, (const float *)y, (float *)dym,
-                                                       (const float *)x, (float *)gv, rows, batch);
+                                                       (const float *)x, (float *)gv, (float *)gb, rows, batch);
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
@@ -469,7 +484,7 @@ static PyObject *py_set_level(PyObject *self, PyObject *args) {
 static PyMethodDef METHODS[] = {
     {"forward", py_forward, METH_VARARGS, "y = W x + b, rectified or not (pointers, sizes, relu)"},
     {"input_grad", py_input_grad, METH_VARARGS, "dx = W^T dy (pointers and sizes)"},
-    {"values_grad", py_values_grad, METH_VARARGS, "gradient of W's active values (pointers and sizes)"},
+    {"values_grad", py_values_grad, METH_VARARGS, "gradient of W's active values and bias (pointers and sizes)"},
     {"renorm_stats", py_renorm_stats, METH_VARARGS, "BatchRenorm's column mean and variance (pointers and sizes)"},
     {"renorm_grad_sums", py_renorm_grad_sums, METH_VARARGS, "BatchRenorm's backward column sums"},
     {"renorm_input_grad", py_renorm_input_grad, METH_VARARGS, "BatchRenorm's input gradient"},
