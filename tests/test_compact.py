@@ -1,6 +1,7 @@
 """The compact layout: only active values stored, this package's kernels, and re-layout at topology updates."""
 
 import copy
+import itertools
 import subprocess
 import sys
 import warnings
@@ -104,8 +105,9 @@ def test_kernels_at_the_edges_of_their_blocks(simd, in_features, counts, batch, 
     torch.testing.assert_close(kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, dy_t,
                                                   out_features), weight.t() @ dy_t, **SUM_TOL)
     guarded, guarded_bias = torch.full((structure.nnz + 16,), 7.0), torch.full((out_features + 16,), 7.0)
-    kernels._EXTENSION.values_grad(structure.crow.data_ptr(), structure.col.data_ptr(), dy_t.data_ptr(), 0, 0,
-                                   x_t.data_ptr(), guarded.data_ptr(), guarded_bias.data_ptr(), out_features, batch)
+    kernels._EXTENSION.backward(structure.crow.data_ptr(), structure.col.data_ptr(), dy_t.data_ptr(), 0,
+                                x_t.data_ptr(), guarded.data_ptr(), guarded_bias.data_ptr(), 0, 0, 0, 0, 0,
+                                out_features, in_features, structure.nnz, batch)
     torch.testing.assert_close(guarded[:structure.nnz], (dy_t @ x_t.t()).flatten()[structure.positions],
                                rtol=1e-4, atol=1e-4 * max(1.0, batch ** 0.5))
     torch.testing.assert_close(guarded_bias[:out_features], dy_t.sum(1), rtol=1e-4, atol=1e-4 * max(1.0, batch ** 0.5))
@@ -115,26 +117,39 @@ def test_kernels_at_the_edges_of_their_blocks(simd, in_features, counts, batch, 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(in_features=st.integers(1, 40), counts=st.lists(st.integers(0, 40), min_size=1, max_size=12),
        batch=st.integers(1, 300), seed=st.integers(0, 2**16))
-def test_the_fused_relus_mask_in_the_weight_gradient_is_relus_backward_exactly(simd, in_features, counts, batch,
-                                                                              seed):
-    """The mask written by the weight-gradient kernel is ``threshold_backward``'s, zeros, -0.0 and NaN outputs
-    included, the values' gradient is the unfused kernel's on the masked gradient, bit for bit, and the bias'
-    gradient taken in the same pass is the masked gradient's row sums."""
+def test_a_layers_backward_in_one_call_is_the_three_kernels_on_relus_masked_gradient(simd, in_features, counts, batch,
+                                                                                     seed):
+    """``layer_backward`` (one call: the fused ReLU's mask held in a reused buffer, the values', bias' and input
+    gradients) equals the separate kernels on ``threshold_backward``'s masked gradient, zeros, -0.0 and NaN outputs
+    included, bit for bit for the values' and the input's (the bias' to float32 tolerance), for every subset of the
+    three gradients; two layers of different sizes in turn share the buffer."""
     generator = torch.Generator().manual_seed(seed)
     out_features = len(counts)
     mask = mask_of_counts(in_features, counts, generator)
     structure = CompactStructure.from_mask(mask)
+    values = torch.randn(structure.nnz, generator=generator)
     x_t, dy_t = (torch.randn(n, batch, generator=generator) for n in (in_features, out_features))
     rectified_t = torch.randn(out_features, batch, generator=generator).relu()
     specials = torch.randint(0, 4, rectified_t.shape, generator=generator)
     rectified_t[specials == 1] = -0.0
     rectified_t[specials == 2] = float("nan")
-    grad, grad_bias, masked = kernels.layer_grads(structure.crow, structure.col, dy_t, x_t, rectified_t, bias=True)
-    expected = torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
-    assert torch.equal(masked, expected) and masked.is_contiguous()
-    assert torch.equal(grad, kernels.values_grad(structure.crow, structure.col, expected, x_t))
-    torch.testing.assert_close(grad_bias, expected.sum(1), equal_nan=True, rtol=1e-4, atol=1e-4 * batch ** 0.5)
-    assert kernels.layer_grads(structure.crow, structure.col, dy_t, x_t, rectified_t)[1] is None
+    other = CompactStructure.from_mask(torch.ones(3, 2, dtype=torch.bool))  # a small layer in between
+    kernels.layer_backward(torch.ones(6), other, torch.randn(3, 5), torch.randn(2, 5), torch.ones(3, 5),
+                           (True, True, True))
+    for rectified in (rectified_t, None):
+        masked = dy_t if rectified is None else torch.ops.aten.threshold_backward(dy_t, rectified, 0)
+        expected = (kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, masked,
+                                       out_features),
+                    kernels.values_grad(structure.crow, structure.col, masked, x_t), masked.sum(1))
+        for wants in itertools.product((False, True), repeat=3):
+            grads = kernels.layer_backward(values, structure, dy_t, x_t, rectified, wants)
+            for want, grad, reference in zip(wants, grads, expected):
+                if not want:
+                    assert grad is None
+                elif reference is expected[2]:
+                    torch.testing.assert_close(grad, reference, equal_nan=True, rtol=1e-4, atol=1e-4 * batch ** 0.5)
+                else:
+                    assert torch.equal(grad, reference), wants
 
 
 def test_the_compact_layout_holds_no_dense_tensor():

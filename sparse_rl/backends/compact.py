@@ -148,26 +148,23 @@ class _CompactLinearFunction(torch.autograd.Function):
         x_t, values, rectified_t = ctx.saved_tensors
         structure: CompactStructure = ctx.structure
         dy_t = grad_output.t().contiguous()  # (out, batch); a no-op for feature-major gradients
-        grad_x = grad_values = grad_bias = None
+        wants_input, wants_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         wants_bias = ctx.has_bias and ctx.needs_input_grad[2]
-        if ctx.needs_input_grad[1] and not ctx.layer.dense_grad_needed:
-            # one pass over dyᵀ: the fused ReLU's mask, the values' and the bias' gradients
-            grad_values, grad_bias, dy_t = kernels.layer_grads(structure.crow, structure.col, dy_t, x_t, rectified_t,
-                                                               wants_bias)
-        else:
+        if not (wants_values and ctx.layer.dense_grad_needed):  # the kernels, from one pass over dyᵀ
+            grad_x_t, grad_values, grad_bias = kernels.layer_backward(values, structure, dy_t, x_t, rectified_t,
+                                                                      (wants_input, wants_values, wants_bias))
+        else:  # one step ahead of a gradient-scored update: the dense product, kept for scoring
             if rectified_t is not None:  # the fused ReLU's backward: ReluBackward0's own op, on one layout
                 dy_t = torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
-            if ctx.needs_input_grad[1]:  # one step ahead of a gradient-scored update: the dense product
-                dense = dy_t @ x_t.t()
-                ctx.layer.accumulate_dense_grad(dense)
-                grad_values = dense.flatten()[structure.positions]
-        if ctx.needs_input_grad[0]:
-            grad_x = kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, dy_t,
-                                        structure.shape[0]).t()
-            if not ctx.input_feature_major:  # the input's own layout, so that element-wise ops never mix layouts
-                grad_x = grad_x.contiguous()
-        if wants_bias and grad_bias is None:
-            grad_bias = dy_t.sum(1)
+            dense = dy_t @ x_t.t()
+            ctx.layer.accumulate_dense_grad(dense)
+            grad_values = dense.flatten()[structure.positions]
+            grad_bias = dy_t.sum(1) if wants_bias else None
+            grad_x_t = (kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, dy_t,
+                                           structure.shape[0]) if wants_input else None)
+        grad_x = None if grad_x_t is None else grad_x_t.t()
+        if grad_x is not None and not ctx.input_feature_major:  # the input's own layout, so that element-wise ops
+            grad_x = grad_x.contiguous()                        # never mix layouts
         return grad_x, grad_values, grad_bias, None, None
 
 

@@ -13,10 +13,14 @@ from __future__ import annotations
 import os
 import warnings
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 
 from sparse_rl.backends.masked import is_feature_major
+
+if TYPE_CHECKING:
+    from sparse_rl.backends.compact import CompactStructure
 
 SIMD_ENV = "SPARSE_RL_SIMD"
 
@@ -100,11 +104,10 @@ def forward(values: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, x_t: to
 def input_grad(values: torch.Tensor, perm_t: torch.Tensor, crow_t: torch.Tensor, col_t: torch.Tensor,
                dy_t: torch.Tensor, rows: int) -> torch.Tensor:
     """``Wᵀ dyᵀ`` as ``(cols, batch)``: the forward loop over ``Wᵀ``'s CSR, whose values are ``values[perm_t]``."""
-    cols, batch = crow_t.numel() - 1, dy_t.shape[1]
+    cols = crow_t.numel() - 1
     if _check(values, dy_t):
-        dx_t = dy_t.new_empty(cols, batch)
-        _EXTENSION.input_grad(values.data_ptr(), perm_t.data_ptr(), crow_t.data_ptr(),  # type: ignore[union-attr]
-                              col_t.data_ptr(), dy_t.data_ptr(), dx_t.data_ptr(), cols, values.numel(), batch)
+        dx_t = dy_t.new_empty(cols, dy_t.shape[1])
+        _backward(dy_t, dx=dx_t, values=values, transposed=(perm_t, crow_t, col_t), rows=rows)
         return dx_t
     _warn_fallback()
     return torch.sparse.mm(_csr(crow_t, col_t, values[perm_t.long()], (cols, rows)), dy_t)
@@ -114,31 +117,56 @@ def values_grad(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, x_t: 
     """The gradient of ``W``'s active values: ``dot(dyᵀ[r], xᵀ[col[j]])`` for every active ``(r, col[j])``."""
     rows, cols = crow.numel() - 1, x_t.shape[0]
     if _check(dy_t, x_t):
-        return layer_grads(crow, col, dy_t, x_t)[0]
+        grad = dy_t.new_empty(col.numel())
+        _backward(dy_t, x_t=x_t, structure=(crow, col), grad_values=grad, rows=rows)
+        return grad
     _warn_fallback()
     pattern = _csr(crow, col, dy_t.new_zeros(col.numel()), (rows, cols))
     return torch.sparse.sampled_addmm(pattern, dy_t, x_t.t(), beta=0.0).values()
 
 
-def layer_grads(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, x_t: torch.Tensor,
-                rectified_t: torch.Tensor | None = None,
-                bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """A compact layer's parameter gradients in one pass over ``dyᵀ``: :func:`values_grad`, the bias' gradient (each
-    row's sum; ``None`` unless ``bias``) and the output gradient they were taken from. For a layer with a fused ReLU
+def layer_backward(values: torch.Tensor, structure: CompactStructure, dy_t: torch.Tensor, x_t: torch.Tensor,
+                   rectified_t: torch.Tensor | None, wants: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, ...]:
+    """A compact layer's gradients from ``dyᵀ``: the input's ``(in, batch)``, the values' and the bias', each only
+    where ``wants`` (the same three flags) says so (``None`` otherwise). For a layer with a fused ReLU
     (``rectified_t``, its rectified output), ``dyᵀ`` is first masked where the output is not positive, as
-    ``torch.relu``'s backward masks it, and the masked gradient is returned."""
-    if _check(dy_t, x_t) and (rectified_t is None or (rectified_t.is_contiguous()
-                                                      and rectified_t.dtype == torch.float32)):
-        grad = dy_t.new_empty(col.numel())
-        grad_bias = dy_t.new_empty(dy_t.shape[0]) if bias else None
-        masked = dy_t if rectified_t is None else torch.empty_like(dy_t)
-        pointers = (0, 0) if rectified_t is None else (rectified_t.data_ptr(), masked.data_ptr())
-        _EXTENSION.values_grad(crow.data_ptr(), col.data_ptr(), dy_t.data_ptr(), *pointers,  # type: ignore[union-attr]
-                               x_t.data_ptr(), grad.data_ptr(), 0 if grad_bias is None else grad_bias.data_ptr(),
-                               crow.numel() - 1, dy_t.shape[1])
-        return grad, grad_bias, masked
+    ``torch.relu``'s backward masks it. Compiled: one call, one pass over ``dyᵀ`` for the mask, the values' and the
+    bias' gradients, the masked gradient held in a reused buffer for the input gradient."""
+    wants_input, wants_values, wants_bias = wants
+    rows, cols = structure.shape
+    if _check(dy_t, x_t) and _check(values, dy_t) and (
+            rectified_t is None or (rectified_t.is_contiguous() and rectified_t.dtype == torch.float32)):
+        grad_x = dy_t.new_empty(cols, dy_t.shape[1]) if wants_input else None
+        grad_values = dy_t.new_empty(structure.nnz) if wants_values else None
+        grad_bias = dy_t.new_empty(rows) if wants_bias else None
+        _backward(dy_t, x_t=x_t, rectified_t=rectified_t, structure=(structure.crow, structure.col),
+                  grad_values=grad_values, grad_bias=grad_bias, dx=grad_x, values=values,
+                  transposed=(structure.perm_t, structure.crow_t, structure.col_t), rows=rows)
+        return grad_x, grad_values, grad_bias
     masked = dy_t if rectified_t is None else torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
-    return values_grad(crow, col, masked, x_t), masked.sum(1) if bias else None, masked
+    return (input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, masked, rows)
+            if wants_input else None,
+            values_grad(structure.crow, structure.col, masked, x_t) if wants_values else None,
+            masked.sum(1) if wants_bias else None)
+
+
+def _backward(dy_t: torch.Tensor, *, rows: int, x_t: torch.Tensor | None = None,
+              rectified_t: torch.Tensor | None = None, structure: tuple[torch.Tensor, torch.Tensor] | None = None,
+              grad_values: torch.Tensor | None = None, grad_bias: torch.Tensor | None = None,
+              dx: torch.Tensor | None = None, values: torch.Tensor | None = None,
+              transposed: tuple[torch.Tensor, ...] | None = None) -> None:
+    """The compiled backward kernel (``kernels.c``'s ``py_backward``): what is ``None`` is passed as a null pointer
+    (and not computed)."""
+    def ptr(tensor: torch.Tensor | None) -> int:
+        return 0 if tensor is None else tensor.data_ptr()
+
+    crow, col = structure if structure is not None else (None, None)
+    perm_t, crow_t, col_t = transposed if transposed is not None else (None, None, None)
+    cols = 0 if crow_t is None else crow_t.numel() - 1
+    nnz = 0 if values is None else values.numel()
+    _EXTENSION.backward(ptr(crow), ptr(col), dy_t.data_ptr(), ptr(rectified_t), ptr(x_t),  # type: ignore[union-attr]
+                        ptr(grad_values), ptr(grad_bias), ptr(values), ptr(perm_t), ptr(crow_t), ptr(col_t), ptr(dx),
+                        rows, cols, nnz, dy_t.shape[1])
 
 
 def _like(grad: torch.Tensor, feature_major: bool) -> torch.Tensor:
