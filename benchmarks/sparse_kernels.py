@@ -3,6 +3,7 @@ dense GEMM (``--part kernels``) and the cost of gathering a weight's active valu
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import torch
@@ -16,7 +17,8 @@ def median_us(ops: dict, repeats: int) -> dict[str, float]:
     return {name: seconds * 1e6 for name, seconds in alternating_medians(ops, repeats).items()}
 
 
-def kernel_tables(shapes: list[tuple[int, int]], densities: list[float], batch: int, repeats: int) -> list[str]:
+def kernel_tables(shapes: list[tuple[int, int]], densities: list[float], batches: list[int],
+                  repeats: int) -> list[str]:
     """GFLOP/s of active multiply-adds: the compact kernels (forward, input gradient, weight gradient at the active
     positions) against torch's MKL products for the same three (CSR ``W X``, CSR ``Wᵀ dY``, ``sampled_addmm``), and
     dense GEMM's rate on the whole weight."""
@@ -24,35 +26,34 @@ def kernel_tables(shapes: list[tuple[int, int]], densities: list[float], batch: 
     from sparse_rl.backends.compact import CompactStructure
 
     rows = []
-    for in_features, out_features in shapes:
-        for density in densities:
-            generator = torch.Generator().manual_seed(0)
-            mask = random_mask((out_features, in_features), round(density * in_features * out_features), generator)
-            weight = torch.randn(out_features, in_features, generator=generator) * mask
-            x, dy = (torch.randn(n, batch, generator=generator) for n in (in_features, out_features))
-            structure = CompactStructure.from_mask(mask)
-            values = weight.flatten()[structure.positions].contiguous()
-            with warnings.catch_warnings():  # torch warns that CSR support is in beta
-                warnings.simplefilter("ignore", UserWarning)
-                csr, csr_t = weight.to_sparse_csr(), weight.t().contiguous().to_sparse_csr()
-            pattern = csr.clone()
-            ops = {"dense": lambda: weight @ x, "mkl fwd": lambda: torch.sparse.mm(csr, x),
-                   "mkl in": lambda: torch.sparse.mm(csr_t, dy),
-                   "mkl w": lambda: torch.sparse.sampled_addmm(pattern, dy, x.t(), beta=0.0),
-                   "fwd": lambda: kernels.forward(values, structure.crow, structure.col, x, None, in_features),
-                   "in": lambda: kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, dy,
-                                                    out_features),
-                   "w": lambda: kernels.values_grad(structure.crow, structure.col, dy, x)}
-            us = median_us(ops, repeats)
-            active = 2 * structure.nnz * batch / 1e3
-            rate = {name: active / us[name] for name in ops if name != "dense"}
-            dense = 2 * in_features * out_features * batch / 1e3 / us["dense"]
-            ours = [rate["fwd"], rate["in"], rate["w"]]
-            vs_mkl = min(rate[k] / rate["mkl " + k] for k in ("fwd", "in", "w"))
-            rows.append(f"| {in_features}×{out_features} | {batch} | {density:g} | {dense:.1f} | "
-                        + " | ".join(f"{rate['mkl ' + k]:.1f} / {rate[k]:.1f}" for k in ("fwd", "in", "w"))
-                        + f" | {vs_mkl:.2f} | {min(ours) / dense:.2f} |")
-            print(rows[-1], flush=True)
+    for (in_features, out_features), batch, density in itertools.product(shapes, batches, densities):
+        generator = torch.Generator().manual_seed(0)
+        mask = random_mask((out_features, in_features), round(density * in_features * out_features), generator)
+        weight = torch.randn(out_features, in_features, generator=generator) * mask
+        x, dy = (torch.randn(n, batch, generator=generator) for n in (in_features, out_features))
+        structure = CompactStructure.from_mask(mask)
+        values = weight.flatten()[structure.positions].contiguous()
+        with warnings.catch_warnings():  # torch warns that CSR support is in beta
+            warnings.simplefilter("ignore", UserWarning)
+            csr, csr_t = weight.to_sparse_csr(), weight.t().contiguous().to_sparse_csr()
+        pattern = csr.clone()
+        ops = {"dense": lambda: weight @ x, "mkl fwd": lambda: torch.sparse.mm(csr, x),
+               "mkl in": lambda: torch.sparse.mm(csr_t, dy),
+               "mkl w": lambda: torch.sparse.sampled_addmm(pattern, dy, x.t(), beta=0.0),
+               "fwd": lambda: kernels.forward(values, structure.crow, structure.col, x, None, in_features),
+               "in": lambda: kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, dy,
+                                                out_features),
+               "w": lambda: kernels.values_grad(structure.crow, structure.col, dy, x)}
+        us = median_us(ops, repeats)
+        active = 2 * structure.nnz * batch / 1e3
+        rate = {name: active / us[name] for name in ops if name != "dense"}
+        dense = 2 * in_features * out_features * batch / 1e3 / us["dense"]
+        ours = [rate["fwd"], rate["in"], rate["w"]]
+        vs_mkl = min(rate[k] / rate["mkl " + k] for k in ("fwd", "in", "w"))
+        rows.append(f"| {in_features}×{out_features} | {batch} | {density:g} | {dense:.1f} | "
+                    + " | ".join(f"{rate['mkl ' + k]:.1f} / {rate[k]:.1f}" for k in ("fwd", "in", "w"))
+                    + f" | {vs_mkl:.2f} | {min(ours) / dense:.2f} |")
+        print(rows[-1], flush=True)
     levels = ", ".join(kernels.simd_levels()) or "none"
     return [f"SIMD level of the compact kernels: {kernels.simd_level()} (of {levels}).", "",
             "| weight (in×out) | batch | density | dense GEMM GFLOP/s | forward MKL / ours | input grad MKL / ours "

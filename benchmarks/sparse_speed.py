@@ -75,7 +75,8 @@ parts' sections) and records its own command line.
     python benchmarks/sparse_speed.py --part e2e [--algos sac td3 --densities 0.5 0.1 0.05 --methods rigl srigl]
     python benchmarks/sparse_speed.py --part traffic [--shapes 256x256 1024x1024]
     python benchmarks/sparse_speed.py --part breakdown [--algos sac --densities 0.1]
-    python benchmarks/sparse_speed.py --part kernels [--shapes 256x256 1024x1024 --densities 0.2 0.1 0.05 0.02]
+    python benchmarks/sparse_speed.py --part kernels [--shapes 256x256 1024x1024 --densities 0.2 0.1 0.05 0.02
+                                                     --batches 256 32 8 4]
     python benchmarks/sparse_speed.py --part memory [--chunk 200]
     python benchmarks/sparse_speed.py --part batch-renorm [--repeats 30]
     python benchmarks/sparse_speed.py --part relu-fusion [--algos sac td3 --rounds 3 --chunk 200]
@@ -702,7 +703,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=list(SECTIONS), default="layers")
     parser.add_argument("--shapes", nargs="+", default=["256x256", "1024x1024"], help="layers: in×out of each layer")
-    parser.add_argument("--batches", nargs="+", type=int, default=[256, 1], help="layers: batch sizes")
+    parser.add_argument("--batches", nargs="+", type=int,
+                        help="layers: batch sizes (default 256 1); kernels: batch sizes (default 256)")
     parser.add_argument("--densities", nargs="+", type=float, default=None,
                         help="default: 1 0.5 0.2 0.1 0.05 (layers), 0.5 0.1 0.05 (e2e), "
                              "0.5 0.2 0.1 0.05 0.02 (traffic, kernels), 0.1 (breakdown)")
@@ -738,7 +740,7 @@ def main() -> None:
                  f"Median µs of one training step of a lone layer (forward, backward with the input gradient, "
                  "gradient mask, fused Adam as the policies build it (LeanAdam), weight mask), "
                  f"{args.repeats} steps per backend, the two backends timed alternately, random masks:", "",
-                 *layer_tables(shapes, args.batches, densities, args.repeats)]
+                 *layer_tables(shapes, args.batches or [256, 1], densities, args.repeats)]
     elif args.part == "traffic":
         shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
         densities = sorted(args.densities or [0.5, 0.2, 0.1, 0.05, 0.02], reverse=True)
@@ -751,13 +753,15 @@ def main() -> None:
     elif args.part == "kernels":
         shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
         densities = sorted(args.densities or [0.2, 0.1, 0.05, 0.02], reverse=True)
+        batches = args.batches or [256]
         lines = [header, "",
                  f"GFLOP/s (medians of {args.repeats} wall-clock repeats, all products timed alternately) at batch "
-                 f"{args.batches[0]}, activations feature-major `(features, batch)` as the sparse backends hold them, "
+                 f"{', '.join(map(str, batches))}, activations feature-major `(features, batch)` as the sparse "
+                 "backends hold them, "
                  "random masks; sparse products counted at their active weights, dense GEMM at the whole weight. "
                  "MKL's three are `torch.sparse.mm` on `W`'s and on `Wᵀ`'s CSR copy and `torch.sparse.sampled_addmm`:",
                  "",
-                 *kernel_tables(shapes, densities, args.batches[0], args.repeats)]
+                 *kernel_tables(shapes, densities, batches, args.repeats)]
     elif args.part == "memory":
         lines = [header, "", *memory_tables(args.env, args.chunk)]
     elif args.part == "batch-renorm":

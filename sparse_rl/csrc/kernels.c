@@ -78,6 +78,8 @@
         }                                                                                                      \
         float s[8];                                                                                            \
         REDUCE8_##SUFFIX(a, s);                                                                                \
+        if (GW > 8) DOT_TAIL(v8_##SUFFIX, 8, REDUCE8_avx2, K)                                                  \
+        if (GW > 4) DOT_TAIL(v4_##SUFFIX, 4, REDUCE8_generic, K)                                               \
         if (b < batch)                                                                                         \
             for (int k = 0; k < K; k++)                                                                        \
                 for (int64_t t = b; t < batch; t++) s[k] += dyr[t] * xs[k][t];                                 \
@@ -86,6 +88,20 @@
         else                                                                                                   \
             for (int k = 0; k < n; k++) gv[j + k] = s[k];                                                      \
         j += n;                                                                                                \
+    }
+/* The batch's last columns, fewer than a vector of the level: one narrower vector (VT, VW lanes) of them, if that
+ * many are left, reduced (RED) and added to the sums, before the scalar rest (at most 3 columns); a batch narrower
+ * than the level's vector (4-15 at AVX-512) takes its products in vectors too. */
+#define DOT_TAIL(VT, VW, RED, K)                                                                               \
+    if (b + VW <= batch) {                                                                                     \
+        VT acc_[8];                                                                                            \
+        const VT d = *(const VT *)(dyr + b);                                                                   \
+        _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) acc_[k] = (VT){0};                                 \
+        _Pragma("GCC unroll 8") for (int k = 0; k < K; k++) acc_[k] = d * *(const VT *)(xs[k] + b);            \
+        float p_[8];                                                                                           \
+        RED(acc_, p_);                                                                                         \
+        _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) s[k] += p_[k];                                     \
+        b += VW;                                                                                               \
     }
 #define DOT_ROW(SUFFIX)                                                                                        \
     while (end - j > 4) DOT_GROUP(SUFFIX, 8)                                                                   \
@@ -100,7 +116,7 @@
 /* Eight accumulators of 4 lanes to eight sums: pairs interleaved and added ([a0+a2, b0+b2, a1+a3, b1+b3]), then
  * pairs of those ([a, b, c, d]). */
 #define REDUCE8_generic(a, out) do {                                                                           \
-        gvec_generic t_[4], u_[2];                                                                             \
+        __typeof__(a[0]) t_[4], u_[2];                                                                         \
         for (int i_ = 0; i_ < 4; i_++)                                                                         \
             t_[i_] = SHUF(a[2 * i_], a[2 * i_ + 1], iv4, 0, 4, 1, 5)                                           \
                      + SHUF(a[2 * i_], a[2 * i_ + 1], iv4, 2, 6, 3, 7);                                        \
@@ -111,14 +127,14 @@
     } while (0)
 /* The same within each 128-bit lane of 8 lanes, then the two lanes of [abcd | abcd] and [efgh | efgh] added. */
 #define REDUCE8_avx2(a, out) do {                                                                              \
-        gvec_avx2 t_[4], u_[2];                                                                                  \
+        __typeof__(a[0]) t_[4], u_[2];                                                                         \
         for (int i_ = 0; i_ < 4; i_++)                                                                         \
             t_[i_] = SHUF(a[2 * i_], a[2 * i_ + 1], iv8, 0, 8, 1, 9, 4, 12, 5, 13)                             \
                      + SHUF(a[2 * i_], a[2 * i_ + 1], iv8, 2, 10, 3, 11, 6, 14, 7, 15);                        \
         for (int i_ = 0; i_ < 2; i_++)                                                                         \
             u_[i_] = SHUF(t_[2 * i_], t_[2 * i_ + 1], iv8, 0, 1, 8, 9, 4, 5, 12, 13)                           \
                      + SHUF(t_[2 * i_], t_[2 * i_ + 1], iv8, 2, 3, 10, 11, 6, 7, 14, 15);                      \
-        const gvec_avx2 s_ = SHUF(u_[0], u_[1], iv8, 0, 1, 2, 3, 8, 9, 10, 11)                                 \
+        const __typeof__(a[0]) s_ = SHUF(u_[0], u_[1], iv8, 0, 1, 2, 3, 8, 9, 10, 11)                                 \
                              + SHUF(u_[0], u_[1], iv8, 4, 5, 6, 7, 12, 13, 14, 15);                            \
         memcpy(out, &s_, 32);                                                                                  \
     } while (0)
