@@ -117,6 +117,30 @@ def test_kernels_at_the_edges_of_their_blocks(simd, in_features, counts, batch, 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(in_features=st.integers(1, 40), counts=st.lists(st.integers(0, 40), min_size=1, max_size=12),
        batch=st.integers(1, 300), seed=st.integers(0, 2**16))
+def test_the_input_gradient_is_the_same_with_the_values_gathered_first_or_in_the_loop(simd, in_features, counts,
+                                                                                      batch, seed):
+    """Narrow batches read ``Wᵀ``'s values through ``perm_t`` inside the loop, wide ones gather them first: the same
+    products in the same order, so the same floats bit for bit, at every SIMD level and batch."""
+    if simd == "torch":
+        pytest.skip("the compiled kernels are not built here")
+    generator = torch.Generator().manual_seed(seed)
+    structure = CompactStructure.from_mask(mask_of_counts(in_features, counts, generator))
+    values = torch.randn(structure.nnz, generator=generator)
+    dy_t = torch.randn(len(counts), batch, generator=generator)
+    results, default = [], kernels._EXTENSION.set_fused_gather_max_batch(0)
+    try:
+        for widest in (0, 10**6):
+            kernels._EXTENSION.set_fused_gather_max_batch(widest)
+            results.append(kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, dy_t,
+                                              len(counts)))
+    finally:
+        kernels._EXTENSION.set_fused_gather_max_batch(default)
+    assert torch.equal(*results)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(in_features=st.integers(1, 40), counts=st.lists(st.integers(0, 40), min_size=1, max_size=12),
+       batch=st.integers(1, 300), seed=st.integers(0, 2**16))
 def test_a_layers_backward_in_one_call_is_the_three_kernels_on_relus_masked_gradient(simd, in_features, counts, batch,
                                                                                      seed):
     """``layer_backward`` (one call: the fused ReLU's mask held in a reused buffer, the values', bias' and input

@@ -3,7 +3,9 @@
  *
  *   forward       y[r, :]  = bias[r] + sum_j values[j] * x[col[j], :]        (rows = out features), rectified
  *                 (max(y, 0), NaN kept, as torch.relu) when the layer's ReLU is fused into it
- *   input_grad    dx[c, :] = sum_{r: (r, c) active} W[r, c] * dy[r, :]        (the forward loop over Wᵀ's CSR)
+ *   input_grad    dx[c, :] = sum_{r: (r, c) active} W[r, c] * dy[r, :]        (the forward loop over Wᵀ's CSR, W's
+ *                 values gathered into Wᵀ's order first, or for a narrow batch read through the permutation in the
+ *                 loop: VALUE)
  *   values_grad   gv[j]    = dot(dy[r, :], x[col[j], :])                      (the active positions only); for a
  *                 layer with a fused ReLU, dy masked first (dym[r, :] = dy[r, :] where y[r, :] > 0, else 0, as
  *                 torch's threshold_backward: one pass that writes dym for the input gradient while each row goes
@@ -34,13 +36,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The j-th active weight: values[j], or values[perm[j]] where the values are W's and the structure Wᵀ's (the
+ * input gradient of a narrow batch, which reads each weight once or twice: cheaper than gathering them all first). */
+#define VALUE(j) (perm ? values[perm[j]] : values[j])
+
 /* One output row times a block of NV vectors of batch columns, accumulated in registers. */
 #define ROW_BLOCK(SUFFIX, NV)                                                                                  \
     for (; b + NV * W <= batch; b += NV * W) {                                                                 \
         vec_##SUFFIX acc[NV];                                                                                  \
         _Pragma("GCC unroll 8") for (int i = 0; i < NV; i++) acc[i] = (vec_##SUFFIX){0} + b0;                 \
         for (int32_t j = begin; j < end; j++) {                                                                \
-            const vec_##SUFFIX w = (vec_##SUFFIX){0} + values[j];                                              \
+            const vec_##SUFFIX w = (vec_##SUFFIX){0} + VALUE(j);                                               \
             const vec_##SUFFIX *xp = (const vec_##SUFFIX *)(x + (int64_t)col[j] * batch + b);                  \
             _Pragma("GCC unroll 8") for (int i = 0; i < NV; i++) acc[i] += w * xp[i];                          \
         }                                                                                                      \
@@ -51,7 +57,7 @@
 #define ROW_TAIL(VT, NW)                                                                                       \
     for (; b + NW <= batch; b += NW) {                                                                         \
         VT acc = (VT){0} + b0;                                                                                 \
-        for (int32_t j = begin; j < end; j++) acc += values[j] * *(const VT *)(x + (int64_t)col[j] * batch + b); \
+        for (int32_t j = begin; j < end; j++) acc += VALUE(j) * *(const VT *)(x + (int64_t)col[j] * batch + b); \
         *(VT *)(yr + b) = acc;                                                                                 \
     }
 
@@ -169,9 +175,9 @@ typedef int32_t iv16 __attribute__((vector_size(64)));
     typedef float v8_##SUFFIX __attribute__((vector_size(32), aligned(4)));                                    \
     typedef float v4_##SUFFIX __attribute__((vector_size(16), aligned(4)));                                    \
                                                                                                                \
-    TARGET static void forward_##SUFFIX(const float *values, const int32_t *crow, const int32_t *col,          \
-                                        const float *x, const float *bias, float *y, int64_t rows,             \
-                                        int64_t batch, int relu) {                                             \
+    TARGET static void forward_##SUFFIX(const float *values, const int32_t *perm, const int32_t *crow,         \
+                                        const int32_t *col, const float *x, const float *bias, float *y,       \
+                                        int64_t rows, int64_t batch, int relu) {                               \
         enum { W = WIDTH };                                                                                    \
         for (int64_t r = 0; r < rows; r++) {                                                                   \
             const int32_t begin = crow[r], end = crow[r + 1];                                                 \
@@ -186,7 +192,7 @@ typedef int32_t iv16 __attribute__((vector_size(64)));
             if (W > 4) ROW_TAIL(v4_##SUFFIX, 4)                                                                \
             for (; b < batch; b++) {                                                                           \
                 float acc = b0;                                                                                \
-                for (int32_t j = begin; j < end; j++) acc += values[j] * x[(int64_t)col[j] * batch + b];       \
+                for (int32_t j = begin; j < end; j++) acc += VALUE(j) * x[(int64_t)col[j] * batch + b];        \
                 yr[b] = acc;                                                                                   \
             }                                                                                                  \
             if (relu) /* while the row is in L1 */                                                             \
@@ -361,8 +367,8 @@ DEFINE_RENORM(avx2, __attribute__((target("avx2,fma"))))
 DEFINE_KERNELS(generic, 4, 4, )
 DEFINE_RENORM(generic, )
 
-typedef void (*forward_fn)(const float *, const int32_t *, const int32_t *, const float *, const float *, float *,
-                           int64_t, int64_t, int);
+typedef void (*forward_fn)(const float *, const int32_t *, const int32_t *, const int32_t *, const float *,
+                           const float *, float *, int64_t, int64_t, int);
 typedef void (*values_grad_fn)(const int32_t *, const int32_t *, const float *, const float *, float *,
                                const float *, float *, float *, int64_t, int64_t);
 typedef void (*renorm_stats_fn)(const float *, float *, float *, double *, int64_t, int64_t);
@@ -408,9 +414,9 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
     Py_ssize_t values, crow, col, x, bias, y, rows, batch;
     int relu;
     if (!PyArg_ParseTuple(args, "nnnnnnnnp", &values, &crow, &col, &x, &bias, &y, &rows, &batch, &relu)) return NULL;
-    Py_BEGIN_ALLOW_THREADS LEVELS[current].forward((const float *)values, (const int32_t *)crow, (const int32_t *)col,
-                                                   (const float *)x, (const float *)bias, (float *)y, rows, batch,
-                                                   relu);
+    Py_BEGIN_ALLOW_THREADS LEVELS[current].forward((const float *)values, NULL, (const int32_t *)crow,
+                                                   (const int32_t *)col, (const float *)x, (const float *)bias,
+                                                   (float *)y, rows, batch, relu);
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
@@ -431,6 +437,19 @@ static float *scratch_of(size_t floats) {
     return scratch;
 }
 
+/* The widest batch whose input gradient reads W's values through perm inside the loop instead of gathering them
+ * first: 1.08-1.34x faster at batches 4-32, about even at 64, up to 7 % slower at 128-256 (two passes over the
+ * batch read each weight twice; Intel Xeon, docs/architecture.md). Settable for the tests, which compare both. */
+static int64_t fused_gather_max_batch = 64;
+
+static PyObject *py_set_fused_gather_max_batch(PyObject *self, PyObject *args) {
+    Py_ssize_t batch;
+    if (!PyArg_ParseTuple(args, "n", &batch)) return NULL;
+    const int64_t before = fused_gather_max_batch;
+    fused_gather_max_batch = batch;
+    return PyLong_FromLongLong(before);
+}
+
 static PyObject *py_backward(PyObject *self, PyObject *args) {
     /* A compact layer's backward in one call. y is 0 unless the layer's ReLU is fused (dy is then masked by y into
      * the scratch buffer first); gv (the values' gradient), gb (the bias') and dx (the input's, Wᵀ dy over Wᵀ's CSR
@@ -440,8 +459,9 @@ static PyObject *py_backward(PyObject *self, PyObject *args) {
                           &col_t, &dx, &rows, &cols, &nnz, &batch))
         return NULL;
     float *dym = y ? scratch_of((size_t)(rows * batch > 0 ? rows * batch : 1)) : NULL;
-    float *vt = dx ? malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(float)) : NULL;
-    if ((y && dym == NULL) || (dx && vt == NULL)) {
+    const int gather_first = batch > fused_gather_max_batch; /* else each weight read through perm in the loop */
+    float *vt = dx && gather_first ? malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(float)) : NULL;
+    if ((y && dym == NULL) || (dx && gather_first && vt == NULL)) {
         free(vt);
         return PyErr_NoMemory();
     }
@@ -450,13 +470,16 @@ static PyObject *py_backward(PyObject *self, PyObject *args) {
             LEVELS[current].values_grad((const int32_t *)crow, (const int32_t *)col, (const float *)dy,
                                         (const float *)y, dym, (const float *)x, (float *)gv, (float *)gb, rows,
                                         batch);
-        if (dx) {
+        if (dx && gather_first) {
             const float *v = (const float *)values;
             const int32_t *p = (const int32_t *)perm;
             for (Py_ssize_t j = 0; j < nnz; j++) vt[j] = v[p[j]];
-            LEVELS[current].forward(vt, (const int32_t *)crow_t, (const int32_t *)col_t, y ? dym : (const float *)dy,
-                                    NULL, (float *)dx, cols, batch, 0);
-        }
+            LEVELS[current].forward(vt, NULL, (const int32_t *)crow_t, (const int32_t *)col_t,
+                                    y ? dym : (const float *)dy, NULL, (float *)dx, cols, batch, 0);
+        } else if (dx)
+            LEVELS[current].forward((const float *)values, (const int32_t *)perm, (const int32_t *)crow_t,
+                                    (const int32_t *)col_t, y ? dym : (const float *)dy, NULL, (float *)dx, cols,
+                                    batch, 0);
     }
     Py_END_ALLOW_THREADS free(vt);
     Py_RETURN_NONE;
@@ -526,6 +549,8 @@ static PyMethodDef METHODS[] = {
     {"renorm_stats", py_renorm_stats, METH_VARARGS, "BatchRenorm's column mean and variance (pointers and sizes)"},
     {"renorm_grad_sums", py_renorm_grad_sums, METH_VARARGS, "BatchRenorm's backward column sums"},
     {"renorm_input_grad", py_renorm_input_grad, METH_VARARGS, "BatchRenorm's input gradient"},
+    {"set_fused_gather_max_batch", py_set_fused_gather_max_batch, METH_VARARGS,
+     "widest batch whose input gradient reads W's values through perm in its loop; returns the one before"},
     {"levels", py_levels, METH_NOARGS, "the SIMD levels this CPU runs, best first"},
     {"level", py_level, METH_NOARGS, "the SIMD level in use"},
     {"set_level", py_set_level, METH_VARARGS, "use another supported SIMD level"},
