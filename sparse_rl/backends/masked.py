@@ -32,8 +32,8 @@ BIAS_IN_GEMM_MAX_IN = 64
 """A dense layer of a sparse network with at most this many inputs and at least four times as many outputs (an input
 layer) adds its bias inside the GEMM, as one more input row of ones and one more weight column: ``addmm`` would
 first copy the bias across its whole ``(out, batch)`` output and its backward sum the gradient over it, two passes
-over a tensor the copy of the narrow input (``in × batch``) does not cost. ``train()`` of the wide ×4 SAC 1.032×
-faster (docs/architecture.md)."""
+over a tensor the copy of the narrow input (``in × batch``) does not cost. ``train()`` of the wide ×4 SAC
+1.016–1.032× faster (docs/architecture.md)."""
 
 
 def is_feature_major(x: torch.Tensor) -> bool:
