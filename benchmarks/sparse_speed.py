@@ -685,6 +685,20 @@ def write_section(path: Path, part: str, lines: list[str]) -> str:
     return text
 
 
+def code_version() -> str:
+    """The commit the benchmark runs (and whether tracked files differ from it), named in every table's header so that
+    a results file holding sections of different code shows it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit, changes = (subprocess.run(["git", *command], cwd=root, capture_output=True, text=True,
+                                          check=True).stdout.strip()
+                           for command in (["rev-parse", "--short", "HEAD"], ["status", "--porcelain",
+                                                                              "--untracked-files=no"]))
+    except (OSError, subprocess.CalledProcessError):
+        return "not a git checkout"
+    return f"{commit} with uncommitted changes" if changes else commit
+
+
 def auto_rule_text() -> str:
     """What ``auto`` does on this machine: the constant compact rule where the kernels are built, else the MKL table."""
     rule, source = auto_rule()
@@ -732,7 +746,8 @@ def main() -> None:
 
     command = " ".join(["python", "benchmarks/sparse_speed.py", *sys.argv[1:]])
     header = (f"Command: `{command}` (1 torch thread, float32; machine: {cpu_model()}, {platform.machine()}, "
-              f"{os.cpu_count()} CPU cores, torch {torch.__version__}). `auto`'s rule: {auto_rule_text()}.")
+              f"{os.cpu_count()} CPU cores, torch {torch.__version__}; code of {code_version()}). `auto`'s rule: "
+              f"{auto_rule_text()}.")
     if args.part == "layers":
         shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
         densities = sorted(args.densities or [1.0, 0.5, 0.2, 0.1, 0.05], reverse=True)
