@@ -140,8 +140,8 @@
         for (int i_ = 0; i_ < 2; i_++)                                                                         \
             u_[i_] = SHUF(t_[2 * i_], t_[2 * i_ + 1], iv8, 0, 1, 8, 9, 4, 5, 12, 13)                           \
                      + SHUF(t_[2 * i_], t_[2 * i_ + 1], iv8, 2, 3, 10, 11, 6, 7, 14, 15);                      \
-        const __typeof__(a[0]) s_ = SHUF(u_[0], u_[1], iv8, 0, 1, 2, 3, 8, 9, 10, 11)                                 \
-                             + SHUF(u_[0], u_[1], iv8, 4, 5, 6, 7, 12, 13, 14, 15);                            \
+        const __typeof__(a[0]) s_ = SHUF(u_[0], u_[1], iv8, 0, 1, 2, 3, 8, 9, 10, 11)                          \
+                                    + SHUF(u_[0], u_[1], iv8, 4, 5, 6, 7, 12, 13, 14, 15);                     \
         memcpy(out, &s_, 32);                                                                                  \
     } while (0)
 /* The same within each 128-bit lane of 16 lanes; then the two vectors' halves added ([abcd x2 | efgh x2]), and the
