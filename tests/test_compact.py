@@ -4,6 +4,7 @@ import copy
 import itertools
 import subprocess
 import sys
+import types
 import warnings
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import sparse_rl
 from sparse_rl.backends import kernels
 from sparse_rl.backends.compact import CompactStructure
 from sparse_rl.layers import SparseLinear, set_backend
@@ -449,6 +451,22 @@ def test_a_process_without_the_extension_imports_and_trains():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={"SPARSE_RL_NO_KERNELS": "1", "PATH": ""}, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_an_extension_built_from_another_checkout_is_not_used(monkeypatch):
+    """An extension whose ``API_VERSION`` is not the package's (a build left from before an update) falls back to
+    torch's kernels with one warning naming the fix, instead of failing inside a training step."""
+    stale = types.ModuleType("sparse_rl._kernels")  # an older build: no API_VERSION, no backward entry point
+    monkeypatch.setitem(sys.modules, "sparse_rl._kernels", stale)
+    monkeypatch.setattr(sparse_rl, "_kernels", stale, raising=False)
+    monkeypatch.setattr(kernels, "_warned", False)
+    with pytest.warns(UserWarning, match=r"built from another version .*pip install -e \."):
+        assert kernels._load() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernels._warn_fallback()  # the fallback's own warning does not repeat it
+    stale.API_VERSION = kernels.API_VERSION
+    assert kernels._load() is stale
 
 
 def test_simd_levels_are_named_and_a_bad_one_is_a_clear_error():

@@ -24,13 +24,26 @@ if TYPE_CHECKING:
 
 SIMD_ENV = "SPARSE_RL_SIMD"
 
+API_VERSION = 2
+"""The calling convention of ``kernels.c`` this module speaks. An extension that reports another (built from an
+earlier checkout and not rebuilt after an update) is not used: the package falls back to torch's kernels with a
+one-line warning instead of failing inside a training step."""
+
+_warned = False
+
 
 def _load() -> ModuleType | None:
+    global _warned
     if os.environ.get("SPARSE_RL_NO_KERNELS"):
         return None
     try:
         from sparse_rl import _kernels
     except ImportError:
+        return None
+    if getattr(_kernels, "API_VERSION", None) != API_VERSION:
+        _warned = True
+        warnings.warn("sparse_rl's compiled kernels were built from another version of the package (rebuild them: "
+                      "pip install -e .); backend='compact' runs on torch's CSR kernels", stacklevel=2)
         return None
     if os.environ.get(SIMD_ENV):
         _kernels.set_level(os.environ[SIMD_ENV])
@@ -38,7 +51,6 @@ def _load() -> ModuleType | None:
 
 
 _EXTENSION = _load()
-_warned = False
 
 
 def compiled() -> bool:

@@ -560,11 +560,20 @@ static PyMethodDef METHODS[] = {
 static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_kernels", "Compact sparse kernels (see kernels.c).", -1,
                                     METHODS};
 
+/* The calling convention of the entry points above; sparse_rl/backends/kernels.py uses an extension only when its
+ * API_VERSION is the one it speaks (an extension built from another checkout falls back to torch's kernels). */
+#define API_VERSION 2
+
 PyMODINIT_FUNC PyInit__kernels(void) {
     for (int i = 0; i < NUM_LEVELS; i++)
         if (supported(i)) {
             current = i;
             break;
         }
-    return PyModule_Create(&MODULE);
+    PyObject *module = PyModule_Create(&MODULE);
+    if (module != NULL && PyModule_AddIntConstant(module, "API_VERSION", API_VERSION) != 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }
