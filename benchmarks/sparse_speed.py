@@ -62,8 +62,8 @@ twin on torch's fused Adam class itself, timed alternately in ``--rounds`` chunk
 medians.
 
 Compact input layers (``--part input-layers``): ``train()``'s CPU time per gradient step of each sparse model as
-built, whose input layers (``auto.is_input_layer``: at most ``COMPACT_NARROW_MAX_IN`` inputs, at least
-``COMPACT_NARROW_MIN_FANOUT`` times as many outputs) ``auto`` lays out compactly up to density
+built, whose input layers (``masked.is_input_layer``: at most ``INPUT_LAYER_MAX_IN`` inputs, at least
+``INPUT_LAYER_MIN_FANOUT`` times as many outputs) ``auto`` lays out compactly up to density
 ``COMPACT_NARROW_MAX_DENSITY``, against a same-seed twin built with the hidden layers' density limit for
 them too (so they stay masked), timed alternately in ``--rounds`` chunks of ``--chunk`` gradient steps; medians.
 The twin is timed first in each round.
@@ -107,7 +107,7 @@ import torch
 from sb3_contrib.common.torch_layers import BatchRenorm
 from torch import nn
 
-from sparse_rl.backends import auto, kernels
+from sparse_rl.backends import auto, kernels, masked
 from sparse_rl.backends.auto import auto_backend, auto_rule
 from sparse_rl.calibrate import time_layer
 from sparse_rl.layers import SparseLinear
@@ -606,14 +606,15 @@ def input_layer_tables(algos: list[str], env_id: str, densities: list[float], wi
         for name, model in compact_inputs.items():
             narrow = [f"{layer.in_features}×{layer.out_features} at {layer.density:.2f}: {layer.resolved_backend}"
                       for layer in model.policy.modules()
-                      if isinstance(layer, SparseLinear) and auto.is_input_layer(layer.in_features, layer.out_features)]
+                      if isinstance(layer, SparseLinear)
+                      and masked.is_input_layer(layer.in_features, layer.out_features)]
             layouts.append(f"- {algo} {name}: " + ", ".join(dict.fromkeys(narrow)))
         rows += twin_rows(algo, masked_inputs, compact_inputs, ("masked inputs", "compact inputs"), width, rounds,
                           chunk, learning_starts)
     return [f"{', '.join(algos)} on {env_id}, seed {seed}: median CPU ms per gradient step of `train()` (batch 256) "
             f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
-            f"sparse model (RigL on `auto`) as built, whose input layers (≤ {auto.COMPACT_NARROW_MAX_IN} inputs, "
-            f"≥ {auto.COMPACT_NARROW_MIN_FANOUT}× as many outputs) "
+            f"sparse model (RigL on `auto`) as built, whose input layers (≤ {masked.INPUT_LAYER_MAX_IN} inputs, "
+            f"≥ {masked.INPUT_LAYER_MIN_FANOUT}× as many outputs) "
             f"`auto` lays out compactly up to density {auto.COMPACT_NARROW_MAX_DENSITY:g}, and a same-seed twin that "
             f"keeps them masked (the hidden layers' limit, {auto.COMPACT_MAX_DENSITY:g}); the twin runs first in each "
             "round. The "
@@ -709,7 +710,7 @@ def auto_rule_text() -> str:
         return f"no compiled kernels, so {table}"
     return (f"compact for a layer of a fixed-count method with ≥ {auto.COMPACT_MIN_WEIGHTS:,} weights at density ≤ "
             f"{auto.COMPACT_MAX_DENSITY:g} (≤ {auto.COMPACT_NARROW_MAX_DENSITY:g} with ≤ "
-            f"{auto.COMPACT_NARROW_MAX_IN} inputs and ≥ {auto.COMPACT_NARROW_MIN_FANOUT}× as many outputs; compiled "
+            f"{masked.INPUT_LAYER_MAX_IN} inputs and ≥ {masked.INPUT_LAYER_MIN_FANOUT}× as many outputs; compiled "
             f"kernels, SIMD level {kernels.simd_level()}), else {table}")
 
 

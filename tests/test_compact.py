@@ -504,7 +504,7 @@ def test_auto_lays_out_compactly_by_shape_and_density_alone():
     """The constant rule: no calibration and no load can move a layer across it."""
     from sparse_rl.backends.auto import COMPACT_MAX_DENSITY, COMPACT_MIN_WEIGHTS, auto_backend
     from sparse_rl.backends.auto import COMPACT_NARROW_MAX_DENSITY as NARROW_DENSITY
-    from sparse_rl.backends.auto import COMPACT_NARROW_MAX_IN as NARROW_IN
+    from sparse_rl.backends.masked import INPUT_LAYER_MAX_IN as NARROW_IN
 
     if not kernels.compiled():
         pytest.skip("without the compiled kernels auto follows the MKL table")

@@ -2,8 +2,8 @@
 
 With the compiled compact kernels present (:mod:`sparse_rl.backends.kernels`), a CPU layer of a fixed-count method
 runs ``compact`` when it has at least :data:`COMPACT_MIN_WEIGHTS` weights at density :data:`COMPACT_MAX_DENSITY` or
-below (:data:`COMPACT_NARROW_MAX_DENSITY` for an input layer: at most :data:`COMPACT_NARROW_MAX_IN` features fanned
-out to at least :data:`COMPACT_NARROW_MIN_FANOUT` times as many), and ``masked`` otherwise. That rule is a constant,
+below (:data:`COMPACT_NARROW_MAX_DENSITY` for an input layer, :func:`~sparse_rl.backends.masked.is_input_layer`),
+and ``masked`` otherwise. That rule is a constant,
 not a calibration: the compact kernels break even with dense far above the densities DST uses
 (``docs/architecture.md`` has the measurements), so a machine's load on the day cannot move a layer across it.
 Without the compiled kernels, ``auto`` follows the older ``sparse``-or-``masked`` table: this machine's calibration
@@ -21,22 +21,15 @@ from pathlib import Path
 import torch
 
 from sparse_rl.backends import kernels
+from sparse_rl.backends.masked import is_input_layer
 from sparse_rl.machine import cpu_model
 
 COMPACT_MAX_DENSITY = 0.2
 """Highest density at which ``auto`` lays a layer out compactly (see the module docstring)."""
 
-COMPACT_NARROW_MAX_IN = 64
-"""Input width up to which a layer counts as an input layer (an observation, or an observation and an action: 11-35
-features in MuJoCo's Hopper to Ant), where ``auto`` lays it out compactly up to :data:`COMPACT_NARROW_MAX_DENSITY`."""
-
-COMPACT_NARROW_MIN_FANOUT = 4
-"""How many times its input width an input layer's output width is at least (17 -> 256 is 15 times). A narrow hidden
-layer (64 -> 64) is not one: at density 0.4 the compact layout made SAC's ``train()`` with ``net_arch=[64, 64]``
-1.08x slower (0.24: 1.01x; an ad-hoc in-process A/B, Intel Xeon), so it keeps the hidden layers' limit."""
-
 COMPACT_NARROW_MAX_DENSITY = 0.7
-"""Highest density at which ``auto`` lays a narrow layer out compactly. Dense GEMM runs far below its rate at so
+"""Highest density at which ``auto`` lays an input layer (:func:`~sparse_rl.backends.masked.is_input_layer`) out
+compactly. Dense GEMM runs far below its rate at so
 short an inner dimension, and the compact forward writes the (rectified) activations in one pass where the dense
 layer takes three (bias, product, ReLU): inside ``train()`` such input layers at ERK's densities (SAC's 0.35 and
 0.41, TD3's 0.61 and 0.52) made the step 7 % and 4–6 % faster than masked ones (two quiet runs; Ant-v4 10 %),
@@ -112,12 +105,6 @@ def auto_rule() -> tuple[Rule, str]:
     path = rule_path()
     rule = read_rule(path) if path.is_file() else None
     return (AUTO_RULE, "built-in") if rule is None else (rule, f"calibrated {path}")
-
-
-def is_input_layer(in_features: int, out_features: int) -> bool:
-    """Whether ``auto`` treats a layer of this shape as an input layer: at most :data:`COMPACT_NARROW_MAX_IN` features
-    fanned out to at least :data:`COMPACT_NARROW_MIN_FANOUT` times as many."""
-    return in_features <= COMPACT_NARROW_MAX_IN and out_features >= COMPACT_NARROW_MIN_FANOUT * in_features
 
 
 def compact_max_density(in_features: int, out_features: int) -> float:

@@ -1,4 +1,5 @@
-"""``masked``: the dense kernel on a weight whose masked entries are zero; the activation layouts all backends share.
+"""``masked``: the dense kernel on a weight whose masked entries are zero; what all backends share: the activation
+layouts, and which layers are input layers.
 
 Every weight is multiplied and the weight gradient is dense. This is the layout of methods whose density changes as
 they learn (``thresholds``, ``halo``), of every non-CPU device, and of a user's explicit ``backend="masked"``.
@@ -28,12 +29,21 @@ SMALL_BATCH = 4
 from ``predict``) a CSR call costs more than the dense product it replaces."""
 
 
-BIAS_IN_GEMM_MAX_IN = 64
-"""A dense layer of a sparse network with at most this many inputs and at least four times as many outputs (an input
-layer) adds its bias inside the GEMM, as one more input row of ones and one more weight column: ``addmm`` would
-first copy the bias across its whole ``(out, batch)`` output and its backward sum the gradient over it, two passes
-over a tensor the copy of the narrow input (``in × batch``) does not cost. ``train()`` of the wide ×4 SAC
-1.016–1.032× faster (docs/architecture.md)."""
+INPUT_LAYER_MAX_IN = 64
+"""Input width up to which a layer counts as an input layer (an observation, or an observation and an action: 11-35
+features in MuJoCo's Hopper to Ant)."""
+
+INPUT_LAYER_MIN_FANOUT = 4
+"""How many times its input width an input layer's output width is at least (17 -> 256 is 15 times). A narrow hidden
+layer (64 -> 64) is not one: ``auto`` laying it out compactly at density 0.4 made SAC's ``train()`` with
+``net_arch=[64, 64]`` 1.08x slower (0.24: 1.01x; an ad-hoc in-process A/B, Intel Xeon)."""
+
+
+def is_input_layer(in_features: int, out_features: int) -> bool:
+    """Whether a layer of this shape is an input layer: at most :data:`INPUT_LAYER_MAX_IN` features fanned out to at
+    least :data:`INPUT_LAYER_MIN_FANOUT` times as many. ``auto`` lays such layers out compactly up to a higher
+    density, and a dense one in a sparse network adds its bias inside its GEMM (:func:`dense_linear`)."""
+    return in_features <= INPUT_LAYER_MAX_IN and out_features >= INPUT_LAYER_MIN_FANOUT * in_features
 
 
 def is_feature_major(x: torch.Tensor) -> bool:
@@ -46,16 +56,19 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """``F.linear(x, weight, bias)`` with the dense kernel. The result is feature-major, ``(W xᵀ + b)ᵀ``,
     when ``feature_major`` is set or ``x`` itself is feature-major. Otherwise ``F.linear`` runs
     and the result is row-major. Dense GEMM reads either layout. With ``rectify``, the product is rectified in
-    place (``relu_``, while the GEMM's fresh output is still in cache; the GEMM's backward does not read it). An input
-    layer's bias is added inside its GEMM (:data:`BIAS_IN_GEMM_MAX_IN`)."""
+    place (``relu_``, while the GEMM's fresh output is still in cache; the GEMM's backward does not read it).
+
+    An input layer (:func:`is_input_layer`) adds its bias inside the GEMM, as one more input row of ones and one more
+    weight column: ``addmm`` would first copy the bias across its whole ``(out, batch)`` output and its backward sum
+    the gradient over it, two passes over a tensor the copy of the narrow input (``in × batch``) does not cost
+    (``train()`` of the wide ×4 SAC 1.016–1.032× faster, docs/architecture.md)."""
     if x.dim() != 2 or not (feature_major or is_feature_major(x)):
         y = F.linear(x, weight, bias)
         return y.relu_() if rectify else y
     x_t = x.t()
-    out_features, in_features = weight.shape
     if bias is None:
         y_t = torch.mm(weight, x_t)
-    elif in_features <= BIAS_IN_GEMM_MAX_IN and out_features >= 4 * in_features:
+    elif is_input_layer(weight.shape[1], weight.shape[0]):
         y_t = torch.mm(torch.cat([weight, bias.unsqueeze(1)], 1), torch.cat([x_t, x_t.new_ones(1, x_t.shape[1])]))
     else:
         y_t = torch.addmm(bias.unsqueeze(1), weight, x_t)
