@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sparse_rl.backends import BACKENDS
+from sparse_rl.backends import BACKENDS, auto, masked
 from sparse_rl.cli import OneLineParser, fail
 from sparse_rl.methods import METHODS
 from sparse_rl.run_config import ALGO_NAMES, parse_override
@@ -65,10 +65,11 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how sparse layers store and compute: compact (active values only, this package's "
                              "kernels), masked (dense kernels on masked weights), sparse (MKL's CSR on masked "
                              "weights) or auto (per layer: compact for a CPU layer of a fixed-count method with at "
-                             "least 4,096 weights at density <= 0.2 (<= 0.7 for an input layer: at most 64 inputs, at "
-                             "least 4x as many outputs), else masked; "
-                             "where the compiled kernels are missing, this machine's table from python -m "
-                             "sparse_rl.calibrate; the default)")
+                             f"least {auto.COMPACT_MIN_WEIGHTS:,} weights at density <= {auto.COMPACT_MAX_DENSITY:g} "
+                             f"(<= {auto.COMPACT_NARROW_MAX_DENSITY:g} for an input layer: at most "
+                             f"{masked.INPUT_LAYER_MAX_IN} inputs, at least {masked.INPUT_LAYER_MIN_FANOUT}x as many "
+                             "outputs), else masked; where the compiled kernels are missing, this machine's table "
+                             "from python -m sparse_rl.calibrate; the default)")
 
 
 def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
