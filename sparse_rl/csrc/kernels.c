@@ -470,16 +470,17 @@ static PyObject *py_backward(PyObject *self, PyObject *args) {
             LEVELS[current].values_grad((const int32_t *)crow, (const int32_t *)col, (const float *)dy,
                                         (const float *)y, dym, (const float *)x, (float *)gv, (float *)gb, rows,
                                         batch);
-        if (dx && gather_first) {
+        if (dx) {
             const float *v = (const float *)values;
             const int32_t *p = (const int32_t *)perm;
-            for (Py_ssize_t j = 0; j < nnz; j++) vt[j] = v[p[j]];
-            LEVELS[current].forward(vt, NULL, (const int32_t *)crow_t, (const int32_t *)col_t,
+            if (gather_first) { /* Wᵀ's values in its order first; the loop then reads them directly */
+                for (Py_ssize_t j = 0; j < nnz; j++) vt[j] = v[p[j]];
+                v = vt;
+                p = NULL;
+            }
+            LEVELS[current].forward(v, p, (const int32_t *)crow_t, (const int32_t *)col_t,
                                     y ? dym : (const float *)dy, NULL, (float *)dx, cols, batch, 0);
-        } else if (dx)
-            LEVELS[current].forward((const float *)values, (const int32_t *)perm, (const int32_t *)crow_t,
-                                    (const int32_t *)col_t, y ? dym : (const float *)dy, NULL, (float *)dx, cols,
-                                    batch, 0);
+        }
     }
     Py_END_ALLOW_THREADS free(vt);
     Py_RETURN_NONE;
