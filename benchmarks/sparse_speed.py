@@ -433,12 +433,17 @@ def time_breakdown(model, steps: int) -> tuple[float, dict[str, float]]:
         handles += [module.register_forward_pre_hook(forward_start), module.register_forward_hook(forward_stop),
                     module.register_full_backward_pre_hook(backward_start),
                     module.register_full_backward_hook(backward_stop)]
-    start = time.process_time()
-    model.train(gradient_steps=steps, batch_size=model.batch_size)
-    total = (time.process_time() - start) / steps
+    total = train_seconds(model, steps)
     for handle in handles:
         handle.remove()
     return total, {kind: seconds / steps for kind, seconds in spent.items()}
+
+
+def train_seconds(model, steps: int) -> float:
+    """CPU seconds per gradient step of ``model.train`` over ``steps`` steps."""
+    start = time.process_time()
+    model.train(gradient_steps=steps, batch_size=model.batch_size)
+    return (time.process_time() - start) / steps
 
 
 def breakdown_tables(algos: list[str], env_id: str, densities: list[float], width: int, chunk: int,
@@ -453,20 +458,23 @@ def breakdown_tables(algos: list[str], env_id: str, densities: list[float], widt
         for name, model in models.items():
             model.learn(learning_starts + 1)
             model.train(gradient_steps=10, batch_size=model.batch_size)  # warm-up: optimizer state, structures
+            plain = train_seconds(model, chunk)
             total, spent = time_breakdown(model, chunk)
             rest = total - sum(spent.values())
-            rows.append(f"| {algo} | {labels[name]} | {total * 1e3:.2f} | " + " | ".join(
+            rows.append(f"| {algo} | {labels[name]} | {plain * 1e3:.2f} | {total * 1e3:.2f} | " + " | ".join(
                 f"{spent.get(kind, 0.0) * 1e3:.2f} ({spent.get(kind, 0.0) / total:.0%})" for kind in kinds)
                 + f" | {rest * 1e3:.2f} ({rest / total:.0%}) |")
             print(rows[-1], flush=True)
     return [f"{', '.join(algos)} on {env_id}, seed {seed}: CPU ms per gradient step of `train()` (batch 256), "
-            f"{chunk} steps after {learning_starts} learning-starts steps, and the ms (share) spent in the forward "
-            "and backward of each kind of module, timed by module hooks (which add overhead of their own). "
+            f"{chunk} steps after {learning_starts} learning-starts steps, without hooks and then with module hooks "
+            "that time the forward and backward of each kind of module (ms, and share of the hooked step). The hooks "
+            "add overhead of their own to every module call, so the hooked step is the longer, and a kind's time "
+            "includes its hooks' share. "
             "\"hidden\" are the hidden-to-hidden layers, \"in/out\" the input and output layers, \"BatchRenorm\" "
             "CrossQ's normalisation layers, \"rest\" everything else. The hooks also undo the ReLU fusion (a "
             "hooked layer's output loses its tag), so the ReLUs here cost what unfused ones do.", "",
-            "| algo | model | step ms | " + " | ".join(kinds) + " | rest |",
-            "|---|---|---|" + "---|" * (len(kinds) + 1), *rows]
+            "| algo | model | step ms | hooked step ms | " + " | ".join(kinds) + " | rest |",
+            "|---|---|---|---|" + "---|" * (len(kinds) + 1), *rows]
 
 
 def unfuse_relus(model) -> None:
