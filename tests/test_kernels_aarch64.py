@@ -103,6 +103,8 @@ class Aarch64:
 
 @pytest.fixture(scope="module")
 def arm(tmp_path_factory) -> Aarch64:
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
+        pytest.skip("no Python.h: kernels.c does not build here for any target")
     return Aarch64(build(tmp_path_factory.mktemp("aarch64")))
 
 
