@@ -6,10 +6,10 @@
 The break-even density of CSR kernels against dense GEMM moves with the CPU and the BLAS build: for a
 256×256 layer at batch 256 it was about 0.1 on this project's Intel Xeon and 0.3 on an AMD EPYC, so a
 rule measured on one machine is wrong on the other. This command times one training step of a lone
-layer (:func:`time_layer`: forward, backward, gradient mask, fused Adam (the policies' LeanAdam), weight mask) on
-both backends, alternately, for each shape and density, and writes the rule ``auto`` follows from then on
-(:func:`sparse_rl.backends.auto_rule`): for each layer size, the highest measured density up to which
-every measured ``sparse`` step took at most ``--margin`` × the ``masked`` one. The margin keeps ``auto``
+layer (:func:`time_layer`: forward, backward with the input gradient, gradient mask, fused Adam (the policies'
+LeanAdam), weight mask) on both backends, alternately, for each shape and density, and writes the rule ``auto``
+follows from then on (:func:`sparse_rl.backends.auto_rule`): for each layer size, the highest measured density up
+to which every measured ``sparse`` step took at most ``--margin`` × the ``masked`` one. The margin keeps ``auto``
 off layers where the lone-layer gain is too small to survive inside a network. Layers smaller than the
 smallest shape stay on ``masked``. The file records the CPU model and torch version; on another CPU or
 torch it is ignored. Timing happens here, once, never inside a run.
@@ -44,8 +44,11 @@ DENSITIES = (0.5, 0.3, 0.2, 0.1, 0.05, 0.02)
 
 
 def layer_step(layer: SparseLinear, optimizer: torch.optim.Optimizer, x: torch.Tensor, dy: torch.Tensor) -> None:
-    """One training step of ``layer`` as a controller runs it."""
+    """One training step of ``layer`` as a controller runs it. The input's gradient is computed and handed back, not
+    added into the last step's: in a network the layer before reads it, and no layer's input is a leaf that
+    accumulates one (adding it into ``x.grad`` cost a feature-major 256×256 step about 30-80 µs, cold)."""
     optimizer.zero_grad(set_to_none=True)
+    x.grad = None
     layer(x).backward(dy)
     layer.mask_grad()
     optimizer.step()
