@@ -761,8 +761,9 @@ def main() -> None:
         shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
         densities = sorted(args.densities or [1.0, 0.5, 0.2, 0.1, 0.05], reverse=True)
         lines = [header, "",
-                 f"Median µs of one training step of a lone layer (forward, backward with the input gradient, "
-                 "gradient mask, fused Adam as the policies build it (LeanAdam), weight mask), "
+                 "Median µs of one training step of a lone layer (forward, backward with the input gradient "
+                 "(handed back, not added into the last step's), gradient mask, fused Adam as the policies build it "
+                 "(LeanAdam), weight mask), "
                  f"{args.repeats} steps per backend, the two backends timed alternately, random masks:", "",
                  *layer_tables(shapes, args.batches or [256, 1], densities, args.repeats)]
     elif args.part == "traffic":
