@@ -500,9 +500,7 @@ def train_ms(pair: dict, rounds: int, chunk: int, learning_starts: int,
     for _ in range(rounds):
         for kind, model in pair.items():
             with contexts.get(kind, nullcontext)():
-                start = time.process_time()
-                model.train(gradient_steps=chunk, batch_size=model.batch_size)
-                times[kind].append((time.process_time() - start) / chunk)
+                times[kind].append(train_seconds(model, chunk))
     return {kind: statistics.median(values) * 1e3 for kind, values in times.items()}
 
 
