@@ -68,6 +68,10 @@ built, whose input layers (``masked.is_input_layer``: at most ``INPUT_LAYER_MAX_
 them too (so they stay masked), timed alternately in ``--rounds`` chunks of ``--chunk`` gradient steps; medians.
 The twin is timed first in each round.
 
+Compact output layers (``--part output-layers``): the same comparison for the narrow output layers
+(``auto.is_narrow_output_layer``: the actor's and the critics' heads), which ``auto`` lays out compactly at any
+density, against a same-seed twin that keeps them masked.
+
 Each part rewrites its own section of ``results/sparse_speed.md`` (the file keeps the other
 parts' sections) and records its own command line.
 
@@ -83,6 +87,7 @@ parts' sections) and records its own command line.
     python benchmarks/sparse_speed.py --part actor-loss [--algos sac td3 --rounds 5 --chunk 200]
     python benchmarks/sparse_speed.py --part optimizer [--algos sac td3 --rounds 5 --chunk 200]
     python benchmarks/sparse_speed.py --part input-layers [--algos sac td3 --rounds 9 --chunk 100]
+    python benchmarks/sparse_speed.py --part output-layers [--algos sac td3 --rounds 9 --chunk 100]
 """
 
 from __future__ import annotations
@@ -123,7 +128,7 @@ SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "##
             "breakdown": "#### Where a gradient step's time goes", "kernels": "#### Kernel throughput",
             "memory": "#### Peak memory", "batch-renorm": "#### BatchRenorm", "relu-fusion": "#### Fused ReLUs",
             "actor-loss": "#### Critic weight gradients in the actor's loss", "optimizer": "#### Optimizer",
-            "input-layers": "#### Compact input layers"}
+            "input-layers": "#### Compact input layers", "output-layers": "#### Compact output layers"}
 NET_ARCH: dict[str, list[int] | dict[str, list[int]]] = {
     "sac": [256, 256], "td3": [400, 300], "tqc": [256, 256], "crossq": {"pi": [256, 256], "qf": [1024, 1024]}}
 WIDE_ALGOS = ("sac", "td3")
@@ -603,20 +608,9 @@ def input_layer_tables(algos: list[str], env_id: str, densities: list[float], wi
                        learning_starts: int, seed: int) -> list[str]:
     """CPU ms per gradient step of ``train()`` of each sparse model as built (compact narrow input layers where
     ``auto`` picks them) and of a same-seed twin whose narrow input layers stay masked, timed alternately."""
-    common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
-    rows, layouts = [], []
-    for algo in algos:
-        with narrow_layers_on_the_hidden_rule():
-            masked_inputs = sparse_models(algo, env_id, densities, width, common)
-        compact_inputs = sparse_models(algo, env_id, densities, width, common)
-        for name, model in compact_inputs.items():
-            narrow = [f"{layer.in_features}×{layer.out_features} at {layer.density:.2f}: {layer.resolved_backend}"
-                      for layer in model.policy.modules()
-                      if isinstance(layer, SparseLinear)
-                      and masked.is_input_layer(layer.in_features, layer.out_features)]
-            layouts.append(f"- {algo} {name}: " + ", ".join(dict.fromkeys(narrow)))
-        rows += twin_rows(algo, masked_inputs, compact_inputs, ("masked inputs", "compact inputs"), width, rounds,
-                          chunk, learning_starts)
+    rows, layouts = layout_twin_rows(algos, env_id, densities, width, rounds, chunk, learning_starts, seed,
+                                     narrow_layers_on_the_hidden_rule, masked.is_input_layer,
+                                     ("masked inputs", "compact inputs"))
     return [f"{', '.join(algos)} on {env_id}, seed {seed}: median CPU ms per gradient step of `train()` (batch 256) "
             f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
             f"sparse model (RigL on `auto`) as built, whose input layers (≤ {masked.INPUT_LAYER_MAX_IN} inputs, "
@@ -626,6 +620,56 @@ def input_layer_tables(algos: list[str], env_id: str, densities: list[float], wi
             "round. The "
             "input layers as built (in×out at density: backend):", "", *layouts, "",
             "| algo | model | compact inputs ms | masked inputs ms | compact ÷ masked |", "|---|---|---|---|---|",
+            *rows]
+
+
+def layout_twin_rows(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
+                     learning_starts: int, seed: int, twin_rule: Callable[[], ContextManager],
+                     chosen: Callable[[int, int], bool], kinds: tuple[str, str]) -> tuple[list[str], list[str]]:
+    """Table rows of :func:`twin_rows` for each sparse model as built against a same-seed twin built under
+    ``twin_rule`` (the twin, ``kinds[0]``, runs first in each round), and the built models' layers of the shapes
+    ``chosen`` takes (:func:`layer_layouts`)."""
+    common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
+    rows, layouts = [], []
+    for algo in algos:
+        with twin_rule():
+            twins = sparse_models(algo, env_id, densities, width, common)
+        built = sparse_models(algo, env_id, densities, width, common)
+        layouts += layer_layouts(algo, built, chosen)
+        rows += twin_rows(algo, twins, built, kinds, width, rounds, chunk, learning_starts)
+    return rows, layouts
+
+
+def layer_layouts(algo: str, models: dict, chosen: Callable[[int, int], bool]) -> list[str]:
+    """One line per model: its layers whose shape ``chosen`` takes, as in×out at density: backend."""
+    lines = []
+    for name, model in models.items():
+        layers = [f"{layer.in_features}×{layer.out_features} at {layer.density:.2f}: {layer.resolved_backend}"
+                  for layer in model.policy.modules()
+                  if isinstance(layer, SparseLinear) and chosen(layer.in_features, layer.out_features)]
+        lines.append(f"- {algo} {name}: " + ", ".join(dict.fromkeys(layers)))
+    return lines
+
+
+def heads_stay_masked() -> ContextManager:
+    """Models built inside keep their narrow output layers (``auto.is_narrow_output_layer``) masked, as ``auto``
+    did before it laid them out compactly."""
+    return patch.object(auto, "is_narrow_output_layer", lambda in_features, out_features: False)
+
+
+def output_layer_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
+                        learning_starts: int, seed: int) -> list[str]:
+    """CPU ms per gradient step of ``train()`` of each sparse model as built (compact narrow output layers) and of a
+    same-seed twin whose narrow output layers stay masked, timed alternately."""
+    rows, layouts = layout_twin_rows(algos, env_id, densities, width, rounds, chunk, learning_starts, seed,
+                                     heads_stay_masked, auto.is_narrow_output_layer, ("masked heads", "compact heads"))
+    return [f"{', '.join(algos)} on {env_id}, seed {seed}: median CPU ms per gradient step of `train()` (batch 256) "
+            f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
+            f"sparse model (RigL on `auto`) as built, whose output layers (≤ {auto.NARROW_OUTPUT_MAX_OUT} outputs "
+            f"from ≥ {auto.NARROW_OUTPUT_MIN_IN} inputs: the actor's and the critics' heads) `auto` lays out "
+            "compactly at any density, and a same-seed twin that keeps them masked; the twin runs first in each "
+            "round. The output layers as built (in×out at density: backend):", "", *layouts, "",
+            "| algo | model | compact heads ms | masked heads ms | compact ÷ masked |", "|---|---|---|---|---|",
             *rows]
 
 
@@ -716,8 +760,9 @@ def auto_rule_text() -> str:
         return f"no compiled kernels, so {table}"
     return (f"compact for a layer of a fixed-count method with ≥ {auto.COMPACT_MIN_WEIGHTS:,} weights at density ≤ "
             f"{auto.COMPACT_MAX_DENSITY:g} (≤ {auto.COMPACT_NARROW_MAX_DENSITY:g} with ≤ "
-            f"{masked.INPUT_LAYER_MAX_IN} inputs and ≥ {masked.INPUT_LAYER_MIN_FANOUT}× as many outputs; compiled "
-            f"kernels, SIMD level {kernels.simd_level()}), else {table}")
+            f"{masked.INPUT_LAYER_MAX_IN} inputs and ≥ {masked.INPUT_LAYER_MIN_FANOUT}× as many outputs), and for an "
+            f"output layer of ≤ {auto.NARROW_OUTPUT_MAX_OUT} outputs from ≥ {auto.NARROW_OUTPUT_MIN_IN} inputs at any "
+            f"density (compiled kernels, SIMD level {kernels.simd_level()}), else {table}")
 
 
 def main() -> None:
@@ -801,6 +846,9 @@ def main() -> None:
     elif args.part == "input-layers":
         lines = [header, "", *input_layer_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
                                                  args.rounds, args.chunk, args.learning_starts, args.seed)]
+    elif args.part == "output-layers":
+        lines = [header, "", *output_layer_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
+                                                  args.rounds, args.chunk, args.learning_starts, args.seed)]
     elif args.part == "breakdown":
         lines = [header, "", *breakdown_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
                                                args.chunk, args.learning_starts, args.seed)]

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from sparse_rl.backends import Backend, check_backend, layout_for, resolve
+from sparse_rl.backends.auto import is_narrow_output_layer
 from sparse_rl.backends.compact import CompactStructure, relaid, relayout_map
 from sparse_rl.backends.csr import CsrStructure
 from sparse_rl.layer_state import apply_to_slots, convert_state, replace_parameter, to_layout, valid_positions
@@ -380,14 +381,15 @@ class LayoutGroup:
 
 
 def set_backend(module: nn.Module, backend: str, optimizers: tuple[torch.optim.Optimizer, ...] = ()) -> int:
-    """Set the backend of every ``SparseLinear`` in ``module`` and group them as one network (:class:`LayoutGroup`).
-    Layers that change layout get a new parameter; each optimizer in ``optimizers`` is moved onto it, with its
-    per-element state converted. Returns how many layers were set."""
+    """Set the backend of every ``SparseLinear`` in ``module``, heads last (``auto`` lays them out by the others), and
+    group them as one network (:class:`LayoutGroup`). Layers that change layout get a new parameter; each optimizer
+    in ``optimizers`` is moved onto it, with its per-element state converted. Returns how many layers were set."""
     check_backend(backend)
     layers = [m for m in module.modules() if isinstance(m, SparseLinear)]
     group = LayoutGroup(layers) if layers else None
     for layer in layers:
         layer._layout_group = group
+    for layer in sorted(layers, key=lambda layer: is_narrow_output_layer(layer.in_features, layer.out_features)):
         swapped = layer.set_backend(backend)
         if swapped is not None:
             for optimizer in optimizers:

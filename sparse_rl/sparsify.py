@@ -100,9 +100,14 @@ def _build_in_layout(module: nn.Module, linears: dict[str, nn.Linear], sparsity:
     counts = layer_counts(shapes, layer_densities(shapes, sparsity.density, sparsity.distribution, keep_dense))
     devices = {name: torch.device("cpu") if linear in deferred else linear.weight.device
                for name, linear in linears.items()}
-    compact = {name: layout_for_shape(shape[1], shape[0], counts[name] / (shape[0] * shape[1]),
-                                      devices[name], sparsity.backend, True) == "compact"
-               for name, shape in shapes.items()}
+    def builds_compact(name: str, in_sparse_network: bool) -> bool:
+        (out_features, in_features) = shape = shapes[name]
+        return layout_for_shape(in_features, out_features, counts[name] / (shape[0] * shape[1]), devices[name],
+                                sparsity.backend, True, in_sparse_network) == "compact"
+
+    compact = {name: builds_compact(name, False) for name in shapes}
+    sparse_network = any(compact.values())  # narrow output layers follow the others (set_backend's order)
+    compact = {name: builds_compact(name, sparse_network) for name in shapes}
     _materialize((linear for name, linear in linears.items() if not compact[name]), deferred)
     for name, linear in linears.items():
         if compact[name]:

@@ -504,6 +504,8 @@ def test_auto_lays_out_compactly_by_shape_and_density_alone():
     """The constant rule: no calibration and no load can move a layer across it."""
     from sparse_rl.backends.auto import COMPACT_MAX_DENSITY, COMPACT_MIN_WEIGHTS, auto_backend
     from sparse_rl.backends.auto import COMPACT_NARROW_MAX_DENSITY as NARROW_DENSITY
+    from sparse_rl.backends.auto import NARROW_OUTPUT_MAX_OUT as HEAD_OUT
+    from sparse_rl.backends.auto import NARROW_OUTPUT_MIN_IN as HEAD_IN
     from sparse_rl.backends.masked import INPUT_LAYER_MAX_IN as NARROW_IN
 
     if not kernels.compiled():
@@ -511,8 +513,14 @@ def test_auto_lays_out_compactly_by_shape_and_density_alone():
     cpu = torch.device("cpu")
     assert auto_backend(256, 256, COMPACT_MAX_DENSITY, cpu) == "compact"
     assert auto_backend(256, 256, COMPACT_MAX_DENSITY + 0.01, cpu) == "masked"
-    assert auto_backend(COMPACT_MIN_WEIGHTS, 1, 0.1, cpu) == "compact"
-    assert auto_backend(COMPACT_MIN_WEIGHTS - 1, 1, 0.1, cpu) == "masked", "small layers stay dense"
+    assert auto_backend(COMPACT_MIN_WEIGHTS // 16, 16, 0.1, cpu) == "compact"
+    assert auto_backend(COMPACT_MIN_WEIGHTS // 16 - 1, 16, 0.1, cpu) == "masked", "small layers stay dense"
+    assert auto_backend(256, 1, 1.0, cpu, in_sparse_network=True) == "compact", "a critic's head, dense and small"
+    assert auto_backend(256, 1, 1.0, cpu) == "masked", "the head of a network without sparse layers stays dense"
+    assert auto_backend(HEAD_IN, HEAD_OUT, 1.0, cpu, in_sparse_network=True) == "compact", "an actor's head"
+    assert auto_backend(HEAD_IN, HEAD_OUT + 1, 1.0, cpu, in_sparse_network=True) == "masked"
+    assert auto_backend(HEAD_IN - 1, HEAD_OUT, 1.0, cpu, in_sparse_network=True) == "masked", "a tiny network's"
+    assert auto_backend(256, 1, 1.0, cpu, compact_capable=False, in_sparse_network=True) in ("sparse", "masked")
     assert COMPACT_MAX_DENSITY < NARROW_DENSITY
     assert auto_backend(17, 256, NARROW_DENSITY, cpu) == "compact", "an input layer at ERK's density"
     assert auto_backend(17, 256, NARROW_DENSITY + 0.01, cpu) == "masked"
@@ -524,6 +532,40 @@ def test_auto_lays_out_compactly_by_shape_and_density_alone():
     assert auto_backend(17, 200, COMPACT_MAX_DENSITY, cpu) == "masked", "narrow and small: 3,400 weights"
     assert auto_backend(1024, 1024, 0.05, torch.device("meta")) == "masked", "non-CPU devices stay masked"
     assert auto_backend(1024, 1024, 0.05, cpu, compact_capable=False) in ("sparse", "masked")
+
+
+@pytest.mark.parametrize("density", [0.1, 1.0])
+def test_auto_runs_the_heads_of_a_sparse_network_compact_and_a_dense_network_dense(density):
+    """SAC's heads (the actor's mean and log-std, the critics' and targets' Q) are laid out compactly, dense as
+    they are, where the rest of their network runs sparse kernels; at density 1 every layer stays masked. Built
+    directly in its layout or switched back from masked, the policy lays each layer out the same way, its target
+    like its critic (Polyak pairs their parameters), and it predicts the same actions."""
+    from stable_baselines3 import SAC
+
+    from sparse_rl import SparseSACPolicy
+    from sparse_rl.backends.auto import is_narrow_output_layer
+
+    if not kernels.compiled():
+        pytest.skip("without the compiled kernels auto follows the MKL table")
+    model = SAC(SparseSACPolicy, "Pendulum-v1", seed=0, device="cpu", policy_kwargs=dict(
+        net_arch=[256, 256], density=density))
+    layers = {name: layer for name, layer in model.policy.named_modules() if isinstance(layer, SparseLinear)}
+    heads = {name for name, layer in layers.items() if is_narrow_output_layer(layer.in_features, layer.out_features)}
+    assert heads == {"actor.mu", "actor.log_std", *(f"{net}.qf{i}.4" for net in ("critic", "critic_target")
+                                                     for i in (0, 1))}
+    built = {name: layer.layout for name, layer in layers.items()}
+    assert {built[name] for name in heads} == {"compact" if density < 1 else "masked"}
+    assert all(built[name] == "masked" for name in layers) or density < 1
+    obs = np.zeros((1, 3), dtype=np.float32)
+    actions, _ = model.predict(obs, deterministic=True)
+    model.policy.set_backend("masked")
+    assert {layer.layout for layer in model.policy.modules() if isinstance(layer, SparseLinear)} == {"masked"}
+    model.policy.set_backend("auto")
+    relaid = {name: layer.layout for name, layer in model.policy.named_modules() if isinstance(layer, SparseLinear)}
+    assert relaid == built
+    assert [p.shape for p in model.policy.critic.parameters()] == [
+        p.shape for p in model.policy.critic_target.parameters()]
+    np.testing.assert_allclose(model.predict(obs, deterministic=True)[0], actions, rtol=1e-5, atol=1e-6)
 
 
 def test_sac_training_steps_with_topology_updates_on_compact_equal_masked():

@@ -25,7 +25,7 @@ def built(backend: str, seed: int = 0, **kwargs) -> tuple[nn.Module, torch.Tenso
 def test_compact_layers_are_built_directly_with_the_draws_and_weights_of_masked_ones():
     compact, after_compact = built("auto")
     masked, after_masked = built("masked")
-    assert [compact[i].layout for i in (0, 2, 4)] == ["masked", "compact", "masked"]
+    assert [compact[i].layout for i in (0, 2, 4)] == ["masked", "compact", "compact"], "the 6-output head too"
     assert torch.equal(after_compact, after_masked)
     for a, b in zip(compact.modules(), masked.modules()):
         if isinstance(a, nn.Linear):

@@ -1,10 +1,12 @@
-"""``auto``: which backend a layer computes with, from its shape, density and device only.
+"""``auto``: which backend a layer computes with, from its shape, density and device (and, for a narrow output layer,
+whether the rest of its network runs sparse kernels).
 
 With the compiled compact kernels present (:mod:`sparse_rl.backends.kernels`), a CPU layer of a fixed-count method
 runs ``compact`` when it has at least :data:`COMPACT_MIN_WEIGHTS` weights at density :data:`COMPACT_MAX_DENSITY` or
 below (:data:`COMPACT_NARROW_MAX_DENSITY` for an input layer, :func:`~sparse_rl.backends.masked.is_input_layer`),
-and ``masked`` otherwise. That rule is a constant,
-not a calibration: the compact kernels break even with dense far above the densities DST uses
+or when it is a narrow output layer (:func:`is_narrow_output_layer`) of a network whose other layers run sparse
+kernels, at any size and density; ``masked`` otherwise (so a network without sparse layers stays dense throughout).
+That rule is a constant, not a calibration: the compact kernels break even with dense far above the densities DST uses
 (``docs/architecture.md`` has the measurements), so a machine's load on the day cannot move a layer across it.
 Without the compiled kernels, ``auto`` follows the older ``sparse``-or-``masked`` table: this machine's calibration
 (``python -m sparse_rl.calibrate``) when one exists for its CPU and torch, else the built-in :data:`AUTO_RULE`.
@@ -38,6 +40,24 @@ benchmarks/sparse_speed.py --part input-layers``, ``docs/architecture.md``)."""
 
 COMPACT_MIN_WEIGHTS = 4096
 """Smallest layer (in × out weights) that ``auto`` lays out compactly: below it, Python per call costs more."""
+
+NARROW_OUTPUT_MAX_OUT = 8
+"""Most outputs of a narrow output layer (:func:`is_narrow_output_layer`)."""
+
+NARROW_OUTPUT_MIN_IN = 64
+"""Fewest inputs of a narrow output layer (:func:`is_narrow_output_layer`)."""
+
+
+def is_narrow_output_layer(in_features: int, out_features: int) -> bool:
+    """Whether a layer of this shape is a narrow output layer, an actor's or a critic's head: at most
+    :data:`NARROW_OUTPUT_MAX_OUT` outputs read from at least :data:`NARROW_OUTPUT_MIN_IN` features. ``auto`` lays
+    such a layer of a sparse network out compactly at any size and density, dense ones (ERK's density for heads)
+    included: MKL's dense
+    products with 2-7 rows, or with one inner dimension (the input gradient of a 1-output head, an outer product),
+    run far below its rate, and inside SAC's and TD3's ``train()`` compact heads made the step 6-9 % faster
+    (``python benchmarks/sparse_speed.py --part output-layers``, ``docs/architecture.md``)."""
+    return out_features <= NARROW_OUTPUT_MAX_OUT and in_features >= NARROW_OUTPUT_MIN_IN
+
 
 Rule = tuple[tuple[int, float], ...]
 """``auto``'s table of ``(min_weights, max_density)`` rows, largest ``min_weights`` first."""
@@ -113,9 +133,10 @@ def compact_max_density(in_features: int, out_features: int) -> float:
 
 
 def auto_backend(in_features: int, out_features: int, density: float, device: torch.device,
-                 compact_capable: bool = True) -> str:
+                 compact_capable: bool = True, in_sparse_network: bool = False) -> str:
     """The backend ``auto`` resolves to for a layer (see the module docstring). ``compact_capable`` is false for
-    layers whose density changes while they learn (HALO), which keep the masked layout.
+    layers whose density changes while they learn (HALO), which keep the masked layout. ``in_sparse_network``: other
+    layers of the layer's network run sparse kernels (a narrow output layer then runs compact).
 
     CUDA and every other non-CPU device use ``masked``: dense GEMM on a GPU beats sparse kernels at the densities DST
     uses, and the kernels here were never measured on one. A torch build without MKL also uses ``masked`` when the
@@ -125,7 +146,8 @@ def auto_backend(in_features: int, out_features: int, density: float, device: to
         return "masked"
     weights = in_features * out_features
     if compact_capable and kernels.compiled():
-        compact = weights >= COMPACT_MIN_WEIGHTS and density <= compact_max_density(in_features, out_features)
+        compact = (in_sparse_network and is_narrow_output_layer(in_features, out_features)) or (
+            weights >= COMPACT_MIN_WEIGHTS and density <= compact_max_density(in_features, out_features))
         return "compact" if compact else "masked"
     if not torch.backends.mkl.is_available():
         return "masked"
