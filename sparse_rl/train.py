@@ -68,9 +68,9 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                              f"least {auto.COMPACT_MIN_WEIGHTS:,} weights at density <= {auto.COMPACT_MAX_DENSITY:g} "
                              f"(<= {auto.COMPACT_NARROW_MAX_DENSITY:g} for an input layer: at most "
                              f"{masked.INPUT_LAYER_MAX_IN} inputs, at least {masked.INPUT_LAYER_MIN_FANOUT}x as many "
-                             f"outputs) or for an output layer (at most {auto.NARROW_OUTPUT_MAX_OUT} outputs from at "
-                             f"least {auto.NARROW_OUTPUT_MIN_IN} inputs) at any density, else masked; where the "
-                             "compiled kernels are missing, this machine's table "
+                             f"outputs) or for a head of such a network (at most {auto.NARROW_OUTPUT_MAX_OUT} outputs "
+                             f"from at least {auto.NARROW_OUTPUT_MIN_IN} inputs) at any density, else masked; where "
+                             "the compiled kernels are missing, this machine's table "
                              "from python -m sparse_rl.calibrate; the default)")
 
 

@@ -52,10 +52,9 @@ def is_narrow_output_layer(in_features: int, out_features: int) -> bool:
     """Whether a layer of this shape is a narrow output layer, an actor's or a critic's head: at most
     :data:`NARROW_OUTPUT_MAX_OUT` outputs read from at least :data:`NARROW_OUTPUT_MIN_IN` features. ``auto`` lays
     such a layer of a sparse network out compactly at any size and density, dense ones (ERK's density for heads)
-    included: MKL's dense
-    products with 2-7 rows, or with one inner dimension (the input gradient of a 1-output head, an outer product),
-    run far below its rate, and inside SAC's and TD3's ``train()`` compact heads made the step 6-9 % faster
-    (``python benchmarks/sparse_speed.py --part output-layers``, ``docs/architecture.md``)."""
+    included: MKL's dense products with 2-7 rows, or with one inner dimension (the input gradient of a 1-output
+    head, an outer product), run far below its rate, and inside SAC's and TD3's ``train()`` compact heads made the
+    step 5-7 % faster (``python benchmarks/sparse_speed.py --part output-layers``, ``docs/architecture.md``)."""
     return out_features <= NARROW_OUTPUT_MAX_OUT and in_features >= NARROW_OUTPUT_MIN_IN
 
 
