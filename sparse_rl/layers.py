@@ -294,9 +294,9 @@ class SparseLinear(nn.Linear):
             self._structure = key, CsrStructure.from_mask(self.mask, self._mask_version, self.weight.dtype)
         return self._structure[1]
 
-    def in_sparse_network(self) -> bool:
-        """Whether another layer of this layer's network computes with sparse kernels (then it runs feature-major)."""
-        return self._layout_group is not None and self._layout_group.any_sparse()
+    def in_sparse_network(self, body: bool = False) -> bool:
+        """Whether a layer of this layer's network (of its body, not its heads) computes with sparse kernels."""
+        return self._layout_group is not None and self._layout_group.any_sparse(body)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self.strategy().forward(self, input)
@@ -367,17 +367,17 @@ class LayoutGroup:
 
     def __init__(self, layers: list[SparseLinear]) -> None:
         self.layers = layers
-        self._any_sparse: bool | None = None
+        self._sparse: list[SparseLinear] | None = None
 
     def invalidate(self) -> None:
         """Forget the cached answer (a pattern or a backend changed)."""
-        self._any_sparse = None
+        self._sparse = None
 
-    def any_sparse(self) -> bool:
-        """Whether any layer of the group computes with sparse kernels."""
-        if self._any_sparse is None:
-            self._any_sparse = any(layer.strategy().sparse_kernels for layer in self.layers)
-        return self._any_sparse
+    def any_sparse(self, body: bool = False) -> bool:
+        """Whether any layer of the group (with ``body``, any but its heads) computes with sparse kernels."""
+        if self._sparse is None:
+            self._sparse = [layer for layer in self.layers if layer.strategy().sparse_kernels]
+        return any(not (body and is_narrow_output_layer(m.in_features, m.out_features)) for m in self._sparse)
 
 
 def set_backend(module: nn.Module, backend: str, optimizers: tuple[torch.optim.Optimizer, ...] = ()) -> int:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from sparse_rl.backends import layout_for_shape
+from sparse_rl.backends.auto import is_narrow_output_layer
 from sparse_rl.deferred_init import DeferredInit, draw_like_linear_init
 from sparse_rl.distributions import layer_counts, layer_densities
 from sparse_rl.layers import SparseLinear, set_backend
@@ -101,13 +102,14 @@ def _build_in_layout(module: nn.Module, linears: dict[str, nn.Linear], sparsity:
     devices = {name: torch.device("cpu") if linear in deferred else linear.weight.device
                for name, linear in linears.items()}
     def builds_compact(name: str, in_sparse_network: bool) -> bool:
-        (out_features, in_features) = shape = shapes[name]
-        return layout_for_shape(in_features, out_features, counts[name] / (shape[0] * shape[1]), devices[name],
+        out_features, in_features = shapes[name]
+        return layout_for_shape(in_features, out_features, counts[name] / (out_features * in_features), devices[name],
                                 sparsity.backend, True, in_sparse_network) == "compact"
 
     compact = {name: builds_compact(name, False) for name in shapes}
-    sparse_network = any(compact.values())  # narrow output layers follow the others (set_backend's order)
-    compact = {name: builds_compact(name, sparse_network) for name in shapes}
+    sparse_body = any(compact[name] for name, (out_features, in_features) in shapes.items()
+                      if not is_narrow_output_layer(in_features, out_features))  # heads follow the body's layouts
+    compact = {name: builds_compact(name, sparse_body) for name in shapes}
     _materialize((linear for name, linear in linears.items() if not compact[name]), deferred)
     for name, linear in linears.items():
         if compact[name]:

@@ -539,10 +539,12 @@ def test_auto_runs_the_heads_of_a_sparse_network_compact_and_a_dense_network_den
     """SAC's heads (the actor's mean and log-std, the critics' and targets' Q) are laid out compactly, dense as
     they are, where the rest of their network runs sparse kernels; at density 1 every layer stays masked. Built
     directly in its layout or switched back from masked, the policy lays each layer out the same way, its target
-    like its critic (Polyak pairs their parameters), and it predicts the same actions."""
+    like its critic (Polyak pairs their parameters), and it predicts the same actions. Switched back from compact,
+    a dense network's heads go masked again: a head's layout follows the other layers, not its own."""
     from stable_baselines3 import SAC
 
     from sparse_rl import SparseSACPolicy
+    from sparse_rl.backends import REGISTRY
     from sparse_rl.backends.auto import is_narrow_output_layer
 
     if not kernels.compiled():
@@ -558,11 +560,14 @@ def test_auto_runs_the_heads_of_a_sparse_network_compact_and_a_dense_network_den
     assert all(built[name] == "masked" for name in layers) or density < 1
     obs = np.zeros((1, 3), dtype=np.float32)
     actions, _ = model.predict(obs, deterministic=True)
-    model.policy.set_backend("masked")
-    assert {layer.layout for layer in model.policy.modules() if isinstance(layer, SparseLinear)} == {"masked"}
-    model.policy.set_backend("auto")
-    relaid = {name: layer.layout for name, layer in model.policy.named_modules() if isinstance(layer, SparseLinear)}
-    assert relaid == built
+    for other in ("masked", "compact"):  # a head's layout follows the other layers, not its own before
+        model.policy.set_backend(other)
+        assert {layer.layout for layer in model.policy.modules() if isinstance(layer, SparseLinear)} == {
+            REGISTRY[other].layout}
+        model.policy.set_backend("auto")
+        relaid = {name: layer.layout for name, layer in model.policy.named_modules()
+                  if isinstance(layer, SparseLinear)}
+        assert relaid == built, f"auto after {other}"
     assert [p.shape for p in model.policy.critic.parameters()] == [
         p.shape for p in model.policy.critic_target.parameters()]
     np.testing.assert_allclose(model.predict(obs, deterministic=True)[0], actions, rtol=1e-5, atol=1e-6)

@@ -65,15 +65,16 @@ def resolve(layer: SparseLinear) -> Backend:
 
 def layout_for(layer: SparseLinear, backend: str) -> str:
     """The layout ``layer`` takes when its backend is set to ``backend`` (``auto``: compact where it pays, given
-    the layouts of the other layers of its network now)."""
+    the layouts of its network's body, the layers other than its heads, now)."""
     return layout_for_shape(layer.in_features, layer.out_features, layer.density, layer.device, backend,
-                            layer.compact_capable, layer.in_sparse_network())
+                            layer.compact_capable, layer.in_sparse_network(body=True))
 
 
 def layout_for_shape(in_features: int, out_features: int, density: float, device: torch.device, backend: str,
                      compact_capable: bool, in_sparse_network: bool = False) -> str:
     """The layout a layer of this shape, density and device takes with ``backend`` (so a network can build each
-    layer in its layout directly); ``in_sparse_network``: other layers of its network run sparse kernels."""
+    layer in its layout directly); ``in_sparse_network``: its network's body (the layers other than its heads) runs
+    sparse kernels."""
     if backend != "auto":
         return REGISTRY[backend].layout
     return REGISTRY[auto_backend(in_features, out_features, density, device, compact_capable=compact_capable,

@@ -1,13 +1,14 @@
 """``auto``: which backend a layer computes with, from its shape, density and device (and, for a narrow output layer,
-whether the rest of its network runs sparse kernels).
+whether the body of its network runs sparse kernels).
 
 With the compiled compact kernels present (:mod:`sparse_rl.backends.kernels`), a CPU layer of a fixed-count method
 runs ``compact`` when it has at least :data:`COMPACT_MIN_WEIGHTS` weights at density :data:`COMPACT_MAX_DENSITY` or
 below (:data:`COMPACT_NARROW_MAX_DENSITY` for an input layer, :func:`~sparse_rl.backends.masked.is_input_layer`),
-or when it is a narrow output layer (:func:`is_narrow_output_layer`) of a network whose other layers run sparse
-kernels, at any size and density; ``masked`` otherwise (so a network without sparse layers stays dense throughout).
-That rule is a constant, not a calibration: the compact kernels break even with dense far above the densities DST uses
-(``docs/architecture.md`` has the measurements), so a machine's load on the day cannot move a layer across it.
+or when it is a narrow output layer (:func:`is_narrow_output_layer`) of a network whose body (its layers other than
+such heads) runs sparse kernels, at any size and density; ``masked`` otherwise (so a network without sparse layers
+stays dense throughout). That rule is a constant, not a calibration: the compact kernels break even with dense far
+above the densities DST uses (``docs/architecture.md`` has the measurements), so a machine's load on the day cannot
+move a layer across it.
 Without the compiled kernels, ``auto`` follows the older ``sparse``-or-``masked`` table: this machine's calibration
 (``python -m sparse_rl.calibrate``) when one exists for its CPU and torch, else the built-in :data:`AUTO_RULE`.
 """
@@ -134,8 +135,9 @@ def compact_max_density(in_features: int, out_features: int) -> float:
 def auto_backend(in_features: int, out_features: int, density: float, device: torch.device,
                  compact_capable: bool = True, in_sparse_network: bool = False) -> str:
     """The backend ``auto`` resolves to for a layer (see the module docstring). ``compact_capable`` is false for
-    layers whose density changes while they learn (HALO), which keep the masked layout. ``in_sparse_network``: other
-    layers of the layer's network run sparse kernels (a narrow output layer then runs compact).
+    layers whose density changes while they learn (HALO), which keep the masked layout. ``in_sparse_network``: the
+    body of the layer's network (its layers other than heads) runs sparse kernels (a narrow output layer then runs
+    compact).
 
     CUDA and every other non-CPU device use ``masked``: dense GEMM on a GPU beats sparse kernels at the densities DST
     uses, and the kernels here were never measured on one. A torch build without MKL also uses ``masked`` when the
