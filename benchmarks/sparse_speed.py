@@ -18,7 +18,8 @@ End to end (``--part e2e``): ms per environment step of SAC/TD3 (``--algos`` als
 environment step and topology updates included (RigL, ΔT = 1000, never stopped). The models are the sparse policy at
 each density on ``backend=auto`` (compact where the compiled kernels are built) and on ``backend=masked``, SB3's
 ``MlpPolicy``, the parameter-matched dense network of each density, the wide network (``width_multiplier=4,
-iso_params=True``, on ``auto``) and, with the ``bench`` extra installed, SBX's dense agent (the JAX SB3, one thread).
+iso_params=True``, on ``auto``) and, with the ``bench`` extra installed, SBX's dense agent (the JAX SB3, on as many
+threads as torch: ``--threads``, default 1).
 ``--methods rigl srigl`` adds SRigL at each density on ``auto`` (compact where the compiled kernels are built, as
 RigL), in its own table. All models first collect ``--learning-starts``
 steps and then train in alternating chunks.
@@ -247,8 +248,11 @@ def sparse_models(algo: str, env_id: str, densities: list[float], width: int, co
 
 
 def sbx_model(algo: str, env_id: str, net_arch: list[int] | dict[str, list[int]], common: dict):
-    """SBX's dense SAC/TD3 (the JAX SB3, ``pip install -e ".[bench]"``) on one CPU thread, or ``None`` without it."""
-    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    """SBX's dense SAC/TD3 (the JAX SB3, ``pip install -e ".[bench]"``) on torch's number of threads, or ``None``
+    without it."""
+    threads = torch.get_num_threads()
+    os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen={str(threads > 1).lower()} "
+                                       f"intra_op_parallelism_threads={threads}")
     try:
         import sbx
     except ImportError:
@@ -319,7 +323,7 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
             f"steps per model, after {learning_starts} learning-starts steps; one gradient step per environment "
             "step, RigL topology updates every 1000 steps included. \"sparse layers\" is the share of the "
             "online weights whose layers `auto` runs on a sparse backend (compact where the kernels are built). "
-            "SBX is the JAX SB3's dense agent of the same widths, on one thread, in the same process.", "",
+            f"SBX is the JAX SB3's dense agent of the same widths, on as many threads, in the same process.", "",
             "| algo | density | auto ms | masked ms | MlpPolicy ms | matched dense ms | SBX ms | speed-up vs MlpPolicy "
             "| auto ÷ matched | speed-up vs SBX | auto ÷ masked | sparse layers |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, *wide_table(width, wide_rows),
@@ -736,6 +740,12 @@ def write_section(path: Path, part: str, lines: list[str]) -> str:
     return text
 
 
+def thread_count() -> str:
+    """torch's intra-op threads, in words ("1 torch thread", "2 torch threads")."""
+    threads = torch.get_num_threads()
+    return f"{threads} torch thread{'s' if threads > 1 else ''}"
+
+
 def code_version() -> str:
     """The commit the benchmark runs (and whether tracked files differ from it), named in every table's header so that
     a results file holding sections of different code shows it."""
@@ -786,18 +796,21 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=200, help="e2e: environment steps per chunk")
     parser.add_argument("--learning-starts", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, choices=range(1, (os.cpu_count() or 1) + 1),
+                        metavar=f"{{1..{os.cpu_count()}}}",
+                        help="torch's intra-op threads (the compact kernels run on as many; SBX's XLA too)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--memory-of", choices=list(MEMORY_MODELS), help=argparse.SUPPRESS)  # memory: one model
     parser.add_argument("--update-interval", type=int, default=1000, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     if args.memory_of:
         print(peak_rss_mb(args.memory_of, args.env, args.chunk, args.update_interval))
         return
 
     command = " ".join(["python", "benchmarks/sparse_speed.py", *sys.argv[1:]])
-    header = (f"Command: `{command}` (1 torch thread, float32; machine: {cpu_model()}, {platform.machine()}, "
+    header = (f"Command: `{command}` ({thread_count()}, float32; machine: {cpu_model()}, {platform.machine()}, "
               f"{os.cpu_count()} CPU cores, torch {torch.__version__}; code of {code_version()}). `auto`'s rule: "
               f"{auto_rule_text()}.")
     if args.part == "layers":

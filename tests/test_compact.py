@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import sparse_rl
@@ -109,7 +109,7 @@ def test_kernels_at_the_edges_of_their_blocks(simd, in_features, counts, batch, 
     guarded, guarded_bias = torch.full((structure.nnz + 16,), 7.0), torch.full((out_features + 16,), 7.0)
     kernels._EXTENSION.backward(structure.crow.data_ptr(), structure.col.data_ptr(), dy_t.data_ptr(), 0,
                                 x_t.data_ptr(), guarded.data_ptr(), guarded_bias.data_ptr(), 0, 0, 0, 0, 0,
-                                out_features, in_features, structure.nnz, batch)
+                                out_features, in_features, structure.nnz, batch, 1)
     torch.testing.assert_close(guarded[:structure.nnz], (dy_t @ x_t.t()).flatten()[structure.positions],
                                rtol=1e-4, atol=1e-4 * max(1.0, batch ** 0.5))
     torch.testing.assert_close(guarded_bias[:out_features], dy_t.sum(1), rtol=1e-4, atol=1e-4 * max(1.0, batch ** 0.5))
@@ -451,6 +451,43 @@ def test_a_process_without_the_extension_imports_and_trains():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={"SPARSE_RL_NO_KERNELS": "1", "PATH": ""}, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+@pytest.mark.skipif(not kernels.parallel(), reason="the compiled kernels are not built with OpenMP here")
+@settings(max_examples=30, deadline=None)
+@given(counts=st.lists(st.integers(0, 120), min_size=16, max_size=40), batch=st.integers(130, 300),
+       threads=st.integers(2, 5), relu=st.booleans(), gather_first=st.booleans(), seed=st.integers(0, 2**16))
+def test_the_kernels_compute_the_same_bits_on_any_number_of_threads(counts, batch, threads, relu, gather_first,
+                                                                     seed):
+    """Rows split between threads compute what one thread computes, bit for bit: the forward (rectified or not), the
+    masked output gradient, the values', bias' and input gradients (W's values gathered first or read through
+    ``perm``). Each thread's range ends where the next one's begins, so the weight gradient's padded last group of a
+    range must not store into the next range, which another thread owns."""
+    assume(sum(counts) >= 1024)  # work enough to be split (kernels.c, PARALLEL_MIN_WORK)
+    generator = torch.Generator().manual_seed(seed)
+    in_features = 120
+    structure = CompactStructure.from_mask(mask_of_counts(in_features, counts, generator))
+    values = torch.randn(structure.nnz, generator=generator)
+    bias = torch.randn(len(counts), generator=generator)
+    x_t, dy_t = (torch.randn(n, batch, generator=generator) for n in (in_features, len(counts)))
+
+    def run(num_threads: int) -> list[torch.Tensor]:
+        before = torch.get_num_threads()
+        torch.set_num_threads(num_threads)
+        try:
+            y_t = kernels.forward(values, structure.crow, structure.col, x_t, bias, in_features, relu)
+            grads = kernels.layer_backward(values, structure, dy_t, x_t, y_t if relu else None, (True, True, True))
+        finally:
+            torch.set_num_threads(before)
+        return [y_t, *grads]  # type: ignore[list-item]
+
+    widest = kernels._EXTENSION.set_fused_gather_max_batch(0 if gather_first else batch)
+    try:
+        one, many = run(1), run(threads)
+    finally:
+        kernels._EXTENSION.set_fused_gather_max_batch(widest)
+    for single, split in zip(one, many):
+        assert torch.equal(single, split)
 
 
 def test_an_extension_built_from_another_checkout_is_not_used(monkeypatch):

@@ -6,6 +6,9 @@ explicit ``backend="compact"`` runs the same layout on torch's CSR kernels (MKL 
 
 The SIMD level (``avx512``, ``avx2``, ``generic``) is chosen at import from what the CPU reports; the environment
 variable ``SPARSE_RL_SIMD`` or :func:`set_simd_level` picks a lower one (the tests compare all of them).
+
+Threads: each call runs on ``torch.get_num_threads()`` threads (rows split between them, the result the same bit for
+bit), where the extension was built with OpenMP (:func:`parallel`), as torch's dense kernels do; one otherwise.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
 
 SIMD_ENV = "SPARSE_RL_SIMD"
 
-API_VERSION = 2
+API_VERSION = 3
 """The calling convention of ``kernels.c`` this module speaks. An extension that reports another (built from an
 earlier checkout and not rebuilt after an update) is not used: the package falls back to torch's kernels with a
 one-line warning instead of failing inside a training step."""
@@ -56,6 +59,11 @@ _EXTENSION = _load()
 def compiled() -> bool:
     """Whether the compiled kernels are available."""
     return _EXTENSION is not None
+
+
+def parallel() -> bool:
+    """Whether the compiled kernels run on torch's intra-op threads (built with OpenMP) and not on one thread."""
+    return bool(getattr(_EXTENSION, "OPENMP", 0))
 
 
 def simd_levels() -> list[str]:
@@ -105,7 +113,7 @@ def forward(values: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, x_t: to
         y_t = x_t.new_empty(rows, batch)
         _EXTENSION.forward(values.data_ptr(), crow.data_ptr(), col.data_ptr(),  # type: ignore[union-attr]
                            x_t.data_ptr(), 0 if bias is None else bias.data_ptr(), y_t.data_ptr(), rows, batch,
-                           relu)
+                           relu, torch.get_num_threads())
         return y_t
     _warn_fallback()
     w = _csr(crow, col, values, (rows, cols))
@@ -178,7 +186,7 @@ def _backward(dy_t: torch.Tensor, *, rows: int, x_t: torch.Tensor | None = None,
     nnz = 0 if values is None else values.numel()
     _EXTENSION.backward(ptr(crow), ptr(col), dy_t.data_ptr(), ptr(rectified_t), ptr(x_t),  # type: ignore[union-attr]
                         ptr(grad_values), ptr(grad_bias), ptr(values), ptr(perm_t), ptr(crow_t), ptr(col_t), ptr(dx),
-                        rows, cols, nnz, dy_t.shape[1])
+                        rows, cols, nnz, dy_t.shape[1], torch.get_num_threads())
 
 
 def _like(grad: torch.Tensor, feature_major: bool) -> torch.Tensor:

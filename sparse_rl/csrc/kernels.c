@@ -35,6 +35,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#else
+#define omp_get_thread_num() 0
+#define omp_get_num_threads() 1
+#endif
 
 /* The j-th active weight: values[j], or values[perm[j]] where the values are W's and the structure Wᵀ's (the
  * input gradient of a narrow batch, which reads each weight once or twice: cheaper than gathering them all first). */
@@ -65,8 +71,8 @@
  * independent accumulators hide the multiply-add latency. The accumulators are reduced together by shuffles
  * (REDUCE8_*, the unused four of a 4-group held at zero) into one vector of eight sums, stored at once. A group
  * short of weights repeats the row's last weight in its spare slots; their sums land on the next row's slots, which
- * that row overwrites (only the last group of the whole matrix stores its valid sums alone), so no branch depends on
- * a row's length modulo K. A row takes 8-groups while more than 4 weights are left and its last 1-4 weights take a
+ * that row overwrites (only the last group of a call's row range stores its valid sums alone: the rows after it may
+ * be another thread's), so no branch depends on a row's length modulo K. A row takes 8-groups while more than 4 weights are left and its last 1-4 weights take a
  * 4-group: at low densities most rows are short (about 5 weights at 256 inputs, d = 0.02), and a padded 8-group
  * alone would do 1.6 times the needed work there. */
 #define DOT_GROUP(SUFFIX, K)                                                                                   \
@@ -89,7 +95,7 @@
         if (b < batch)                                                                                         \
             for (int k = 0; k < K; k++)                                                                        \
                 for (int64_t t = b; t < batch; t++) s[k] += dyr[t] * xs[k][t];                                 \
-        if (j + 8 <= nnz)                                                                                      \
+        if (j + 8 <= limit)                                                                                    \
             memcpy(gv + j, s, sizeof s);                                                                       \
         else                                                                                                   \
             for (int k = 0; k < n; k++) gv[j + k] = s[k];                                                      \
@@ -177,9 +183,9 @@ typedef int32_t iv16 __attribute__((vector_size(64)));
                                                                                                                \
     TARGET static void forward_##SUFFIX(const float *values, const int32_t *perm, const int32_t *crow,         \
                                         const int32_t *col, const float *x, const float *bias, float *y,       \
-                                        int64_t rows, int64_t batch, int relu) {                               \
+                                        int64_t r0, int64_t r1, int64_t batch, int relu) {                     \
         enum { W = WIDTH };                                                                                    \
-        for (int64_t r = 0; r < rows; r++) {                                                                   \
+        for (int64_t r = r0; r < r1; r++) {                                                                    \
             const int32_t begin = crow[r], end = crow[r + 1];                                                 \
             const float b0 = bias ? bias[r] : 0.0f;                                                            \
             float *yr = y + r * batch;                                                                         \
@@ -202,10 +208,10 @@ typedef int32_t iv16 __attribute__((vector_size(64)));
                                                                                                                \
     TARGET static void values_grad_##SUFFIX(const int32_t *crow, const int32_t *col, const float *dy,          \
                                             const float *y, float *dym, const float *x, float *gv, float *gb,  \
-                                            int64_t rows, int64_t batch) {                                     \
+                                            int64_t r0, int64_t r1, int64_t batch) {                           \
         enum { GW = GWIDTH };                                                                                  \
-        const int32_t nnz = crow[rows];                                                                        \
-        for (int64_t r = 0; r < rows; r++) {                                                                   \
+        const int32_t limit = crow[r1]; /* no store past the range: another thread may own the next rows */    \
+        for (int64_t r = r0; r < r1; r++) {                                                                    \
             const float *dyr = dy + r * batch;                                                                 \
             if (y) { /* the fused ReLU's mask, written out for the input gradient */                           \
                 const float *yr = y + r * batch;                                                               \
@@ -368,9 +374,9 @@ DEFINE_KERNELS(generic, 4, 4, )
 DEFINE_RENORM(generic, )
 
 typedef void (*forward_fn)(const float *, const int32_t *, const int32_t *, const int32_t *, const float *,
-                           const float *, float *, int64_t, int64_t, int);
+                           const float *, float *, int64_t, int64_t, int64_t, int);
 typedef void (*values_grad_fn)(const int32_t *, const int32_t *, const float *, const float *, float *,
-                               const float *, float *, float *, int64_t, int64_t);
+                               const float *, float *, float *, int64_t, int64_t, int64_t);
 typedef void (*renorm_stats_fn)(const float *, float *, float *, double *, int64_t, int64_t);
 typedef void (*renorm_grad_sums_fn)(const float *, const float *, const float *, float *, float *, double *, int64_t,
                                     int64_t);
@@ -399,6 +405,73 @@ static struct {
 #define NUM_LEVELS ((int)(sizeof(LEVELS) / sizeof(LEVELS[0])))
 static int current = NUM_LEVELS - 1;
 
+/* Threads. With more than one (torch's intra-op thread count, passed by the Python wrapper), a product's rows are
+ * split into one contiguous range per thread, balanced by active weights plus one per row (a row's fixed cost), and
+ * each range runs the level's loop as it runs alone; each output row is computed by the same operations in the same
+ * order, so the result does not depend on the thread count, bit for bit. OpenMP, where the compiler has it
+ * (setup.py): its runtime is libgomp.so.1, the one torch's own wheel loads, so the kernels share torch's threads
+ * instead of starting a second pool beside them. Below PARALLEL_MIN_WORK multiply-adds a call stays on the calling
+ * thread: waking the others costs more than they would save (batch 1, small layers). */
+#define PARALLEL_MIN_WORK ((int64_t)1 << 17)
+#define PARALLEL_MIN_GATHER ((int64_t)1 << 15)
+
+static int64_t first_row(const int32_t *crow, int64_t rows, int part, int parts) {
+    if (part <= 0) return 0;
+    if (part >= parts) return rows;
+    const int64_t target = ((int64_t)crow[rows] + rows) * part / parts;
+    int64_t lo = 0, hi = rows; /* the first row r with crow[r] + r >= target */
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if ((int64_t)crow[mid] + mid < target)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static int parallel_threads(int threads, const int32_t *crow, int64_t rows, int64_t batch) {
+#ifdef _OPENMP
+    return threads > 1 && (int64_t)crow[rows] * batch >= PARALLEL_MIN_WORK ? threads : 1;
+#else
+    (void)threads, (void)crow, (void)rows, (void)batch;
+    return 1;
+#endif
+}
+
+static void forward_rows(int threads, const float *values, const int32_t *perm, const int32_t *crow,
+                         const int32_t *col, const float *x, const float *bias, float *y, int64_t rows, int64_t batch,
+                         int relu) {
+    const forward_fn loop = LEVELS[current].forward;
+    const int parts = parallel_threads(threads, crow, rows, batch);
+    if (parts == 1) {
+        loop(values, perm, crow, col, x, bias, y, 0, rows, batch, relu);
+        return;
+    }
+#pragma omp parallel num_threads(parts)
+    {
+        const int part = omp_get_thread_num(), n = omp_get_num_threads();
+        loop(values, perm, crow, col, x, bias, y, first_row(crow, rows, part, n), first_row(crow, rows, part + 1, n),
+             batch, relu);
+    }
+}
+
+static void values_grad_rows(int threads, const int32_t *crow, const int32_t *col, const float *dy, const float *y,
+                             float *dym, const float *x, float *gv, float *gb, int64_t rows, int64_t batch) {
+    const values_grad_fn loop = LEVELS[current].values_grad;
+    const int parts = parallel_threads(threads, crow, rows, batch);
+    if (parts == 1) {
+        loop(crow, col, dy, y, dym, x, gv, gb, 0, rows, batch);
+        return;
+    }
+#pragma omp parallel num_threads(parts)
+    {
+        const int part = omp_get_thread_num(), n = omp_get_num_threads();
+        loop(crow, col, dy, y, dym, x, gv, gb, first_row(crow, rows, part, n), first_row(crow, rows, part + 1, n),
+             batch);
+    }
+}
+
 static int supported(int level) {
 #ifdef HAVE_X86
     __builtin_cpu_init();
@@ -412,11 +485,12 @@ static int supported(int level) {
  * dtypes, devices, contiguity and shapes before calling. The GIL is released around each loop. */
 static PyObject *py_forward(PyObject *self, PyObject *args) {
     Py_ssize_t values, crow, col, x, bias, y, rows, batch;
-    int relu;
-    if (!PyArg_ParseTuple(args, "nnnnnnnnp", &values, &crow, &col, &x, &bias, &y, &rows, &batch, &relu)) return NULL;
-    Py_BEGIN_ALLOW_THREADS LEVELS[current].forward((const float *)values, NULL, (const int32_t *)crow,
-                                                   (const int32_t *)col, (const float *)x, (const float *)bias,
-                                                   (float *)y, rows, batch, relu);
+    int relu, threads;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnpi", &values, &crow, &col, &x, &bias, &y, &rows, &batch, &relu, &threads))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS forward_rows(threads, (const float *)values, NULL, (const int32_t *)crow,
+                                        (const int32_t *)col, (const float *)x, (const float *)bias, (float *)y, rows,
+                                        batch, relu);
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
@@ -455,8 +529,9 @@ static PyObject *py_backward(PyObject *self, PyObject *args) {
      * the scratch buffer first); gv (the values' gradient), gb (the bias') and dx (the input's, Wᵀ dy over Wᵀ's CSR
      * structure, whose values are W's gathered through perm) are each 0 where not wanted. */
     Py_ssize_t crow, col, dy, y, x, gv, gb, values, perm, crow_t, col_t, dx, rows, cols, nnz, batch;
-    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnnnnn", &crow, &col, &dy, &y, &x, &gv, &gb, &values, &perm, &crow_t,
-                          &col_t, &dx, &rows, &cols, &nnz, &batch))
+    int threads;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnnnnni", &crow, &col, &dy, &y, &x, &gv, &gb, &values, &perm, &crow_t,
+                          &col_t, &dx, &rows, &cols, &nnz, &batch, &threads))
         return NULL;
     float *dym = y ? scratch_of((size_t)(rows * batch > 0 ? rows * batch : 1)) : NULL;
     const int gather_first = batch > fused_gather_max_batch; /* else each weight read through perm in the loop */
@@ -467,19 +542,19 @@ static PyObject *py_backward(PyObject *self, PyObject *args) {
     }
     Py_BEGIN_ALLOW_THREADS {
         if (y || gv || gb)
-            LEVELS[current].values_grad((const int32_t *)crow, (const int32_t *)col, (const float *)dy,
-                                        (const float *)y, dym, (const float *)x, (float *)gv, (float *)gb, rows,
-                                        batch);
+            values_grad_rows(threads, (const int32_t *)crow, (const int32_t *)col, (const float *)dy,
+                             (const float *)y, dym, (const float *)x, (float *)gv, (float *)gb, rows, batch);
         if (dx) {
             const float *v = (const float *)values;
             const int32_t *p = (const int32_t *)perm;
             if (gather_first) { /* Wᵀ's values in its order first; the loop then reads them directly */
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && nnz >= PARALLEL_MIN_GATHER)
                 for (Py_ssize_t j = 0; j < nnz; j++) vt[j] = v[p[j]];
                 v = vt;
                 p = NULL;
             }
-            LEVELS[current].forward(v, p, (const int32_t *)crow_t, (const int32_t *)col_t,
-                                    y ? dym : (const float *)dy, NULL, (float *)dx, cols, batch, 0);
+            forward_rows(threads, v, p, (const int32_t *)crow_t, (const int32_t *)col_t,
+                         y ? dym : (const float *)dy, NULL, (float *)dx, cols, batch, 0);
         }
     }
     Py_END_ALLOW_THREADS free(vt);
@@ -563,7 +638,7 @@ static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_kernels", "Compact 
 
 /* The calling convention of the entry points above; sparse_rl/backends/kernels.py uses an extension only when its
  * API_VERSION is the one it speaks (an extension built from another checkout falls back to torch's kernels). */
-#define API_VERSION 2
+#define API_VERSION 3
 
 PyMODINIT_FUNC PyInit__kernels(void) {
     for (int i = 0; i < NUM_LEVELS; i++)
@@ -572,7 +647,13 @@ PyMODINIT_FUNC PyInit__kernels(void) {
             break;
         }
     PyObject *module = PyModule_Create(&MODULE);
-    if (module != NULL && PyModule_AddIntConstant(module, "API_VERSION", API_VERSION) != 0) {
+#ifdef _OPENMP
+    const int openmp = 1;
+#else
+    const int openmp = 0;
+#endif
+    if (module != NULL && (PyModule_AddIntConstant(module, "API_VERSION", API_VERSION) != 0
+                           || PyModule_AddIntConstant(module, "OPENMP", openmp) != 0)) {
         Py_DECREF(module);
         return NULL;
     }
