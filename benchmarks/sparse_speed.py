@@ -11,7 +11,8 @@ compact ÷ masked crosses 1, interpolated linearly in log-density.
 
 Times are the process's CPU time (``time.process_time``), not wall-clock time. With one torch thread
 the two are the same on an idle machine. On a shared one, CPU time leaves out the time other
-processes take from this one.
+processes take from this one. With ``--threads`` above 1 the times are wall-clock (``time.perf_counter``): CPU time
+would add up every thread's, the ones waiting for work included.
 
 End to end (``--part e2e``): ms per environment step of SAC/TD3 (``--algos`` also takes sb3-contrib's ``tqc`` and
 ``crossq``, with their default networks; they get no wide network) on HalfCheetah-v4, with one gradient step per
@@ -265,6 +266,11 @@ def sbx_model(algo: str, env_id: str, net_arch: list[int] | dict[str, list[int]]
                       learning_starts=common["learning_starts"], seed=common["seed"])
 
 
+def clock() -> float:
+    """Seconds of the clock the timings use: the process's CPU time on one torch thread, wall-clock on more."""
+    return time.process_time() if torch.get_num_threads() == 1 else time.perf_counter()
+
+
 def time_models(models: dict, rounds: int, chunk: int, learning_starts: int) -> dict[str, float]:
     """Median seconds per environment step of each model over ``rounds`` alternating chunks."""
     times: dict[str, list[float]] = {name: [] for name in models}
@@ -272,9 +278,9 @@ def time_models(models: dict, rounds: int, chunk: int, learning_starts: int) -> 
         model.learn(learning_starts)
     for _ in range(rounds):
         for name, model in models.items():
-            start = time.process_time()
+            start = clock()
             model.learn(chunk, reset_num_timesteps=False)
-            times[name].append((time.process_time() - start) / chunk)
+            times[name].append((clock() - start) / chunk)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -420,10 +426,10 @@ def time_breakdown(model, steps: int) -> tuple[float, dict[str, float]]:
 
     def timer(kind: str, start_attr: str):
         def start(module, *_):
-            setattr(module, start_attr, time.process_time())
+            setattr(module, start_attr, clock())
 
         def stop(module, *_):
-            spent[kind] = spent.get(kind, 0.0) + time.process_time() - getattr(module, start_attr)
+            spent[kind] = spent.get(kind, 0.0) + clock() - getattr(module, start_attr)
         return start, stop
 
     handles = []
@@ -449,10 +455,10 @@ def time_breakdown(model, steps: int) -> tuple[float, dict[str, float]]:
 
 
 def train_seconds(model, steps: int) -> float:
-    """CPU seconds per gradient step of ``model.train`` over ``steps`` steps."""
-    start = time.process_time()
+    """Seconds (:func:`clock`) per gradient step of ``model.train`` over ``steps`` steps."""
+    start = clock()
     model.train(gradient_steps=steps, batch_size=model.batch_size)
-    return (time.process_time() - start) / steps
+    return (clock() - start) / steps
 
 
 def breakdown_tables(algos: list[str], env_id: str, densities: list[float], width: int, chunk: int,
