@@ -271,6 +271,11 @@ def clock() -> float:
     return time.process_time() if torch.get_num_threads() == 1 else time.perf_counter()
 
 
+def clock_words() -> str:
+    """What :func:`clock` measures, for the tables' text."""
+    return "CPU" if torch.get_num_threads() == 1 else "wall-clock"
+
+
 def time_models(models: dict, rounds: int, chunk: int, learning_starts: int) -> dict[str, float]:
     """Median seconds per environment step of each model over ``rounds`` alternating chunks."""
     times: dict[str, list[float]] = {name: [] for name in models}
@@ -325,7 +330,8 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
                          f"| {sparse_share(wide)} |")
         print(wide_rows[-1], flush=True)
         del models
-    return [f"{env_id}, seed {seed}: median ms per environment step over {rounds} alternating chunks of {chunk} "
+    return [f"{env_id}, seed {seed}: median {clock_words()} ms per environment step over {rounds} alternating "
+            f"chunks of {chunk} "
             f"steps per model, after {learning_starts} learning-starts steps; one gradient step per environment "
             "step, RigL topology updates every 1000 steps included. \"sparse layers\" is the share of the "
             "online weights whose layers `auto` runs on a sparse backend (compact where the kernels are built). "
@@ -480,7 +486,8 @@ def breakdown_tables(algos: list[str], env_id: str, densities: list[float], widt
                 f"{spent.get(kind, 0.0) * 1e3:.2f} ({spent.get(kind, 0.0) / total:.0%})" for kind in kinds)
                 + f" | {rest * 1e3:.2f} ({rest / total:.0%}) |")
             print(rows[-1], flush=True)
-    return [f"{', '.join(algos)} on {env_id}, seed {seed}: CPU ms per gradient step of `train()` (batch 256), "
+    return [f"{', '.join(algos)} on {env_id}, seed {seed}: "
+            f"{clock_words()} ms per gradient step of `train()` (batch 256), "
             f"{chunk} steps after {learning_starts} learning-starts steps, without hooks and then with module hooks "
             "that time the forward and backward of each kind of module (ms, and share of the hooked step). The hooks "
             "add overhead of their own to every module call, so the hooked step is the longer, and a kind's time "
@@ -545,7 +552,8 @@ def relu_fusion_tables(algos: list[str], env_id: str, densities: list[float], wi
         for model in unfused.values():
             unfuse_relus(model)
         rows += twin_rows(algo, fused, unfused, ("fused", "unfused"), width, rounds, chunk, learning_starts)
-    return [f"{', '.join(algos)} on {env_id}, seed {seed}: median CPU ms per gradient step of `train()` (batch 256) "
+    return [f"{', '.join(algos)} on {env_id}, seed {seed}: "
+            f"median {clock_words()} ms per gradient step of `train()` (batch 256) "
             f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
             "sparse model with its ReLUs fused into the compact layers before them (as built) and a twin with plain "
             "`nn.ReLU` modules put back:", "",
@@ -575,7 +583,8 @@ def actor_loss_tables(algos: list[str], env_id: str, densities: list[float], wid
         every = sparse_models(algo, env_id, [*densities, 1.0], width, common)
         rows += twin_rows(algo, frozen, every, ("frozen", "every"), width, rounds, chunk, learning_starts,
                           {"every": critic_weight_grads_in_actor_loss})
-    return [f"{', '.join(algos)} on {env_id}, seed {seed}: median CPU ms per gradient step of `train()` (batch 256) "
+    return [f"{', '.join(algos)} on {env_id}, seed {seed}: "
+            f"median {clock_words()} ms per gradient step of `train()` (batch 256) "
             f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
             "sparse model (RigL on `auto`; `sparse 1.0` is the sparse policy at density 1, dense layers) as built, "
             "whose critic computes no weight gradients in the actor's loss (`sparse_rl.sb3.actor_loss`), and a "
@@ -601,7 +610,8 @@ def optimizer_tables(algos: list[str], env_id: str, densities: list[float], widt
         plain = sparse_models(algo, env_id, [*densities, 1.0], width, common, optimizer_class=TorchAdam,
                               optimizer_kwargs=settings)
         rows += twin_rows(algo, lean, plain, ("lean", "torch"), width, rounds, chunk, learning_starts)
-    return [f"{', '.join(algos)} on {env_id}, seed {seed}: median CPU ms per gradient step of `train()` (batch 256) "
+    return [f"{', '.join(algos)} on {env_id}, seed {seed}: "
+            f"median {clock_words()} ms per gradient step of `train()` (batch 256) "
             f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
             "sparse model (RigL on `auto`; `sparse 1.0` is the sparse policy at density 1, dense layers) on the "
             "optimizer the policies build, `sparse_rl.optim.LeanAdam`, and a same-seed twin on torch's fused Adam "
@@ -621,7 +631,8 @@ def input_layer_tables(algos: list[str], env_id: str, densities: list[float], wi
     rows, layouts = layout_twin_rows(algos, env_id, densities, width, rounds, chunk, learning_starts, seed,
                                      narrow_layers_on_the_hidden_rule, masked.is_input_layer,
                                      ("masked inputs", "compact inputs"))
-    return [f"{', '.join(algos)} on {env_id}, seed {seed}: median CPU ms per gradient step of `train()` (batch 256) "
+    return [f"{', '.join(algos)} on {env_id}, seed {seed}: "
+            f"median {clock_words()} ms per gradient step of `train()` (batch 256) "
             f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
             f"sparse model (RigL on `auto`) as built, whose input layers (≤ {masked.INPUT_LAYER_MAX_IN} inputs, "
             f"≥ {masked.INPUT_LAYER_MIN_FANOUT}× as many outputs) "
@@ -673,7 +684,8 @@ def output_layer_tables(algos: list[str], env_id: str, densities: list[float], w
     same-seed twin whose narrow output layers stay masked, timed alternately."""
     rows, layouts = layout_twin_rows(algos, env_id, densities, width, rounds, chunk, learning_starts, seed,
                                      heads_stay_masked, auto.is_narrow_output_layer, ("masked heads", "compact heads"))
-    return [f"{', '.join(algos)} on {env_id}, seed {seed}: median CPU ms per gradient step of `train()` (batch 256) "
+    return [f"{', '.join(algos)} on {env_id}, seed {seed}: "
+            f"median {clock_words()} ms per gradient step of `train()` (batch 256) "
             f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
             f"sparse model (RigL on `auto`) as built, whose output layers (≤ {auto.NARROW_OUTPUT_MAX_OUT} outputs "
             f"from ≥ {auto.NARROW_OUTPUT_MIN_IN} inputs: the actor's and the critics' heads) `auto` lays out "

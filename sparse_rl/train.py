@@ -103,7 +103,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                              "or --set sparsity.update_interval=500 (repeatable)")
     parser.add_argument("--logdir", type=Path, default=Path("runs"), help="root of run directories (default: runs)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: two 2-thread runs on a 2-core machine run 3x slower)")
+                        help="torch threads, which the compact kernels use too (default 1: two 2-thread runs on a "
+                             "2-core machine run 3x slower)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
     parser.add_argument("--ledger", type=Path, metavar="DIR",
