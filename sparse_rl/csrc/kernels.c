@@ -72,9 +72,9 @@
  * (REDUCE8_*, the unused four of a 4-group held at zero) into one vector of eight sums, stored at once. A group
  * short of weights repeats the row's last weight in its spare slots; their sums land on the next row's slots, which
  * that row overwrites (only the last group of a call's row range stores its valid sums alone: the rows after it may
- * be another thread's), so no branch depends on a row's length modulo K. A row takes 8-groups while more than 4 weights are left and its last 1-4 weights take a
- * 4-group: at low densities most rows are short (about 5 weights at 256 inputs, d = 0.02), and a padded 8-group
- * alone would do 1.6 times the needed work there. */
+ * be another thread's), so no branch depends on a row's length modulo K. A row takes 8-groups while more than 4
+ * weights are left and its last 1-4 weights take a 4-group: at low densities most rows are short (about 5 weights at
+ * 256 inputs, d = 0.02), and a padded 8-group alone would do 1.6 times the needed work there. */
 #define DOT_GROUP(SUFFIX, K)                                                                                   \
     {                                                                                                          \
         const int n = end - j < K ? end - j : K;                                                               \
