@@ -335,7 +335,7 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
             f"steps per model, after {learning_starts} learning-starts steps; one gradient step per environment "
             "step, RigL topology updates every 1000 steps included. \"sparse layers\" is the share of the "
             "online weights whose layers `auto` runs on a sparse backend (compact where the kernels are built). "
-            f"SBX is the JAX SB3's dense agent of the same widths, on as many threads, in the same process.", "",
+            "SBX is the JAX SB3's dense agent of the same widths, on as many threads, in the same process.", "",
             "| algo | density | auto ms | masked ms | MlpPolicy ms | matched dense ms | SBX ms | speed-up vs MlpPolicy "
             "| auto ÷ matched | speed-up vs SBX | auto ÷ masked | sparse layers |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, *wide_table(width, wide_rows),
