@@ -477,8 +477,7 @@ def breakdown_tables(algos: list[str], env_id: str, densities: list[float], widt
     for algo in algos:
         models = build_models(algo, env_id, densities, width, common, backends=("auto",), matched=False, peer=False)
         for name, model in models.items():
-            model.learn(learning_starts + 1)
-            model.train(gradient_steps=10, batch_size=model.batch_size)  # warm-up: optimizer state, structures
+            warm_up(model, learning_starts)
             plain = train_seconds(model, chunk)
             total, spent = time_breakdown(model, chunk)
             rest = total - sum(spent.values())
@@ -508,6 +507,12 @@ def unfuse_relus(model) -> None:
                     setattr(sequence, name, nn.ReLU())
 
 
+def warm_up(model, learning_starts: int) -> None:
+    """Collect ``learning_starts`` steps and take 10 untimed gradient steps (optimizer state, kernel structures)."""
+    model.learn(learning_starts + 1)
+    model.train(gradient_steps=10, batch_size=model.batch_size)
+
+
 def train_ms(pair: dict, rounds: int, chunk: int, learning_starts: int,
              contexts: dict[str, Callable[[], ContextManager]] | None = None) -> dict[str, float]:
     """Median CPU ms per gradient step of ``train()`` (batch 256) of each model of ``pair``, timed alternately in
@@ -517,8 +522,7 @@ def train_ms(pair: dict, rounds: int, chunk: int, learning_starts: int,
     times: dict[str, list[float]] = {kind: [] for kind in pair}
     for kind, model in pair.items():
         with contexts.get(kind, nullcontext)():
-            model.learn(learning_starts + 1)
-            model.train(gradient_steps=10, batch_size=model.batch_size)
+            warm_up(model, learning_starts)
     for _ in range(rounds):
         for kind, model in pair.items():
             with contexts.get(kind, nullcontext)():

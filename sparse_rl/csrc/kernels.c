@@ -475,8 +475,9 @@ static void values_grad_rows(int threads, const int32_t *crow, const int32_t *co
 static int supported(int level) {
 #ifdef HAVE_X86
     __builtin_cpu_init();
-    if (strcmp(LEVELS[level].name, "avx512") == 0) return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
-    if (strcmp(LEVELS[level].name, "avx2") == 0) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const char *name = LEVELS[level].name;
+    if (strcmp(name, "avx512") == 0) return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+    if (strcmp(name, "avx2") == 0) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
     return 1;
 }
