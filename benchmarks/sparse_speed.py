@@ -842,7 +842,7 @@ def main() -> None:
                  "Median µs of one training step of a lone layer (forward, backward with the input gradient "
                  "(handed back, not added into the last step's), gradient mask, fused Adam as the policies build it "
                  "(LeanAdam), weight mask), "
-                 f"{args.repeats} steps per backend, the two backends timed alternately, random masks:", "",
+                 f"{args.repeats} steps per backend, the backends timed alternately, random masks:", "",
                  *layer_tables(shapes, args.batches or [256, 1], densities, args.repeats)]
     elif args.part == "traffic":
         shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
