@@ -103,9 +103,7 @@ class SparseLinear(nn.Linear):
         if name == "weight" or name == "mask":
             compact = self.__dict__.get("_compact")
             if compact is not None:
-                values = self._parameters["values"]
-                assert values is not None
-                return compact.dense(values.detach()) if name == "weight" else compact.mask()
+                return compact.dense(self.trainable_weight().detach()) if name == "weight" else compact.mask()
         return super().__getattr__(name)
 
     # -- the pattern, whatever the layout -----------------------------------------------------------------------
@@ -367,17 +365,18 @@ class LayoutGroup:
 
     def __init__(self, layers: list[SparseLinear]) -> None:
         self.layers = layers
-        self._sparse: list[SparseLinear] | None = None
+        self._sparse: tuple[bool, bool] | None = None  # (any layer, any body layer) computes with sparse kernels
 
     def invalidate(self) -> None:
-        """Forget the cached answer (a pattern or a backend changed)."""
+        """Forget the cached answers (a pattern or a backend changed)."""
         self._sparse = None
 
     def any_sparse(self, body: bool = False) -> bool:
         """Whether any layer of the group (with ``body``, any but its heads) computes with sparse kernels."""
         if self._sparse is None:
-            self._sparse = [layer for layer in self.layers if layer.strategy().sparse_kernels]
-        return any(not (body and is_narrow_output_layer(m.in_features, m.out_features)) for m in self._sparse)
+            sparse = [m for m in self.layers if m.strategy().sparse_kernels]
+            self._sparse = bool(sparse), any(not is_narrow_output_layer(m.in_features, m.out_features) for m in sparse)
+        return self._sparse[body]
 
 
 def set_backend(module: nn.Module, backend: str, optimizers: tuple[torch.optim.Optimizer, ...] = ()) -> int:
