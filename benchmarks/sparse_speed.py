@@ -515,7 +515,7 @@ def warm_up(model, learning_starts: int) -> None:
 
 def train_ms(pair: dict, rounds: int, chunk: int, learning_starts: int,
              contexts: dict[str, Callable[[], ContextManager]] | None = None) -> dict[str, float]:
-    """Median CPU ms per gradient step of ``train()`` (batch 256) of each model of ``pair``, timed alternately in
+    """Median ms per gradient step of ``train()`` (batch 256) of each model of ``pair``, timed alternately in
     ``rounds`` chunks of ``chunk`` steps after ``learning_starts`` collected steps and 10 untimed gradient steps;
     each model's steps run inside its ``contexts`` entry, if any."""
     contexts = contexts or {}
@@ -546,7 +546,7 @@ def twin_rows(algo: str, models: dict, twins: dict, kinds: tuple[str, str], widt
 
 def relu_fusion_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
                        learning_starts: int, seed: int) -> list[str]:
-    """CPU ms per gradient step of ``train()`` of each sparse model with its ReLUs fused (as built) and unfused (plain
+    """ms per gradient step of ``train()`` of each sparse model with its ReLUs fused (as built) and unfused (plain
     ``nn.ReLU`` modules put back in a twin built from the same seed), timed alternately."""
     common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
     rows = []
@@ -577,7 +577,7 @@ def critic_weight_grads_in_actor_loss() -> Iterator[None]:
 
 def actor_loss_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
                       learning_starts: int, seed: int) -> list[str]:
-    """CPU ms per gradient step of ``train()`` of each sparse model (and of the sparse policy at density 1.0) as
+    """ms per gradient step of ``train()`` of each sparse model (and of the sparse policy at density 1.0) as
     built (no critic weight gradients in the actor's loss) and of a same-seed twin that computes them, timed
     alternately."""
     common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
@@ -602,7 +602,7 @@ class TorchAdam(torch.optim.Adam):
 
 def optimizer_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
                      learning_starts: int, seed: int) -> list[str]:
-    """CPU ms per gradient step of ``train()`` of each sparse model (and of the sparse policy at density 1.0) on
+    """ms per gradient step of ``train()`` of each sparse model (and of the sparse policy at density 1.0) on
     ``LeanAdam``, as built, and of a same-seed twin on torch's fused Adam class, timed alternately."""
     from sparse_rl.sb3.contrib_policies import CROSSQ_ADAM_BETAS
 
@@ -630,7 +630,7 @@ def narrow_layers_on_the_hidden_rule() -> ContextManager:
 
 def input_layer_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
                        learning_starts: int, seed: int) -> list[str]:
-    """CPU ms per gradient step of ``train()`` of each sparse model as built (compact narrow input layers where
+    """ms per gradient step of ``train()`` of each sparse model as built (compact narrow input layers where
     ``auto`` picks them) and of a same-seed twin whose narrow input layers stay masked, timed alternately."""
     rows, layouts = layout_twin_rows(algos, env_id, densities, width, rounds, chunk, learning_starts, seed,
                                      narrow_layers_on_the_hidden_rule, masked.is_input_layer,
@@ -684,7 +684,7 @@ def heads_stay_masked() -> ContextManager:
 
 def output_layer_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
                         learning_starts: int, seed: int) -> list[str]:
-    """CPU ms per gradient step of ``train()`` of each sparse model as built (compact narrow output layers) and of a
+    """ms per gradient step of ``train()`` of each sparse model as built (compact narrow output layers) and of a
     same-seed twin whose narrow output layers stay masked, timed alternately."""
     rows, layouts = layout_twin_rows(algos, env_id, densities, width, rounds, chunk, learning_starts, seed,
                                      heads_stay_masked, auto.is_narrow_output_layer, ("masked heads", "compact heads"))
