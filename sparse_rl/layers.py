@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
 
 from sparse_rl.backends import Backend, check_backend, layout_for, resolve
-from sparse_rl.backends.auto import is_narrow_output_layer
 from sparse_rl.backends.compact import CompactStructure, relaid, relayout_map
 from sparse_rl.backends.csr import CsrStructure
-from sparse_rl.layer_state import apply_to_slots, convert_state, replace_parameter, to_layout, valid_positions
+from sparse_rl.layer_state import apply_to_slots, replace_parameter, to_layout, valid_positions
+
+if TYPE_CHECKING:
+    from sparse_rl.network_layout import LayoutGroup
 
 LinearT = TypeVar("LinearT", bound=nn.Linear)
 
@@ -40,7 +41,7 @@ class SparseLinear(nn.Linear):
     How the layer computes is its ``backend`` (:mod:`sparse_rl.backends`): ``masked`` (dense kernels), ``sparse``
     (MKL's CSR on the masked layout), ``compact`` (this package's kernels on the compact layout) or ``auto`` (the
     default), resolved from the layer's shape, density and device. Setting a backend of the other layout converts
-    the layer (:func:`set_backend` also moves optimizer state). Biases stay dense.
+    the layer (:func:`~sparse_rl.network_layout.set_backend` also moves optimizer state). Biases stay dense.
 
     ``dense_grad_needed`` (default ``True``, so a lone layer behaves like ``nn.Linear``) is set by the controller
     after each optimizer step: whether the *next* backward pass must produce the dense weight gradient that
@@ -239,7 +240,7 @@ class SparseLinear(nn.Linear):
     def set_backend(self, backend: str) -> tuple[nn.Parameter, nn.Parameter] | None:
         """Compute with ``backend`` (see the class docstring). When that needs the other layout, the layer is
         converted and ``(old parameter, new parameter)`` is returned, so that optimizers can follow
-        (:func:`set_backend` does it); else ``None``."""
+        (:func:`~sparse_rl.network_layout.set_backend` does it); else ``None``."""
         self.backend = check_backend(backend)
         if backend == "compact" and not self.compact_capable:
             raise ValueError("backend 'compact' needs a method with a fixed count per layer and targets that share "
@@ -358,42 +359,13 @@ class SparseLinear(nn.Linear):
         return f"{super().extra_repr()}, density={self.density:.3f}, backend={self.backend}"
 
 
-class LayoutGroup:
-    """The ``SparseLinear`` layers of one network, grouped by :func:`set_backend`. When any of them computes with
-    sparse kernels, the group's dense ``auto`` layers return feature-major activations too, so that no layer copies
-    its input into the sparse kernels' layout (:mod:`sparse_rl.backends.masked`)."""
-
-    def __init__(self, layers: list[SparseLinear]) -> None:
-        self.layers = layers
-        self._sparse: tuple[bool, bool] | None = None  # (any layer, any body layer) computes with sparse kernels
-
-    def invalidate(self) -> None:
-        """Forget the cached answers (a pattern or a backend changed)."""
-        self._sparse = None
-
-    def any_sparse(self, body: bool = False) -> bool:
-        """Whether any layer of the group (with ``body``, any but its heads) computes with sparse kernels."""
-        if self._sparse is None:
-            sparse = [m for m in self.layers if m.strategy().sparse_kernels]
-            self._sparse = bool(sparse), any(not is_narrow_output_layer(m.in_features, m.out_features) for m in sparse)
-        return self._sparse[body]
+def __getattr__(name: str) -> Any:
+    """``LayoutGroup`` and ``set_backend`` moved to :mod:`sparse_rl.network_layout`; their old names here keep
+    working (``sparse_rl.layers.set_backend`` was documented API)."""
+    if name in ("LayoutGroup", "set_backend"):
+        from sparse_rl import network_layout
+        return getattr(network_layout, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def set_backend(module: nn.Module, backend: str, optimizers: tuple[torch.optim.Optimizer, ...] = ()) -> int:
-    """Set the backend of every ``SparseLinear`` in ``module``, heads last (``auto`` lays them out by the others), and
-    group them as one network (:class:`LayoutGroup`). Layers that change layout get a new parameter; each optimizer
-    in ``optimizers`` is moved onto it, with its per-element state converted. Returns how many layers were set."""
-    check_backend(backend)
-    layers = [m for m in module.modules() if isinstance(m, SparseLinear)]
-    group = LayoutGroup(layers) if layers else None
-    for layer in layers:
-        layer._layout_group = group
-    for layer in sorted(layers, key=lambda layer: is_narrow_output_layer(layer.in_features, layer.out_features)):
-        swapped = layer.set_backend(backend)
-        if swapped is not None:
-            for optimizer in optimizers:
-                replace_parameter(optimizer, *swapped, partial(convert_state, layer))
-    return len(layers)
-
-
-__all__ = ["LayoutGroup", "SparseLinear", "copy_linear", "set_backend"]
+__all__ = ["SparseLinear", "copy_linear"]

@@ -20,9 +20,10 @@ from sparse_rl.backends import layout_for_shape
 from sparse_rl.backends.auto import is_narrow_output_layer
 from sparse_rl.deferred_init import DeferredInit, draw_like_linear_init
 from sparse_rl.distributions import layer_counts, layer_densities
-from sparse_rl.layers import SparseLinear, set_backend
+from sparse_rl.layers import SparseLinear
 from sparse_rl.masks import init_masks, positions_mask, random_positions, sparse_layers
 from sparse_rl.methods import KINDS
+from sparse_rl.network_layout import set_backend
 from sparse_rl.relu_fusion import fuse_relus
 from sparse_rl.sparsity import NetworkSparsity
 

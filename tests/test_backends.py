@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 from sparse_rl.backends.auto import AUTO_RULE, auto_backend
 from sparse_rl.backends.csr import CsrStructure
 from sparse_rl.backends.masked import SMALL_BATCH, is_feature_major
-from sparse_rl.layers import SparseLinear, set_backend
+from sparse_rl.layers import SparseLinear
 from sparse_rl.masks import random_mask
 from sparse_rl.methods import METHODS
+from sparse_rl.network_layout import set_backend
 
 TOL = dict(rtol=1e-4, atol=1e-5)
 
@@ -181,6 +182,17 @@ def test_auto_follows_the_mask_and_set_backend_sets_every_layer():
     with pytest.raises(ValueError, match="unknown backend"):
         set_backend(module, "csr")
 
+
+
+def test_the_old_import_path_of_set_backend_still_works():
+    """``sparse_rl.layers.set_backend`` was documented before ``network_layout`` held it; pickles name its class."""
+    import sparse_rl.layers as layers
+    import sparse_rl.network_layout as network_layout
+
+    assert layers.set_backend is network_layout.set_backend
+    assert layers.LayoutGroup is network_layout.LayoutGroup
+    with pytest.raises(AttributeError, match="no attribute 'set_backends'"):
+        layers.set_backends  # noqa: B018
 
 def policy_layers(model) -> dict[str, SparseLinear]:
     return {name: m for name, m in model.policy.named_modules() if isinstance(m, SparseLinear)}

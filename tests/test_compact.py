@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 import sparse_rl
 from sparse_rl.backends import kernels
 from sparse_rl.backends.compact import CompactStructure
-from sparse_rl.layers import SparseLinear, set_backend
+from sparse_rl.layers import SparseLinear
 from sparse_rl.masks import random_mask
+from sparse_rl.network_layout import set_backend
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOL = dict(rtol=1e-4, atol=1e-5)

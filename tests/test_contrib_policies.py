@@ -9,9 +9,10 @@ from sb3_contrib import TQC, CrossQ
 from sb3_contrib.common.torch_layers import BatchRenorm
 
 from sparse_rl import SparseCrossQPolicy, SparseTQCPolicy
-from sparse_rl.layers import SparseLinear, set_backend
+from sparse_rl.layers import SparseLinear
 from sparse_rl.masks import sparse_layers
 from sparse_rl.methods import KINDS, METHODS
+from sparse_rl.network_layout import set_backend
 
 ALGOS = {"tqc": (TQC, SparseTQCPolicy), "crossq": (CrossQ, SparseCrossQPolicy)}
 EXTRA = {"thresholds": {"threshold_alpha": 0.05}, "halo": {"prune_start": 50, "prune_end": 150},

@@ -11,8 +11,9 @@ from torch import nn
 from sparse_rl import SparseSACPolicy
 from sparse_rl.backends import kernels
 from sparse_rl.backends.auto import is_narrow_output_layer
-from sparse_rl.layers import SparseLinear, set_backend
+from sparse_rl.layers import SparseLinear
 from sparse_rl.masks import random_mask
+from sparse_rl.network_layout import set_backend
 from sparse_rl.neurons import hidden_layers
 from sparse_rl.relu_fusion import RECTIFIED, FusedReLUSequential, RectifiedReLU, fuse_relus, rectifies_now
 

@@ -33,8 +33,8 @@ from torch import nn
 from sparse_rl.controller import MaskController
 from sparse_rl.dormant import DormantMonitor
 from sparse_rl.layer_state import convert_state
-from sparse_rl.layers import set_backend
 from sparse_rl.masks import sparse_layers
+from sparse_rl.network_layout import set_backend
 from sparse_rl.optim import LEAN_OPTIMIZERS
 from sparse_rl.sb3.networks import SparseContinuousCritic, SparseSACActor, SparseTD3Actor, actor_outputs
 from sparse_rl.sparsity import SPARSITY_KEYS, SparsityConfig
