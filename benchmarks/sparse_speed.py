@@ -12,7 +12,9 @@ compact ÷ masked crosses 1, interpolated linearly in log-density.
 Times are the process's CPU time (``time.process_time``), not wall-clock time. With one torch thread
 the two are the same on an idle machine. On a shared one, CPU time leaves out the time other
 processes take from this one. With ``--threads`` above 1 the times are wall-clock (``time.perf_counter``): CPU time
-would add up every thread's, the ones waiting for work included.
+would add up every thread's, the ones waiting for work included. The process is pinned to ``--threads`` CPUs
+(:func:`pin_to_cores`) before it builds anything, so every thread it starts, SBX's XLA threads among them, runs on
+those cores: "one core" holds for each model, and CPU time is one core's.
 
 End to end (``--part e2e``): ms per environment step of SAC/TD3 (``--algos`` also takes sb3-contrib's ``tqc`` and
 ``crossq``, with their default networks; they get no wide network) on HalfCheetah-v4, with one gradient step per
@@ -335,7 +337,8 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
             f"steps per model, after {learning_starts} learning-starts steps; one gradient step per environment "
             "step, RigL topology updates every 1000 steps included. \"sparse layers\" is the share of the "
             "online weights whose layers `auto` runs on a sparse backend (compact where the kernels are built). "
-            "SBX is the JAX SB3's dense agent of the same widths, on as many threads, in the same process.", "",
+            "SBX is the JAX SB3's dense agent of the same widths, on as many threads, in the same process, "
+            "pinned to the same cores (all its threads on them).", "",
             "| algo | density | auto ms | masked ms | MlpPolicy ms | matched dense ms | SBX ms | speed-up vs MlpPolicy "
             "| auto ÷ matched | speed-up vs SBX | auto ÷ masked | sparse layers |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, *wide_table(width, wide_rows),
@@ -762,6 +765,19 @@ def write_section(path: Path, part: str, lines: list[str]) -> str:
     return text
 
 
+def pin_to_cores(count: int) -> str:
+    """Pin this process to the first ``count`` CPUs it may run on, before any model starts a thread, so that every
+    thread it starts later (torch's, the kernels', SBX's XLA threads) shares those cores; in words, for the header.
+
+    SBX computes on XLA's threads while Python's waits: unpinned on two cores, its CPU time per environment step
+    counted both cores' (7.9 ms against 6.5 ms pinned to one, SAC, quiet Intel Xeon), so "one core" is held here."""
+    if not hasattr(os, "sched_setaffinity"):
+        return "not pinned (no sched_setaffinity here)"
+    cores = sorted(os.sched_getaffinity(0))[:count]
+    os.sched_setaffinity(0, cores)
+    return f"pinned to CPU {', '.join(map(str, cores))}"
+
+
 def thread_count() -> str:
     """torch's intra-op threads, in words ("1 torch thread", "2 torch threads")."""
     threads = torch.get_num_threads()
@@ -826,15 +842,16 @@ def main() -> None:
     parser.add_argument("--update-interval", type=int, default=1000, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    pinned = pin_to_cores(args.threads)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     if args.memory_of:
         print(peak_rss_mb(args.memory_of, args.env, args.chunk, args.update_interval))
         return
 
     command = " ".join(["python", "benchmarks/sparse_speed.py", *sys.argv[1:]])
-    header = (f"Command: `{command}` ({thread_count()}, float32; machine: {cpu_model()}, {platform.machine()}, "
-              f"{os.cpu_count()} CPU cores, torch {torch.__version__}; code of {code_version()}). `auto`'s rule: "
-              f"{auto_rule_text()}.")
+    header = (f"Command: `{command}` ({thread_count()}, {pinned}, float32; machine: {cpu_model()}, "
+              f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; code of "
+              f"{code_version()}). `auto`'s rule: {auto_rule_text()}.")
     if args.part == "layers":
         shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
         densities = sorted(args.densities or [1.0, 0.5, 0.2, 0.1, 0.05], reverse=True)
