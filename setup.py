@@ -14,6 +14,8 @@ from setuptools.command.build_ext import build_ext
 from setuptools.errors import CCompilerError, CompileError, LinkError
 
 OPENMP = "-fopenmp"
+COMPILE_ARGS = ["-O3", "-std=gnu11", "-Wno-unknown-pragmas"]
+"""The kernels' compiler flags (tests/test_kernels_aarch64.py reads this list to cross-compile them the same way)."""
 
 
 class BuildWithOpenMP(build_ext):
@@ -40,5 +42,5 @@ class BuildWithOpenMP(build_ext):
 
 
 setup(ext_modules=[Extension("sparse_rl._kernels", ["sparse_rl/csrc/kernels.c"], optional=True,
-                             extra_compile_args=["-O3", "-std=gnu11", "-Wno-unknown-pragmas"])],
+                             extra_compile_args=list(COMPILE_ARGS))],
       cmdclass={"build_ext": BuildWithOpenMP})

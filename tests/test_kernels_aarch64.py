@@ -12,6 +12,7 @@ about it. Skipped where the dev extra (``ziglang``, ``unicorn``, ``pyelftools``)
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -35,12 +36,21 @@ FMLA_4S = (0xFFE0FC00, 0x4E20CC00)  # FMLA Vd.4S, Vn.4S, Vm.4S: (mask, bits)
 FMLA_4S_LANE = (0xFFC0F400, 0x4F801000)  # FMLA Vd.4S, Vn.4S, Vm.S[i]
 
 
+def setup_compile_args() -> list[str]:
+    """setup.py's ``COMPILE_ARGS``, read from its source (importing it would run ``setup()``)."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "COMPILE_ARGS" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    raise AssertionError("setup.py defines no COMPILE_ARGS list")
+
+
 def build(out: Path) -> Path:
     """The harness as a static aarch64 Linux executable (no C library: the harness brings memcpy and memset)."""
     env = {**os.environ, "ZIG_GLOBAL_CACHE_DIR": str(out / "zig"), "ZIG_LOCAL_CACHE_DIR": str(out / "zig")}
     zig = [sys.executable, "-m", "ziglang", "cc", "-target", "aarch64-linux-musl"]
     obj, exe = out / "harness.o", out / "harness"
-    for command in ([*zig, "-O3", "-std=gnu11", "-Wno-unknown-pragmas", "-ffunction-sections", "-fdata-sections",
+    for command in ([*zig, *setup_compile_args(), "-ffunction-sections", "-fdata-sections",
                      f"-I{ROOT / 'sparse_rl' / 'csrc'}", f"-I{sysconfig.get_paths()['include']}", "-c",
                      str(ROOT / "tests" / "aarch64" / "harness.c"), "-o", str(obj)],
                     [*zig, "-nostdlib", "-static", "-Wl,--gc-sections", "-Wl,-e,h_call", str(obj), "-o", str(exe)]):
