@@ -131,7 +131,8 @@ def measure_rule(shapes: tuple[tuple[int, int], ...] = SHAPES, densities: tuple[
                 print(f"{in_features}x{out_features} batch {batch} density {density:g}: masked "
                       f"{median['masked'] * 1e6:.0f} µs, sparse {median['sparse'] * 1e6:.0f} µs "
                       f"(ratio {ratios[density]:.2f}), compact {median['compact'] * 1e6:.0f} µs "
-                      f"(ratio {median['compact'] / median['masked']:.2f}); auto picks {compact}", flush=True)
+                      f"(ratio {median['compact'] / median['masked']:.2f}); auto picks {compact} for such a layer "
+                      "that is not a network's head (heads: docs/execution.md)", flush=True)
         rows.append((in_features * out_features, max_sparse_density(ratios, margin)))
     return tuple(sorted(rows, reverse=True)), measurements
 
