@@ -278,8 +278,9 @@ def clock_words() -> str:
     return "CPU" if torch.get_num_threads() == 1 else "wall-clock"
 
 
-def time_models(models: dict, rounds: int, chunk: int, learning_starts: int) -> dict[str, float]:
-    """Median seconds per environment step of each model over ``rounds`` alternating chunks."""
+def time_models(models: dict, rounds: int, chunk: int, learning_starts: int) -> dict[str, list[float]]:
+    """Seconds per environment step of each model in each of ``rounds`` alternating chunks (one list per model, in
+    round order, so that a round's entries were timed back to back)."""
     times: dict[str, list[float]] = {name: [] for name in models}
     for model in models.values():
         model.learn(learning_starts)
@@ -288,7 +289,54 @@ def time_models(models: dict, rounds: int, chunk: int, learning_starts: int) -> 
             start = clock()
             model.learn(chunk, reset_num_timesteps=False)
             times[name].append((clock() - start) / chunk)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """A distribution-free interval for the median of the distribution ``values`` were drawn from: their k-th smallest
+    and k-th largest, k the largest for which the two hold the median between them with probability ≥ ``level``
+    (order statistics: 1 − 2 P(Binomial(n, ½) < k)), or the smallest and largest where no k reaches ``level``.
+    Returns ``(low, high, coverage)``, the coverage being that probability (0 for a single value)."""
+    if not values:
+        raise ValueError("median_interval needs at least one value")
+    ordered, n = sorted(values), len(values)
+
+    def coverage(k: int) -> float:
+        return max(0.0, 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2 ** n)
+
+    k = 1
+    while k < n - k and coverage(k + 1) >= level:
+        k += 1
+    return ordered[k - 1], ordered[n - k], coverage(k)
+
+
+class RoundRatios:
+    """Ratios of the models' median times, each with the interval (:func:`median_interval`) of its per-round ratios,
+    the two models' chunks of one round having run back to back."""
+
+    def __init__(self, times: dict[str, list[float]]) -> None:
+        self.times = times
+        self.median = {name: statistics.median(values) for name, values in times.items()}
+
+    def __call__(self, numerator: str, denominator: str) -> str:
+        """``numerator``'s median ÷ ``denominator``'s, as ``"1.90 [1.84, 1.97]"`` ("nan" where one is missing)."""
+        if numerator not in self.times or denominator not in self.times:
+            return "nan"
+        low, high, _ = median_interval([a / b for a, b in zip(self.times[numerator], self.times[denominator])])
+        return f"{self.median[numerator] / self.median[denominator]:.2f} [{low:.2f}, {high:.2f}]"
+
+    def words(self) -> str:
+        """What the brackets are, for the tables' text."""
+        rounds = len(next(iter(self.times.values())))
+        k = median_interval(list(range(rounds)))[0] + 1
+        which = "smallest and largest" if k == 1 else f"{k}{_ordinal(k)} smallest and {k}{_ordinal(k)} largest"
+        return (f"Each ratio is of the two medians; in brackets the {which} of its {rounds} per-round ratios, a "
+                "distribution-free interval for their median "
+                f"({median_interval(list(range(rounds)))[2]:.0%} coverage)")
+
+
+def _ordinal(n: int) -> str:
+    return "th" if 10 < n % 100 < 14 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
 
 
 def sparse_share(model) -> str:
@@ -303,33 +351,31 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
                learning_starts: int, seed: int, methods: tuple[str, ...] = ("rigl",)) -> list[str]:
     common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
     rows, wide_rows, srigl_rows, fused_rows = [], [], [], []
+    words = ""
     for algo in algos:
         models = build_models(algo, env_id, densities, width, common, srigl="srigl" in methods)
-        per_step = time_models(models, rounds, chunk, learning_starts)
-        mlp, peer = per_step["mlp"], per_step.get("sbx", math.nan)
+        ratio = RoundRatios(time_models(models, rounds, chunk, learning_starts))
+        words, ms = ratio.words(), {name: f"{seconds * 1e3:.2f}" for name, seconds in ratio.median.items()}
         for density in densities:
-            auto, masked, matched = (per_step[f"{kind} {density}"] for kind in ("auto", "masked", "matched"))
-            rows.append(f"| {algo} | {density:g} | {auto * 1e3:.2f} | {masked * 1e3:.2f} | {mlp * 1e3:.2f} "
-                        f"| {matched * 1e3:.2f} | {peer * 1e3:.2f} | {mlp / auto:.2f} | {auto / matched:.2f} "
-                        f"| {peer / auto:.2f} | {auto / masked:.2f} | {sparse_share(models[f'auto {density}'])} |")
+            auto, masked, matched = (f"{kind} {density}" for kind in ("auto", "masked", "matched"))
+            rows.append(f"| {algo} | {density:g} | {ms[auto]} | {ms[masked]} | {ms['mlp']} | {ms[matched]} "
+                        f"| {ms.get('sbx', 'nan')} | {ratio('mlp', auto)} | {ratio(auto, matched)} "
+                        f"| {ratio('sbx', auto)} | {ratio(auto, masked)} | {sparse_share(models[auto])} |")
             print(rows[-1], flush=True)
-            if f"srigl {density}" in per_step:
-                srigl = per_step[f"srigl {density}"]
-                srigl_rows.append(f"| {algo} | {density:g} | {auto * 1e3:.2f} | {masked * 1e3:.2f} | {srigl * 1e3:.2f} "
-                                  f"| {srigl / auto:.2f} | {srigl / masked:.2f} "
-                                  f"| {sparse_share(models[f'srigl {density}'])} |")
+            srigl = f"srigl {density}"
+            if srigl in ms:
+                srigl_rows.append(f"| {algo} | {density:g} | {ms[auto]} | {ms[masked]} | {ms[srigl]} "
+                                  f"| {ratio(srigl, auto)} | {ratio(srigl, masked)} | {sparse_share(models[srigl])} |")
                 print(srigl_rows[-1], flush=True)
-        if "dense" in per_step:
-            dense = per_step["dense"]
-            fused_rows.append(f"| {algo} | {mlp * 1e3:.2f} | {dense * 1e3:.2f} | {mlp / dense:.2f} "
-                              + "".join(f"| {dense / per_step[f'auto {d}']:.2f} " for d in densities) + "|")
+        if "dense" in ms:
+            fused_rows.append(f"| {algo} | {ms['mlp']} | {ms['dense']} | {ratio('mlp', 'dense')} "
+                              + "".join(f"| {ratio('dense', f'auto {d}')} " for d in densities) + "|")
             print(fused_rows[-1], flush=True)
         wide = models.get("wide")
         if wide is None:
             continue
         wide_rows.append(f"| {algo} | {[w * width for w in NET_ARCH[algo]]} | {wide.policy.actor.sparsity.density:.3f} "
-                         f"| {per_step['wide'] * 1e3:.2f} | {mlp * 1e3:.2f} | {per_step['wide'] / mlp:.2f} "
-                         f"| {sparse_share(wide)} |")
+                         f"| {ms['wide']} | {ms['mlp']} | {ratio('wide', 'mlp')} | {sparse_share(wide)} |")
         print(wide_rows[-1], flush=True)
         del models
     return [f"{env_id}, seed {seed}: median {clock_words()} ms per environment step over {rounds} alternating "
@@ -338,7 +384,7 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
             "step, RigL topology updates every 1000 steps included. \"sparse layers\" is the share of the "
             "online weights whose layers `auto` runs on a sparse backend (compact where the kernels are built). "
             "SBX is the JAX SB3's dense agent of the same widths, on as many threads, in the same process, "
-            "pinned to the same cores (all its threads on them).", "",
+            f"pinned to the same cores (all its threads on them). {words}.", "",
             "| algo | density | auto ms | masked ms | MlpPolicy ms | matched dense ms | SBX ms | speed-up vs MlpPolicy "
             "| auto ÷ matched | speed-up vs SBX | auto ÷ masked | sparse layers |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, *wide_table(width, wide_rows),
