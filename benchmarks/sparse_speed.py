@@ -25,7 +25,9 @@ iso_params=True``, on ``auto``) and, with the ``bench`` extra installed, SBX's d
 threads as torch: ``--threads``, default 1).
 ``--methods rigl srigl`` adds SRigL at each density on ``auto`` (compact where the compiled kernels are built, as
 RigL), in its own table. All models first collect ``--learning-starts``
-steps and then train in alternating chunks.
+steps and then train in alternating chunks. Each ratio is of two medians and carries, in brackets, a distribution-free
+interval for the median of its per-round ratios (:func:`median_interval`; the two models' chunks of a round run back
+to back): with nine rounds the 2nd smallest and 2nd largest, 96 % coverage.
 
 Gathers (``--part traffic``): why a half-way fix does not pay. With values inside a dense tensor, one gather of the
 active values (``index_select`` at the CSR positions) against one dense pass over the weight (a zero-fill) and a
@@ -278,12 +280,18 @@ def clock_words() -> str:
     return "CPU" if torch.get_num_threads() == 1 else "wall-clock"
 
 
+E2E_WARMUP_STEPS = 20
+"""Untimed environment steps with training after the learning starts, before the first timed chunk: SBX compiles its
+training step in the first (in a five-round run whose warm-up had none, SBX's first round took up to 5× its median)."""
+
+
 def time_models(models: dict, rounds: int, chunk: int, learning_starts: int) -> dict[str, list[float]]:
     """Seconds per environment step of each model in each of ``rounds`` alternating chunks (one list per model, in
-    round order, so that a round's entries were timed back to back)."""
+    round order, so that a round's entries were timed back to back), after ``learning_starts`` steps and
+    :data:`E2E_WARMUP_STEPS` untimed training steps (optimizer state, kernel structures, SBX's JIT compilation)."""
     times: dict[str, list[float]] = {name: [] for name in models}
     for model in models.values():
-        model.learn(learning_starts)
+        model.learn(learning_starts + E2E_WARMUP_STEPS)
     for _ in range(rounds):
         for name, model in models.items():
             start = clock()
@@ -380,7 +388,8 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
         del models
     return [f"{env_id}, seed {seed}: median {clock_words()} ms per environment step over {rounds} alternating "
             f"chunks of {chunk} "
-            f"steps per model, after {learning_starts} learning-starts steps; one gradient step per environment "
+            f"steps per model, after {learning_starts} learning-starts steps and {E2E_WARMUP_STEPS} untimed training "
+            "steps; one gradient step per environment "
             "step, RigL topology updates every 1000 steps included. \"sparse layers\" is the share of the "
             "online weights whose layers `auto` runs on a sparse backend (compact where the kernels are built). "
             "SBX is the JAX SB3's dense agent of the same widths, on as many threads, in the same process, "
