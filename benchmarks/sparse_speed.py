@@ -326,21 +326,20 @@ class RoundRatios:
         self.times = times
         self.median = {name: statistics.median(values) for name, values in times.items()}
 
-    def __call__(self, numerator: str, denominator: str) -> str:
+    def __call__(self, numerator: str, denominator: str, digits: int = 2) -> str:
         """``numerator``'s median ÷ ``denominator``'s, as ``"1.90 [1.84, 1.97]"`` ("nan" where one is missing)."""
         if numerator not in self.times or denominator not in self.times:
             return "nan"
         low, high, _ = median_interval([a / b for a, b in zip(self.times[numerator], self.times[denominator])])
-        return f"{self.median[numerator] / self.median[denominator]:.2f} [{low:.2f}, {high:.2f}]"
+        return f"{self.median[numerator] / self.median[denominator]:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
-    def words(self) -> str:
-        """What the brackets are, for the tables' text."""
-        rounds = len(next(iter(self.times.values())))
-        k = median_interval(list(range(rounds)))[0] + 1
-        which = "smallest and largest" if k == 1 else f"{k}{_ordinal(k)} smallest and {k}{_ordinal(k)} largest"
-        return (f"Each ratio is of the two medians; in brackets the {which} of its {rounds} per-round ratios, a "
-                "distribution-free interval for their median "
-                f"({median_interval(list(range(rounds)))[2]:.0%} coverage)")
+
+def interval_words(rounds: int) -> str:
+    """What a ratio's brackets are (:class:`RoundRatios`) for ``rounds`` rounds, for the tables' text."""
+    k = median_interval(list(range(rounds)))[0] + 1
+    which = "smallest and largest" if k == 1 else f"{k}{_ordinal(k)} smallest and {k}{_ordinal(k)} largest"
+    return (f"Each ratio is of the two medians; in brackets the {which} of its {rounds} per-round ratios, a "
+            f"distribution-free interval for their median ({median_interval(list(range(rounds)))[2]:.0%} coverage)")
 
 
 def _ordinal(n: int) -> str:
@@ -359,11 +358,10 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
                learning_starts: int, seed: int, methods: tuple[str, ...] = ("rigl",)) -> list[str]:
     common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
     rows, wide_rows, srigl_rows, fused_rows = [], [], [], []
-    words = ""
     for algo in algos:
         models = build_models(algo, env_id, densities, width, common, srigl="srigl" in methods)
         ratio = RoundRatios(time_models(models, rounds, chunk, learning_starts))
-        words, ms = ratio.words(), {name: f"{seconds * 1e3:.2f}" for name, seconds in ratio.median.items()}
+        ms = {name: f"{seconds * 1e3:.2f}" for name, seconds in ratio.median.items()}
         for density in densities:
             auto, masked, matched = (f"{kind} {density}" for kind in ("auto", "masked", "matched"))
             rows.append(f"| {algo} | {density:g} | {ms[auto]} | {ms[masked]} | {ms['mlp']} | {ms[matched]} "
@@ -393,7 +391,7 @@ def e2e_tables(algos: list[str], env_id: str, densities: list[float], width: int
             "step, RigL topology updates every 1000 steps included. \"sparse layers\" is the share of the "
             "online weights whose layers `auto` runs on a sparse backend (compact where the kernels are built). "
             "SBX is the JAX SB3's dense agent of the same widths, on as many threads, in the same process, "
-            f"pinned to the same cores (all its threads on them). {words}.", "",
+            f"pinned to the same cores (all its threads on them). {interval_words(rounds)}.", "",
             "| algo | density | auto ms | masked ms | MlpPolicy ms | matched dense ms | SBX ms | speed-up vs MlpPolicy "
             "| auto ÷ matched | speed-up vs SBX | auto ÷ masked | sparse layers |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, *wide_table(width, wide_rows),
@@ -572,10 +570,10 @@ def warm_up(model, learning_starts: int) -> None:
 
 
 def train_ms(pair: dict, rounds: int, chunk: int, learning_starts: int,
-             contexts: dict[str, Callable[[], ContextManager]] | None = None) -> dict[str, float]:
-    """Median ms per gradient step of ``train()`` (batch 256) of each model of ``pair``, timed alternately in
-    ``rounds`` chunks of ``chunk`` steps after ``learning_starts`` collected steps and 10 untimed gradient steps;
-    each model's steps run inside its ``contexts`` entry, if any."""
+             contexts: dict[str, Callable[[], ContextManager]] | None = None) -> RoundRatios:
+    """ms per gradient step of ``train()`` (batch 256) of each model of ``pair`` in each of ``rounds`` alternating
+    chunks of ``chunk`` steps, after ``learning_starts`` collected steps and 10 untimed gradient steps (medians and
+    ratios through the returned :class:`RoundRatios`); each model's steps run inside its ``contexts`` entry, if any."""
     contexts = contexts or {}
     times: dict[str, list[float]] = {kind: [] for kind in pair}
     for kind, model in pair.items():
@@ -584,20 +582,20 @@ def train_ms(pair: dict, rounds: int, chunk: int, learning_starts: int,
     for _ in range(rounds):
         for kind, model in pair.items():
             with contexts.get(kind, nullcontext)():
-                times[kind].append(train_seconds(model, chunk))
-    return {kind: statistics.median(values) * 1e3 for kind, values in times.items()}
+                times[kind].append(train_seconds(model, chunk) * 1e3)
+    return RoundRatios(times)
 
 
 def twin_rows(algo: str, models: dict, twins: dict, kinds: tuple[str, str], width: int, rounds: int, chunk: int,
               learning_starts: int, contexts: dict[str, Callable[[], ContextManager]] | None = None) -> list[str]:
     """One table row per model: ``train_ms`` of it (the first of ``kinds``) and of its twin (the second), the
-    second's ms, the first's ms and their ratio."""
+    second's ms, the first's ms and their ratio (with its per-round interval, :class:`RoundRatios`)."""
     rows = []
     for name in models:
-        ms = train_ms({kinds[0]: models[name], kinds[1]: twins[name]}, rounds, chunk, learning_starts, contexts)
+        ratio = train_ms({kinds[0]: models[name], kinds[1]: twins[name]}, rounds, chunk, learning_starts, contexts)
         label = f"wide ×{width}" if name == "wide" else name
-        base, changed = ms[kinds[1]], ms[kinds[0]]
-        rows.append(f"| {algo} | {label} | {base:.2f} | {changed:.2f} | {base / changed:.3f} |")
+        base, changed = ratio.median[kinds[1]], ratio.median[kinds[0]]
+        rows.append(f"| {algo} | {label} | {base:.2f} | {changed:.2f} | {ratio(kinds[1], kinds[0], digits=3)} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -619,7 +617,8 @@ def relu_fusion_tables(algos: list[str], env_id: str, densities: list[float], wi
             f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
             "sparse model with its ReLUs fused into the compact layers before them (as built) and a twin with plain "
             "`nn.ReLU` modules put back:", "",
-            "| algo | model | unfused ms | fused ms | unfused ÷ fused |", "|---|---|---|---|---|", *rows]
+            "| algo | model | unfused ms | fused ms | unfused ÷ fused |", "|---|---|---|---|---|",
+            *rows, "", f"{interval_words(rounds)}."]
 
 
 @contextmanager
@@ -651,7 +650,8 @@ def actor_loss_tables(algos: list[str], env_id: str, densities: list[float], wid
             "sparse model (RigL on `auto`; `sparse 1.0` is the sparse policy at density 1, dense layers) as built, "
             "whose critic computes no weight gradients in the actor's loss (`sparse_rl.sb3.actor_loss`), and a "
             "same-seed twin that computes them, as SB3's critics do:", "",
-            "| algo | model | every gradient ms | frozen ms | every ÷ frozen |", "|---|---|---|---|---|", *rows]
+            "| algo | model | every gradient ms | frozen ms | every ÷ frozen |", "|---|---|---|---|---|",
+            *rows, "", f"{interval_words(rounds)}."]
 
 
 class TorchAdam(torch.optim.Adam):
@@ -678,7 +678,8 @@ def optimizer_tables(algos: list[str], env_id: str, densities: list[float], widt
             "sparse model (RigL on `auto`; `sparse 1.0` is the sparse policy at density 1, dense layers) on the "
             "optimizer the policies build, `sparse_rl.optim.LeanAdam`, and a same-seed twin on torch's fused Adam "
             "class (same floats):", "",
-            "| algo | model | torch Adam ms | LeanAdam ms | torch ÷ lean |", "|---|---|---|---|---|", *rows]
+            "| algo | model | torch Adam ms | LeanAdam ms | torch ÷ lean |", "|---|---|---|---|---|",
+            *rows, "", f"{interval_words(rounds)}."]
 
 
 def narrow_layers_on_the_hidden_rule() -> ContextManager:
@@ -703,7 +704,7 @@ def input_layer_tables(algos: list[str], env_id: str, densities: list[float], wi
             "round. The "
             "input layers as built (in×out at density: backend):", "", *layouts, "",
             "| algo | model | compact inputs ms | masked inputs ms | compact ÷ masked |", "|---|---|---|---|---|",
-            *rows]
+            *rows, "", f"{interval_words(rounds)}."]
 
 
 def layout_twin_rows(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
@@ -754,7 +755,7 @@ def output_layer_tables(algos: list[str], env_id: str, densities: list[float], w
             "compactly at any density, and a same-seed twin that keeps them masked; the twin runs first in each "
             "round. The output layers as built (in×out at density: backend):", "", *layouts, "",
             "| algo | model | compact heads ms | masked heads ms | compact ÷ masked |", "|---|---|---|---|---|",
-            *rows]
+            *rows, "", f"{interval_words(rounds)}."]
 
 
 BATCH_RENORM_SHAPES = ((512, 23, True, False), (512, 1024, True, False), (512, 1024, True, True),

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 try:
-    from sparse_speed import RoundRatios, median_interval
+    from sparse_speed import RoundRatios, interval_words, median_interval
 finally:
     sys.path.pop(0)
 
@@ -61,5 +61,7 @@ def test_a_cell_is_the_ratio_of_the_medians_with_the_per_round_interval():
     point = statistics.median(times["mlp"]) / statistics.median(times["auto"])
     assert ratio("mlp", "auto") == f"{point:.2f} [{per_round[1]:.2f}, {per_round[7]:.2f}]"
     assert ratio("sbx", "auto") == "nan"
-    assert "2nd smallest and 2nd largest of its 9 per-round ratios" in ratio.words()
-    assert "96% coverage" in ratio.words()
+    assert ratio("mlp", "auto", digits=3).startswith(f"{point:.3f} [")
+    assert "2nd smallest and 2nd largest of its 9 per-round ratios" in interval_words(9)
+    assert "96% coverage" in interval_words(9)
+    assert "the smallest and largest of its 5 per-round ratios" in interval_words(5)
