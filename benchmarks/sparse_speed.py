@@ -336,10 +336,11 @@ class RoundRatios:
 
 def interval_words(rounds: int) -> str:
     """What a ratio's brackets are (:class:`RoundRatios`) for ``rounds`` rounds, for the tables' text."""
-    k = median_interval(list(range(rounds)))[0] + 1
+    low, _, coverage = median_interval(list(range(rounds)))  # the ranks 0..rounds-1: low is k - 1
+    k = low + 1
     which = "smallest and largest" if k == 1 else f"{k}{_ordinal(k)} smallest and {k}{_ordinal(k)} largest"
     return (f"Each ratio is of the two medians; in brackets the {which} of its {rounds} per-round ratios, a "
-            f"distribution-free interval for their median ({median_interval(list(range(rounds)))[2]:.0%} coverage)")
+            f"distribution-free interval for their median ({coverage:.0%} coverage)")
 
 
 def _ordinal(n: int) -> str:
