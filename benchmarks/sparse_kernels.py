@@ -40,7 +40,7 @@ def kernel_tables(shapes: list[tuple[int, int]], densities: list[float], batches
         ops = {"dense": lambda: weight @ x, "mkl fwd": lambda: torch.sparse.mm(csr, x),
                "mkl in": lambda: torch.sparse.mm(csr_t, dy),
                "mkl w": lambda: torch.sparse.sampled_addmm(pattern, dy, x.t(), beta=0.0),
-               "fwd": lambda: kernels.forward(values, structure.crow, structure.col, x, None, in_features),
+               "fwd": lambda: kernels.layer_forward(values, structure, x, None),
                "in": lambda: kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, dy,
                                                 out_features),
                "w": lambda: kernels.values_grad(structure.crow, structure.col, dy, x)}

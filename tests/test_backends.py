@@ -330,3 +330,19 @@ def test_every_method_trains_on_the_sparse_backend_with_its_masks_exact(method, 
             assert layer.nnz <= counts[name] + layer.out_features / 2, name
         elif method not in ("halo", "gmp"):
             assert layer.nnz == counts[name], name
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.integers(0, 5), cols=st.integers(0, 5), layout=st.sampled_from(["row", "feature", "strided", "3d"]))
+def test_feature_major_is_read_from_the_strides_as_the_transposed_views_contiguity(rows, cols, layout):
+    """``is_feature_major`` reads the strides; its meaning is the transposed view's contiguity (and not row-major)."""
+    if layout == "row":
+        x = torch.zeros(rows, cols)
+    elif layout == "feature":
+        x = torch.zeros(cols, rows).t()
+    elif layout == "strided":
+        x = torch.zeros(rows, 2 * cols)[:, ::2]
+    else:
+        x = torch.zeros(rows, cols, 2)
+    expected = x.dim() == 2 and not x.is_contiguous() and x.t().is_contiguous()
+    assert is_feature_major(x) == expected

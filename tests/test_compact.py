@@ -2,6 +2,7 @@
 
 import copy
 import itertools
+import pickle
 import subprocess
 import sys
 import types
@@ -103,7 +104,7 @@ def test_kernels_at_the_edges_of_their_blocks(simd, in_features, counts, batch, 
     values = weight.flatten()[structure.positions].contiguous()
     x_t, dy_t = (torch.randn(n, batch, generator=generator) for n in (in_features, out_features))
     bias = torch.randn(out_features, generator=generator)
-    torch.testing.assert_close(kernels.forward(values, structure.crow, structure.col, x_t, bias, in_features),
+    torch.testing.assert_close(kernels.layer_forward(values, structure, x_t, bias),
                                weight @ x_t + bias.unsqueeze(1), **SUM_TOL)
     torch.testing.assert_close(kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, dy_t,
                                                   out_features), weight.t() @ dy_t, **SUM_TOL)
@@ -187,6 +188,21 @@ def test_the_compact_layout_holds_no_dense_tensor():
     assert list(state) == ["values", "bias", "positions"] and all(v.is_floating_point() for v in state.values())
     assert sum(v.numel() for v in state.values()) == 2 * 5000 + 512
     assert compact.nnz == 5000 and compact.layout == "compact"
+
+
+def test_a_copied_or_unpickled_layer_computes_on_its_own_index_tensors():
+    """The kernels take the index tensors' addresses, read once per structure: a deep copy or a pickled and loaded
+    layer must read its own, or it would compute from (or crash on) the original's memory once that is freed."""
+    masked, compact = layer_pair(40, 30, 300, seed=3)
+    x, upstream = torch.randn(16, 40), torch.randn(16, 30)
+    expected = run(compact, x, upstream)
+    for copied in (copy.deepcopy(compact), pickle.loads(pickle.dumps(compact))):
+        structure = copied.compact_structure()
+        assert structure.pointers == tuple(tensor.data_ptr() for tensor in (
+            structure.crow, structure.col, structure.perm_t, structure.crow_t, structure.col_t))
+        assert not set(structure.pointers) & set(compact.compact_structure().pointers)
+        for got, want in zip(run(copied, x, upstream), expected):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_layouts_convert_both_ways_and_state_dicts_load_across_layouts():
@@ -476,7 +492,7 @@ def test_the_kernels_compute_the_same_bits_on_any_number_of_threads(counts, batc
         before = torch.get_num_threads()
         torch.set_num_threads(num_threads)
         try:
-            y_t = kernels.forward(values, structure.crow, structure.col, x_t, bias, in_features, relu)
+            y_t = kernels.layer_forward(values, structure, x_t, bias, relu)
             grads = kernels.layer_backward(values, structure, dy_t, x_t, y_t if relu else None, (True, True, True))
         finally:
             torch.set_num_threads(before)

@@ -98,6 +98,23 @@ class CompactStructure:
         """The values of a dense ``(out, in)`` tensor at the active positions, in this structure's order."""
         return dense.flatten()[self.positions].clone()
 
+    @property
+    def pointers(self) -> tuple[int, int, int, int, int]:
+        """The addresses of ``crow``, ``col``, ``perm_t``, ``crow_t`` and ``col_t``, which the compiled kernels take
+        on every call: read once per structure (the index tensors are never changed in place; a copy or a pickled
+        and loaded structure has tensors of its own and reads them anew, see :meth:`__getstate__`)."""
+        pointers = self.__dict__.get("_pointers")
+        if pointers is None:
+            pointers = tuple(tensor.data_ptr() for tensor in (self.crow, self.col, self.perm_t, self.crow_t,
+                                                               self.col_t))
+            object.__setattr__(self, "_pointers", pointers)
+        return pointers
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_pointers", None)  # the addresses of these tensors, not of a copy's
+        return state
+
     def to(self, device: torch.device) -> CompactStructure:
         """This structure on ``device``."""
         moved = {name: getattr(self, name).to(device) for name in ("positions", "crow", "col", "crow_t", "col_t",
@@ -130,17 +147,17 @@ def relaid(tensor: torch.Tensor, source: torch.Tensor, keep: torch.Tensor) -> to
 
 
 class _CompactLinearFunction(torch.autograd.Function):
-    """``y = x Wᵀ + b`` from the active values of ``W`` (see the module docstring)."""
+    """``y = x Wᵀ + b`` from the active values of ``W`` (see the module docstring); ``x`` is feature-major where
+    ``feature_major`` says so, and the output is rectified in the kernel where ``relu`` does."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,
-                structure: CompactStructure, layer: SparseLinear) -> torch.Tensor:
-        ctx.input_feature_major = feature_major = is_feature_major(x)
+                structure: CompactStructure, layer: SparseLinear, feature_major: bool, relu: bool) -> torch.Tensor:
         x_t = x.t() if feature_major else x.t().contiguous()  # (in, batch): copied unless the input is feature-major
-        relu = rectifies_now(layer)
-        y_t = kernels.forward(values, structure.crow, structure.col, x_t, bias, structure.shape[1], relu)
+        y_t = kernels.layer_forward(values, structure, x_t, bias, relu)
         ctx.save_for_backward(x_t, values, y_t if relu else None)
         ctx.structure, ctx.layer, ctx.has_bias = structure, layer, bias is not None
+        ctx.input_feature_major = feature_major
         return y_t.t()
 
     @staticmethod
@@ -148,8 +165,8 @@ class _CompactLinearFunction(torch.autograd.Function):
         x_t, values, rectified_t = ctx.saved_tensors
         structure: CompactStructure = ctx.structure
         dy_t = grad_output.t().contiguous()  # (out, batch); a no-op for feature-major gradients
-        wants_input, wants_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        wants_bias = ctx.has_bias and ctx.needs_input_grad[2]
+        wants_input, wants_values, wants_bias = ctx.needs_input_grad[:3]
+        wants_bias = wants_bias and ctx.has_bias
         if not (wants_values and ctx.layer.dense_grad_needed):  # the kernels, from one pass over dyᵀ
             grad_x_t, grad_values, grad_bias = kernels.layer_backward(values, structure, dy_t, x_t, rectified_t,
                                                                       (wants_input, wants_values, wants_bias))
@@ -165,7 +182,7 @@ class _CompactLinearFunction(torch.autograd.Function):
         grad_x = None if grad_x_t is None else grad_x_t.t()
         if grad_x is not None and not ctx.input_feature_major:  # the input's own layout, so that element-wise ops
             grad_x = grad_x.contiguous()                        # never mix layouts
-        return grad_x, grad_values, grad_bias, None, None
+        return grad_x, grad_values, grad_bias, None, None, None, None
 
 
 def forward(layer: SparseLinear, x: torch.Tensor) -> torch.Tensor:
@@ -175,11 +192,12 @@ def forward(layer: SparseLinear, x: torch.Tensor) -> torch.Tensor:
     values, bias, structure = parameters["values"], parameters["bias"], layer._compact
     assert values is not None and structure is not None
     rectify = rectifies_now(layer)
+    feature_major = is_feature_major(x2)
     if torch.is_grad_enabled() and (x2.requires_grad or values.requires_grad):
-        y = _CompactLinearFunction.apply(x2, values, bias, structure, layer)
+        y = _CompactLinearFunction.apply(x2, values, bias, structure, layer, feature_major, rectify)
     else:  # no graph to record (target networks, predict): the kernel alone
-        y = kernels.forward(values.detach(), structure.crow, structure.col, x2.t().contiguous(),
-                            None if bias is None else bias.detach(), structure.shape[1], rectify).t()
+        y = kernels.layer_forward(values, structure, x2.t() if feature_major else x2.t().contiguous(), bias,
+                                  rectify).t()
     if x.dim() != 2:
         y = y.reshape(*x.shape[:-1], layer.out_features)
     return mark_rectified(y) if rectify else y

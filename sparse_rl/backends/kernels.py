@@ -91,10 +91,13 @@ def _warn_fallback() -> None:
                       "backend='compact' runs on torch's CSR kernels", stacklevel=3)
 
 
+_FLOAT32 = torch.float32
+
+
 def _check(first: torch.Tensor, second: torch.Tensor) -> bool:
     """Whether the compiled kernels can run on these tensors (CPU float32, contiguous; the index tensors are built
     by :class:`~sparse_rl.backends.compact.CompactStructure` on the same device)."""
-    return (_EXTENSION is not None and first.dtype == torch.float32 and second.dtype == torch.float32
+    return (_EXTENSION is not None and first.dtype is _FLOAT32 and second.dtype is _FLOAT32
             and first.is_cpu and second.is_cpu and first.is_contiguous() and second.is_contiguous())
 
 
@@ -104,19 +107,24 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tup
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
-def forward(values: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, x_t: torch.Tensor,
-            bias: torch.Tensor | None, cols: int, relu: bool = False) -> torch.Tensor:
-    """``W xᵀ + b`` as ``(rows, batch)``, for ``W`` in CSR and ``x_t = xᵀ`` contiguous ``(cols, batch)``; with
-    ``relu``, rectified as ``torch.relu`` does (in the same pass: each output row while it is in cache)."""
-    rows, batch = crow.numel() - 1, x_t.shape[1]
-    if _check(values, x_t) and (bias is None or bias.is_contiguous()):
+def layer_forward(values: torch.Tensor, structure: CompactStructure, x_t: torch.Tensor, bias: torch.Tensor | None,
+                  relu: bool = False) -> torch.Tensor:
+    """``W xᵀ + b`` as ``(rows, batch)``, for ``W``'s active ``values`` in ``structure`` and ``x_t = xᵀ`` contiguous
+    ``(cols, batch)``; with ``relu``, rectified as ``torch.relu`` does (in the same pass: each output row while it is
+    in cache). A training step calls this some twenty times, so the checks are inline and the index addresses read
+    once per structure (:attr:`~sparse_rl.backends.compact.CompactStructure.pointers`)."""
+    rows = structure.shape[0]
+    if (_EXTENSION is not None and values.dtype is _FLOAT32 and x_t.dtype is _FLOAT32 and values.is_cpu
+            and x_t.is_cpu and values.is_contiguous() and x_t.is_contiguous()
+            and (bias is None or bias.is_contiguous())):  # _check's test, inline
+        batch, pointers = x_t.shape[1], structure.pointers
         y_t = x_t.new_empty(rows, batch)
-        _EXTENSION.forward(values.data_ptr(), crow.data_ptr(), col.data_ptr(),  # type: ignore[union-attr]
-                           x_t.data_ptr(), 0 if bias is None else bias.data_ptr(), y_t.data_ptr(), rows, batch,
-                           relu, torch.get_num_threads())
+        _EXTENSION.forward(values.data_ptr(), pointers[0], pointers[1], x_t.data_ptr(),
+                           0 if bias is None else bias.data_ptr(), y_t.data_ptr(), rows, batch, relu,
+                           torch.get_num_threads())
         return y_t
     _warn_fallback()
-    w = _csr(crow, col, values, (rows, cols))
+    w = _csr(structure.crow, structure.col, values, structure.shape)
     y_t = torch.sparse.mm(w, x_t) if bias is None else torch.addmm(bias.unsqueeze(1), w, x_t)
     return y_t.relu_() if relu else y_t
 
@@ -127,7 +135,8 @@ def input_grad(values: torch.Tensor, perm_t: torch.Tensor, crow_t: torch.Tensor,
     cols = crow_t.numel() - 1
     if _check(values, dy_t):
         dx_t = dy_t.new_empty(cols, dy_t.shape[1])
-        _backward(dy_t, dx=dx_t, values=values, transposed=(perm_t, crow_t, col_t), rows=rows)
+        _backward(dy_t, rows, cols, dx=dx_t, values=values,
+                  transposed=(perm_t.data_ptr(), crow_t.data_ptr(), col_t.data_ptr()))
         return dx_t
     _warn_fallback()
     return torch.sparse.mm(_csr(crow_t, col_t, values[perm_t.long()], (cols, rows)), dy_t)
@@ -138,7 +147,7 @@ def values_grad(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, x_t: 
     rows, cols = crow.numel() - 1, x_t.shape[0]
     if _check(dy_t, x_t):
         grad = dy_t.new_empty(col.numel())
-        _backward(dy_t, x_t=x_t, structure=(crow, col), grad_values=grad, rows=rows)
+        _backward(dy_t, rows, cols, x_t=x_t, structure=(crow.data_ptr(), col.data_ptr()), grad_values=grad)
         return grad
     _warn_fallback()
     pattern = _csr(crow, col, dy_t.new_zeros(col.numel()), (rows, cols))
@@ -154,14 +163,20 @@ def layer_backward(values: torch.Tensor, structure: CompactStructure, dy_t: torc
     bias' gradients, the masked gradient held in a reused buffer for the input gradient."""
     wants_input, wants_values, wants_bias = wants
     rows, cols = structure.shape
-    if _check(dy_t, x_t) and _check(values, dy_t) and (
-            rectified_t is None or (rectified_t.is_contiguous() and rectified_t.dtype == torch.float32)):
-        grad_x = dy_t.new_empty(cols, dy_t.shape[1]) if wants_input else None
-        grad_values = dy_t.new_empty(structure.nnz) if wants_values else None
+    if (_EXTENSION is not None and dy_t.dtype is _FLOAT32 and x_t.dtype is _FLOAT32 and values.dtype is _FLOAT32
+            and dy_t.is_cpu and x_t.is_cpu and values.is_cpu and dy_t.is_contiguous() and x_t.is_contiguous()
+            and values.is_contiguous()
+            and (rectified_t is None or (rectified_t.is_contiguous() and rectified_t.dtype is _FLOAT32))):
+        batch, nnz = dy_t.shape[1], values.shape[0]
+        grad_x = dy_t.new_empty(cols, batch) if wants_input else None
+        grad_values = dy_t.new_empty(nnz) if wants_values else None
         grad_bias = dy_t.new_empty(rows) if wants_bias else None
-        _backward(dy_t, x_t=x_t, rectified_t=rectified_t, structure=(structure.crow, structure.col),
-                  grad_values=grad_values, grad_bias=grad_bias, dx=grad_x, values=values,
-                  transposed=(structure.perm_t, structure.crow_t, structure.col_t), rows=rows)
+        crow, col, perm_t, crow_t, col_t = structure.pointers
+        _EXTENSION.backward(crow, col, dy_t.data_ptr(), 0 if rectified_t is None else rectified_t.data_ptr(),
+                            x_t.data_ptr(), 0 if grad_values is None else grad_values.data_ptr(),
+                            0 if grad_bias is None else grad_bias.data_ptr(), values.data_ptr(), perm_t, crow_t, col_t,
+                            0 if grad_x is None else grad_x.data_ptr(), rows, cols, nnz, batch,
+                            torch.get_num_threads())
         return grad_x, grad_values, grad_bias
     masked = dy_t if rectified_t is None else torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
     return (input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, masked, rows)
@@ -170,23 +185,22 @@ def layer_backward(values: torch.Tensor, structure: CompactStructure, dy_t: torc
             masked.sum(1) if wants_bias else None)
 
 
-def _backward(dy_t: torch.Tensor, *, rows: int, x_t: torch.Tensor | None = None,
-              rectified_t: torch.Tensor | None = None, structure: tuple[torch.Tensor, torch.Tensor] | None = None,
+def _ptr(tensor: torch.Tensor | None) -> int:
+    """``tensor``'s address, 0 (a null pointer: not computed, not read) for ``None``."""
+    return 0 if tensor is None else tensor.data_ptr()
+
+
+def _backward(dy_t: torch.Tensor, rows: int, cols: int, *, x_t: torch.Tensor | None = None,
+              rectified_t: torch.Tensor | None = None, structure: tuple[int, int] = (0, 0),
               grad_values: torch.Tensor | None = None, grad_bias: torch.Tensor | None = None,
               dx: torch.Tensor | None = None, values: torch.Tensor | None = None,
-              transposed: tuple[torch.Tensor, ...] | None = None) -> None:
-    """The compiled backward kernel (``kernels.c``'s ``py_backward``): what is ``None`` is passed as a null pointer
-    (and not computed)."""
-    def ptr(tensor: torch.Tensor | None) -> int:
-        return 0 if tensor is None else tensor.data_ptr()
-
-    crow, col = structure if structure is not None else (None, None)
-    perm_t, crow_t, col_t = transposed if transposed is not None else (None, None, None)
-    cols = 0 if crow_t is None else crow_t.numel() - 1
-    nnz = 0 if values is None else values.numel()
-    _EXTENSION.backward(ptr(crow), ptr(col), dy_t.data_ptr(), ptr(rectified_t), ptr(x_t),  # type: ignore[union-attr]
-                        ptr(grad_values), ptr(grad_bias), ptr(values), ptr(perm_t), ptr(crow_t), ptr(col_t), ptr(dx),
-                        rows, cols, nnz, dy_t.shape[1], torch.get_num_threads())
+              transposed: tuple[int, ...] = (0, 0, 0)) -> None:
+    """The compiled backward kernel (``kernels.c``'s ``py_backward``) on ``W``'s CSR ``structure`` and ``Wᵀ``'s
+    ``transposed`` one (``perm_t``, ``crow_t``, ``col_t``), given as addresses; what is ``None`` (or 0) is passed as a
+    null pointer (and not computed)."""
+    _EXTENSION.backward(*structure, dy_t.data_ptr(), _ptr(rectified_t), _ptr(x_t),  # type: ignore[union-attr]
+                        _ptr(grad_values), _ptr(grad_bias), _ptr(values), *transposed, _ptr(dx),
+                        rows, cols, 0 if values is None else values.numel(), dy_t.shape[1], torch.get_num_threads())
 
 
 def _like(grad: torch.Tensor, feature_major: bool) -> torch.Tensor:

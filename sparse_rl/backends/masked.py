@@ -47,8 +47,13 @@ def is_input_layer(in_features: int, out_features: int) -> bool:
 
 
 def is_feature_major(x: torch.Tensor) -> bool:
-    """Whether a 2-d ``x`` is stored transposed (``x.t()`` contiguous) and not also row-major."""
-    return x.dim() == 2 and not x.is_contiguous() and x.t().is_contiguous()
+    """Whether a 2-d ``x`` is stored transposed (``x.t()`` contiguous) and not also row-major. Read from the strides
+    (a ``(rows, cols)`` tensor with both sizes above 1 and strides ``(1, rows)``; with a size of 0 or 1 the two layouts
+    coincide), not by building the transposed view: every sparse layer asks this on every call."""
+    if x.dim() != 2:
+        return False
+    rows, cols = x.shape
+    return rows > 1 and cols > 1 and x.stride() == (1, rows)
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
