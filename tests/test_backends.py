@@ -183,7 +183,6 @@ def test_auto_follows_the_mask_and_set_backend_sets_every_layer():
         set_backend(module, "csr")
 
 
-
 def test_the_old_import_path_of_set_backend_still_works():
     """``sparse_rl.layers.set_backend`` was documented before ``network_layout`` held it; pickles name its class."""
     import sparse_rl.layers as layers
@@ -193,6 +192,7 @@ def test_the_old_import_path_of_set_backend_still_works():
     assert layers.LayoutGroup is network_layout.LayoutGroup
     with pytest.raises(AttributeError, match="no attribute 'set_backends'"):
         layers.set_backends  # noqa: B018
+
 
 def policy_layers(model) -> dict[str, SparseLinear]:
     return {name: m for name, m in model.policy.named_modules() if isinstance(m, SparseLinear)}

@@ -147,13 +147,13 @@ def relaid(tensor: torch.Tensor, source: torch.Tensor, keep: torch.Tensor) -> to
 
 
 class _CompactLinearFunction(torch.autograd.Function):
-    """``y = x Wᵀ + b`` from the active values of ``W`` (see the module docstring); ``x`` is feature-major where
-    ``feature_major`` says so, and the output is rectified in the kernel where ``relu`` does."""
+    """``y = x Wᵀ + b`` from the active values of ``W`` (see the module docstring); the input gradient takes ``x``'s
+    layout (``feature_major``), and the output is rectified in the kernel where ``relu`` says so."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,
                 structure: CompactStructure, layer: SparseLinear, feature_major: bool, relu: bool) -> torch.Tensor:
-        x_t = x.t() if feature_major else x.t().contiguous()  # (in, batch): copied unless the input is feature-major
+        x_t = x.t().contiguous()  # (in, batch): copied unless the input is feature-major
         y_t = kernels.layer_forward(values, structure, x_t, bias, relu)
         ctx.save_for_backward(x_t, values, y_t if relu else None)
         ctx.structure, ctx.layer, ctx.has_bias = structure, layer, bias is not None
@@ -192,12 +192,10 @@ def forward(layer: SparseLinear, x: torch.Tensor) -> torch.Tensor:
     values, bias, structure = parameters["values"], parameters["bias"], layer._compact
     assert values is not None and structure is not None
     rectify = rectifies_now(layer)
-    feature_major = is_feature_major(x2)
     if torch.is_grad_enabled() and (x2.requires_grad or values.requires_grad):
-        y = _CompactLinearFunction.apply(x2, values, bias, structure, layer, feature_major, rectify)
+        y = _CompactLinearFunction.apply(x2, values, bias, structure, layer, is_feature_major(x2), rectify)
     else:  # no graph to record (target networks, predict): the kernel alone
-        y = kernels.layer_forward(values, structure, x2.t() if feature_major else x2.t().contiguous(), bias,
-                                  rectify).t()
+        y = kernels.layer_forward(values, structure, x2.t().contiguous(), bias, rectify).t()
     if x.dim() != 2:
         y = y.reshape(*x.shape[:-1], layer.out_features)
     return mark_rectified(y) if rectify else y

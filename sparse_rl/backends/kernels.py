@@ -94,11 +94,15 @@ def _warn_fallback() -> None:
 _FLOAT32 = torch.float32
 
 
-def _check(first: torch.Tensor, second: torch.Tensor) -> bool:
+def _check(*tensors: torch.Tensor) -> bool:
     """Whether the compiled kernels can run on these tensors (CPU float32, contiguous; the index tensors are built
     by :class:`~sparse_rl.backends.compact.CompactStructure` on the same device)."""
-    return (_EXTENSION is not None and first.dtype is _FLOAT32 and second.dtype is _FLOAT32
-            and first.is_cpu and second.is_cpu and first.is_contiguous() and second.is_contiguous())
+    if _EXTENSION is None:
+        return False
+    for tensor in tensors:
+        if tensor.dtype is not _FLOAT32 or not tensor.is_cpu or not tensor.is_contiguous():
+            return False
+    return True
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -111,15 +115,13 @@ def layer_forward(values: torch.Tensor, structure: CompactStructure, x_t: torch.
                   relu: bool = False) -> torch.Tensor:
     """``W xᵀ + b`` as ``(rows, batch)``, for ``W``'s active ``values`` in ``structure`` and ``x_t = xᵀ`` contiguous
     ``(cols, batch)``; with ``relu``, rectified as ``torch.relu`` does (in the same pass: each output row while it is
-    in cache). A training step calls this some twenty times, so the checks are inline and the index addresses read
-    once per structure (:attr:`~sparse_rl.backends.compact.CompactStructure.pointers`)."""
+    in cache). A training step calls this some twenty times, so the index addresses are read once per structure
+    (:attr:`~sparse_rl.backends.compact.CompactStructure.pointers`)."""
     rows = structure.shape[0]
-    if (_EXTENSION is not None and values.dtype is _FLOAT32 and x_t.dtype is _FLOAT32 and values.is_cpu
-            and x_t.is_cpu and values.is_contiguous() and x_t.is_contiguous()
-            and (bias is None or bias.is_contiguous())):  # _check's test, inline
+    if _check(values, x_t) and (bias is None or bias.is_contiguous()):
         batch, pointers = x_t.shape[1], structure.pointers
         y_t = x_t.new_empty(rows, batch)
-        _EXTENSION.forward(values.data_ptr(), pointers[0], pointers[1], x_t.data_ptr(),
+        _EXTENSION.forward(values.data_ptr(), pointers[0], pointers[1], x_t.data_ptr(),  # type: ignore[union-attr]
                            0 if bias is None else bias.data_ptr(), y_t.data_ptr(), rows, batch, relu,
                            torch.get_num_threads())
         return y_t
@@ -163,20 +165,14 @@ def layer_backward(values: torch.Tensor, structure: CompactStructure, dy_t: torc
     bias' gradients, the masked gradient held in a reused buffer for the input gradient."""
     wants_input, wants_values, wants_bias = wants
     rows, cols = structure.shape
-    if (_EXTENSION is not None and dy_t.dtype is _FLOAT32 and x_t.dtype is _FLOAT32 and values.dtype is _FLOAT32
-            and dy_t.is_cpu and x_t.is_cpu and values.is_cpu and dy_t.is_contiguous() and x_t.is_contiguous()
-            and values.is_contiguous()
-            and (rectified_t is None or (rectified_t.is_contiguous() and rectified_t.dtype is _FLOAT32))):
-        batch, nnz = dy_t.shape[1], values.shape[0]
+    if _check(dy_t, x_t, values) and (rectified_t is None or _check(rectified_t)):
+        batch = dy_t.shape[1]
         grad_x = dy_t.new_empty(cols, batch) if wants_input else None
-        grad_values = dy_t.new_empty(nnz) if wants_values else None
+        grad_values = dy_t.new_empty(values.shape[0]) if wants_values else None
         grad_bias = dy_t.new_empty(rows) if wants_bias else None
-        crow, col, perm_t, crow_t, col_t = structure.pointers
-        _EXTENSION.backward(crow, col, dy_t.data_ptr(), 0 if rectified_t is None else rectified_t.data_ptr(),
-                            x_t.data_ptr(), 0 if grad_values is None else grad_values.data_ptr(),
-                            0 if grad_bias is None else grad_bias.data_ptr(), values.data_ptr(), perm_t, crow_t, col_t,
-                            0 if grad_x is None else grad_x.data_ptr(), rows, cols, nnz, batch,
-                            torch.get_num_threads())
+        pointers = structure.pointers
+        _backward(dy_t, rows, cols, x_t=x_t, rectified_t=rectified_t, structure=pointers[:2],
+                  grad_values=grad_values, grad_bias=grad_bias, dx=grad_x, values=values, transposed=pointers[2:])
         return grad_x, grad_values, grad_bias
     masked = dy_t if rectified_t is None else torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
     return (input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, masked, rows)
