@@ -78,6 +78,12 @@ Compact output layers (``--part output-layers``): the same comparison for the na
 (``auto.is_narrow_output_layer``: the actor's and the critics' heads), which ``auto`` lays out compactly at any
 density, against a same-seed twin that keeps them masked.
 
+Chained compact layers (``--part chains``): ``train()``'s CPU time per gradient step of each sparse model as built,
+whose runs of compact layers inside one ``nn.Sequential`` run as one autograd node
+(:mod:`sparse_rl.backends.compact_chain`), against a same-seed twin whose compact layers run one node each (the
+twin's steps inside a context that turns the runs off), timed alternately in ``--rounds`` chunks of ``--chunk``
+gradient steps; medians. The twin is timed first in each round.
+
 Each part rewrites its own section of ``results/sparse_speed.md`` (the file keeps the other
 parts' sections) and records its own command line.
 
@@ -94,6 +100,7 @@ parts' sections) and records its own command line.
     python benchmarks/sparse_speed.py --part optimizer [--algos sac td3 --rounds 5 --chunk 200]
     python benchmarks/sparse_speed.py --part input-layers [--algos sac td3 --rounds 9 --chunk 100]
     python benchmarks/sparse_speed.py --part output-layers [--algos sac td3 --rounds 9 --chunk 100]
+    python benchmarks/sparse_speed.py --part chains [--algos sac td3 --rounds 9 --chunk 100]
 """
 
 from __future__ import annotations
@@ -118,7 +125,7 @@ import torch
 from sb3_contrib.common.torch_layers import BatchRenorm
 from torch import nn
 
-from sparse_rl.backends import auto, kernels, masked
+from sparse_rl.backends import auto, compact_chain, kernels, masked
 from sparse_rl.backends.auto import auto_backend, auto_rule
 from sparse_rl.calibrate import time_layer
 from sparse_rl.layers import SparseLinear
@@ -134,7 +141,8 @@ SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "##
             "breakdown": "#### Where a gradient step's time goes", "kernels": "#### Kernel throughput",
             "memory": "#### Peak memory", "batch-renorm": "#### BatchRenorm", "relu-fusion": "#### Fused ReLUs",
             "actor-loss": "#### Critic weight gradients in the actor's loss", "optimizer": "#### Optimizer",
-            "input-layers": "#### Compact input layers", "output-layers": "#### Compact output layers"}
+            "input-layers": "#### Compact input layers", "output-layers": "#### Compact output layers",
+            "chains": "#### Chained compact layers"}
 NET_ARCH: dict[str, list[int] | dict[str, list[int]]] = {
     "sac": [256, 256], "td3": [400, 300], "tqc": [256, 256], "crossq": {"pi": [256, 256], "qf": [1024, 1024]}}
 WIDE_ALGOS = ("sac", "td3")
@@ -683,6 +691,32 @@ def optimizer_tables(algos: list[str], env_id: str, densities: list[float], widt
             *rows, "", f"{interval_words(rounds)}."]
 
 
+def one_node_per_layer() -> ContextManager:
+    """Steps taken inside run every compact layer as its own autograd node (no runs, :mod:`compact_chain`)."""
+    return patch.object(compact_chain, "run_length", lambda modules, start, x: 0)
+
+
+def chain_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
+                 learning_starts: int, seed: int) -> list[str]:
+    """ms per gradient step of ``train()`` of each sparse model as built (runs of compact layers as one node) and
+    of a same-seed twin stepped with one node per layer, timed alternately."""
+    common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
+    rows = []
+    for algo in algos:
+        twins = sparse_models(algo, env_id, densities, width, common)
+        built = sparse_models(algo, env_id, densities, width, common)
+        rows += twin_rows(algo, twins, built, ("one node per layer", "chained"), width, rounds, chunk,
+                          learning_starts, {"one node per layer": one_node_per_layer})
+    return [f"{', '.join(algos)} on {env_id}, seed {seed}: "
+            f"median {clock_words()} ms per gradient step of `train()` (batch 256) "
+            f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
+            "sparse model (RigL on `auto`) as built, whose compact layers in a row inside one `nn.Sequential` (the "
+            "critics' Q networks, the actor's body) run as one autograd node (`sparse_rl.backends.compact_chain`), "
+            "and a same-seed twin stepped with one node per layer; the twin runs first in each round:", "",
+            "| algo | model | chained ms | one node per layer ms | chained ÷ one node per layer |",
+            "|---|---|---|---|---|", *rows, "", f"{interval_words(rounds)}."]
+
+
 def narrow_layers_on_the_hidden_rule() -> ContextManager:
     """Models built inside lay narrow input layers out by the hidden layers' density limit (masked at ERK's)."""
     return patch.object(auto, "COMPACT_NARROW_MAX_DENSITY", auto.COMPACT_MAX_DENSITY)
@@ -958,6 +992,9 @@ def main() -> None:
     elif args.part == "output-layers":
         lines = [header, "", *output_layer_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
                                                   args.rounds, args.chunk, args.learning_starts, args.seed)]
+    elif args.part == "chains":
+        lines = [header, "", *chain_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
+                                           args.rounds, args.chunk, args.learning_starts, args.seed)]
     elif args.part == "breakdown":
         lines = [header, "", *breakdown_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
                                                args.chunk, args.learning_starts, args.seed)]

@@ -40,12 +40,22 @@ past ``nn.Module.__setattr__``: it is set and cleared on every call)."""
 
 class FusedReLUSequential(nn.Sequential):
     """``nn.Sequential`` that runs each module followed by a :class:`RectifiedReLU` with the module's
-    :data:`RECTIFY` flag set (the same modules, names and state dict)."""
+    :data:`RECTIFY` flag set, and two or more compact layers in a row as one autograd node
+    (:mod:`sparse_rl.backends.compact_chain`); the same modules, names and state dict."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        from sparse_rl.backends import compact_chain  # here: the backends import this module
+
         modules = list(self._modules.values())
-        for module, after in zip(modules, [*modules[1:], None]):
-            if isinstance(after, RectifiedReLU):
+        i = 0
+        while i < len(modules):
+            run = compact_chain.run_length(modules, i, input)
+            if run:  # compact layers in a row: one autograd node (sparse_rl/backends/compact_chain.py)
+                input = compact_chain.forward(modules[i:i + run], input)
+                i += run
+                continue
+            module = modules[i]
+            if i + 1 < len(modules) and isinstance(modules[i + 1], RectifiedReLU):
                 module.__dict__[RECTIFY] = True
                 try:
                     input = module(input)
@@ -53,6 +63,7 @@ class FusedReLUSequential(nn.Sequential):
                     module.__dict__[RECTIFY] = False
             else:
                 input = module(input)
+            i += 1
         return input
 
 

@@ -192,7 +192,8 @@ def forward(layer: SparseLinear, x: torch.Tensor) -> torch.Tensor:
     values, bias, structure = parameters["values"], parameters["bias"], layer._compact
     assert values is not None and structure is not None
     rectify = rectifies_now(layer)
-    if torch.is_grad_enabled() and (x2.requires_grad or values.requires_grad):
+    if torch.is_grad_enabled() and (x2.requires_grad or values.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
         y = _CompactLinearFunction.apply(x2, values, bias, structure, layer, is_feature_major(x2), rectify)
     else:  # no graph to record (target networks, predict): the kernel alone
         y = kernels.layer_forward(values, structure, x2.t().contiguous(), bias, rectify).t()
