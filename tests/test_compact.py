@@ -657,3 +657,16 @@ def test_sac_training_steps_with_topology_updates_on_compact_equal_masked():
         masked = layers["masked"][name]
         assert torch.equal(compact.mask, masked.mask), name
         torch.testing.assert_close(compact.score_weight().detach(), masked.score_weight().detach(), **TOL)
+
+
+def test_a_compact_layer_with_frozen_values_still_gives_its_trainable_bias_a_gradient():
+    """Even when nothing before it wants a gradient (the input is data): only the bias records the graph."""
+    layer = SparseLinear(8, 5)
+    layer.set_mask(random_mask((5, 8), 20, torch.Generator().manual_seed(0)))
+    layer.set_backend("compact")
+    layer.dense_grad_needed = False
+    layer.values.requires_grad_(False)
+    upstream = torch.randn(6, 5)
+    layer(torch.randn(6, 8)).backward(upstream)
+    torch.testing.assert_close(layer.bias.grad, upstream.sum(0))
+    assert layer.values.grad is None
