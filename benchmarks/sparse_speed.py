@@ -70,7 +70,8 @@ medians.
 Compact input layers (``--part input-layers``): ``train()``'s CPU time per gradient step of each sparse model as
 built, whose input layers (``masked.is_input_layer``: at most ``INPUT_LAYER_MAX_IN`` inputs, at least
 ``INPUT_LAYER_MIN_FANOUT`` times as many outputs) ``auto`` lays out compactly up to density
-``COMPACT_NARROW_MAX_DENSITY``, against a same-seed twin built with the hidden layers' density limit for
+``COMPACT_NARROW_MAX_DENSITY`` (``COMPACT_CHAINED_INPUT_MAX_DENSITY`` where one feeds a compact layer), against a
+same-seed twin built with the hidden layers' density limit for
 them too (so they stay masked), timed alternately in ``--rounds`` chunks of ``--chunk`` gradient steps; medians.
 The twin is timed first in each round.
 
@@ -717,9 +718,13 @@ def chain_tables(algos: list[str], env_id: str, densities: list[float], width: i
             "|---|---|---|---|---|", *rows, "", f"{interval_words(rounds)}."]
 
 
-def narrow_layers_on_the_hidden_rule() -> ContextManager:
-    """Models built inside lay narrow input layers out by the hidden layers' density limit (masked at ERK's)."""
-    return patch.object(auto, "COMPACT_NARROW_MAX_DENSITY", auto.COMPACT_MAX_DENSITY)
+@contextmanager
+def narrow_layers_on_the_hidden_rule() -> Iterator[None]:
+    """Models built inside lay narrow input layers out by the hidden layers' density limit (masked at ERK's, and
+    dense ones masked where they feed a compact layer too)."""
+    with patch.object(auto, "COMPACT_NARROW_MAX_DENSITY", auto.COMPACT_MAX_DENSITY), \
+            patch.object(auto, "COMPACT_CHAINED_INPUT_MAX_DENSITY", auto.COMPACT_MAX_DENSITY):
+        yield
 
 
 def input_layer_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
@@ -734,7 +739,9 @@ def input_layer_tables(algos: list[str], env_id: str, densities: list[float], wi
             f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
             f"sparse model (RigL on `auto`) as built, whose input layers (≤ {masked.INPUT_LAYER_MAX_IN} inputs, "
             f"≥ {masked.INPUT_LAYER_MIN_FANOUT}× as many outputs) "
-            f"`auto` lays out compactly up to density {auto.COMPACT_NARROW_MAX_DENSITY:g}, and a same-seed twin that "
+            f"`auto` lays out compactly up to density {auto.COMPACT_NARROW_MAX_DENSITY:g}, and up to "
+            f"{auto.COMPACT_CHAINED_INPUT_MAX_DENSITY:g} where one feeds a compact layer straight (the two then run "
+            "as one autograd node), and a same-seed twin that "
             f"keeps them masked (the hidden layers' limit, {auto.COMPACT_MAX_DENSITY:g}); the twin runs first in each "
             "round. The "
             "input layers as built (in×out at density: backend):", "", *layouts, "",

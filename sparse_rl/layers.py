@@ -237,16 +237,17 @@ class SparseLinear(nn.Linear):
 
     # -- backends and layouts -----------------------------------------------------------------------------------
 
-    def set_backend(self, backend: str) -> tuple[nn.Parameter, nn.Parameter] | None:
+    def set_backend(self, backend: str, feeds_compact: bool = False) -> tuple[nn.Parameter, nn.Parameter] | None:
         """Compute with ``backend`` (see the class docstring). When that needs the other layout, the layer is
         converted and ``(old parameter, new parameter)`` is returned, so that optimizers can follow
-        (:func:`~sparse_rl.network_layout.set_backend` does it); else ``None``."""
+        (:func:`~sparse_rl.network_layout.set_backend` does it); else ``None``. ``feeds_compact``: the layer's output
+        goes straight into a compact layer (``auto`` then lays an input layer out compactly at any density)."""
         self.backend = check_backend(backend)
         if backend == "compact" and not self.compact_capable:
             raise ValueError("backend 'compact' needs a method with a fixed count per layer and targets that share "
                              "the online pattern; this method keeps the masked layout (allowed: auto, masked, sparse)")
         self._invalidate()
-        return self._convert(layout_for(self, backend))
+        return self._convert(layout_for(self, backend, feeds_compact))
 
     @property
     def resolved_backend(self) -> str:

@@ -14,8 +14,9 @@ from functools import partial
 import torch
 from torch import nn
 
-from sparse_rl.backends import check_backend
+from sparse_rl.backends import check_backend, compact_chain
 from sparse_rl.backends.auto import is_narrow_output_layer
+from sparse_rl.backends.masked import is_input_layer
 from sparse_rl.layer_state import convert_state, replace_parameter
 from sparse_rl.layers import SparseLinear
 
@@ -41,8 +42,16 @@ class LayoutGroup:
         return self._sparse[body]
 
 
+def _layout_order(layer: SparseLinear) -> tuple[bool, bool]:
+    """Hidden layers first, then input layers (``auto`` lays them out by the layers they feed), heads last (by the
+    others)."""
+    return (is_narrow_output_layer(layer.in_features, layer.out_features),
+            is_input_layer(layer.in_features, layer.out_features))
+
+
 def set_backend(module: nn.Module, backend: str, optimizers: tuple[torch.optim.Optimizer, ...] = ()) -> int:
-    """Set the backend of every ``SparseLinear`` in ``module``, heads last (``auto`` lays them out by the others), and
+    """Set the backend of every ``SparseLinear`` in ``module``, input layers after the layers they feed and heads last
+    (``auto`` lays them out by the others), and
     group them as one network (:class:`LayoutGroup`). Layers that change layout get a new parameter; each optimizer
     in ``optimizers`` is moved onto it, with its per-element state converted. Returns how many layers were set."""
     check_backend(backend)
@@ -50,8 +59,10 @@ def set_backend(module: nn.Module, backend: str, optimizers: tuple[torch.optim.O
     group = LayoutGroup(layers) if layers else None
     for layer in layers:
         layer._layout_group = group
-    for layer in sorted(layers, key=lambda layer: is_narrow_output_layer(layer.in_features, layer.out_features)):
-        swapped = layer.set_backend(backend)
+    feeds = compact_chain.successors(module)
+    for layer in sorted(layers, key=_layout_order):
+        successor = feeds.get(layer)
+        swapped = layer.set_backend(backend, isinstance(successor, SparseLinear) and successor.layout == "compact")
         if swapped is not None:
             for optimizer in optimizers:
                 replace_parameter(optimizer, *swapped, partial(convert_state, layer))

@@ -265,6 +265,11 @@ def test_a_network_with_a_sparse_layer_runs_feature_major_and_matches_masked():
     """Outputs, weight and bias gradients of the feature-major network (its dense 23 → 256 input layer adds the bias
     inside its GEMM, its dense 256 → 1 head runs compact) equal the all-masked network's."""
     net = mlp(1000)
+    straight = copy.deepcopy(net)
+    set_backend(straight, "auto")
+    assert [layer.resolved_backend for layer in straight if isinstance(layer, SparseLinear)] == ["compact"] * 3, \
+        "a dense input layer that feeds a compact layer straight is compact too (the two: one autograd node)"
+    net[1] = torch.nn.ReLU(inplace=True)  # not straight: as where a BatchRenorm comes between (CrossQ)
     reference = copy.deepcopy(net)
     set_backend(reference, "masked")
     set_backend(net, "auto")

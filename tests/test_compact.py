@@ -584,6 +584,10 @@ def test_auto_lays_out_compactly_by_shape_and_density_alone():
     assert auto_backend(64, 255, NARROW_DENSITY, cpu) == "masked"
     assert auto_backend(64, 256, NARROW_DENSITY, cpu) == "compact"
     assert auto_backend(17, 200, COMPACT_MAX_DENSITY, cpu) == "masked", "narrow and small: 3,400 weights"
+    assert auto_backend(23, 1024, 1.0, cpu, feeds_compact=True) == "compact", "a dense input layer before a compact one"
+    assert auto_backend(23, 1024, 1.0, cpu) == "masked", "one whose ReLU feeds something else (CrossQ's BatchRenorm)"
+    assert auto_backend(17, 200, 1.0, cpu, feeds_compact=True) == "masked", "still not below the smallest size"
+    assert auto_backend(256, 256, 0.5, cpu, feeds_compact=True) == "masked", "a hidden layer keeps its limit"
     assert auto_backend(1024, 1024, 0.05, torch.device("meta")) == "masked", "non-CPU devices stay masked"
     assert auto_backend(1024, 1024, 0.05, cpu, compact_capable=False) in ("sparse", "masked")
 
@@ -670,3 +674,34 @@ def test_a_compact_layer_with_frozen_values_still_gives_its_trainable_bias_a_gra
     layer(torch.randn(6, 8)).backward(upstream)
     torch.testing.assert_close(layer.bias.grad, upstream.sum(0))
     assert layer.values.grad is None
+
+
+def test_dense_input_layers_go_compact_only_where_they_feed_a_compact_layer_straight():
+    """The wide networks' dense input layers run as one node with the compact layer they feed; CrossQ's critic
+    input layer, whose ReLU feeds a BatchRenorm, and every layer of a dense network stay masked; setting ``auto``
+    again changes no layout."""
+    from sb3_contrib import CrossQ
+    from stable_baselines3 import SAC
+
+    from sparse_rl import SparseCrossQPolicy, SparseSACPolicy
+
+    if not kernels.compiled():
+        pytest.skip("without the compiled kernels auto follows the MKL table")
+
+    def layouts(model) -> dict[str, str]:
+        return {name: layer.layout for name, layer in model.policy.named_modules() if isinstance(layer, SparseLinear)}
+
+    wide = SAC(SparseSACPolicy, "HalfCheetah-v4", seed=0, device="cpu", buffer_size=1, policy_kwargs=dict(
+        net_arch=[256, 256], width_multiplier=4, iso_params=True))  # 17 and 23 inputs: 4,096 weights and more
+    inputs = [layer for layer in wide.policy.modules() if isinstance(layer, SparseLinear) and layer.in_features < 64]
+    assert inputs and all(layer.density == 1.0 and layer.layout == "compact" for layer in inputs)
+    before = layouts(wide)
+    set_backend(wide.policy, "auto")
+    assert layouts(wide) == before
+    dense = SAC(SparseSACPolicy, "Pendulum-v1", seed=0, device="cpu", policy_kwargs=dict(density=1.0))
+    assert set(layouts(dense).values()) == {"masked"}
+    crossq = CrossQ(SparseCrossQPolicy, "HalfCheetah-v4", seed=0, device="cpu", buffer_size=1, policy_kwargs=dict(
+        density=0.1, net_arch=dict(pi=[256, 256], qf=[1024, 1024])))
+    critic_inputs = [layer for layer in crossq.critic.modules() if isinstance(layer, SparseLinear)
+                     and layer.in_features < 64]
+    assert critic_inputs and all(layer.density == 1.0 and layer.layout == "masked" for layer in critic_inputs)

@@ -167,3 +167,10 @@ def test_same_seed_agents_train_to_the_same_floats_chained_or_not(algo, policy, 
     single.learn(160)
     for (name, want), got in zip(single.policy.state_dict().items(), chained.policy.state_dict().values()):
         assert torch.equal(got, want), name
+
+
+def test_successors_are_the_next_linear_layer_of_a_sequence_straight_or_through_a_plain_relu():
+    first, second, third, fourth = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+    network = nn.Sequential(first, nn.ReLU(), second, nn.ReLU(inplace=True), third, nn.Tanh(), fourth)
+    assert compact_chain.successors(nn.ModuleDict(dict(body=network))) == {first: second}
+    assert compact_chain.successors(nn.Sequential(first, second, nn.ReLU())) == {first: second}

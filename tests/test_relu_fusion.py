@@ -72,8 +72,8 @@ def test_a_masked_layer_before_a_compact_one_rectifies_in_place_with_the_unfused
     dense head runs compact)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    first, second, last = SparseLinear(17, 256), SparseLinear(256, 256), SparseLinear(256, 5)
-    first.set_mask(random_mask((256, 17), 3500, generator))  # density 0.80: above the narrow layers' limit
+    first, second, last = SparseLinear(80, 256), SparseLinear(256, 256), SparseLinear(256, 5)
+    first.set_mask(random_mask((256, 80), 16384, generator))  # density 0.80, 80 inputs: not an input layer
     second.set_mask(random_mask((256, 256), 6554, generator))
     unfused = nn.Sequential(first, nn.ReLU(), second, nn.ReLU(), last)
     fused = copy.deepcopy(unfused)
@@ -81,7 +81,7 @@ def test_a_masked_layer_before_a_compact_one_rectifies_in_place_with_the_unfused
     for network in (unfused, fused):
         set_backend(network, "auto")
         assert [layer.resolved_backend for layer in network[::2]] == ["masked", "compact", "compact"]
-    x = torch.randn(batch, 17, generator=generator) - 0.3
+    x = torch.randn(batch, 80, generator=generator) - 0.3
     upstream = torch.randn(batch, 5, generator=generator)
     for expected, actual in zip(run(unfused, x, upstream, input_grad), run(fused, x, upstream, input_grad),
                                  strict=True):

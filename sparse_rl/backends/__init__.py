@@ -63,19 +63,20 @@ def resolve(layer: SparseLinear) -> Backend:
                                  compact_capable=False)]
 
 
-def layout_for(layer: SparseLinear, backend: str) -> str:
+def layout_for(layer: SparseLinear, backend: str, feeds_compact: bool = False) -> str:
     """The layout ``layer`` takes when its backend is set to ``backend`` (``auto``: compact where it pays, given
-    the layouts of its network's body, the layers other than its heads, now)."""
+    the layouts of its network's body, the layers other than its heads, now, and whether its output goes straight
+    into a compact layer, ``feeds_compact``)."""
     return layout_for_shape(layer.in_features, layer.out_features, layer.density, layer.device, backend,
-                            layer.compact_capable, layer.in_sparse_network(body=True))
+                            layer.compact_capable, layer.in_sparse_network(body=True), feeds_compact)
 
 
 def layout_for_shape(in_features: int, out_features: int, density: float, device: torch.device, backend: str,
-                     compact_capable: bool, in_sparse_network: bool = False) -> str:
+                     compact_capable: bool, in_sparse_network: bool = False, feeds_compact: bool = False) -> str:
     """The layout a layer of this shape, density and device takes with ``backend`` (so a network can build each
     layer in its layout directly); ``in_sparse_network``: its network's body (the layers other than its heads) runs
-    sparse kernels."""
+    sparse kernels; ``feeds_compact``: its output goes straight (through a ReLU) into a compact layer."""
     if backend != "auto":
         return REGISTRY[backend].layout
     return REGISTRY[auto_backend(in_features, out_features, density, device, compact_capable=compact_capable,
-                                 in_sparse_network=in_sparse_network)].layout
+                                 in_sparse_network=in_sparse_network, feeds_compact=feeds_compact)].layout

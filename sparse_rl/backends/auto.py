@@ -3,7 +3,8 @@ whether the body of its network runs sparse kernels).
 
 With the compiled compact kernels present (:mod:`sparse_rl.backends.kernels`), a CPU layer of a fixed-count method
 runs ``compact`` when it has at least :data:`COMPACT_MIN_WEIGHTS` weights at density :data:`COMPACT_MAX_DENSITY` or
-below (:data:`COMPACT_NARROW_MAX_DENSITY` for an input layer, :func:`~sparse_rl.backends.masked.is_input_layer`),
+below (:data:`COMPACT_NARROW_MAX_DENSITY` for an input layer, :func:`~sparse_rl.backends.masked.is_input_layer`, and
+any density for one that feeds a compact layer, :data:`COMPACT_CHAINED_INPUT_MAX_DENSITY`),
 or when it is a narrow output layer (:func:`is_narrow_output_layer`) of a network whose body (its layers other than
 such heads) runs sparse kernels, at any size and density; ``masked`` otherwise (so a network without sparse layers
 stays dense throughout). That rule is a constant, not a calibration: the compact kernels break even with dense far
@@ -38,6 +39,13 @@ layer takes three (bias, product, ReLU): inside ``train()`` such input layers at
 0.41, TD3's 0.61 and 0.52) made the step 7 % and 4–6 % faster than masked ones (two quiet runs; Ant-v4 10 %),
 while a lone layer timed hot breaks even and fully dense input layers (wide networks) gained nothing (``python
 benchmarks/sparse_speed.py --part input-layers``, ``docs/architecture.md``)."""
+
+COMPACT_CHAINED_INPUT_MAX_DENSITY = 1.0
+"""Highest density at which ``auto`` lays out compactly an input layer whose output goes straight (through a ReLU)
+into a compact layer of the same ``nn.Sequential``: the two then run as one autograd node
+(:mod:`sparse_rl.backends.compact_chain`). The wide ×4 networks' dense input layers, so laid out, made ``train()``
+of the wide SAC and TD3 1.05× faster, where CrossQ's, whose ReLU feeds a BatchRenorm, made it 1.04× slower on
+their own (``docs/architecture.md``)."""
 
 COMPACT_MIN_WEIGHTS = 4096
 """Smallest layer (in × out weights) that ``auto`` lays out compactly: below it, Python per call costs more."""
@@ -127,17 +135,21 @@ def auto_rule() -> tuple[Rule, str]:
     return (AUTO_RULE, "built-in") if rule is None else (rule, f"calibrated {path}")
 
 
-def compact_max_density(in_features: int, out_features: int) -> float:
-    """Highest density at which ``auto`` lays a fixed-count layer of this shape out compactly."""
-    return COMPACT_NARROW_MAX_DENSITY if is_input_layer(in_features, out_features) else COMPACT_MAX_DENSITY
+def compact_max_density(in_features: int, out_features: int, feeds_compact: bool = False) -> float:
+    """Highest density at which ``auto`` lays a fixed-count layer of this shape out compactly; ``feeds_compact``:
+    its output goes straight into a compact layer (:data:`COMPACT_CHAINED_INPUT_MAX_DENSITY`)."""
+    if not is_input_layer(in_features, out_features):
+        return COMPACT_MAX_DENSITY
+    return COMPACT_CHAINED_INPUT_MAX_DENSITY if feeds_compact else COMPACT_NARROW_MAX_DENSITY
 
 
 def auto_backend(in_features: int, out_features: int, density: float, device: torch.device,
-                 compact_capable: bool = True, in_sparse_network: bool = False) -> str:
+                 compact_capable: bool = True, in_sparse_network: bool = False, feeds_compact: bool = False) -> str:
     """The backend ``auto`` resolves to for a layer (see the module docstring). ``compact_capable`` is false for
     layers whose density changes while they learn (HALO), which keep the masked layout. ``in_sparse_network``: the
     body of the layer's network (its layers other than heads) runs sparse kernels (a narrow output layer then runs
-    compact).
+    compact). ``feeds_compact``: the layer's output goes straight (through a ReLU) into a compact layer of the same
+    ``nn.Sequential`` (an input layer then runs compact at any density).
 
     CUDA and every other non-CPU device use ``masked``: dense GEMM on a GPU beats sparse kernels at the densities DST
     uses, and the kernels here were never measured on one. A torch build without MKL also uses ``masked`` when the
@@ -148,7 +160,7 @@ def auto_backend(in_features: int, out_features: int, density: float, device: to
     weights = in_features * out_features
     if compact_capable and kernels.compiled():
         compact = (in_sparse_network and is_narrow_output_layer(in_features, out_features)) or (
-            weights >= COMPACT_MIN_WEIGHTS and density <= compact_max_density(in_features, out_features))
+            weights >= COMPACT_MIN_WEIGHTS and density <= compact_max_density(in_features, out_features, feeds_compact))
         return "compact" if compact else "masked"
     if not torch.backends.mkl.is_available():
         return "masked"

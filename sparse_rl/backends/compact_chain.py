@@ -65,6 +65,24 @@ def run_length(modules: list[nn.Module], start: int, x: torch.Tensor) -> int:
     return end - start if layers >= 2 else 0
 
 
+def successors(module: nn.Module) -> dict[nn.Module, nn.Module]:
+    """Each linear layer in an ``nn.Sequential`` of ``module`` mapped to the linear layer a run would go on into: the
+    next module of its sequence, or the one after a plain ReLU there (fused or not yet fused). ``auto`` lays an input
+    layer out compactly at any density when the layer it feeds is compact, so that the two run as one node."""
+    found: dict[nn.Module, nn.Module] = {}
+    for sequence in module.modules():
+        if not isinstance(sequence, nn.Sequential):
+            continue
+        children = list(sequence.children())
+        for i, child in enumerate(children[:-1]):
+            after = children[i + 1]
+            if isinstance(after, nn.ReLU) and not after.inplace and i + 2 < len(children):
+                after = children[i + 2]
+            if isinstance(child, nn.Linear) and isinstance(after, nn.Linear):
+                found[child] = after
+    return found
+
+
 def forward(modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
     """The output of ``modules`` (a run that :func:`run_length` measured) applied to ``x``, in one node."""
     layers, relus = _layers_and_relus(modules)
