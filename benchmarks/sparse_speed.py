@@ -906,7 +906,8 @@ def auto_rule_text() -> str:
         return f"no compiled kernels, so {table}"
     return (f"compact for a layer of a fixed-count method with ≥ {auto.COMPACT_MIN_WEIGHTS:,} weights at density ≤ "
             f"{auto.COMPACT_MAX_DENSITY:g} (≤ {auto.COMPACT_NARROW_MAX_DENSITY:g} with ≤ "
-            f"{masked.INPUT_LAYER_MAX_IN} inputs and ≥ {masked.INPUT_LAYER_MIN_FANOUT}× as many outputs), and for a "
+            f"{masked.INPUT_LAYER_MAX_IN} inputs and ≥ {masked.INPUT_LAYER_MIN_FANOUT}× as many outputs, "
+            f"≤ {auto.COMPACT_CHAINED_INPUT_MAX_DENSITY:g} for such a layer feeding a compact one straight), and for a "
             f"head of such a network (≤ {auto.NARROW_OUTPUT_MAX_OUT} outputs from ≥ {auto.NARROW_OUTPUT_MIN_IN} "
             f"inputs) at any density (compiled kernels, SIMD level {kernels.simd_level()}), else {table}")
 
