@@ -38,7 +38,8 @@ policy, the sparse policy at ``--densities`` on ``auto`` and (SAC, TD3) the wide
 forward and backward of the hidden-to-hidden layers, of the input and output layers, of the ReLUs and of CrossQ's
 BatchRenorm layers; "rest" is everything else in ``train()``. The hooks add overhead of their own, so the shares are
 approximate. A backward hook wraps a layer's output in a new tensor, which drops a fused layer's "rectified" tag, so
-here every ReLU computes as an unfused one (``--part relu-fusion`` measures what the fusion saves).
+here every ReLU computes as an unfused one (``--part relu-fusion`` measures what the fusion saves), and every compact
+layer runs as its own autograd node (``--part chains`` measures what running them in one saves).
 
 Kernels (``--part kernels``, ``sparse_kernels.py``): multiply-adds per second of the compact kernels (forward, input
 gradient, weight gradient at the active positions) against torch's MKL products for the same three, and dense GEMM's
@@ -559,7 +560,8 @@ def breakdown_tables(algos: list[str], env_id: str, densities: list[float], widt
             "includes its hooks' share. "
             "\"hidden\" are the hidden-to-hidden layers, \"in/out\" the input and output layers, \"BatchRenorm\" "
             "CrossQ's normalisation layers, \"rest\" everything else. The hooks also undo the ReLU fusion (a "
-            "hooked layer's output loses its tag), so the ReLUs here cost what unfused ones do.", "",
+            "hooked layer's output loses its tag), so the ReLUs here cost what unfused ones do, and run each "
+            "compact layer as its own autograd node (a hooked layer is never chained).", "",
             "| algo | model | step ms | hooked step ms | " + " | ".join(kinds) + " | rest |",
             "|---|---|---|---|" + "---|" * (len(kinds) + 1), *rows]
 
