@@ -15,6 +15,7 @@ from sparse_rl.layers import SparseLinear
 from sparse_rl.masks import random_mask
 from sparse_rl.methods import METHODS
 from sparse_rl.network_layout import set_backend
+from sparse_rl.relu_fusion import fuse_relus
 
 TOL = dict(rtol=1e-4, atol=1e-5)
 
@@ -266,6 +267,7 @@ def test_a_network_with_a_sparse_layer_runs_feature_major_and_matches_masked():
     inside its GEMM, its dense 256 → 1 head runs compact) equal the all-masked network's."""
     net = mlp(1000)
     straight = copy.deepcopy(net)
+    fuse_relus(straight)  # as sparsify does: its layers then run in runs
     set_backend(straight, "auto")
     assert [layer.resolved_backend for layer in straight if isinstance(layer, SparseLinear)] == ["compact"] * 3, \
         "a dense input layer that feeds a compact layer straight is compact too (the two: one autograd node)"

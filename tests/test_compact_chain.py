@@ -169,8 +169,13 @@ def test_same_seed_agents_train_to_the_same_floats_chained_or_not(algo, policy, 
         assert torch.equal(got, want), name
 
 
-def test_successors_are_the_next_linear_layer_of_a_sequence_straight_or_through_a_plain_relu():
-    first, second, third, fourth = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+def test_successors_are_the_next_linear_layer_of_a_fused_sequence_straight_or_through_a_fused_relu():
+    """What a run walks: only a sequence that runs compact layers in runs, and only a ReLU fused to its layer."""
+    first, second, third, fourth = SparseLinear(3, 4), SparseLinear(4, 4), SparseLinear(4, 4), SparseLinear(4, 2)
     network = nn.Sequential(first, nn.ReLU(), second, nn.ReLU(inplace=True), third, nn.Tanh(), fourth)
+    assert compact_chain.successors(network) == {}, "not fused: its layers never run as one node"
+    fuse_relus(network)
     assert compact_chain.successors(nn.ModuleDict(dict(body=network))) == {first: second}
-    assert compact_chain.successors(nn.Sequential(first, second, nn.ReLU())) == {first: second}
+    pair = nn.Sequential(first, second, nn.ReLU())
+    fuse_relus(pair)
+    assert compact_chain.successors(pair) == {first: second}

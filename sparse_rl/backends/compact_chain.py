@@ -23,7 +23,7 @@ from torch.nn.modules import module as torch_module
 
 from sparse_rl.backends import kernels
 from sparse_rl.backends.masked import is_feature_major
-from sparse_rl.relu_fusion import RectifiedReLU, mark_rectified
+from sparse_rl.relu_fusion import FusedReLUSequential, RectifiedReLU, mark_rectified
 
 if TYPE_CHECKING:
     from sparse_rl.backends.compact import CompactStructure
@@ -66,17 +66,18 @@ def run_length(modules: list[nn.Module], start: int, x: torch.Tensor) -> int:
 
 
 def successors(module: nn.Module) -> dict[nn.Module, nn.Module]:
-    """Each linear layer in an ``nn.Sequential`` of ``module`` mapped to the linear layer a run would go on into: the
-    next module of its sequence, or the one after a plain ReLU there (fused or not yet fused). ``auto`` lays an input
-    layer out compactly at any density when the layer it feeds is compact, so that the two run as one node."""
+    """Each linear layer in a :class:`~sparse_rl.relu_fusion.FusedReLUSequential` of ``module`` mapped to the linear
+    layer a run would go on into, as :func:`run_length` walks one: the next module of its sequence, or the one after
+    the :class:`RectifiedReLU` fused to it. ``auto`` lays an input layer out compactly at any density when the layer
+    it feeds is compact, so that the two run as one node."""
     found: dict[nn.Module, nn.Module] = {}
     for sequence in module.modules():
-        if not isinstance(sequence, nn.Sequential):
+        if not isinstance(sequence, FusedReLUSequential):
             continue
         children = list(sequence.children())
         for i, child in enumerate(children[:-1]):
             after = children[i + 1]
-            if isinstance(after, nn.ReLU) and not after.inplace and i + 2 < len(children):
+            if isinstance(after, RectifiedReLU) and i + 2 < len(children):
                 after = children[i + 2]
             if isinstance(child, nn.Linear) and isinstance(after, nn.Linear):
                 found[child] = after
