@@ -6,6 +6,7 @@ from sb3_contrib import TQC, CrossQ
 from stable_baselines3 import SAC, TD3
 
 from sparse_rl import SparseCrossQPolicy, SparseSACPolicy, SparseTD3Policy, SparseTQCPolicy
+from sparse_rl.backends import compact
 from sparse_rl.masks import sparse_layers
 from sparse_rl.sb3 import actor_loss
 
@@ -60,6 +61,9 @@ def test_the_actor_loss_runs_the_critic_with_frozen_weights_and_the_critic_loss_
 @pytest.mark.parametrize("algo, policy_kwargs", [
     ("sac", {}),
     ("sac", {"backend": "masked"}),
+    ("sac", {"backend": "compact"}),  # the first layers too: their input gradient for the actions alone
+    ("td3", {"backend": "compact"}),
+    ("tqc", {"backend": "compact"}),
     ("sac", {"share_features_extractor": True}),  # the critic holds the actor's extractor
     ("sac", {"method": "thresholds", "density": 1.0, "threshold_alpha": 0.05}),
     ("sac", {"recycle_dormant": 0.1, "recycle_interval": 40, "recycle_regrow": True}),
@@ -68,13 +72,20 @@ def test_the_actor_loss_runs_the_critic_with_frozen_weights_and_the_critic_loss_
     ("crossq", {}),
 ])
 def test_training_is_bit_for_bit_what_it_was_with_every_gradient(monkeypatch, algo, policy_kwargs):
-    frozen = []
-    original = actor_loss.called_from_actor_loss
+    """Frozen weights, and the compact first layers' input gradient for the actions' features alone."""
+    frozen, skipped = [], []
+    original, original_from = actor_loss.called_from_actor_loss, compact.input_grad_from
 
     def counting(actions):
         answer = original(actions)
         frozen.append(answer)
         return answer
+
+    def counting_from(layer, x):
+        skipped.append(original_from(layer, x))
+        return skipped[-1]
+
+    monkeypatch.setattr(compact, "input_grad_from", counting_from)
 
     states = []
     for check in (counting, lambda actions: False):
@@ -83,6 +94,10 @@ def test_training_is_bit_for_bit_what_it_was_with_every_gradient(monkeypatch, al
         model.learn(200)
         states.append(model.policy.state_dict())
     assert any(frozen)
+    first_layers = [q_net[0] for q_net in model.policy.critic.q_networks]
+    if any(getattr(layer, "resolved_backend", None) == "compact" for layer in first_layers):
+        assert any(skipped), "the first layers computed the observation's input gradient too"
+    assert not any(actor_loss.INPUT_GRAD_FROM in layer.__dict__ for layer in first_layers), "the flags were left"
     assert states[0].keys() == states[1].keys()
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key]), key

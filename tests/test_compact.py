@@ -705,3 +705,61 @@ def test_dense_input_layers_go_compact_only_where_they_feed_a_compact_layer_stra
     critic_inputs = [layer for layer in crossq.critic.modules() if isinstance(layer, SparseLinear)
                      and layer.in_features < 64]
     assert critic_inputs and all(layer.density == 1.0 and layer.layout == "masked" for layer in critic_inputs)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data_width=st.integers(1, 30), action_width=st.integers(1, 8), out_features=st.integers(1, 60),
+       batch=st.integers(1, 300), fraction=st.floats(0, 1), seed=st.integers(0, 2**16), chained=st.booleans(),
+       dense_grad=st.booleans())
+def test_a_first_layer_told_its_data_features_need_no_gradient_computes_the_actions_gradient_alone(
+        simd, data_width, action_width, out_features, batch, fraction, seed, chained, dense_grad):
+    """The critic's first layer in the actor's loss: its input is ``cat([features, actions])`` and only the actions
+    want a gradient. Theirs is what the whole input gradient gives, bit for bit; the features' rows are skipped
+    (zero), alone or as the first layer of a run, on the kernels' path and on the dense-gradient step's."""
+    from sparse_rl.backends.compact import INPUT_GRAD_FROM
+    from sparse_rl.relu_fusion import fuse_relus
+
+    in_features = data_width + action_width
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    first = SparseLinear(in_features, out_features)
+    first.set_mask(random_mask((out_features, in_features), round(fraction * in_features * out_features), generator))
+    first.set_backend("compact")
+    first.dense_grad_needed = dense_grad
+    network = torch.nn.Sequential(first, torch.nn.ReLU(), SparseLinear(out_features, 3)) if chained else first
+    if chained:
+        network[2].set_backend("compact")
+        fuse_relus(network)
+    data = torch.randn(batch, data_width, generator=generator)
+    actions = torch.randn(batch, action_width, generator=generator)
+    upstream = torch.randn(batch, 3 if chained else out_features, generator=generator)
+
+    def actions_grad(told: bool, data_needs_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        first.__dict__[INPUT_GRAD_FROM] = data_width if told else 0
+        x = torch.cat([data.clone().requires_grad_(data_needs_grad), actions.clone().requires_grad_(True)], dim=1)
+        x.retain_grad()
+        network(x).backward(upstream)
+        first.__dict__.pop(INPUT_GRAD_FROM)
+        return x.grad[:, data_width:], x.grad[:, :data_width]
+
+    whole, data_rows = actions_grad(told=False)
+    skipped, zero_rows = actions_grad(told=True)
+    assert torch.equal(skipped, whole)
+    assert not zero_rows.any(), "the data's rows were computed"
+    _, computed = actions_grad(told=True, data_needs_grad=True)  # the flag is checked against the graph
+    assert torch.equal(computed, data_rows)
+
+
+def test_the_input_gradient_of_the_first_features_is_skipped_only_behind_a_concatenation_that_drops_it():
+    from sparse_rl.backends.compact import INPUT_GRAD_FROM, input_grad_from
+
+    layer = SparseLinear(5, 4)
+    layer.set_backend("compact")
+    data, actions = torch.randn(2, 3), torch.randn(2, 2, requires_grad=True)
+    assert input_grad_from(layer, torch.cat([data, actions], dim=1)) == 0, "not told"
+    layer.__dict__[INPUT_GRAD_FROM] = 3
+    assert input_grad_from(layer, torch.cat([data, actions], dim=1)) == 3
+    assert input_grad_from(layer, torch.cat([data.requires_grad_(), actions], dim=1)) == 0, "the data wants one"
+    assert input_grad_from(layer, torch.randn(2, 5, requires_grad=True)) == 0, "not a concatenation"
+    assert input_grad_from(layer, torch.cat([actions, actions.detach()], dim=1)) == 0, "an earlier part wants one"
+    assert input_grad_from(layer, torch.cat([data.detach(), actions], dim=1).relu()) == 0

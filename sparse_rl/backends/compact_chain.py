@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as torch_module
 
-from sparse_rl.backends import kernels
+from sparse_rl.backends import compact, kernels
 from sparse_rl.backends.masked import is_feature_major
 from sparse_rl.relu_fusion import FusedReLUSequential, RectifiedReLU, mark_rectified
 
@@ -91,7 +91,8 @@ def forward(modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
                              for tensor in (layer.trainable_weight(), layer._parameters["bias"])]
     structures = [layer.compact_structure() for layer in layers]
     if torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad for p in parameters)):
-        y = _CompactChainFunction.apply(x, structures, relus, is_feature_major(x), *parameters)
+        y = _CompactChainFunction.apply(x, structures, relus, is_feature_major(x),
+                                        compact.input_grad_from(layers[0], x), *parameters)
     else:  # no graph to record (target networks, predict): the kernels alone
         x_t = x.t().contiguous()
         for values, bias, structure, relu in zip(parameters[::2], parameters[1::2], structures, relus):
@@ -118,7 +119,7 @@ class _CompactChainFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, structures: list[CompactStructure], relus: list[bool],
-                feature_major: bool, *parameters: Any) -> torch.Tensor:
+                feature_major: bool, input_from: int, *parameters: Any) -> torch.Tensor:
         x_t = x.t().contiguous()  # (in, batch): copied unless the input is feature-major
         saved: list[torch.Tensor | None] = []
         for values, bias, structure, relu in zip(parameters[::2], parameters[1::2], structures, relus):
@@ -126,7 +127,7 @@ class _CompactChainFunction(torch.autograd.Function):
             saved += [x_t, values, y_t if relu else None]
             x_t = y_t
         ctx.save_for_backward(*saved)
-        ctx.structures, ctx.feature_major = structures, feature_major
+        ctx.structures, ctx.feature_major, ctx.input_from = structures, feature_major, input_from
         ctx.has_bias = [bias is not None for bias in parameters[1::2]]
         return x_t.t()
 
@@ -135,8 +136,8 @@ class _CompactChainFunction(torch.autograd.Function):
         saved = ctx.saved_tensors
         needs = ctx.needs_input_grad
         count = len(ctx.structures)
-        wants_values = [needs[4 + 2 * i] for i in range(count)]
-        wants_bias = [needs[5 + 2 * i] and ctx.has_bias[i] for i in range(count)]
+        wants_values = [needs[5 + 2 * i] for i in range(count)]
+        wants_bias = [needs[6 + 2 * i] and ctx.has_bias[i] for i in range(count)]
         # upstream[i]: whether anything before layer i wants a gradient, so layer i must hand one back
         upstream = [needs[0]]
         for i in range(count - 1):
@@ -147,10 +148,11 @@ class _CompactChainFunction(torch.autograd.Function):
             assert dy_t is not None
             x_t, values, rectified_t = saved[3 * i:3 * i + 3]
             dy_t, grads[2 * i], grads[2 * i + 1] = kernels.layer_backward(
-                values, ctx.structures[i], dy_t, x_t, rectified_t, (upstream[i], wants_values[i], wants_bias[i]))
+                values, ctx.structures[i], dy_t, x_t, rectified_t, (upstream[i], wants_values[i], wants_bias[i]),
+                0 if i else ctx.input_from)
             if not upstream[i]:
                 break
         grad_x = None if dy_t is None or not needs[0] else dy_t.t()
         if grad_x is not None and not ctx.feature_major:  # the input's own layout
             grad_x = grad_x.contiguous()
-        return grad_x, None, None, None, *grads
+        return grad_x, None, None, None, None, *grads

@@ -132,16 +132,19 @@ def layer_forward(values: torch.Tensor, structure: CompactStructure, x_t: torch.
 
 
 def input_grad(values: torch.Tensor, perm_t: torch.Tensor, crow_t: torch.Tensor, col_t: torch.Tensor,
-               dy_t: torch.Tensor, rows: int) -> torch.Tensor:
-    """``Wᵀ dyᵀ`` as ``(cols, batch)``: the forward loop over ``Wᵀ``'s CSR, whose values are ``values[perm_t]``."""
+               dy_t: torch.Tensor, rows: int, first: int = 0) -> torch.Tensor:
+    """``Wᵀ dyᵀ`` as ``(cols, batch)``: the forward loop over ``Wᵀ``'s CSR, whose values are ``values[perm_t]``; only
+    its rows from ``first`` on, the rows before it zero (an input whose first features need no gradient)."""
     cols = crow_t.numel() - 1
     if _check(values, dy_t):
         dx_t = dy_t.new_empty(cols, dy_t.shape[1])
-        _backward(dy_t, rows, cols, dx=dx_t, values=values,
-                  transposed=(perm_t.data_ptr(), crow_t.data_ptr(), col_t.data_ptr()))
+        _backward(dy_t, rows, cols, dx=dx_t, values=values, transposed=(perm_t.data_ptr(), crow_t.data_ptr(),
+                                                                        col_t.data_ptr()), first=first)
         return dx_t
     _warn_fallback()
-    return torch.sparse.mm(_csr(crow_t, col_t, values[perm_t.long()], (cols, rows)), dy_t)
+    dx_t = torch.sparse.mm(_csr(crow_t, col_t, values[perm_t.long()], (cols, rows)), dy_t)
+    dx_t[:first] = 0.0
+    return dx_t
 
 
 def values_grad(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
@@ -157,9 +160,11 @@ def values_grad(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, x_t: 
 
 
 def layer_backward(values: torch.Tensor, structure: CompactStructure, dy_t: torch.Tensor, x_t: torch.Tensor,
-                   rectified_t: torch.Tensor | None, wants: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, ...]:
+                   rectified_t: torch.Tensor | None, wants: tuple[bool, bool, bool],
+                   input_from: int = 0) -> tuple[torch.Tensor | None, ...]:
     """A compact layer's gradients from ``dyᵀ``: the input's ``(in, batch)``, the values' and the bias', each only
-    where ``wants`` (the same three flags) says so (``None`` otherwise). For a layer with a fused ReLU
+    where ``wants`` (the same three flags) says so (``None`` otherwise); the input's only from feature ``input_from``
+    on, its rows before it zero (:func:`~sparse_rl.backends.compact.input_grad_from`). For a layer with a fused ReLU
     (``rectified_t``, its rectified output), ``dyᵀ`` is first masked where the output is not positive, as
     ``torch.relu``'s backward masks it. Compiled: one call, one pass over ``dyᵀ`` for the mask, the values' and the
     bias' gradients, the masked gradient held in a reused buffer for the input gradient."""
@@ -172,10 +177,11 @@ def layer_backward(values: torch.Tensor, structure: CompactStructure, dy_t: torc
         grad_bias = dy_t.new_empty(rows) if wants_bias else None
         pointers = structure.pointers
         _backward(dy_t, rows, cols, x_t=x_t, rectified_t=rectified_t, structure=pointers[:2],
-                  grad_values=grad_values, grad_bias=grad_bias, dx=grad_x, values=values, transposed=pointers[2:])
+                  grad_values=grad_values, grad_bias=grad_bias, dx=grad_x, values=values, transposed=pointers[2:],
+                  first=input_from)
         return grad_x, grad_values, grad_bias
     masked = dy_t if rectified_t is None else torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
-    return (input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, masked, rows)
+    return (input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, masked, rows, input_from)
             if wants_input else None,
             values_grad(structure.crow, structure.col, masked, x_t) if wants_values else None,
             masked.sum(1) if wants_bias else None)
@@ -190,13 +196,20 @@ def _backward(dy_t: torch.Tensor, rows: int, cols: int, *, x_t: torch.Tensor | N
               rectified_t: torch.Tensor | None = None, structure: tuple[int, int] = (0, 0),
               grad_values: torch.Tensor | None = None, grad_bias: torch.Tensor | None = None,
               dx: torch.Tensor | None = None, values: torch.Tensor | None = None,
-              transposed: tuple[int, ...] = (0, 0, 0)) -> None:
+              transposed: tuple[int, ...] = (0, 0, 0), first: int = 0) -> None:
     """The compiled backward kernel (``kernels.c``'s ``py_backward``) on ``W``'s CSR ``structure`` and ``Wᵀ``'s
     ``transposed`` one (``perm_t``, ``crow_t``, ``col_t``), given as addresses; what is ``None`` (or 0) is passed as a
-    null pointer (and not computed)."""
+    null pointer (and not computed). The input gradient ``dx`` gets its rows from ``first`` on (the loop over ``Wᵀ``'s
+    rows starts there: its row pointers and ``dx`` are passed from that row) and zeros before it."""
+    batch = dy_t.shape[1]
+    if dx is not None and first:
+        dx[:first] = 0.0
+        perm_t, crow_t, col_t = transposed
+        transposed = (perm_t, crow_t + 4 * first, col_t)  # int32 row pointers; their entries index the whole Wᵀ
     _EXTENSION.backward(*structure, dy_t.data_ptr(), _ptr(rectified_t), _ptr(x_t),  # type: ignore[union-attr]
-                        _ptr(grad_values), _ptr(grad_bias), _ptr(values), *transposed, _ptr(dx),
-                        rows, cols, 0 if values is None else values.numel(), dy_t.shape[1], torch.get_num_threads())
+                        _ptr(grad_values), _ptr(grad_bias), _ptr(values), *transposed,
+                        0 if dx is None else dx.data_ptr() + 4 * first * batch, rows, cols - first,
+                        0 if values is None else values.numel(), batch, torch.get_num_threads())
 
 
 def _like(grad: torch.Tensor, feature_major: bool) -> torch.Tensor:

@@ -7,9 +7,10 @@ before this pass. (SBX, the JAX SB3, differentiates the actor's loss with respec
 
 The sparse critics (:class:`ActorLossCritic`) skip that work: called from one of those ``train()`` functions with
 actions that need a gradient, they run with their parameters' ``requires_grad`` off, so the backward pass computes
-the actions' gradient alone. Called from anywhere else (an algorithm subclass that overrides ``train()``, a loss of
-the user's own, e.g. a penalty on ``∂Q/∂a`` that trains the critic), they record every gradient as an SB3 critic
-does. Training is bit for bit what it was (``tests/test_actor_loss.py``).
+the actions' gradient alone, and their Q networks' first layers compute the input gradient of the actions' features
+only (:func:`actions_gradient_only`; the observation's features need none). Called from anywhere else (an algorithm
+subclass that overrides ``train()``, a loss of the user's own, e.g. a penalty on ``∂Q/∂a`` that trains the critic),
+they record every gradient as an SB3 critic does. Training is bit for bit what it was (``tests/test_actor_loss.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from sparse_rl.algorithms import ALGO_NAMES
+from sparse_rl.backends.compact import INPUT_GRAD_FROM
 from sparse_rl.sb3.algorithms import algo_class
 
 CALLER_FRAMES = 4
@@ -70,13 +72,33 @@ def parameters_frozen(module: nn.Module) -> Iterator[None]:
             parameter.requires_grad_(True)
 
 
+@contextmanager
+def actions_gradient_only(critic: nn.Module, actions: torch.Tensor) -> Iterator[None]:
+    """While the block runs, the first layer of each of ``critic``'s Q networks (where it is a sparse layer) computes
+    its input gradient for the actions' features only: SB3's and sb3-contrib's critics feed it
+    ``torch.cat([features, actions], dim=1)``, and in the actor's loss the features need no gradient (the critic's
+    parameters are frozen, the observations are data). The layer checks the concatenation itself
+    (:func:`sparse_rl.backends.compact.input_grad_from`) and computes every feature's gradient where it is not one."""
+    from sparse_rl.layers import SparseLinear  # here: the layers import the backends, which the policies import
+
+    firsts = [q_net[0] for q_net in getattr(critic, "q_networks", ())
+              if isinstance(q_net, nn.Sequential) and len(q_net) and isinstance(q_net[0], SparseLinear)]
+    for layer in firsts:
+        layer.__dict__[INPUT_GRAD_FROM] = layer.in_features - actions.shape[-1]
+    try:
+        yield
+    finally:
+        for layer in firsts:
+            layer.__dict__.pop(INPUT_GRAD_FROM, None)
+
+
 class ActorLossCritic:
     """Mixin for a critic whose ``forward(obs, actions)`` records no parameter gradients in an algorithm's actor
-    loss (see the module docstring)."""
+    loss, and no gradient for the observation's features (see the module docstring)."""
 
     def forward(self, obs: Any, actions: torch.Tensor) -> Any:
         if called_from_actor_loss(actions):
-            with parameters_frozen(self):  # type: ignore[arg-type]  # mixin: the SB3 critic, later in the MRO, makes self an nn.Module
+            with parameters_frozen(self), actions_gradient_only(self, actions):  # type: ignore[arg-type]  # mixin: the SB3 critic, later in the MRO, makes self an nn.Module
                 return super().forward(obs, actions)  # type: ignore[misc]  # mixin: as above
         return super().forward(obs, actions)  # type: ignore[misc]  # mixin: as above
 
@@ -86,6 +108,6 @@ class ActorLossQ1Critic(ActorLossCritic):
 
     def q1_forward(self, obs: Any, actions: torch.Tensor) -> torch.Tensor:
         if called_from_actor_loss(actions):
-            with parameters_frozen(self):  # type: ignore[arg-type]  # mixin: SB3's ContinuousCritic, later in the MRO, makes self an nn.Module
+            with parameters_frozen(self), actions_gradient_only(self, actions):  # type: ignore[arg-type]  # mixin: SB3's ContinuousCritic, later in the MRO, makes self an nn.Module
                 return super().q1_forward(obs, actions)  # type: ignore[misc]  # mixin: as above
         return super().q1_forward(obs, actions)  # type: ignore[misc]  # mixin: as above
