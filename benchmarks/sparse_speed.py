@@ -144,7 +144,7 @@ SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "##
             "memory": "#### Peak memory", "batch-renorm": "#### BatchRenorm", "relu-fusion": "#### Fused ReLUs",
             "actor-loss": "#### Critic weight gradients in the actor's loss", "optimizer": "#### Optimizer",
             "input-layers": "#### Compact input layers", "output-layers": "#### Compact output layers",
-            "chains": "#### Chained compact layers"}
+            "chains": "#### Chained compact layers", "head-fusion": "#### Q heads inside the layer before"}
 NET_ARCH: dict[str, list[int] | dict[str, list[int]]] = {
     "sac": [256, 256], "td3": [400, 300], "tqc": [256, 256], "crossq": {"pi": [256, 256], "qf": [1024, 1024]}}
 WIDE_ALGOS = ("sac", "td3")
@@ -699,17 +699,26 @@ def one_node_per_layer() -> ContextManager:
     return patch.object(compact_chain, "run_length", lambda modules, start, x: 0)
 
 
-def chain_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
-                 learning_starts: int, seed: int) -> list[str]:
-    """ms per gradient step of ``train()`` of each sparse model as built (runs of compact layers as one node) and
-    of a same-seed twin stepped with one node per layer, timed alternately."""
+def stepped_twin_rows(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
+                      learning_starts: int, seed: int, twin_steps: Callable[[], ContextManager],
+                      kinds: tuple[str, str]) -> list[str]:
+    """:func:`twin_rows` of each sparse model as built against a same-seed twin whose steps run inside
+    ``twin_steps`` (the twin, ``kinds[0]``, runs first in each round)."""
     common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
     rows = []
     for algo in algos:
         twins = sparse_models(algo, env_id, densities, width, common)
         built = sparse_models(algo, env_id, densities, width, common)
-        rows += twin_rows(algo, twins, built, ("one node per layer", "chained"), width, rounds, chunk,
-                          learning_starts, {"one node per layer": one_node_per_layer})
+        rows += twin_rows(algo, twins, built, kinds, width, rounds, chunk, learning_starts, {kinds[0]: twin_steps})
+    return rows
+
+
+def chain_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
+                 learning_starts: int, seed: int) -> list[str]:
+    """ms per gradient step of ``train()`` of each sparse model as built (runs of compact layers as one node) and
+    of a same-seed twin stepped with one node per layer, timed alternately."""
+    rows = stepped_twin_rows(algos, env_id, densities, width, rounds, chunk, learning_starts, seed,
+                             one_node_per_layer, ("one node per layer", "chained"))
     return [f"{', '.join(algos)} on {env_id}, seed {seed}: "
             f"median {clock_words()} ms per gradient step of `train()` (batch 256) "
             f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
@@ -717,6 +726,29 @@ def chain_tables(algos: list[str], env_id: str, densities: list[float], width: i
             "critics' Q networks, the actor's body) run as one autograd node (`sparse_rl.backends.compact_chain`), "
             "and a same-seed twin stepped with one node per layer; the twin runs first in each round:", "",
             "| algo | model | chained ms | one node per layer ms | chained ÷ one node per layer |",
+            "|---|---|---|---|---|", *rows, "", f"{interval_words(rounds)}."]
+
+
+def heads_apart() -> ContextManager:
+    """Steps taken inside run a run's one-output last layer as its own layer of the run (``compact_chain.fuses_head``
+    false), not inside the layer before it."""
+    return patch.object(compact_chain, "fuses_head", lambda structures, relus: False)
+
+
+def head_fusion_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
+                       learning_starts: int, seed: int) -> list[str]:
+    """ms per gradient step of ``train()`` of each sparse model as built (the critics' one-output heads inside the
+    layer before them) and of a same-seed twin stepped with the heads apart, timed alternately."""
+    rows = stepped_twin_rows(algos, env_id, densities, width, rounds, chunk, learning_starts, seed, heads_apart,
+                             ("head apart", "head fused"))
+    return [f"{', '.join(algos)} on {env_id}, seed {seed}: "
+            f"median {clock_words()} ms per gradient step of `train()` (batch 256) "
+            f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
+            "sparse model (RigL on `auto`) as built, whose critics' Q networks run their one-output last layer inside "
+            "the layer before it (its forward in that layer's pass over its output rows, its input gradient made row "
+            "by row in that layer's backward: `compact_chain.fuses_head`), and a same-seed twin stepped with that "
+            "layer apart (still in the same autograd node); the twin runs first in each round:", "",
+            "| algo | model | head fused ms | head apart ms | fused ÷ apart |",
             "|---|---|---|---|---|", *rows, "", f"{interval_words(rounds)}."]
 
 
@@ -1005,6 +1037,9 @@ def main() -> None:
     elif args.part == "chains":
         lines = [header, "", *chain_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
                                            args.rounds, args.chunk, args.learning_starts, args.seed)]
+    elif args.part == "head-fusion":
+        lines = [header, "", *head_fusion_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
+                                                 args.rounds, args.chunk, args.learning_starts, args.seed)]
     elif args.part == "breakdown":
         lines = [header, "", *breakdown_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
                                                args.chunk, args.learning_starts, args.seed)]

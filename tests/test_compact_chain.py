@@ -49,14 +49,11 @@ def step(network: nn.Module, x: torch.Tensor, upstream: torch.Tensor, input_grad
     return [y.detach(), getattr(y, RECTIFIED, False), x.grad, *(p.grad for p in network.parameters())]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data(), depth=st.integers(2, 4), batch=st.integers(1, 300), seed=st.integers(0, 2**16),
-       feature_major=st.booleans(), input_grad=st.booleans())
-def test_a_run_gives_the_outputs_tags_and_gradients_of_one_node_per_layer(simd, data, depth, batch, seed,
-                                                                         feature_major, input_grad):
-    """Same floats, not just close, whichever parameters are frozen and whether the input wants a gradient."""
-    widths = data.draw(st.lists(st.integers(1, 70), min_size=depth + 1, max_size=depth + 1))
-    relus = data.draw(st.lists(st.booleans(), min_size=depth, max_size=depth))
+def assert_a_run_gives_what_one_node_per_layer_gives(data, widths: list[int], relus: list[bool], batch: int,
+                                                     seed: int, feature_major: bool, input_grad: bool) -> None:
+    """Outputs, rectified tags and gradients of a random run of compact layers of ``widths`` (with and without a
+    graph; biases, densities and frozen parameters drawn) equal those of one node per layer, bit for bit."""
+    depth = len(relus)
     biases = data.draw(st.lists(st.booleans(), min_size=depth, max_size=depth))
     fractions = data.draw(st.lists(st.floats(0, 1), min_size=depth, max_size=depth))
     chained = compact_network(widths, relus, biases, fractions, seed)
@@ -86,6 +83,35 @@ def test_a_run_gives_the_outputs_tags_and_gradients_of_one_node_per_layer(simd, 
         no_graph = chained(x)
     assert torch.equal(no_graph, expected_no_graph)
     assert getattr(no_graph, RECTIFIED, False) == relus[-1]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), depth=st.integers(2, 4), batch=st.integers(1, 300), seed=st.integers(0, 2**16),
+       feature_major=st.booleans(), input_grad=st.booleans())
+def test_a_run_gives_the_outputs_tags_and_gradients_of_one_node_per_layer(simd, data, depth, batch, seed,
+                                                                         feature_major, input_grad):
+    """Same floats, not just close, whichever parameters are frozen and whether the input wants a gradient."""
+    widths = data.draw(st.lists(st.integers(1, 70), min_size=depth + 1, max_size=depth + 1))
+    relus = data.draw(st.lists(st.booleans(), min_size=depth, max_size=depth))
+    assert_a_run_gives_what_one_node_per_layer_gives(data, widths, relus, batch, seed, feature_major, input_grad)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), depth=st.integers(2, 4), batch=st.integers(1, 300), seed=st.integers(0, 2**16),
+       feature_major=st.booleans(), input_grad=st.booleans())
+def test_a_one_output_head_runs_inside_the_layer_before_it_and_gives_the_same_floats(simd, data, depth, batch, seed,
+                                                                                  feature_major, input_grad,
+                                                                                  monkeypatch):
+    """A critic's Q network: the run's last layer has one output and no ReLU, so its forward and input gradient run
+    inside the layer before's passes (``compact_chain.fuses_head``); outputs and gradients equal those of one node
+    per layer, bit for bit."""
+    widths = [*data.draw(st.lists(st.integers(1, 70), min_size=depth, max_size=depth)), 1]
+    relus = [*data.draw(st.lists(st.booleans(), min_size=depth - 1, max_size=depth - 1)), False]
+    fused = []
+    original = kernels.layer_forward_into_head
+    monkeypatch.setattr(kernels, "layer_forward_into_head", lambda *args: fused.append(1) or original(*args))
+    assert_a_run_gives_what_one_node_per_layer_gives(data, widths, relus, batch, seed, feature_major, input_grad)
+    assert fused, "the head did not run inside the layer before it"
 
 
 def chainable_network() -> FusedReLUSequential:
@@ -133,10 +159,11 @@ def test_values_changed_in_place_before_the_backward_are_caught_as_for_one_layer
         y.sum().backward()
 
 
-def test_without_the_extension_a_run_computes_what_its_layers_compute(monkeypatch):
-    network = chainable_network()
+@pytest.mark.parametrize("outputs", [3, 1])  # 1: a Q head, which runs inside the layer before where compiled
+def test_without_the_extension_a_run_computes_what_its_layers_compute(monkeypatch, outputs):
+    network = compact_network([6, 9, 9, outputs], [True, True, False], [True, True, True], [0.5, 0.5, 1.0], 0)
     single = copy.deepcopy(network)
-    x, upstream = torch.randn(16, 6), torch.randn(16, 3)
+    x, upstream = torch.randn(16, 6), torch.randn(16, outputs)
     monkeypatch.setattr(kernels, "_EXTENSION", None)
     monkeypatch.setattr(kernels, "_warned", True)
     actual = step(network, x, upstream, True)

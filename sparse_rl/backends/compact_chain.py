@@ -5,7 +5,11 @@ bookkeeping per layer for its forward and backward together, against 30-120 µs 
 :class:`~sparse_rl.relu_fusion.FusedReLUSequential` (SB3's MLPs, once sparsified) hands each run of two or more
 compact layers (with the ReLUs fused into them) to :func:`forward`, which runs the same kernels on the same
 tensors, layer after layer, inside one :class:`torch.autograd.Function`: the values, gradients and the output's
-rectified tag are those of the layers called one by one, bit for bit (``tests/test_compact_chain.py``).
+rectified tag are those of the layers called one by one, bit for bit (``tests/test_compact_chain.py``). A run that
+ends in a one-output layer (a critic's Q head, :func:`fuses_head`) runs that layer inside the one before it: its
+forward sum takes each output row of that layer while the row is in cache, and that layer's backward makes its
+output gradient from the head's row by row, so the head's input (1 MB at width 1024, batch 256) is not read again
+and its input gradient is never written out.
 
 A run is only taken where nothing could tell the difference (:func:`run_length`): no module hooks on its layers or
 ReLUs and no global ones (a hook sees each layer's own call; the dormant-neuron monitor hooks the ReLUs on the steps
@@ -94,11 +98,38 @@ def forward(modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
         y = _CompactChainFunction.apply(x, structures, relus, is_feature_major(x),
                                         compact.input_grad_from(layers[0], x), *parameters)
     else:  # no graph to record (target networks, predict): the kernels alone
-        x_t = x.t().contiguous()
-        for values, bias, structure, relu in zip(parameters[::2], parameters[1::2], structures, relus):
-            x_t = kernels.layer_forward(values, structure, x_t, bias, relu)
-        y = x_t.t()
+        y = _forward_kernels(x.t().contiguous(), parameters, structures, relus, None).t()
     return mark_rectified(y) if relus[-1] else y
+
+
+def fuses_head(structures: list[CompactStructure], relus: list[bool]) -> bool:
+    """Whether a run ends in a one-output layer without a ReLU (a critic's Q head) that runs inside the layer before
+    it: its forward in that layer's forward pass over the rows (:func:`~sparse_rl.backends.kernels.
+    layer_forward_into_head`), its input gradient in that layer's backward (``layer_backward``'s ``head``). Its
+    output and gradients are the same floats; what it saves is the head reading the layer's whole output again, and
+    writing and that layer reading back the whole gradient of it (1 MB each at width 1024, batch 256)."""
+    return len(structures) >= 2 and structures[-1].shape[0] == 1 and not relus[-1]
+
+
+def _forward_kernels(x_t: torch.Tensor, parameters: list[Any], structures: list[CompactStructure],
+                     relus: list[bool], saved: list[torch.Tensor | None] | None) -> torch.Tensor:
+    """The run's forward kernels from ``x_t`` (``(in, batch)``), appending what each layer's backward reads to
+    ``saved`` (its input, its values and, with a fused ReLU, its output) where given; returns ``(out, batch)``."""
+    count = len(structures)
+    fused = fuses_head(structures, relus)
+    for i in range(count - 1 if fused else count):
+        values, bias, structure, relu = parameters[2 * i], parameters[2 * i + 1], structures[i], relus[i]
+        if fused and i == count - 2:
+            y_t, out_t = kernels.layer_forward_into_head(values, structure, x_t, bias, relu, parameters[-2],
+                                                         structures[-1], parameters[-1])
+        else:
+            y_t = out_t = kernels.layer_forward(values, structure, x_t, bias, relu)
+        if saved is not None:
+            saved += [x_t, values, y_t if relu else None]
+        x_t = y_t
+    if fused and saved is not None:
+        saved += [x_t, parameters[-2], None]  # the head's input: the layer before's output
+    return out_t
 
 
 def _layers_and_relus(modules: list[nn.Module]) -> tuple[list[SparseLinear], list[bool]]:
@@ -120,16 +151,14 @@ class _CompactChainFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, structures: list[CompactStructure], relus: list[bool],
                 feature_major: bool, input_from: int, *parameters: Any) -> torch.Tensor:
-        x_t = x.t().contiguous()  # (in, batch): copied unless the input is feature-major
         saved: list[torch.Tensor | None] = []
-        for values, bias, structure, relu in zip(parameters[::2], parameters[1::2], structures, relus):
-            y_t = kernels.layer_forward(values, structure, x_t, bias, relu)
-            saved += [x_t, values, y_t if relu else None]
-            x_t = y_t
+        # (in, batch): copied unless the input is feature-major
+        y_t = _forward_kernels(x.t().contiguous(), list(parameters), structures, relus, saved)
         ctx.save_for_backward(*saved)
         ctx.structures, ctx.feature_major, ctx.input_from = structures, feature_major, input_from
         ctx.has_bias = [bias is not None for bias in parameters[1::2]]
-        return x_t.t()
+        ctx.fused_head = fuses_head(structures, relus)
+        return y_t.t()
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -144,12 +173,20 @@ class _CompactChainFunction(torch.autograd.Function):
             upstream.append(upstream[-1] or wants_values[i] or wants_bias[i])
         grads: list[torch.Tensor | None] = [None] * (2 * count)
         dy_t: torch.Tensor | None = grad_output.t().contiguous()  # (out, batch); a no-op for feature-major gradients
+        head = None
         for i in range(count - 1, -1, -1):
-            assert dy_t is not None
             x_t, values, rectified_t = saved[3 * i:3 * i + 3]
-            dy_t, grads[2 * i], grads[2 * i + 1] = kernels.layer_backward(
-                values, ctx.structures[i], dy_t, x_t, rectified_t, (upstream[i], wants_values[i], wants_bias[i]),
-                0 if i else ctx.input_from)
+            if ctx.fused_head and i == count - 1:  # its input gradient runs inside the layer before's backward
+                if wants_values[i] or wants_bias[i]:
+                    _, grads[2 * i], grads[2 * i + 1] = kernels.layer_backward(
+                        values, ctx.structures[i], dy_t, x_t, None, (False, wants_values[i], wants_bias[i]))
+                assert dy_t is not None
+                head, dy_t = (values, ctx.structures[i], dy_t), None
+            else:
+                dy_t, grads[2 * i], grads[2 * i + 1] = kernels.layer_backward(
+                    values, ctx.structures[i], dy_t, x_t, rectified_t, (upstream[i], wants_values[i], wants_bias[i]),
+                    0 if i else ctx.input_from, head)
+                head = None
             if not upstream[i]:
                 break
         grad_x = None if dy_t is None or not needs[0] else dy_t.t()

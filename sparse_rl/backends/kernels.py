@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 SIMD_ENV = "SPARSE_RL_SIMD"
 
-API_VERSION = 3
+API_VERSION = 4
 """The calling convention of ``kernels.c`` this module speaks. An extension that reports another (built from an
 earlier checkout and not rebuilt after an update) is not used: the package falls back to torch's kernels with a
 one-line warning instead of failing inside a training step."""
@@ -123,12 +123,33 @@ def layer_forward(values: torch.Tensor, structure: CompactStructure, x_t: torch.
         y_t = x_t.new_empty(rows, batch)
         _EXTENSION.forward(values.data_ptr(), pointers[0], pointers[1], x_t.data_ptr(),  # type: ignore[union-attr]
                            0 if bias is None else bias.data_ptr(), y_t.data_ptr(), rows, batch, relu,
-                           torch.get_num_threads())
+                           torch.get_num_threads(), 0, 0, 0, 0, 0)
         return y_t
     _warn_fallback()
     w = _csr(structure.crow, structure.col, values, structure.shape)
     y_t = torch.sparse.mm(w, x_t) if bias is None else torch.addmm(bias.unsqueeze(1), w, x_t)
     return y_t.relu_() if relu else y_t
+
+
+def layer_forward_into_head(values: torch.Tensor, structure: CompactStructure, x_t: torch.Tensor,
+                            bias: torch.Tensor | None, relu: bool, head_values: torch.Tensor,
+                            head_structure: CompactStructure,
+                            head_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`layer_forward` of a layer and of the one-output layer after it (a critic's Q head): ``(y_t, out_t)``,
+    the layer's ``(rows, batch)`` output and the head's ``(1, batch)``, the same floats as two calls. Compiled, one
+    pass: the head's sum takes each of the layer's output rows while it is in cache, so the head does not read the
+    layer's output again."""
+    rows, batch = structure.shape[0], x_t.shape[1]
+    if (batch and _check(values, x_t, head_values) and (bias is None or bias.is_contiguous())
+            and (head_bias is None or head_bias.is_contiguous())):  # (a null output row says: no head)
+        y_t, out_t = x_t.new_empty(rows, batch), x_t.new_empty(1, batch)
+        pointers, head = structure.pointers, head_structure.pointers
+        _EXTENSION.forward(values.data_ptr(), pointers[0], pointers[1], x_t.data_ptr(),  # type: ignore[union-attr]
+                           _ptr(bias), y_t.data_ptr(), rows, batch, relu, torch.get_num_threads(),
+                           head_values.data_ptr(), head[0], head[1], _ptr(head_bias), out_t.data_ptr())
+        return y_t, out_t
+    y_t = layer_forward(values, structure, x_t, bias, relu)
+    return y_t, layer_forward(head_values, head_structure, y_t, head_bias)
 
 
 def input_grad(values: torch.Tensor, perm_t: torch.Tensor, crow_t: torch.Tensor, col_t: torch.Tensor,
@@ -138,8 +159,8 @@ def input_grad(values: torch.Tensor, perm_t: torch.Tensor, crow_t: torch.Tensor,
     cols = crow_t.numel() - 1
     if _check(values, dy_t):
         dx_t = dy_t.new_empty(cols, dy_t.shape[1])
-        _backward(dy_t, rows, cols, dx=dx_t, values=values, transposed=(perm_t.data_ptr(), crow_t.data_ptr(),
-                                                                        col_t.data_ptr()), first=first)
+        _backward(dy_t, rows, cols, dy_t.shape[1], dx=dx_t, values=values,
+                  transposed=(perm_t.data_ptr(), crow_t.data_ptr(), col_t.data_ptr()), first=first)
         return dx_t
     _warn_fallback()
     dx_t = torch.sparse.mm(_csr(crow_t, col_t, values[perm_t.long()], (cols, rows)), dy_t)
@@ -152,34 +173,46 @@ def values_grad(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, x_t: 
     rows, cols = crow.numel() - 1, x_t.shape[0]
     if _check(dy_t, x_t):
         grad = dy_t.new_empty(col.numel())
-        _backward(dy_t, rows, cols, x_t=x_t, structure=(crow.data_ptr(), col.data_ptr()), grad_values=grad)
+        _backward(dy_t, rows, cols, dy_t.shape[1], x_t=x_t, structure=(crow.data_ptr(), col.data_ptr()),
+                  grad_values=grad)
         return grad
     _warn_fallback()
     pattern = _csr(crow, col, dy_t.new_zeros(col.numel()), (rows, cols))
     return torch.sparse.sampled_addmm(pattern, dy_t, x_t.t(), beta=0.0).values()
 
 
-def layer_backward(values: torch.Tensor, structure: CompactStructure, dy_t: torch.Tensor, x_t: torch.Tensor,
-                   rectified_t: torch.Tensor | None, wants: tuple[bool, bool, bool],
-                   input_from: int = 0) -> tuple[torch.Tensor | None, ...]:
+def layer_backward(values: torch.Tensor, structure: CompactStructure, dy_t: torch.Tensor | None, x_t: torch.Tensor,
+                   rectified_t: torch.Tensor | None, wants: tuple[bool, bool, bool], input_from: int = 0,
+                   head: tuple[torch.Tensor, CompactStructure, torch.Tensor] | None = None
+                   ) -> tuple[torch.Tensor | None, ...]:
     """A compact layer's gradients from ``dyᵀ``: the input's ``(in, batch)``, the values' and the bias', each only
     where ``wants`` (the same three flags) says so (``None`` otherwise); the input's only from feature ``input_from``
     on, its rows before it zero (:func:`~sparse_rl.backends.compact.input_grad_from`). For a layer with a fused ReLU
     (``rectified_t``, its rectified output), ``dyᵀ`` is first masked where the output is not positive, as
     ``torch.relu``'s backward masks it. Compiled: one call, one pass over ``dyᵀ`` for the mask, the values' and the
-    bias' gradients, the masked gradient held in a reused buffer for the input gradient."""
+    bias' gradients, the masked gradient held in a reused buffer for the input gradient. With ``head``, the values,
+    structure and ``(1, batch)`` output gradient of the one-output layer after this one (whose forward
+    :func:`layer_forward_into_head` fused), ``dy_t`` is ``None``: this layer's output gradient is the head's input
+    gradient, made row by row in that buffer (compiled) instead of read from memory, the same floats."""
     wants_input, wants_values, wants_bias = wants
     rows, cols = structure.shape
-    if _check(dy_t, x_t, values) and (rectified_t is None or _check(rectified_t)):
-        batch = dy_t.shape[1]
-        grad_x = dy_t.new_empty(cols, batch) if wants_input else None
-        grad_values = dy_t.new_empty(values.shape[0]) if wants_values else None
-        grad_bias = dy_t.new_empty(rows) if wants_bias else None
+    compiled = _check(x_t, values) and (rectified_t is None or _check(rectified_t))
+    if head is not None and not (compiled and _check(head[0], head[2]) and x_t.shape[1]):  # (a null dy: no head)
+        # the head's input gradient first, then as without one
+        head_values, head_structure, head_dy = head
+        dy_t, head = input_grad(head_values, head_structure.perm_t, head_structure.crow_t, head_structure.col_t,
+                                head_dy, 1), None
+    if compiled and (head is not None or (dy_t is not None and _check(dy_t))):
+        batch = x_t.shape[1]
+        grad_x = x_t.new_empty(cols, batch) if wants_input else None
+        grad_values = x_t.new_empty(values.shape[0]) if wants_values else None
+        grad_bias = x_t.new_empty(rows) if wants_bias else None
         pointers = structure.pointers
-        _backward(dy_t, rows, cols, x_t=x_t, rectified_t=rectified_t, structure=pointers[:2],
+        _backward(dy_t, rows, cols, batch, x_t=x_t, rectified_t=rectified_t, structure=pointers[:2],
                   grad_values=grad_values, grad_bias=grad_bias, dx=grad_x, values=values, transposed=pointers[2:],
-                  first=input_from)
+                  first=input_from, head=head)
         return grad_x, grad_values, grad_bias
+    assert dy_t is not None
     masked = dy_t if rectified_t is None else torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
     return (input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, masked, rows, input_from)
             if wants_input else None,
@@ -192,24 +225,26 @@ def _ptr(tensor: torch.Tensor | None) -> int:
     return 0 if tensor is None else tensor.data_ptr()
 
 
-def _backward(dy_t: torch.Tensor, rows: int, cols: int, *, x_t: torch.Tensor | None = None,
+def _backward(dy_t: torch.Tensor | None, rows: int, cols: int, batch: int, *, x_t: torch.Tensor | None = None,
               rectified_t: torch.Tensor | None = None, structure: tuple[int, int] = (0, 0),
               grad_values: torch.Tensor | None = None, grad_bias: torch.Tensor | None = None,
               dx: torch.Tensor | None = None, values: torch.Tensor | None = None,
-              transposed: tuple[int, ...] = (0, 0, 0), first: int = 0) -> None:
+              transposed: tuple[int, ...] = (0, 0, 0), first: int = 0,
+              head: tuple[torch.Tensor, CompactStructure, torch.Tensor] | None = None) -> None:
     """The compiled backward kernel (``kernels.c``'s ``py_backward``) on ``W``'s CSR ``structure`` and ``Wᵀ``'s
     ``transposed`` one (``perm_t``, ``crow_t``, ``col_t``), given as addresses; what is ``None`` (or 0) is passed as a
     null pointer (and not computed). The input gradient ``dx`` gets its rows from ``first`` on (the loop over ``Wᵀ``'s
-    rows starts there: its row pointers and ``dx`` are passed from that row) and zeros before it."""
-    batch = dy_t.shape[1]
+    rows starts there: its row pointers and ``dx`` are passed from that row) and zeros before it. With ``head``
+    (:func:`layer_backward`), ``dy_t`` is ``None`` and the output gradient comes from the head's."""
     if dx is not None and first:
         dx[:first] = 0.0
         perm_t, crow_t, col_t = transposed
         transposed = (perm_t, crow_t + 4 * first, col_t)  # int32 row pointers; their entries index the whole Wᵀ
-    _EXTENSION.backward(*structure, dy_t.data_ptr(), _ptr(rectified_t), _ptr(x_t),  # type: ignore[union-attr]
+    head_pointers = (0, 0, 0, 0) if head is None else (head[0].data_ptr(), *head[1].pointers[:2], head[2].data_ptr())
+    _EXTENSION.backward(*structure, _ptr(dy_t), _ptr(rectified_t), _ptr(x_t),  # type: ignore[union-attr]
                         _ptr(grad_values), _ptr(grad_bias), _ptr(values), *transposed,
                         0 if dx is None else dx.data_ptr() + 4 * first * batch, rows, cols - first,
-                        0 if values is None else values.numel(), batch, torch.get_num_threads())
+                        0 if values is None else values.numel(), batch, torch.get_num_threads(), *head_pointers)
 
 
 def _like(grad: torch.Tensor, feature_major: bool) -> torch.Tensor:
