@@ -588,7 +588,11 @@ def train_ms(pair: dict, rounds: int, chunk: int, learning_starts: int,
     ratios through the returned :class:`RoundRatios`); each model's steps run inside its ``contexts`` entry, if any."""
     contexts = contexts or {}
     times: dict[str, list[float]] = {kind: [] for kind in pair}
+    warmed: list = []
     for kind, model in pair.items():
+        if any(model is other for other in warmed):  # one model stepped two ways (stepped_twin_rows)
+            continue
+        warmed.append(model)
         with contexts.get(kind, nullcontext)():
             warm_up(model, learning_starts)
     for _ in range(rounds):
@@ -702,21 +706,23 @@ def one_node_per_layer() -> ContextManager:
 def stepped_twin_rows(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
                       learning_starts: int, seed: int, twin_steps: Callable[[], ContextManager],
                       kinds: tuple[str, str]) -> list[str]:
-    """:func:`twin_rows` of each sparse model as built against a same-seed twin whose steps run inside
-    ``twin_steps`` (the twin, ``kinds[0]``, runs first in each round)."""
+    """:func:`twin_rows` of each sparse model as built, its chunks stepped alternately inside ``twin_steps``
+    (``kinds[0]``, first in each round) and as built. One model, not a same-seed twin: these contexts change how a
+    step is computed, not its floats, so both ways train the same model, while two instances of one model differ in
+    `train()` time on their own (quiet Xeon, TQC at 0.1: a change that measured 1.00× on one model stepped both ways
+    measured 1.02-1.04× on same-seed twins, three runs, either order)."""
     common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
     rows = []
     for algo in algos:
-        twins = sparse_models(algo, env_id, densities, width, common)
-        built = sparse_models(algo, env_id, densities, width, common)
-        rows += twin_rows(algo, twins, built, kinds, width, rounds, chunk, learning_starts, {kinds[0]: twin_steps})
+        models = sparse_models(algo, env_id, densities, width, common)
+        rows += twin_rows(algo, models, models, kinds, width, rounds, chunk, learning_starts, {kinds[0]: twin_steps})
     return rows
 
 
 def chain_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
                  learning_starts: int, seed: int) -> list[str]:
     """ms per gradient step of ``train()`` of each sparse model as built (runs of compact layers as one node) and
-    of a same-seed twin stepped with one node per layer, timed alternately."""
+    stepped with one node per layer, timed alternately."""
     rows = stepped_twin_rows(algos, env_id, densities, width, rounds, chunk, learning_starts, seed,
                              one_node_per_layer, ("one node per layer", "chained"))
     return [f"{', '.join(algos)} on {env_id}, seed {seed}: "
@@ -724,7 +730,8 @@ def chain_tables(algos: list[str], env_id: str, densities: list[float], width: i
             f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
             "sparse model (RigL on `auto`) as built, whose compact layers in a row inside one `nn.Sequential` (the "
             "critics' Q networks, the actor's body) run as one autograd node (`sparse_rl.backends.compact_chain`), "
-            "and a same-seed twin stepped with one node per layer; the twin runs first in each round:", "",
+            "its chunks stepped alternately with one node per layer (first in each round) and as built (the same "
+            "floats either way, so one model):", "",
             "| algo | model | chained ms | one node per layer ms | chained ÷ one node per layer |",
             "|---|---|---|---|---|", *rows, "", f"{interval_words(rounds)}."]
 
@@ -738,7 +745,7 @@ def heads_apart() -> ContextManager:
 def head_fusion_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
                        learning_starts: int, seed: int) -> list[str]:
     """ms per gradient step of ``train()`` of each sparse model as built (the critics' one-output heads inside the
-    layer before them) and of a same-seed twin stepped with the heads apart, timed alternately."""
+    layer before them) and stepped with the heads apart, timed alternately."""
     rows = stepped_twin_rows(algos, env_id, densities, width, rounds, chunk, learning_starts, seed, heads_apart,
                              ("head apart", "head fused"))
     return [f"{', '.join(algos)} on {env_id}, seed {seed}: "
@@ -746,8 +753,9 @@ def head_fusion_tables(algos: list[str], env_id: str, densities: list[float], wi
             f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
             "sparse model (RigL on `auto`) as built, whose critics' Q networks run their one-output last layer inside "
             "the layer before it (its forward in that layer's pass over its output rows, its input gradient made row "
-            "by row in that layer's backward: `compact_chain.fuses_head`), and a same-seed twin stepped with that "
-            "layer apart (still in the same autograd node); the twin runs first in each round:", "",
+            "by row in that layer's backward: `compact_chain.fuses_head`), its chunks stepped alternately with that "
+            "layer apart (still in the same autograd node; first in each round) and as built (the same floats either "
+            "way, so one model):", "",
             "| algo | model | head fused ms | head apart ms | fused ÷ apart |",
             "|---|---|---|---|---|", *rows, "", f"{interval_words(rounds)}."]
 
