@@ -1,7 +1,8 @@
 /* kernels.c's baseline loops (the "generic" level: NEON on aarch64) behind one entry point for an emulated CPU
  * (tests/test_kernels_aarch64.py). h_call(args): args[0] names the loop, the rest are its arguments, pointers as
- * integers. Python's API is never called here (the linker drops the module's functions, which alone use it), and
- * memcpy/memset stand in for a C library, so the build needs no libc for the target. */
+ * integers; the loops' fused Q head (head_t) is not passed (NULL: the x86 tests check it). Python's API is never
+ * called here (the linker drops the module's functions, which alone use it), and memcpy/memset stand in for a C
+ * library, so the build needs no libc for the target. */
 #include "kernels.c"
 
 void *memcpy(void *dst, const void *src, size_t n) {
@@ -24,11 +25,12 @@ void h_call(const int64_t *a) {
     switch (a[0]) {
     case FORWARD:
         LEVELS[g].forward((const float *)a[1], (const int32_t *)a[2], (const int32_t *)a[3], (const int32_t *)a[4],
-                          (const float *)a[5], (const float *)a[6], (float *)a[7], 0, a[8], a[9], (int)a[10]);
+                          (const float *)a[5], (const float *)a[6], (float *)a[7], 0, a[8], a[9], (int)a[10], NULL);
         break;
     case VALUES_GRAD:
         LEVELS[g].values_grad((const int32_t *)a[1], (const int32_t *)a[2], (const float *)a[3], (const float *)a[4],
-                              (float *)a[5], (const float *)a[6], (float *)a[7], (float *)a[8], 0, a[9], a[10]);
+                              (float *)a[5], (const float *)a[6], (float *)a[7], (float *)a[8], 0, a[9], a[10],
+                              NULL);
         break;
     case RENORM_STATS:
         LEVELS[g].renorm_stats[a[1]]((const float *)a[2], (float *)a[3], (float *)a[4], (double *)a[5], a[6], a[7]);
