@@ -842,6 +842,14 @@ def output_layer_tables(algos: list[str], env_id: str, densities: list[float], w
             *rows, "", f"{interval_words(rounds)}."]
 
 
+TWIN_TABLES: dict[str, Callable[..., list[str]]] = {
+    "relu-fusion": relu_fusion_tables, "actor-loss": actor_loss_tables, "optimizer": optimizer_tables,
+    "input-layers": input_layer_tables, "output-layers": output_layer_tables, "chains": chain_tables,
+    "head-fusion": head_fusion_tables}
+"""The parts that time ``train()`` of each sparse model two ways, each table function taking (algos, env,
+densities, width multiplier, rounds, chunk, learning starts, seed)."""
+
+
 BATCH_RENORM_SHAPES = ((512, 23, True, False), (512, 1024, True, False), (512, 1024, True, True),
                        (256, 1024, False, True), (256, 17, True, False), (256, 256, True, True))
 """(batch, features, training, feature-major) of CrossQ's BatchRenorm calls in one ``train()`` step on
@@ -1027,27 +1035,10 @@ def main() -> None:
         lines = [header, "", *memory_tables(args.env, args.chunk)]
     elif args.part == "batch-renorm":
         lines = [header, "", *batch_renorm_tables(args.repeats)]
-    elif args.part == "relu-fusion":
-        lines = [header, "", *relu_fusion_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
-                                                 args.rounds, args.chunk, args.learning_starts, args.seed)]
-    elif args.part == "actor-loss":
-        lines = [header, "", *actor_loss_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
-                                                args.rounds, args.chunk, args.learning_starts, args.seed)]
-    elif args.part == "optimizer":
-        lines = [header, "", *optimizer_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
-                                               args.rounds, args.chunk, args.learning_starts, args.seed)]
-    elif args.part == "input-layers":
-        lines = [header, "", *input_layer_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
-                                                 args.rounds, args.chunk, args.learning_starts, args.seed)]
-    elif args.part == "output-layers":
-        lines = [header, "", *output_layer_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
-                                                  args.rounds, args.chunk, args.learning_starts, args.seed)]
-    elif args.part == "chains":
-        lines = [header, "", *chain_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
-                                           args.rounds, args.chunk, args.learning_starts, args.seed)]
-    elif args.part == "head-fusion":
-        lines = [header, "", *head_fusion_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
-                                                 args.rounds, args.chunk, args.learning_starts, args.seed)]
+    elif args.part in TWIN_TABLES:
+        lines = [header, "", *TWIN_TABLES[args.part](args.algos, args.env, args.densities or [0.1],
+                                                     args.width_multiplier, args.rounds, args.chunk,
+                                                     args.learning_starts, args.seed)]
     elif args.part == "breakdown":
         lines = [header, "", *breakdown_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
                                                args.chunk, args.learning_starts, args.seed)]

@@ -178,7 +178,7 @@ class _CompactLinearFunction(torch.autograd.Function):
         x_t = x.t().contiguous()  # (in, batch): copied unless the input is feature-major
         y_t = kernels.layer_forward(values, structure, x_t, bias, relu)
         ctx.save_for_backward(x_t, values, y_t if relu else None)
-        ctx.structure, ctx.layer, ctx.has_bias = structure, layer, bias is not None
+        ctx.structure, ctx.layer = structure, layer
         ctx.input_feature_major, ctx.input_from = feature_major, input_from
         return y_t.t()
 
@@ -187,8 +187,7 @@ class _CompactLinearFunction(torch.autograd.Function):
         x_t, values, rectified_t = ctx.saved_tensors
         structure: CompactStructure = ctx.structure
         dy_t = grad_output.t().contiguous()  # (out, batch); a no-op for feature-major gradients
-        wants_input, wants_values, wants_bias = ctx.needs_input_grad[:3]
-        wants_bias = wants_bias and ctx.has_bias
+        wants_input, wants_values, wants_bias = ctx.needs_input_grad[:3]  # never true for a missing bias
         if not (wants_values and ctx.layer.dense_grad_needed):  # the kernels, from one pass over dyᵀ
             grad_x_t, grad_values, grad_bias = kernels.layer_backward(values, structure, dy_t, x_t, rectified_t,
                                                                       (wants_input, wants_values, wants_bias),

@@ -156,7 +156,6 @@ class _CompactChainFunction(torch.autograd.Function):
         y_t = _forward_kernels(x.t().contiguous(), list(parameters), structures, relus, saved)
         ctx.save_for_backward(*saved)
         ctx.structures, ctx.feature_major, ctx.input_from = structures, feature_major, input_from
-        ctx.has_bias = [bias is not None for bias in parameters[1::2]]
         ctx.fused_head = fuses_head(structures, relus)
         return y_t.t()
 
@@ -166,7 +165,7 @@ class _CompactChainFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad
         count = len(ctx.structures)
         wants_values = [needs[5 + 2 * i] for i in range(count)]
-        wants_bias = [needs[6 + 2 * i] and ctx.has_bias[i] for i in range(count)]
+        wants_bias = [needs[6 + 2 * i] for i in range(count)]  # never true for a missing bias
         # upstream[i]: whether anything before layer i wants a gradient, so layer i must hand one back
         upstream = [needs[0]]
         for i in range(count - 1):

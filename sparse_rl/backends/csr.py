@@ -97,7 +97,7 @@ class _SparseLinearFunction(torch.autograd.Function):
         w = structure.weight_csr(weight)
         y_t = torch.sparse.mm(w, x_t) if bias is None else torch.addmm(bias.unsqueeze(1), w, x_t)
         ctx.save_for_backward(x_t, weight)
-        ctx.structure, ctx.dense_grad, ctx.has_bias = structure, dense_grad, bias is not None
+        ctx.structure, ctx.dense_grad = structure, dense_grad
         return y_t.t()
 
     @staticmethod
@@ -118,7 +118,7 @@ class _SparseLinearFunction(torch.autograd.Function):
                 values = torch.sparse.sampled_addmm(structure.pattern, dy_t, x_t.t(), beta=0.0).values()
                 grad_w = torch.zeros(weight.numel(), dtype=weight.dtype, device=weight.device)
                 grad_w = grad_w.index_copy_(0, structure.index, values).view_as(weight)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:  # never true for a missing bias
             grad_b = dy_t.sum(1)
         return grad_x, grad_w, grad_b, None, None
 
