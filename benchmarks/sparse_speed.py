@@ -144,7 +144,7 @@ SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "##
             "memory": "#### Peak memory", "batch-renorm": "#### BatchRenorm", "relu-fusion": "#### Fused ReLUs",
             "actor-loss": "#### Critic weight gradients in the actor's loss", "optimizer": "#### Optimizer",
             "input-layers": "#### Compact input layers", "output-layers": "#### Compact output layers",
-            "chains": "#### Chained compact layers", "head-fusion": "#### Heads inside the layer before"}
+            "chains": "#### Chained compact layers", "head-fusion": "#### Q heads inside the layer before"}
 NET_ARCH: dict[str, list[int] | dict[str, list[int]]] = {
     "sac": [256, 256], "td3": [400, 300], "tqc": [256, 256], "crossq": {"pi": [256, 256], "qf": [1024, 1024]}}
 WIDE_ALGOS = ("sac", "td3")
@@ -736,33 +736,27 @@ def chain_tables(algos: list[str], env_id: str, densities: list[float], width: i
             "|---|---|---|---|---|", *rows, "", f"{interval_words(rounds)}."]
 
 
-@contextmanager
-def heads_apart() -> Iterator[None]:
-    """Steps taken inside run a run's narrow last layer as its own layer of the run (``compact_chain.fuses_head``
-    false) and SAC's actor's heads as their own layers (``compact_chain.forward_into_heads`` declining), not inside
-    the layer before them."""
-    with patch.object(compact_chain, "fuses_head", lambda structures, relus: False), \
-            patch.object(compact_chain, "forward_into_heads", lambda sequence, x, heads: None):
-        yield
+def heads_apart() -> ContextManager:
+    """Steps taken inside run a run's one-output last layer as its own layer of the run (``compact_chain.fuses_head``
+    false), not inside the layer before it."""
+    return patch.object(compact_chain, "fuses_head", lambda structures, relus: False)
 
 
 def head_fusion_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
                        learning_starts: int, seed: int) -> list[str]:
-    """ms per gradient step of ``train()`` of each sparse model as built (the critics' Q heads and the actor's heads
-    inside the layer before them) and stepped with the heads apart, timed alternately."""
+    """ms per gradient step of ``train()`` of each sparse model as built (the critics' one-output heads inside the
+    layer before them) and stepped with the heads apart, timed alternately."""
     rows = stepped_twin_rows(algos, env_id, densities, width, rounds, chunk, learning_starts, seed, heads_apart,
-                             ("heads apart", "heads fused"))
+                             ("head apart", "head fused"))
     return [f"{', '.join(algos)} on {env_id}, seed {seed}: "
             f"median {clock_words()} ms per gradient step of `train()` (batch 256) "
             f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
-            "sparse model (RigL on `auto`) as built, whose narrow heads run inside the layer before them (their "
-            "forward in that layer's pass over its output rows, their input gradients made row by row in that layer's "
-            "backward): the critics' Q heads and TD3's actor's action layer, the last layers of their runs "
-            "(`compact_chain.fuses_head`), and SAC's actor's mean and log-std layers, which both read its last hidden "
-            "layer (`compact_chain.forward_into_heads`). Its chunks are stepped alternately with the heads apart (a "
-            "run's last layer still in the same autograd node, SAC's actor's heads their own layers; first in each "
-            "round) and as built (the same floats either way, so one model):", "",
-            "| algo | model | heads fused ms | heads apart ms | fused ÷ apart |",
+            "sparse model (RigL on `auto`) as built, whose critics' Q networks run their one-output last layer inside "
+            "the layer before it (its forward in that layer's pass over its output rows, its input gradient made row "
+            "by row in that layer's backward: `compact_chain.fuses_head`), its chunks stepped alternately with that "
+            "layer apart (still in the same autograd node; first in each round) and as built (the same floats either "
+            "way, so one model):", "",
+            "| algo | model | head fused ms | head apart ms | fused ÷ apart |",
             "|---|---|---|---|---|", *rows, "", f"{interval_words(rounds)}."]
 
 

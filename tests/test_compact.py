@@ -111,7 +111,7 @@ def test_kernels_at_the_edges_of_their_blocks(simd, in_features, counts, batch, 
     guarded, guarded_bias = torch.full((structure.nnz + 16,), 7.0), torch.full((out_features + 16,), 7.0)
     kernels._EXTENSION.backward(structure.crow.data_ptr(), structure.col.data_ptr(), dy_t.data_ptr(), 0,
                                 x_t.data_ptr(), guarded.data_ptr(), guarded_bias.data_ptr(), 0, 0, 0, 0, 0,
-                                out_features, in_features, structure.nnz, batch, 1, ())
+                                out_features, in_features, structure.nnz, batch, 1, 0, 0, 0, 0)
     torch.testing.assert_close(guarded[:structure.nnz], (dy_t @ x_t.t()).flatten()[structure.positions],
                                rtol=1e-4, atol=1e-4 * max(1.0, batch ** 0.5))
     torch.testing.assert_close(guarded_bias[:out_features], dy_t.sum(1), rtol=1e-4, atol=1e-4 * max(1.0, batch ** 0.5))
@@ -488,41 +488,32 @@ def test_the_kernels_compute_the_same_bits_on_any_number_of_threads(counts, batc
     bias = torch.randn(len(counts), generator=generator)
     x_t, dy_t = (torch.randn(n, batch, generator=generator) for n in (in_features, len(counts)))
 
-    head_structures = [CompactStructure.from_mask(torch.rand(rows, len(counts), generator=generator) < 0.7)
-                       for rows in (1, 6)]
-    head_values = [torch.randn(head.nnz, generator=generator) for head in head_structures]
-    head_biases = [torch.randn(head.shape[0], generator=generator) for head in head_structures]
-    head_dys = [torch.randn(head.shape[0], batch, generator=generator) for head in head_structures]
+    head_structure = CompactStructure.from_mask(torch.rand(1, len(counts), generator=generator) < 0.7)
+    head_values, head_bias = torch.randn(head_structure.nnz, generator=generator), torch.randn(1, generator=generator)
+    head_dy = torch.randn(1, batch, generator=generator)
 
     def run(num_threads: int) -> list[torch.Tensor]:
-        """Also with narrow heads fused in (a one-output Q head; a one- and a six-output head together, as SAC's
-        actor's two), forward and the output gradient made from the heads', which must give what the heads' own
-        kernels give (their input gradients added up, as autograd adds them)."""
+        """Also with a one-output head fused in (forward and the output gradient made from the head's), which must
+        give what the head's own kernels give."""
         before = torch.get_num_threads()
         torch.set_num_threads(num_threads)
-        fused = []
         try:
             y_t = kernels.layer_forward(values, structure, x_t, bias, relu)
             grads = kernels.layer_backward(values, structure, dy_t, x_t, y_t if relu else None, (True, True, True))
-            for count in (1, 2):
-                heads = list(zip(head_values, head_structures, head_biases))[:count]
-                fused_y, head_outs = kernels.layer_forward_into_heads(values, structure, x_t, bias, relu, heads)
-                assert torch.equal(fused_y, y_t)
-                for (h_values, h_structure, h_bias), head_out in zip(heads, head_outs, strict=True):
-                    assert torch.equal(head_out, kernels.layer_forward(h_values, h_structure, y_t, h_bias))
-                head_dx = sum(kernels.input_grad(h_values, h_structure.perm_t, h_structure.crow_t, h_structure.col_t,
-                                                 h_dy, h_structure.shape[0])
-                              for h_values, h_structure, h_dy in zip(head_values[:count], head_structures, head_dys))
-                from_heads = kernels.layer_backward(
-                    values, structure, None, x_t, y_t if relu else None, (True, True, True),
-                    heads=list(zip(head_values, head_structures, head_dys))[:count])
-                for want, got in zip(kernels.layer_backward(values, structure, head_dx, x_t, y_t if relu else None,
-                                                            (True, True, True)), from_heads, strict=True):
-                    assert torch.equal(got, want)
-                fused += [*head_outs, *from_heads]
+            fused_y, head_out = kernels.layer_forward_into_head(values, structure, x_t, bias, relu, head_values,
+                                                                head_structure, head_bias)
+            assert torch.equal(fused_y, y_t)
+            assert torch.equal(head_out, kernels.layer_forward(head_values, head_structure, y_t, head_bias))
+            head_dx = kernels.input_grad(head_values, head_structure.perm_t, head_structure.crow_t,
+                                         head_structure.col_t, head_dy, 1)
+            from_head = kernels.layer_backward(values, structure, None, x_t, y_t if relu else None,
+                                               (True, True, True), head=(head_values, head_structure, head_dy))
+            for want, got in zip(kernels.layer_backward(values, structure, head_dx, x_t, y_t if relu else None,
+                                                        (True, True, True)), from_head):
+                assert torch.equal(got, want)
         finally:
             torch.set_num_threads(before)
-        return [y_t, *grads, *fused]  # type: ignore[list-item]
+        return [y_t, *grads, head_out, *from_head]  # type: ignore[list-item]
 
     widest = kernels._EXTENSION.set_fused_gather_max_batch(0 if gather_first else batch)
     try:

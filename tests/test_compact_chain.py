@@ -98,103 +98,20 @@ def test_a_run_gives_the_outputs_tags_and_gradients_of_one_node_per_layer(simd, 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), depth=st.integers(2, 4), batch=st.integers(1, 300), seed=st.integers(0, 2**16),
-       feature_major=st.booleans(), input_grad=st.booleans(), outputs=st.integers(1, compact_chain.HEAD_ROWS))
-def test_a_narrow_head_runs_inside_the_layer_before_it_and_gives_the_same_floats(simd, data, depth, batch, seed,
-                                                                                 feature_major, input_grad, outputs,
-                                                                                 monkeypatch):
-    """A critic's Q network, TD3's actor: the run's last layer has at most ``HEAD_ROWS`` outputs and no ReLU, so its
-    forward and input gradient run inside the layer before's passes (``compact_chain.fuses_head``); outputs and
-    gradients equal those of one node per layer, bit for bit."""
-    widths = [*data.draw(st.lists(st.integers(1, 70), min_size=depth, max_size=depth)), outputs]
+       feature_major=st.booleans(), input_grad=st.booleans())
+def test_a_one_output_head_runs_inside_the_layer_before_it_and_gives_the_same_floats(simd, data, depth, batch, seed,
+                                                                                  feature_major, input_grad,
+                                                                                  monkeypatch):
+    """A critic's Q network: the run's last layer has one output and no ReLU, so its forward and input gradient run
+    inside the layer before's passes (``compact_chain.fuses_head``); outputs and gradients equal those of one node
+    per layer, bit for bit."""
+    widths = [*data.draw(st.lists(st.integers(1, 70), min_size=depth, max_size=depth)), 1]
     relus = [*data.draw(st.lists(st.booleans(), min_size=depth - 1, max_size=depth - 1)), False]
     fused = []
-    original = kernels.layer_forward_into_heads
-    monkeypatch.setattr(kernels, "layer_forward_into_heads", lambda *args: fused.append(1) or original(*args))
+    original = kernels.layer_forward_into_head
+    monkeypatch.setattr(kernels, "layer_forward_into_head", lambda *args: fused.append(1) or original(*args))
     assert_a_run_gives_what_one_node_per_layer_gives(data, widths, relus, batch, seed, feature_major, input_grad)
     assert fused, "the head did not run inside the layer before it"
-
-
-def heads_step(sequence: nn.Module, heads: list[nn.Module], x: torch.Tensor, upstreams: list[torch.Tensor],
-               fused: bool) -> list:
-    """The heads' outputs (fused into ``sequence``'s last layer, or each called on ``sequence``'s output) and every
-    parameter's gradient."""
-    parameters = [*sequence.parameters(), *(p for head in heads for p in head.parameters())]
-    for parameter in parameters:
-        parameter.grad = None
-    if fused:
-        outputs = compact_chain.forward_into_heads(sequence, x, heads)
-        assert outputs is not None, "the heads can run inside the sequence"
-    else:
-        latent = sequence(x)
-        outputs = [head(latent) for head in heads]
-    if torch.is_grad_enabled() and any(p.requires_grad for p in parameters):
-        torch.autograd.backward(outputs, upstreams)
-    return [*(output.detach() for output in outputs), *(p.grad for p in parameters)]
-
-
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data(), depth=st.integers(1, 3), batch=st.integers(1, 300), seed=st.integers(0, 2**16),
-       rows=st.lists(st.integers(1, compact_chain.HEAD_ROWS), min_size=1, max_size=2))
-def test_heads_outside_a_sequence_run_inside_its_last_layer_and_give_the_same_floats(simd, data, depth, batch,
-                                                                                      seed, rows):
-    """SAC's actor: ``mu`` and ``log_std`` each read ``latent_pi``'s output. Run inside its last layer
-    (``forward_into_heads``), their outputs and every gradient equal those of calling the sequence and then each
-    head, bit for bit (the latent's gradient is the heads' input gradients added up), with and without a graph."""
-    widths = data.draw(st.lists(st.integers(1, 70), min_size=depth + 1, max_size=depth + 1))
-    relus = data.draw(st.lists(st.booleans(), min_size=depth, max_size=depth))
-    layers = depth + len(rows)
-    biases = data.draw(st.lists(st.booleans(), min_size=layers, max_size=layers))
-    fractions = data.draw(st.lists(st.floats(0, 1), min_size=layers, max_size=layers))
-    sequence = compact_network(widths, relus, biases, fractions, seed)
-    if depth == 1:  # a one-layer sequence is no run of two: its layer and the heads are the run
-        sequence = compact_network([widths[0], widths[0], widths[1]], [False, relus[0]], [False, biases[0]],
-                                   [1.0, fractions[0]], seed)
-    heads = [compact_network([widths[-1], count], [False], [bias], [fraction], seed + 1 + i)[0]
-             for i, (count, bias, fraction) in enumerate(zip(rows, biases[depth:], fractions[depth:]))]
-    frozen = data.draw(st.lists(st.booleans(), min_size=1, max_size=1))[0]
-    if frozen:  # a critic in SAC's actor loss: its parameters frozen (there, the input wants a gradient instead)
-        for head in heads:
-            head.requires_grad_(False)
-    separate = copy.deepcopy((sequence, heads))
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, widths[0], generator=generator) - 0.3
-    upstreams = [torch.randn(batch, count, generator=generator) for count in rows]
-    for want, got in zip(heads_step(*separate, x, upstreams, False), heads_step(sequence, heads, x, upstreams, True),
-                         strict=True):
-        assert torch.equal(got, want) if isinstance(want, torch.Tensor) else got is want
-    with torch.no_grad():  # the no-graph path (the next observations' actions, predict)
-        for want, got in zip(heads_step(*separate, x, upstreams, False),
-                             heads_step(sequence, heads, x, upstreams, True), strict=True):
-            assert torch.equal(got, want) if isinstance(want, torch.Tensor) else got is want
-
-
-def test_heads_that_cannot_join_a_run_are_not_fused():
-    """Where a head or the sequence would see its own call (hooks), a head is too wide or not compact, or a layer
-    keeps its dense gradient on this step, ``forward_into_heads`` declines (``None``) and the caller calls them one by
-    one."""
-    sequence = chainable_network()[:4]
-    assert isinstance(sequence, FusedReLUSequential)
-    x = torch.randn(4, 6)
-
-    def head(outputs: int = 3) -> SparseLinear:
-        return compact_network([9, outputs], [False], [True], [0.5], 0)[0]
-
-    assert compact_chain.forward_into_heads(sequence, x, [head(), head()]) is not None
-    assert compact_chain.forward_into_heads(sequence, x, [head(), head(), head()]) is None, "three heads"
-    assert compact_chain.forward_into_heads(sequence, x, [head(compact_chain.HEAD_ROWS + 1)]) is None, "too wide"
-    masked = head()
-    masked.set_backend("masked")
-    assert compact_chain.forward_into_heads(sequence, x, [head(), masked]) is None, "a masked head"
-    hooked = head()
-    hooked.register_forward_hook(lambda module, inputs, output: None)
-    assert compact_chain.forward_into_heads(sequence, x, [hooked]) is None, "a hooked head"
-    keeps = head()
-    keeps.dense_grad_needed = True
-    assert compact_chain.forward_into_heads(sequence, x, [keeps]) is None, "a head keeping its dense gradient"
-    handle = sequence.register_forward_hook(lambda module, inputs, output: None)
-    assert compact_chain.forward_into_heads(sequence, x, [head()]) is None, "a hooked sequence"
-    handle.remove()
-    assert compact_chain.forward_into_heads(nn.Sequential(*sequence), x, [head()]) is None, "no fused sequence"
 
 
 def chainable_network() -> FusedReLUSequential:
@@ -256,22 +173,9 @@ def test_without_the_extension_a_run_computes_what_its_layers_compute(monkeypatc
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_without_the_extension_heads_outside_a_sequence_compute_what_they_compute(monkeypatch):
-    sequence = chainable_network()[:4]
-    heads = [compact_network([9, outputs], [False], [True], [0.5], 1)[0] for outputs in (2, 3)]
-    separate = copy.deepcopy((sequence, heads))
-    x, upstreams = torch.randn(16, 6), [torch.randn(16, 2), torch.randn(16, 3)]
-    monkeypatch.setattr(kernels, "_EXTENSION", None)
-    monkeypatch.setattr(kernels, "_warned", True)
-    for want, got in zip(heads_step(*separate, x, upstreams, False), heads_step(sequence, heads, x, upstreams, True),
-                         strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-
-
 @pytest.mark.parametrize("algo, policy", [(SAC, SparseSACPolicy), (TD3, SparseTD3Policy)])
 def test_same_seed_agents_train_to_the_same_floats_chained_or_not(algo, policy, monkeypatch):
-    """Through SB3's own ``train()``, RigL's topology updates (with their dense-gradient steps) included; SAC's actor
-    runs its two heads inside its last hidden layer, TD3's its action layer."""
+    """Through SB3's own ``train()``, RigL's topology updates (with their dense-gradient steps) included."""
     kwargs = dict(learning_starts=64, batch_size=32, seed=3, device="cpu", policy_kwargs=dict(
         density=0.2, net_arch=[64, 64], backend="compact", update_interval=25))
     runs = []
@@ -281,20 +185,10 @@ def test_same_seed_agents_train_to_the_same_floats_chained_or_not(algo, policy, 
         runs.append(len(modules))
         return original(modules, x)
 
-    fused_heads = []
-    original_heads = compact_chain.forward_into_heads
-
-    def counting_heads(sequence, x, heads):
-        outputs = original_heads(sequence, x, heads)
-        fused_heads.append(outputs is not None)
-        return outputs
-
     monkeypatch.setattr(compact_chain, "forward", counting)
-    monkeypatch.setattr(compact_chain, "forward_into_heads", counting_heads)
     chained = algo(policy, "Pendulum-v1", **kwargs)  # each built right before it learns: both seed torch's RNG
     chained.learn(160)
     assert 5 in runs, "the critics' Q networks ran as one node"
-    assert any(fused_heads) == (algo is SAC), "SAC's actor heads ran inside its last hidden layer"
     one_node_per_layer(monkeypatch)
     single = algo(policy, "Pendulum-v1", **kwargs)
     single.learn(160)

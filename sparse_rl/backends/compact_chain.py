@@ -6,11 +6,10 @@ bookkeeping per layer for its forward and backward together, against 30-120 µs 
 compact layers (with the ReLUs fused into them) to :func:`forward`, which runs the same kernels on the same
 tensors, layer after layer, inside one :class:`torch.autograd.Function`: the values, gradients and the output's
 rectified tag are those of the layers called one by one, bit for bit (``tests/test_compact_chain.py``). A run that
-ends in a narrow layer (a critic's Q head, TD3's actor's action layer: :func:`fuses_head`) runs that layer inside the
-one before it: its forward sums take each output row of that layer while the row is in cache, and that layer's
-backward makes its output gradient from the head's row by row, so the head's input (1 MB at width 1024, batch 256)
-is not read again and its input gradient is never written out. :func:`forward_into_heads` does the same for heads
-outside the sequence that all read its output (SAC's actor's mean and log-std layers).
+ends in a one-output layer (a critic's Q head, :func:`fuses_head`) runs that layer inside the one before it: its
+forward sum takes each output row of that layer while the row is in cache, and that layer's backward makes its
+output gradient from the head's row by row, so the head's input (1 MB at width 1024, batch 256) is not read again
+and its input gradient is never written out.
 
 A run is only taken where nothing could tell the difference (:func:`run_length`): no module hooks on its layers or
 ReLUs and no global ones (a hook sees each layer's own call; the dormant-neuron monitor hooks the ReLUs on the steps
@@ -20,7 +19,6 @@ step (one step ahead of a gradient-scored topology update: that layer's own back
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -90,88 +88,48 @@ def successors(module: nn.Module) -> dict[nn.Module, nn.Module]:
     return found
 
 
-HEAD_ROWS = 8
-"""The most outputs a head run inside the layer before it may have: its output rows stay in L1 beside that layer's."""
-
-
 def forward(modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
     """The output of ``modules`` (a run that :func:`run_length` measured) applied to ``x``, in one node."""
     layers, relus = _layers_and_relus(modules)
+    parameters: list[Any] = [tensor for layer in layers
+                             for tensor in (layer.trainable_weight(), layer._parameters["bias"])]
     structures = [layer.compact_structure() for layer in layers]
-    y = _run(layers, relus, structures, 1 if fuses_head(structures, relus) else 0, x)[0]
+    if torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad for p in parameters)):
+        y = _CompactChainFunction.apply(x, structures, relus, is_feature_major(x),
+                                        compact.input_grad_from(layers[0], x), *parameters)
+    else:  # no graph to record (target networks, predict): the kernels alone
+        y = _forward_kernels(x.t().contiguous(), parameters, structures, relus, None).t()
     return mark_rectified(y) if relus[-1] else y
 
 
-def forward_into_heads(sequence: nn.Module, x: torch.Tensor, heads: Sequence[nn.Module]) -> list[torch.Tensor] | None:
-    """The outputs of ``heads`` (layers that each read ``sequence``'s output, as SAC's actor's ``mu`` and ``log_std``
-    read its ``latent_pi``) for the input ``x`` of ``sequence``, in one node with the heads inside the sequence's last
-    layer (:func:`fuses_head`); the same floats as calling ``sequence`` and then each head. ``None`` where that cannot
-    be taken: ``sequence`` is not one run of compact layers (:func:`run_length`) or hooked, or a head is not a compact
-    layer of at most :data:`HEAD_ROWS` outputs that can join a run, or there are more than
-    :data:`~sparse_rl.backends.kernels.MAX_HEADS` heads."""
-    from sparse_rl.layers import SparseLinear  # here: the layers import the backends
-
-    if not isinstance(sequence, FusedReLUSequential) or _hooked(sequence) or len(heads) > kernels.MAX_HEADS:
-        return None
-    modules = list(sequence._modules.values())
-    if not modules or run_length(modules, 0, x) != len(modules):
-        return None
-    graph = torch.is_grad_enabled()
-    for head in heads:
-        if (not isinstance(head, SparseLinear) or head._compact is None or _hooked(head)
-                or head.out_features > HEAD_ROWS or (graph and head.dense_grad_needed)):
-            return None
-    layers, relus = _layers_and_relus(modules)
-    layers += heads  # type: ignore[arg-type]  # checked above
-    relus += [False] * len(heads)
-    return _run(layers, relus, [layer.compact_structure() for layer in layers], len(heads), x)
-
-
 def fuses_head(structures: list[CompactStructure], relus: list[bool]) -> bool:
-    """Whether a run ends in a narrow layer without a ReLU (at most :data:`HEAD_ROWS` outputs: a critic's Q head,
-    TD3's actor's action layer) that runs inside the layer before it: its forward in that layer's forward pass over
-    the rows (:func:`~sparse_rl.backends.kernels.layer_forward_into_heads`), its input gradient in that layer's
-    backward (``layer_backward``'s ``heads``). Its output and gradients are the same floats; what it saves is the head
-    reading the layer's whole output again, and writing and that layer reading back the whole gradient of it (1 MB
-    each at width 1024, batch 256)."""
-    return len(structures) >= 2 and structures[-1].shape[0] <= HEAD_ROWS and not relus[-1]
-
-
-def _run(layers: list[SparseLinear], relus: list[bool], structures: list[CompactStructure], heads: int,
-         x: torch.Tensor) -> list[torch.Tensor]:
-    """The outputs of ``layers`` in a row, of which the last ``heads`` all read the output of the one before them
-    (run inside it): the last layer's output without heads, else the heads'."""
-    parameters: list[Any] = [tensor for layer in layers
-                             for tensor in (layer.trainable_weight(), layer._parameters["bias"])]
-    if torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad for p in parameters)):
-        return list(_CompactChainFunction.apply(x, structures, relus, heads, is_feature_major(x),
-                                                compact.input_grad_from(layers[0], x), *parameters))
-    # no graph to record (target networks, predict): the kernels alone
-    return [y_t.t() for y_t in _forward_kernels(x.t().contiguous(), parameters, structures, relus, heads, None)]
+    """Whether a run ends in a one-output layer without a ReLU (a critic's Q head) that runs inside the layer before
+    it: its forward in that layer's forward pass over the rows (:func:`~sparse_rl.backends.kernels.
+    layer_forward_into_head`), its input gradient in that layer's backward (``layer_backward``'s ``head``). Its
+    output and gradients are the same floats; what it saves is the head reading the layer's whole output again, and
+    writing and that layer reading back the whole gradient of it (1 MB each at width 1024, batch 256)."""
+    return len(structures) >= 2 and structures[-1].shape[0] == 1 and not relus[-1]
 
 
 def _forward_kernels(x_t: torch.Tensor, parameters: list[Any], structures: list[CompactStructure],
-                     relus: list[bool], heads: int, saved: list[torch.Tensor | None] | None) -> list[torch.Tensor]:
+                     relus: list[bool], saved: list[torch.Tensor | None] | None) -> torch.Tensor:
     """The run's forward kernels from ``x_t`` (``(in, batch)``), appending what each layer's backward reads to
-    ``saved`` (its input, its values and, with a fused ReLU, its output) where given; returns the ``(out, batch)``
-    outputs (the heads', or the last layer's without heads)."""
-    layers = len(structures) - heads
-    outs_t: list[torch.Tensor] = []
-    for i in range(layers):
+    ``saved`` (its input, its values and, with a fused ReLU, its output) where given; returns ``(out, batch)``."""
+    count = len(structures)
+    fused = fuses_head(structures, relus)
+    for i in range(count - 1 if fused else count):
         values, bias, structure, relu = parameters[2 * i], parameters[2 * i + 1], structures[i], relus[i]
-        if heads and i == layers - 1:
-            y_t, outs_t = kernels.layer_forward_into_heads(
-                values, structure, x_t, bias, relu,
-                [(parameters[2 * h], structures[h], parameters[2 * h + 1]) for h in range(layers, len(structures))])
+        if fused and i == count - 2:
+            y_t, out_t = kernels.layer_forward_into_head(values, structure, x_t, bias, relu, parameters[-2],
+                                                         structures[-1], parameters[-1])
         else:
-            y_t = kernels.layer_forward(values, structure, x_t, bias, relu)
+            y_t = out_t = kernels.layer_forward(values, structure, x_t, bias, relu)
         if saved is not None:
             saved += [x_t, values, y_t if relu else None]
         x_t = y_t
-    if saved is not None:
-        for h in range(layers, len(structures)):
-            saved += [x_t, parameters[2 * h], None]  # each head's input: the last layer's output
-    return outs_t if heads else [x_t]
+    if fused and saved is not None:
+        saved += [x_t, parameters[-2], None]  # the head's input: the layer before's output
+    return out_t
 
 
 def _layers_and_relus(modules: list[nn.Module]) -> tuple[list[SparseLinear], list[bool]]:
@@ -187,51 +145,50 @@ def _layers_and_relus(modules: list[nn.Module]) -> tuple[list[SparseLinear], lis
 
 
 class _CompactChainFunction(torch.autograd.Function):
-    """Compact layers in a row, each ``y = x Wᵀ + b`` (rectified where ``relus`` says), of which the last ``heads``
-    all read the output of the one before them; the parameters come as ``values, bias`` per layer. Saves what each
-    layer alone saves: its input and, with a fused ReLU, its output. Its outputs: the heads', or the last layer's."""
+    """Compact layers in a row, each ``y = x Wᵀ + b`` (rectified where ``relus`` says); the parameters come as
+    ``values, bias`` per layer. Saves what each layer alone saves: its input and, with a fused ReLU, its output."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, structures: list[CompactStructure], relus: list[bool], heads: int,
-                feature_major: bool, input_from: int, *parameters: Any) -> tuple[torch.Tensor, ...]:
+    def forward(ctx: Any, x: torch.Tensor, structures: list[CompactStructure], relus: list[bool],
+                feature_major: bool, input_from: int, *parameters: Any) -> torch.Tensor:
         saved: list[torch.Tensor | None] = []
         # (in, batch): copied unless the input is feature-major
-        outs_t = _forward_kernels(x.t().contiguous(), list(parameters), structures, relus, heads, saved)
+        y_t = _forward_kernels(x.t().contiguous(), list(parameters), structures, relus, saved)
         ctx.save_for_backward(*saved)
-        ctx.structures, ctx.heads, ctx.feature_major, ctx.input_from = structures, heads, feature_major, input_from
-        return tuple(out_t.t() for out_t in outs_t)
+        ctx.structures, ctx.feature_major, ctx.input_from = structures, feature_major, input_from
+        ctx.fused_head = fuses_head(structures, relus)
+        return y_t.t()
 
     @staticmethod
-    def backward(ctx: Any, *grad_outputs: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         saved = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        count, heads = len(ctx.structures), ctx.heads
-        layers = count - heads
-        wants_values = [needs[6 + 2 * i] for i in range(count)]
-        wants_bias = [needs[7 + 2 * i] for i in range(count)]  # never true for a missing bias
+        count = len(ctx.structures)
+        wants_values = [needs[5 + 2 * i] for i in range(count)]
+        wants_bias = [needs[6 + 2 * i] for i in range(count)]  # never true for a missing bias
         # upstream[i]: whether anything before layer i wants a gradient, so layer i must hand one back
         upstream = [needs[0]]
-        for i in range(layers - 1):
+        for i in range(count - 1):
             upstream.append(upstream[-1] or wants_values[i] or wants_bias[i])
         grads: list[torch.Tensor | None] = [None] * (2 * count)
-        head_grads: list[kernels.HeadGrad] = []
-        for h, grad_output in zip(range(layers, count), grad_outputs):  # their input gradients run in the last layer's
-            x_t, values, _ = saved[3 * h:3 * h + 3]
-            head_dy_t = grad_output.t().contiguous()
-            if wants_values[h] or wants_bias[h]:
-                _, grads[2 * h], grads[2 * h + 1] = kernels.layer_backward(
-                    values, ctx.structures[h], head_dy_t, x_t, None, (False, wants_values[h], wants_bias[h]))
-            head_grads.append((values, ctx.structures[h], head_dy_t))
-        # (out, batch); a no-op for feature-major gradients
-        dy_t: torch.Tensor | None = None if heads else grad_outputs[0].t().contiguous()
-        for i in range(layers - 1, -1, -1):
+        dy_t: torch.Tensor | None = grad_output.t().contiguous()  # (out, batch); a no-op for feature-major gradients
+        head = None
+        for i in range(count - 1, -1, -1):
             x_t, values, rectified_t = saved[3 * i:3 * i + 3]
-            dy_t, grads[2 * i], grads[2 * i + 1] = kernels.layer_backward(
-                values, ctx.structures[i], dy_t, x_t, rectified_t, (upstream[i], wants_values[i], wants_bias[i]),
-                0 if i else ctx.input_from, head_grads if i == layers - 1 else ())
+            if ctx.fused_head and i == count - 1:  # its input gradient runs inside the layer before's backward
+                if wants_values[i] or wants_bias[i]:
+                    _, grads[2 * i], grads[2 * i + 1] = kernels.layer_backward(
+                        values, ctx.structures[i], dy_t, x_t, None, (False, wants_values[i], wants_bias[i]))
+                assert dy_t is not None
+                head, dy_t = (values, ctx.structures[i], dy_t), None
+            else:
+                dy_t, grads[2 * i], grads[2 * i + 1] = kernels.layer_backward(
+                    values, ctx.structures[i], dy_t, x_t, rectified_t, (upstream[i], wants_values[i], wants_bias[i]),
+                    0 if i else ctx.input_from, head)
+                head = None
             if not upstream[i]:
                 break
         grad_x = None if dy_t is None or not needs[0] else dy_t.t()
         if grad_x is not None and not ctx.feature_major:  # the input's own layout
             grad_x = grad_x.contiguous()
-        return grad_x, None, None, None, None, None, *grads
+        return grad_x, None, None, None, None, *grads

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
 
 SIMD_ENV = "SPARSE_RL_SIMD"
 
-API_VERSION = 5
+API_VERSION = 4
 """The calling convention of ``kernels.c`` this module speaks. An extension that reports another (built from an
 earlier checkout and not rebuilt after an update) is not used: the package falls back to torch's kernels with a
 one-line warning instead of failing inside a training step."""
@@ -124,7 +123,7 @@ def layer_forward(values: torch.Tensor, structure: CompactStructure, x_t: torch.
         y_t = x_t.new_empty(rows, batch)
         _EXTENSION.forward(values.data_ptr(), pointers[0], pointers[1], x_t.data_ptr(),  # type: ignore[union-attr]
                            0 if bias is None else bias.data_ptr(), y_t.data_ptr(), rows, batch, relu,
-                           torch.get_num_threads(), ())
+                           torch.get_num_threads(), 0, 0, 0, 0, 0)
         return y_t
     _warn_fallback()
     w = _csr(structure.crow, structure.col, values, structure.shape)
@@ -132,44 +131,25 @@ def layer_forward(values: torch.Tensor, structure: CompactStructure, x_t: torch.
     return y_t.relu_() if relu else y_t
 
 
-Head = tuple[torch.Tensor, "CompactStructure", "torch.Tensor | None"]
-"""A fused head in the forward: a narrow layer reading a layer's output, as its values, structure and bias."""
-HeadGrad = tuple[torch.Tensor, "CompactStructure", torch.Tensor]
-"""A fused head in the backward: its values, structure and ``(rows, batch)`` output gradient."""
-
-MAX_HEADS = 2
-"""The most heads one layer runs inside its passes (``kernels.c``'s ``MAX_HEADS``)."""
-
-
-def _head_pointers(values: torch.Tensor, structure: CompactStructure, bias: torch.Tensor | None,
-                   out_t: torch.Tensor | None, dy_t: torch.Tensor | None) -> tuple[int, ...]:
-    """A head's addresses and rows as ``kernels.c``'s ``parse_heads`` reads them."""
-    crow, col, perm_t, crow_t, col_t = structure.pointers
-    return (values.data_ptr(), crow, col, perm_t, crow_t, col_t, _ptr(bias), _ptr(out_t), _ptr(dy_t),
-            structure.shape[0])
-
-
-def layer_forward_into_heads(values: torch.Tensor, structure: CompactStructure, x_t: torch.Tensor,
-                             bias: torch.Tensor | None, relu: bool,
-                             heads: Sequence[Head]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """:func:`layer_forward` of a layer and of the narrow layers reading its output (``heads``, at most
-    :data:`MAX_HEADS`: a critic's Q head, the last layer of TD3's actor, SAC's actor's two): ``(y_t, outs_t)``, the
-    layer's ``(rows, batch)`` output and each head's, the same floats as separate calls. Compiled, one pass: each
-    head's sums take each of the layer's output rows while it is in cache, so the heads do not read the layer's
-    output again."""
+def layer_forward_into_head(values: torch.Tensor, structure: CompactStructure, x_t: torch.Tensor,
+                            bias: torch.Tensor | None, relu: bool, head_values: torch.Tensor,
+                            head_structure: CompactStructure,
+                            head_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`layer_forward` of a layer and of the one-output layer after it (a critic's Q head): ``(y_t, out_t)``,
+    the layer's ``(rows, batch)`` output and the head's ``(1, batch)``, the same floats as two calls. Compiled, one
+    pass: the head's sum takes each of the layer's output rows while it is in cache, so the head does not read the
+    layer's output again."""
     rows, batch = structure.shape[0], x_t.shape[1]
-    if (batch and _check(values, x_t, *(head[0] for head in heads)) and (bias is None or bias.is_contiguous())
-            and all(head[2] is None or head[2].is_contiguous() for head in heads)):
-        y_t = x_t.new_empty(rows, batch)
-        outs_t = [x_t.new_empty(head[1].shape[0], batch) for head in heads]
-        pointers = structure.pointers
+    if (batch and _check(values, x_t, head_values) and (bias is None or bias.is_contiguous())
+            and (head_bias is None or head_bias.is_contiguous())):  # (a null output row says: no head)
+        y_t, out_t = x_t.new_empty(rows, batch), x_t.new_empty(1, batch)
+        pointers, head = structure.pointers, head_structure.pointers
         _EXTENSION.forward(values.data_ptr(), pointers[0], pointers[1], x_t.data_ptr(),  # type: ignore[union-attr]
                            _ptr(bias), y_t.data_ptr(), rows, batch, relu, torch.get_num_threads(),
-                           tuple(_head_pointers(*head, out_t, None) for head, out_t in zip(heads, outs_t)))
-        return y_t, outs_t
+                           head_values.data_ptr(), head[0], head[1], _ptr(head_bias), out_t.data_ptr())
+        return y_t, out_t
     y_t = layer_forward(values, structure, x_t, bias, relu)
-    return y_t, [layer_forward(head_values, head_structure, y_t, head_bias)
-                 for head_values, head_structure, head_bias in heads]
+    return y_t, layer_forward(head_values, head_structure, y_t, head_bias)
 
 
 def input_grad(values: torch.Tensor, perm_t: torch.Tensor, crow_t: torch.Tensor, col_t: torch.Tensor,
@@ -203,28 +183,26 @@ def values_grad(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, x_t: 
 
 def layer_backward(values: torch.Tensor, structure: CompactStructure, dy_t: torch.Tensor | None, x_t: torch.Tensor,
                    rectified_t: torch.Tensor | None, wants: tuple[bool, bool, bool], input_from: int = 0,
-                   heads: Sequence[HeadGrad] = ()) -> tuple[torch.Tensor | None, ...]:
+                   head: tuple[torch.Tensor, CompactStructure, torch.Tensor] | None = None
+                   ) -> tuple[torch.Tensor | None, ...]:
     """A compact layer's gradients from ``dyᵀ``: the input's ``(in, batch)``, the values' and the bias', each only
     where ``wants`` (the same three flags) says so (``None`` otherwise); the input's only from feature ``input_from``
     on, its rows before it zero (:func:`~sparse_rl.backends.compact.input_grad_from`). For a layer with a fused ReLU
     (``rectified_t``, its rectified output), ``dyᵀ`` is first masked where the output is not positive, as
     ``torch.relu``'s backward masks it. Compiled: one call, one pass over ``dyᵀ`` for the mask, the values' and the
-    bias' gradients, the masked gradient held in a reused buffer for the input gradient. With ``heads``, the values,
-    structure and ``(rows, batch)`` output gradient of each narrow layer reading this one's output (whose forward
-    :func:`layer_forward_into_heads` fused), ``dy_t`` is ``None``: this layer's output gradient is the sum of the
-    heads' input gradients, made row by row in that buffer (compiled) instead of read from memory, the same
-    floats."""
+    bias' gradients, the masked gradient held in a reused buffer for the input gradient. With ``head``, the values,
+    structure and ``(1, batch)`` output gradient of the one-output layer after this one (whose forward
+    :func:`layer_forward_into_head` fused), ``dy_t`` is ``None``: this layer's output gradient is the head's input
+    gradient, made row by row in that buffer (compiled) instead of read from memory, the same floats."""
     wants_input, wants_values, wants_bias = wants
     rows, cols = structure.shape
     compiled = _check(x_t, values) and (rectified_t is None or _check(rectified_t))
-    if heads and not (compiled and x_t.shape[1] and all(_check(head[0], head[2]) for head in heads)):
-        # the heads' input gradients first, added up as autograd adds them, then as without heads
-        for head_values, head_structure, head_dy in heads:
-            head_dx = input_grad(head_values, head_structure.perm_t, head_structure.crow_t, head_structure.col_t,
-                                 head_dy, head_structure.shape[0])
-            dy_t = head_dx if dy_t is None else dy_t + head_dx
-        heads = ()
-    if compiled and (heads or (dy_t is not None and _check(dy_t))):
+    if head is not None and not (compiled and _check(head[0], head[2]) and x_t.shape[1]):  # (a null dy: no head)
+        # the head's input gradient first, then as without one
+        head_values, head_structure, head_dy = head
+        dy_t, head = input_grad(head_values, head_structure.perm_t, head_structure.crow_t, head_structure.col_t,
+                                head_dy, 1), None
+    if compiled and (head is not None or (dy_t is not None and _check(dy_t))):
         batch = x_t.shape[1]
         grad_x = x_t.new_empty(cols, batch) if wants_input else None
         grad_values = x_t.new_empty(values.shape[0]) if wants_values else None
@@ -232,7 +210,7 @@ def layer_backward(values: torch.Tensor, structure: CompactStructure, dy_t: torc
         pointers = structure.pointers
         _backward(dy_t, rows, cols, batch, x_t=x_t, rectified_t=rectified_t, structure=pointers[:2],
                   grad_values=grad_values, grad_bias=grad_bias, dx=grad_x, values=values, transposed=pointers[2:],
-                  first=input_from, heads=heads)
+                  first=input_from, head=head)
         return grad_x, grad_values, grad_bias
     assert dy_t is not None
     masked = dy_t if rectified_t is None else torch.ops.aten.threshold_backward(dy_t, rectified_t, 0)
@@ -251,22 +229,22 @@ def _backward(dy_t: torch.Tensor | None, rows: int, cols: int, batch: int, *, x_
               rectified_t: torch.Tensor | None = None, structure: tuple[int, int] = (0, 0),
               grad_values: torch.Tensor | None = None, grad_bias: torch.Tensor | None = None,
               dx: torch.Tensor | None = None, values: torch.Tensor | None = None,
-              transposed: tuple[int, ...] = (0, 0, 0), first: int = 0, heads: Sequence[HeadGrad] = ()) -> None:
+              transposed: tuple[int, ...] = (0, 0, 0), first: int = 0,
+              head: tuple[torch.Tensor, CompactStructure, torch.Tensor] | None = None) -> None:
     """The compiled backward kernel (``kernels.c``'s ``py_backward``) on ``W``'s CSR ``structure`` and ``Wᵀ``'s
     ``transposed`` one (``perm_t``, ``crow_t``, ``col_t``), given as addresses; what is ``None`` (or 0) is passed as a
     null pointer (and not computed). The input gradient ``dx`` gets its rows from ``first`` on (the loop over ``Wᵀ``'s
-    rows starts there: its row pointers and ``dx`` are passed from that row) and zeros before it. With ``heads``
-    (:func:`layer_backward`), ``dy_t`` is ``None`` and the output gradient comes from the heads'."""
+    rows starts there: its row pointers and ``dx`` are passed from that row) and zeros before it. With ``head``
+    (:func:`layer_backward`), ``dy_t`` is ``None`` and the output gradient comes from the head's."""
     if dx is not None and first:
         dx[:first] = 0.0
         perm_t, crow_t, col_t = transposed
         transposed = (perm_t, crow_t + 4 * first, col_t)  # int32 row pointers; their entries index the whole Wᵀ
+    head_pointers = (0, 0, 0, 0) if head is None else (head[0].data_ptr(), *head[1].pointers[:2], head[2].data_ptr())
     _EXTENSION.backward(*structure, _ptr(dy_t), _ptr(rectified_t), _ptr(x_t),  # type: ignore[union-attr]
                         _ptr(grad_values), _ptr(grad_bias), _ptr(values), *transposed,
                         0 if dx is None else dx.data_ptr() + 4 * first * batch, rows, cols - first,
-                        0 if values is None else values.numel(), batch, torch.get_num_threads(),
-                        tuple(_head_pointers(head_values, structure, None, None, head_dy)
-                              for head_values, structure, head_dy in heads))
+                        0 if values is None else values.numel(), batch, torch.get_num_threads(), *head_pointers)
 
 
 def _like(grad: torch.Tensor, feature_major: bool) -> torch.Tensor:

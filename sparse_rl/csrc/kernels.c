@@ -175,25 +175,21 @@ typedef int32_t iv4 __attribute__((vector_size(16)));
 typedef int32_t iv8 __attribute__((vector_size(32)));
 typedef int32_t iv16 __attribute__((vector_size(64)));
 
-/* A narrow layer reading this one's output (a critic's Q head, the last layer of TD3's actor, or one of the two heads
- * of SAC's actor: sparse_rl/backends/compact_chain.py), fused into its passes: its active weights' values and CSR
- * structure (crow, col), Wᵀ's (perm, crow_t, col_t: this layer's row r carries the head's weights values[perm[j]] to
- * head rows col_t[j], crow_t[r] <= j < crow_t[r + 1]), bias, rows, and in the forward its output out ((rows, batch)),
- * in the backward its output gradient dy ((rows, batch)). The forward adds each of this layer's rows, rectified and
- * still in L1, times the head's weights on it into out (which starts at the head's bias), in the order of the head's
- * own loop, so out holds the head's forward bit for bit without a second pass over this layer's output. The backward
- * makes this layer's output gradient row by row from the heads' (the first head's terms, then the second's sum added
- * to them: what the heads' own input gradient loops give and autograd adds up), instead of reading it from memory.
- * MAX_HEADS heads at most. */
+/* A one-output layer right after this one (a critic's Q head, sparse_rl/backends/compact_chain.py), fused into its
+ * passes: its active weights' values and input columns (ascending; crow = {0, nnz}) and bias, and in the forward its
+ * output row out (batch floats), in the backward its output gradient dy (batch floats). The forward adds each of
+ * this layer's rows, rectified and still in L1, times the head's weight on it into out (which starts at the head's
+ * bias), in the order of the head's own loop, so out holds the head's forward bit for bit without a second pass over
+ * this layer's output. The backward makes this layer's output gradient row by row from the head's, dy[r, :] =
+ * w[r] * head dy (0 where the head has no weight on r), as the head's input gradient loop computes it, instead of
+ * reading it from memory. */
 typedef struct {
     const float *values;
-    const int32_t *crow, *col, *perm, *crow_t, *col_t;
+    const int32_t *crow, *col;
     const float *bias;
     float *out;
     const float *dy;
-    int64_t rows;
 } head_t;
-#define MAX_HEADS 2
 
 #define DEFINE_KERNELS(SUFFIX, WIDTH, GWIDTH, TARGET)                                                          \
     typedef float vec_##SUFFIX __attribute__((vector_size(WIDTH * 4), aligned(4)));                           \
@@ -203,13 +199,11 @@ typedef struct {
                                                                                                                \
     TARGET static void forward_##SUFFIX(const float *values, const int32_t *perm, const int32_t *crow,         \
                                         const int32_t *col, const float *x, const float *bias, float *y,       \
-                                        int64_t r0, int64_t r1, int64_t batch, int relu, const head_t *heads,  \
-                                        int nheads) {                                                          \
+                                        int64_t r0, int64_t r1, int64_t batch, int relu, const head_t *head) { \
         enum { W = WIDTH };                                                                                    \
-        for (int h = 0; h < nheads; h++)                                                                       \
-            for (int64_t k = 0; k < heads[h].rows; k++)                                                        \
-                for (int64_t b = 0; b < batch; b++)                                                            \
-                    heads[h].out[k * batch + b] = 0.0f + (heads[h].bias ? heads[h].bias[k] : 0.0f);            \
+        int32_t hj = 0; /* the head's next weight: on row head->col[hj] */                                    \
+        if (head)                                                                                              \
+            for (int64_t b = 0; b < batch; b++) head->out[b] = 0.0f + (head->bias ? head->bias[0] : 0.0f);    \
         for (int64_t r = r0; r < r1; r++) {                                                                    \
             const int32_t begin = crow[r], end = crow[r + 1];                                                 \
             const float b0 = bias ? bias[r] : 0.0f;                                                            \
@@ -228,49 +222,35 @@ typedef struct {
             }                                                                                                  \
             if (relu) /* while the row is in L1 */                                                             \
                 for (b = 0; b < batch; b++) yr[b] = yr[b] <= 0.0f ? 0.0f : yr[b];                              \
-            for (int h = 0; h < nheads; h++) /* the heads' terms, the row still in L1 */                     \
-                for (int32_t j = heads[h].crow_t[r]; j < heads[h].crow_t[r + 1]; j++) {                        \
-                    const float hw = heads[h].values[heads[h].perm[j]];                                        \
-                    float *out = heads[h].out + (int64_t)heads[h].col_t[j] * batch;                            \
-                    for (b = 0; b + W <= batch; b += W)                                                        \
-                        *(vec_##SUFFIX *)(out + b) += hw * *(const vec_##SUFFIX *)(yr + b);                    \
-                    for (; b < batch; b++) out[b] += hw * yr[b];                                               \
-                }                                                                                              \
+            if (head && hj < head->crow[1] && head->col[hj] == r) { /* the head's term, the row still in L1 */  \
+                const float hw = head->values[hj++];                                                           \
+                float *out = head->out;                                                                        \
+                for (b = 0; b + W <= batch; b += W)                                                            \
+                    *(vec_##SUFFIX *)(out + b) += hw * *(const vec_##SUFFIX *)(yr + b);                        \
+                for (; b < batch; b++) out[b] += hw * yr[b];                                                   \
+            }                                                                                                  \
         }                                                                                                      \
     }                                                                                                          \
                                                                                                                \
     TARGET static void values_grad_##SUFFIX(const int32_t *crow, const int32_t *col, const float *dy,          \
                                             const float *y, float *dym, const float *x, float *gv, float *gb,  \
-                                            int64_t r0, int64_t r1, int64_t batch, const head_t *heads,        \
-                                            int nheads) {                                                      \
+                                            int64_t r0, int64_t r1, int64_t batch, const head_t *head) {       \
         enum { GW = GWIDTH };                                                                                  \
         const int32_t limit = crow[r1]; /* no store past the range: another thread may own the next rows */    \
+        int32_t hj = 0; /* the head's first weight on a row of this range */                                  \
+        while (head && hj < head->crow[1] && head->col[hj] < r0) hj++;                                         \
         for (int64_t r = r0; r < r1; r++) {                                                                    \
-            const float *dyr = nheads ? NULL : dy + r * batch;                                                 \
-            if (nheads) { /* the row's gradient from the heads', as their input gradient loops make it */     \
+            const float *dyr = head ? NULL : dy + r * batch;                                                   \
+            if (head) { /* the row's gradient from the head's, as the head's input gradient loop makes it */  \
                 float *mr = dym + r * batch;                                                                   \
-                int64_t b = 0;                                                                                 \
-                for (; b + GW <= batch; b += GW) {                                                             \
-                    gvec_##SUFFIX total = {0};                                                                 \
-                    for (int h = 0; h < nheads; h++) {                                                         \
-                        gvec_##SUFFIX s = {0};                                                                 \
-                        for (int32_t j = heads[h].crow_t[r]; j < heads[h].crow_t[r + 1]; j++)                  \
-                            s += heads[h].values[heads[h].perm[j]]                                             \
-                                 * *(const gvec_##SUFFIX *)(heads[h].dy + (int64_t)heads[h].col_t[j] * batch + b); \
-                        total = h ? total + s : s;                                                             \
-                    }                                                                                          \
-                    *(gvec_##SUFFIX *)(mr + b) = total;                                                        \
-                }                                                                                              \
-                for (; b < batch; b++) {                                                                       \
-                    float total = 0.0f;                                                                        \
-                    for (int h = 0; h < nheads; h++) {                                                         \
-                        float s = 0.0f;                                                                        \
-                        for (int32_t j = heads[h].crow_t[r]; j < heads[h].crow_t[r + 1]; j++)                  \
-                            s += heads[h].values[heads[h].perm[j]] * heads[h].dy[(int64_t)heads[h].col_t[j] * batch + b]; \
-                        total = h ? total + s : s;                                                             \
-                    }                                                                                          \
-                    mr[b] = total;                                                                             \
-                }                                                                                              \
+                if (hj < head->crow[1] && head->col[hj] == r) {                                                \
+                    const float hw = head->values[hj++];                                                       \
+                    int64_t b = 0;                                                                             \
+                    for (; b + GW <= batch; b += GW)                                                           \
+                        *(gvec_##SUFFIX *)(mr + b) = 0.0f + hw * *(const gvec_##SUFFIX *)(head->dy + b);       \
+                    for (; b < batch; b++) mr[b] = 0.0f + hw * head->dy[b];                                    \
+                } else                                                                                         \
+                    for (int64_t b = 0; b < batch; b++) mr[b] = 0.0f;                                          \
                 dyr = mr;                                                                                      \
             }                                                                                                  \
             if (y) { /* the fused ReLU's mask, written out for the input gradient */                           \
@@ -434,9 +414,9 @@ DEFINE_KERNELS(generic, 4, 4, )
 DEFINE_RENORM(generic, )
 
 typedef void (*forward_fn)(const float *, const int32_t *, const int32_t *, const int32_t *, const float *,
-                           const float *, float *, int64_t, int64_t, int64_t, int, const head_t *, int);
+                           const float *, float *, int64_t, int64_t, int64_t, int, const head_t *);
 typedef void (*values_grad_fn)(const int32_t *, const int32_t *, const float *, const float *, float *,
-                               const float *, float *, float *, int64_t, int64_t, int64_t, const head_t *, int);
+                               const float *, float *, float *, int64_t, int64_t, int64_t, const head_t *);
 typedef void (*renorm_stats_fn)(const float *, float *, float *, double *, int64_t, int64_t);
 typedef void (*renorm_grad_sums_fn)(const float *, const float *, const float *, float *, float *, double *, int64_t,
                                     int64_t);
@@ -501,38 +481,37 @@ static int parallel_threads(int threads, const int32_t *crow, int64_t rows, int6
 
 static void forward_rows(int threads, const float *values, const int32_t *perm, const int32_t *crow,
                          const int32_t *col, const float *x, const float *bias, float *y, int64_t rows, int64_t batch,
-                         int relu, const head_t *heads, int nheads) {
+                         int relu, const head_t *head) {
     const forward_fn loop = LEVELS[current].forward;
     const int parts = parallel_threads(threads, crow, rows, batch);
     if (parts == 1) {
-        loop(values, perm, crow, col, x, bias, y, 0, rows, batch, relu, heads, nheads);
+        loop(values, perm, crow, col, x, bias, y, 0, rows, batch, relu, head);
         return;
     }
 #pragma omp parallel num_threads(parts)
     {
         const int part = omp_get_thread_num(), n = omp_get_num_threads();
         loop(values, perm, crow, col, x, bias, y, first_row(crow, rows, part, n), first_row(crow, rows, part + 1, n),
-             batch, relu, NULL, 0);
+             batch, relu, NULL);
     }
-    for (int h = 0; h < nheads; h++) /* each head's own loop over this layer's output: every thread's rows are in it */
-        loop(heads[h].values, NULL, heads[h].crow, heads[h].col, y, heads[h].bias, heads[h].out, 0, heads[h].rows,
-             batch, 0, NULL, 0);
+    if (head) /* the head's own loop over this layer's output: every thread's rows are in it now */
+        loop(head->values, NULL, head->crow, head->col, y, head->bias, head->out, 0, 1, batch, 0, NULL);
 }
 
 static void values_grad_rows(int threads, const int32_t *crow, const int32_t *col, const float *dy, const float *y,
                              float *dym, const float *x, float *gv, float *gb, int64_t rows, int64_t batch,
-                             const head_t *heads, int nheads) {
+                             const head_t *head) {
     const values_grad_fn loop = LEVELS[current].values_grad;
     const int parts = parallel_threads(threads, crow, rows, batch);
     if (parts == 1) {
-        loop(crow, col, dy, y, dym, x, gv, gb, 0, rows, batch, heads, nheads);
+        loop(crow, col, dy, y, dym, x, gv, gb, 0, rows, batch, head);
         return;
     }
 #pragma omp parallel num_threads(parts)
     {
         const int part = omp_get_thread_num(), n = omp_get_num_threads();
         loop(crow, col, dy, y, dym, x, gv, gb, first_row(crow, rows, part, n), first_row(crow, rows, part + 1, n),
-             batch, heads, nheads);
+             batch, head);
     }
 }
 
@@ -548,49 +527,19 @@ static int supported(int level) {
 
 /* Python arguments are tensor data pointers (ints) and sizes: the wrapper in sparse_rl/backends/kernels.py checks
  * dtypes, devices, contiguity and shapes before calling. The GIL is released around each loop. */
-/* The fused heads (head_t) of a call: a sequence of at most MAX_HEADS tuples of ten integers (values, crow, col,
- * perm, crow_t, col_t, bias, out, dy, rows), pointers as integers (0 for none; the values of a head without weights
- * may be a null pointer). Returns the number of heads, or -1 with a Python error set. */
-static int parse_heads(PyObject *sequence, head_t heads[MAX_HEADS]) {
-    PyObject *fast = PySequence_Fast(sequence, "heads must be a sequence");
-    if (fast == NULL) return -1;
-    const Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
-    if (count > MAX_HEADS) {
-        Py_DECREF(fast);
-        PyErr_Format(PyExc_ValueError, "at most %d fused heads, not %zd", MAX_HEADS, count);
-        return -1;
-    }
-    for (Py_ssize_t h = 0; h < count; h++) {
-        Py_ssize_t v, crow, col, perm, crow_t, col_t, bias, out, dy, rows;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, h), "nnnnnnnnnn", &v, &crow, &col, &perm, &crow_t,
-                              &col_t, &bias, &out, &dy, &rows)) {
-            Py_DECREF(fast);
-            return -1;
-        }
-        heads[h] = (head_t){(const float *)v, (const int32_t *)crow, (const int32_t *)col, (const int32_t *)perm,
-                            (const int32_t *)crow_t, (const int32_t *)col_t, (const float *)bias, (float *)out,
-                            (const float *)dy, rows};
-    }
-    Py_DECREF(fast);
-    return (int)count;
-}
-
-/* Python arguments are tensor data pointers (ints) and sizes: the wrapper in sparse_rl/backends/kernels.py checks
- * dtypes, devices, contiguity and shapes before calling. The GIL is released around each loop. */
 static PyObject *py_forward(PyObject *self, PyObject *args) {
-    /* heads: the heads fused in (parse_heads; their outputs out written, dy not read). */
-    Py_ssize_t values, crow, col, x, bias, y, rows, batch;
+    /* With hout not 0, a one-output head is fused in (head_t): its values, row pointers, columns, bias (0 for
+     * none) and output row (batch floats; the values of a head without weights may be a null pointer). */
+    Py_ssize_t values, crow, col, x, bias, y, rows, batch, hvalues, hcrow, hcol, hbias, hout;
     int relu, threads;
-    PyObject *head_args;
-    head_t heads[MAX_HEADS];
-    if (!PyArg_ParseTuple(args, "nnnnnnnnpiO", &values, &crow, &col, &x, &bias, &y, &rows, &batch, &relu, &threads,
-                          &head_args))
+    if (!PyArg_ParseTuple(args, "nnnnnnnnpinnnnn", &values, &crow, &col, &x, &bias, &y, &rows, &batch, &relu,
+                          &threads, &hvalues, &hcrow, &hcol, &hbias, &hout))
         return NULL;
-    const int nheads = parse_heads(head_args, heads);
-    if (nheads < 0) return NULL;
+    const head_t head = {(const float *)hvalues, (const int32_t *)hcrow, (const int32_t *)hcol,
+                         (const float *)hbias, (float *)hout, NULL};
     Py_BEGIN_ALLOW_THREADS forward_rows(threads, (const float *)values, NULL, (const int32_t *)crow,
                                         (const int32_t *)col, (const float *)x, (const float *)bias, (float *)y, rows,
-                                        batch, relu, heads, nheads);
+                                        batch, relu, hout ? &head : NULL);
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
@@ -628,29 +577,28 @@ static PyObject *py_backward(PyObject *self, PyObject *args) {
     /* A compact layer's backward in one call. y is 0 unless the layer's ReLU is fused (dy is then masked by y into
      * the scratch buffer first); gv (the values' gradient), gb (the bias') and dx (the input's, Wᵀ dy over Wᵀ's CSR
      * structure, whose values are W's gathered through perm) are each 0 where not wanted. */
-    /* With heads (parse_heads; their output gradients dy read, out not written), dy is not read: this layer's
-     * output gradient comes from the fused heads' input gradients, made row by row into the scratch buffer. */
-    Py_ssize_t crow, col, dy, y, x, gv, gb, values, perm, crow_t, col_t, dx, rows, cols, nnz, batch;
+    /* With hdy not 0, dy is not read: this layer's output gradient comes from a fused one-output head's (head_t:
+     * its values, row pointers, columns and output gradient hdy), made row by row into the scratch buffer. */
+    Py_ssize_t crow, col, dy, y, x, gv, gb, values, perm, crow_t, col_t, dx, rows, cols, nnz, batch, hvalues, hcrow,
+        hcol, hdy;
     int threads;
-    PyObject *head_args;
-    head_t heads[MAX_HEADS];
-    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnnnnniO", &crow, &col, &dy, &y, &x, &gv, &gb, &values, &perm, &crow_t,
-                          &col_t, &dx, &rows, &cols, &nnz, &batch, &threads, &head_args))
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnnnnninnnn", &crow, &col, &dy, &y, &x, &gv, &gb, &values, &perm,
+                          &crow_t, &col_t, &dx, &rows, &cols, &nnz, &batch, &threads, &hvalues, &hcrow, &hcol, &hdy))
         return NULL;
-    const int nheads = parse_heads(head_args, heads);
-    if (nheads < 0) return NULL;
-    float *dym = y || nheads ? scratch_of((size_t)(rows * batch > 0 ? rows * batch : 1)) : NULL;
+    const head_t head = {(const float *)hvalues, (const int32_t *)hcrow, (const int32_t *)hcol, NULL, NULL,
+                         (const float *)hdy};
+    float *dym = y || hdy ? scratch_of((size_t)(rows * batch > 0 ? rows * batch : 1)) : NULL;
     const int gather_first = batch > fused_gather_max_batch; /* else each weight read through perm in the loop */
     float *vt = dx && gather_first ? malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(float)) : NULL;
-    if (((y || nheads) && dym == NULL) || (dx && gather_first && vt == NULL)) {
+    if (((y || hdy) && dym == NULL) || (dx && gather_first && vt == NULL)) {
         free(vt);
         return PyErr_NoMemory();
     }
     Py_BEGIN_ALLOW_THREADS {
-        if (y || gv || gb || nheads)
+        if (y || gv || gb || hdy)
             values_grad_rows(threads, (const int32_t *)crow, (const int32_t *)col, (const float *)dy,
-                             (const float *)y, dym, (const float *)x, (float *)gv, (float *)gb, rows, batch, heads,
-                             nheads);
+                             (const float *)y, dym, (const float *)x, (float *)gv, (float *)gb, rows, batch,
+                             hdy ? &head : NULL);
         if (dx) {
             const float *v = (const float *)values;
             const int32_t *p = (const int32_t *)perm;
@@ -661,7 +609,7 @@ static PyObject *py_backward(PyObject *self, PyObject *args) {
                 p = NULL;
             }
             forward_rows(threads, v, p, (const int32_t *)crow_t, (const int32_t *)col_t,
-                         y || nheads ? dym : (const float *)dy, NULL, (float *)dx, cols, batch, 0, NULL, 0);
+                         y || hdy ? dym : (const float *)dy, NULL, (float *)dx, cols, batch, 0, NULL);
         }
     }
     Py_END_ALLOW_THREADS free(vt);
@@ -745,7 +693,7 @@ static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_kernels", "Compact 
 
 /* The calling convention of the entry points above; sparse_rl/backends/kernels.py uses an extension only when its
  * API_VERSION is the one it speaks (an extension built from another checkout falls back to torch's kernels). */
-#define API_VERSION 5
+#define API_VERSION 4
 
 PyMODINIT_FUNC PyInit__kernels(void) {
     for (int i = 0; i < NUM_LEVELS; i++)

@@ -24,7 +24,7 @@ from torch import nn
 from sparse_rl.deferred_init import linears_on_meta
 from sparse_rl.sb3.actor_loss import ActorLossCritic
 from sparse_rl.sb3.batch_renorm import fuse_batch_renorm
-from sparse_rl.sb3.networks import FusedHeadsActor, SparseNetworkMixin
+from sparse_rl.sb3.networks import SparseNetworkMixin
 from sparse_rl.sparsity import NetworkSparsity
 
 
@@ -65,7 +65,7 @@ def critic_heads(network: Any) -> list[str]:
     return [f"qf{index}" for index in range(network.n_critics)]
 
 
-class SparseTQCActor(SparseContribNetwork, FusedHeadsActor, TQCActor):
+class SparseTQCActor(SparseContribNetwork, TQCActor):
     """sb3-contrib's TQC ``Actor`` with sparse linear layers."""
 
     _base_class = TQCActor

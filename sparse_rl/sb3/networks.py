@@ -11,17 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import ContinuousCritic
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
-from stable_baselines3.common.type_aliases import PyTorchObs
-from stable_baselines3.sac.policies import LOG_STD_MAX, LOG_STD_MIN
 from stable_baselines3.sac.policies import Actor as SACActor
 from stable_baselines3.td3.policies import Actor as TD3Actor
 from torch import nn
 
-from sparse_rl.backends import compact_chain
 from sparse_rl.deferred_init import DeferredInit, linears_on_meta
 from sparse_rl.distributions import check_density
 from sparse_rl.methods import KINDS
@@ -96,28 +92,7 @@ def last_linear(module: nn.Module, head: str) -> str:
     return names[-1]
 
 
-class FusedHeadsActor:
-    """SAC's actor (and TQC's, its copy) whose mean and log-std heads run inside ``latent_pi``'s last layer where
-    they can (:func:`~sparse_rl.backends.compact_chain.forward_into_heads`: compact layers, no hooks): each head's
-    sums take each latent row while it is in cache, instead of each head reading the whole latent again (1 MB at
-    width 1024, batch 256) and handing back a latent-sized gradient. The same floats as SB3's
-    ``get_action_dist_params``, which runs where they cannot (and with gSDE, whose log-std is no layer)."""
-
-    def get_action_dist_params(self, obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """SB3's ``Actor.get_action_dist_params``: the mean and clamped log-std of the action distribution."""
-        actor: Any = self  # mixin: SB3's actor, later in the MRO, makes self an nn.Module with these attributes
-        if actor.use_sde:
-            return super().get_action_dist_params(obs)  # type: ignore[misc]
-        features = actor.extract_features(obs, actor.features_extractor)
-        heads = compact_chain.forward_into_heads(actor.latent_pi, features, (actor.mu, actor.log_std))
-        if heads is None:  # SB3's own steps
-            latent_pi = actor.latent_pi(features)
-            heads = [actor.mu(latent_pi), actor.log_std(latent_pi)]
-        mean_actions, log_std = heads
-        return mean_actions, torch.clamp(log_std, LOG_STD_MIN, LOG_STD_MAX), {}
-
-
-class SparseSACActor(SparseNetworkMixin, FusedHeadsActor, SACActor):
+class SparseSACActor(SparseNetworkMixin, SACActor):
     """SB3's SAC ``Actor`` (``latent_pi``, ``mu``, ``log_std``) with sparse linear layers.
 
     :param sparsity: how its layers are sparse (:class:`~sparse_rl.sparsity.NetworkSparsity`: density, layer

@@ -25,12 +25,12 @@ void h_call(const int64_t *a) {
     switch (a[0]) {
     case FORWARD:
         LEVELS[g].forward((const float *)a[1], (const int32_t *)a[2], (const int32_t *)a[3], (const int32_t *)a[4],
-                          (const float *)a[5], (const float *)a[6], (float *)a[7], 0, a[8], a[9], (int)a[10], NULL, 0);
+                          (const float *)a[5], (const float *)a[6], (float *)a[7], 0, a[8], a[9], (int)a[10], NULL);
         break;
     case VALUES_GRAD:
         LEVELS[g].values_grad((const int32_t *)a[1], (const int32_t *)a[2], (const float *)a[3], (const float *)a[4],
                               (float *)a[5], (const float *)a[6], (float *)a[7], (float *)a[8], 0, a[9], a[10],
-                              NULL, 0);
+                              NULL);
         break;
     case RENORM_STATS:
         LEVELS[g].renorm_stats[a[1]]((const float *)a[2], (float *)a[3], (float *)a[4], (double *)a[5], a[6], a[7]);
