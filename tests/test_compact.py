@@ -460,6 +460,23 @@ def test_without_the_extension_compact_runs_on_torch_kernels_with_one_warning(mo
     assert auto_backend(256, 256, 0.05, torch.device("cpu")) != "compact", "auto never picks the fallback"
 
 
+@pytest.mark.skipif(not kernels.compiled(), reason="the compiled kernels are not built here")
+def test_float64_runs_on_torch_kernels_with_one_warning_that_names_the_dtype(monkeypatch):
+    """The kernels are float32; a float64 layer falls back, and the warning says why (not "not built")."""
+    masked, compact = layer_pair(50, 40, 400, 3)
+    masked, compact = masked.double(), compact.double()
+    monkeypatch.setattr(kernels, "_warned", False)
+    x, upstream = torch.randn(32, 50, dtype=torch.float64), torch.randn(32, 40, dtype=torch.float64)
+    compact.dense_grad_needed = False
+    with pytest.warns(UserWarning, match=r"take CPU float32 tensors, not torch\.float64 on cpu") as caught:
+        y, dx = run(compact, x, upstream)
+    assert len(caught) == 1 and "not built" not in str(caught[0].message)
+    y_masked, dx_masked = run(masked, x, upstream)
+    torch.testing.assert_close(y, y_masked)
+    torch.testing.assert_close(dx, dx_masked)
+    torch.testing.assert_close(compact.values.grad, masked.weight.grad[masked.mask])
+
+
 def test_a_process_without_the_extension_imports_and_trains():
     code = ("import torch, sparse_rl.backends.kernels as k; from sparse_rl.layers import SparseLinear; "
             "from sparse_rl.masks import random_mask;"

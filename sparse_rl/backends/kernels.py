@@ -83,12 +83,20 @@ def set_simd_level(level: str) -> None:
     _EXTENSION.set_level(level)
 
 
-def _warn_fallback() -> None:
+def _warn_fallback(*tensors: torch.Tensor) -> None:
+    """Warn once per process that ``compact`` runs on torch's CSR kernels, naming why: the extension is not built, or
+    (built) the first of ``tensors`` it does not take (not float32, or not on the CPU)."""
     global _warned
-    if not _warned:
-        _warned = True
-        warnings.warn("sparse_rl's compiled kernels are not built (reinstall with a C compiler: pip install -e .); "
-                      "backend='compact' runs on torch's CSR kernels", stacklevel=3)
+    if _warned:
+        return
+    _warned = True
+    if _EXTENSION is None:
+        reason = "sparse_rl's compiled kernels are not built (reinstall with a C compiler: pip install -e .)"
+    else:
+        unfit = next((t for t in tensors if t.dtype is not _FLOAT32 or not t.is_cpu), None)
+        reason = ("sparse_rl's compiled kernels take CPU float32 tensors, not "
+                  + ("these" if unfit is None else f"{unfit.dtype} on {unfit.device}"))
+    warnings.warn(f"{reason}; backend='compact' runs on torch's CSR kernels", stacklevel=3)
 
 
 _FLOAT32 = torch.float32
@@ -125,7 +133,7 @@ def layer_forward(values: torch.Tensor, structure: CompactStructure, x_t: torch.
                            0 if bias is None else bias.data_ptr(), y_t.data_ptr(), rows, batch, relu,
                            torch.get_num_threads(), 0, 0, 0, 0, 0)
         return y_t
-    _warn_fallback()
+    _warn_fallback(values, x_t)
     w = _csr(structure.crow, structure.col, values, structure.shape)
     y_t = torch.sparse.mm(w, x_t) if bias is None else torch.addmm(bias.unsqueeze(1), w, x_t)
     return y_t.relu_() if relu else y_t
@@ -162,7 +170,7 @@ def input_grad(values: torch.Tensor, perm_t: torch.Tensor, crow_t: torch.Tensor,
         _backward(dy_t, rows, cols, dy_t.shape[1], dx=dx_t, values=values,
                   transposed=(perm_t.data_ptr(), crow_t.data_ptr(), col_t.data_ptr()), first=first)
         return dx_t
-    _warn_fallback()
+    _warn_fallback(values, dy_t)
     dx_t = torch.sparse.mm(_csr(crow_t, col_t, values[perm_t.long()], (cols, rows)), dy_t)
     dx_t[:first] = 0.0
     return dx_t
@@ -176,7 +184,7 @@ def values_grad(crow: torch.Tensor, col: torch.Tensor, dy_t: torch.Tensor, x_t: 
         _backward(dy_t, rows, cols, dy_t.shape[1], x_t=x_t, structure=(crow.data_ptr(), col.data_ptr()),
                   grad_values=grad)
         return grad
-    _warn_fallback()
+    _warn_fallback(dy_t, x_t)
     pattern = _csr(crow, col, dy_t.new_zeros(col.numel()), (rows, cols))
     return torch.sparse.sampled_addmm(pattern, dy_t, x_t.t(), beta=0.0).values()
 
