@@ -468,7 +468,7 @@ def test_float64_runs_on_torch_kernels_with_one_warning_that_names_the_dtype(mon
     monkeypatch.setattr(kernels, "_warned", False)
     x, upstream = torch.randn(32, 50, dtype=torch.float64), torch.randn(32, 40, dtype=torch.float64)
     compact.dense_grad_needed = False
-    with pytest.warns(UserWarning, match=r"take CPU float32 tensors, not torch\.float64 on cpu") as caught:
+    with pytest.warns(UserWarning, match=r"take contiguous CPU float32 tensors, not torch\.float64 on cpu;") as caught:
         y, dx = run(compact, x, upstream)
     assert len(caught) == 1 and "not built" not in str(caught[0].message)
     y_masked, dx_masked = run(masked, x, upstream)

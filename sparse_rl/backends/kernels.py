@@ -85,7 +85,7 @@ def set_simd_level(level: str) -> None:
 
 def _warn_fallback(*tensors: torch.Tensor) -> None:
     """Warn once per process that ``compact`` runs on torch's CSR kernels, naming why: the extension is not built, or
-    (built) the first of ``tensors`` it does not take (not float32, or not on the CPU)."""
+    (built) the first of ``tensors`` (those the caller checked) it does not take."""
     global _warned
     if _warned:
         return
@@ -93,9 +93,9 @@ def _warn_fallback(*tensors: torch.Tensor) -> None:
     if _EXTENSION is None:
         reason = "sparse_rl's compiled kernels are not built (reinstall with a C compiler: pip install -e .)"
     else:
-        unfit = next((t for t in tensors if t.dtype is not _FLOAT32 or not t.is_cpu), None)
-        reason = ("sparse_rl's compiled kernels take CPU float32 tensors, not "
-                  + ("these" if unfit is None else f"{unfit.dtype} on {unfit.device}"))
+        unfit = [f"{t.dtype} on {t.device}" + ("" if t.is_contiguous() else ", not contiguous") for t in tensors
+                 if t.dtype is not _FLOAT32 or not t.is_cpu or not t.is_contiguous()]
+        reason = f"sparse_rl's compiled kernels take contiguous CPU float32 tensors, not {unfit[0]}"
     warnings.warn(f"{reason}; backend='compact' runs on torch's CSR kernels", stacklevel=3)
 
 
@@ -133,7 +133,7 @@ def layer_forward(values: torch.Tensor, structure: CompactStructure, x_t: torch.
                            0 if bias is None else bias.data_ptr(), y_t.data_ptr(), rows, batch, relu,
                            torch.get_num_threads(), 0, 0, 0, 0, 0)
         return y_t
-    _warn_fallback(values, x_t)
+    _warn_fallback(values, x_t, *(() if bias is None else (bias,)))
     w = _csr(structure.crow, structure.col, values, structure.shape)
     y_t = torch.sparse.mm(w, x_t) if bias is None else torch.addmm(bias.unsqueeze(1), w, x_t)
     return y_t.relu_() if relu else y_t
