@@ -98,7 +98,8 @@ def forward(modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
         y = _CompactChainFunction.apply(x, structures, relus, is_feature_major(x),
                                         compact.input_grad_from(layers[0], x), *parameters)
     else:  # no graph to record (target networks, predict): the kernels alone
-        y = _forward_kernels(x.t().contiguous(), parameters, structures, relus, None).t()
+        y = _forward_kernels(x.t().contiguous(), parameters, structures, relus, fuses_head(structures, relus),
+                             None).t()
     return mark_rectified(y) if relus[-1] else y
 
 
@@ -112,11 +113,11 @@ def fuses_head(structures: list[CompactStructure], relus: list[bool]) -> bool:
 
 
 def _forward_kernels(x_t: torch.Tensor, parameters: list[Any], structures: list[CompactStructure],
-                     relus: list[bool], saved: list[torch.Tensor | None] | None) -> torch.Tensor:
-    """The run's forward kernels from ``x_t`` (``(in, batch)``), appending what each layer's backward reads to
-    ``saved`` (its input, its values and, with a fused ReLU, its output) where given; returns ``(out, batch)``."""
+                     relus: list[bool], fused: bool, saved: list[torch.Tensor | None] | None) -> torch.Tensor:
+    """The run's forward kernels from ``x_t`` (``(in, batch)``), the last layer inside the one before it where
+    ``fused`` (:func:`fuses_head`), appending what each layer's backward reads to ``saved`` (its input, its values
+    and, with a fused ReLU, its output) where given; returns ``(out, batch)``."""
     count = len(structures)
-    fused = fuses_head(structures, relus)
     for i in range(count - 1 if fused else count):
         values, bias, structure, relu = parameters[2 * i], parameters[2 * i + 1], structures[i], relus[i]
         if fused and i == count - 2:
@@ -152,11 +153,11 @@ class _CompactChainFunction(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, structures: list[CompactStructure], relus: list[bool],
                 feature_major: bool, input_from: int, *parameters: Any) -> torch.Tensor:
         saved: list[torch.Tensor | None] = []
+        ctx.fused_head = fuses_head(structures, relus)
         # (in, batch): copied unless the input is feature-major
-        y_t = _forward_kernels(x.t().contiguous(), list(parameters), structures, relus, saved)
+        y_t = _forward_kernels(x.t().contiguous(), list(parameters), structures, relus, ctx.fused_head, saved)
         ctx.save_for_backward(*saved)
         ctx.structures, ctx.feature_major, ctx.input_from = structures, feature_major, input_from
-        ctx.fused_head = fuses_head(structures, relus)
         return y_t.t()
 
     @staticmethod
