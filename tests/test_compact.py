@@ -111,7 +111,7 @@ def test_kernels_at_the_edges_of_their_blocks(simd, in_features, counts, batch, 
     guarded, guarded_bias = torch.full((structure.nnz + 16,), 7.0), torch.full((out_features + 16,), 7.0)
     kernels._EXTENSION.backward(structure.crow.data_ptr(), structure.col.data_ptr(), dy_t.data_ptr(), 0,
                                 x_t.data_ptr(), guarded.data_ptr(), guarded_bias.data_ptr(), 0, 0, 0, 0, 0,
-                                out_features, in_features, structure.nnz, batch, 1, 0, 0, 0, 0)
+                                out_features, in_features, structure.nnz, batch, 1, 0, 0, 0, 0, 0)
     torch.testing.assert_close(guarded[:structure.nnz], (dy_t @ x_t.t()).flatten()[structure.positions],
                                rtol=1e-4, atol=1e-4 * max(1.0, batch ** 0.5))
     torch.testing.assert_close(guarded_bias[:out_features], dy_t.sum(1), rtol=1e-4, atol=1e-4 * max(1.0, batch ** 0.5))
@@ -797,3 +797,45 @@ def test_the_input_gradient_of_the_first_features_is_skipped_only_behind_a_conca
     assert input_grad_from(layer, torch.randn(2, 5, requires_grad=True)) == 0, "not a concatenation"
     assert input_grad_from(layer, torch.cat([actions, actions.detach()], dim=1)) == 0, "an earlier part wants one"
     assert input_grad_from(layer, torch.cat([data.detach(), actions], dim=1).relu()) == 0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(in_features=st.integers(1, 40), counts=st.lists(st.integers(0, 40), min_size=1, max_size=12),
+       vectors=st.integers(1, 20), input_from=st.integers(0, 3), head=st.booleans(), threads=st.integers(1, 3),
+       seed=st.integers(0, 2**16))
+def test_the_input_and_weight_gradients_in_one_pass_are_the_two_loops_bits(simd, in_features, counts, vectors,
+                                                                          input_from, head, threads, seed):
+    """Where both are wanted for every weight and the batch is whole vectors, the input and the weight gradient run
+    in one pass over ``Wᵀ`` (``grads_t`` in ``kernels.c``): the same floats bit for bit as the weight gradient's loop
+    over ``W`` and the input gradient's over ``Wᵀ``, with or without the fused ReLU's mask (zeros, -0.0 and NaN), a
+    one-output head's gradient, an input gradient from a later feature on (which keeps the two loops) and threads."""
+    if simd == "torch":
+        pytest.skip("the compiled kernels are not built here")
+    assume(input_from < in_features)
+    generator = torch.Generator().manual_seed(seed)
+    out_features, batch = len(counts), 16 * vectors  # whole vectors at every level
+    structure = CompactStructure.from_mask(mask_of_counts(in_features, counts, generator))
+    values = torch.randn(structure.nnz, generator=generator)
+    x_t, dy_t = (torch.randn(n, batch, generator=generator) for n in (in_features, out_features))
+    rectified_t = torch.randn(out_features, batch, generator=generator).relu()
+    specials = torch.randint(0, 4, rectified_t.shape, generator=generator)
+    rectified_t[specials == 1] = -0.0
+    rectified_t[specials == 2] = float("nan")
+    head_structure = CompactStructure.from_mask(torch.rand(1, out_features, generator=generator) < 0.7)
+    fused_head = (torch.randn(head_structure.nnz, generator=generator), head_structure,
+                  torch.randn(1, batch, generator=generator)) if head else None
+    results = []
+    before_threads, before = torch.get_num_threads(), kernels._EXTENSION.set_one_pass_grads(True)
+    try:
+        torch.set_num_threads(threads)
+        for one_pass in (True, False):
+            kernels._EXTENSION.set_one_pass_grads(one_pass)
+            results.append([grad for rectified in (rectified_t, None) for wants in ((True, True, True),
+                                                                                   (True, True, False))
+                            for grad in kernels.layer_backward(values, structure, None if head else dy_t, x_t,
+                                                               rectified, wants, input_from, head=fused_head)])
+    finally:
+        kernels._EXTENSION.set_one_pass_grads(before)
+        torch.set_num_threads(before_threads)
+    for one, two in zip(*results):
+        assert (one is None and two is None) or torch.equal(one, two)

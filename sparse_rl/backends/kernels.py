@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 SIMD_ENV = "SPARSE_RL_SIMD"
 
-API_VERSION = 4
+API_VERSION = 5
 """The calling convention of ``kernels.c`` this module speaks. An extension that reports another (built from an
 earlier checkout and not rebuilt after an update) is not used: the package falls back to torch's kernels with a
 one-line warning instead of failing inside a training step."""
@@ -242,7 +242,8 @@ def _backward(dy_t: torch.Tensor | None, rows: int, cols: int, batch: int, *, x_
     """The compiled backward kernel (``kernels.c``'s ``py_backward``) on ``W``'s CSR ``structure`` and ``Wᵀ``'s
     ``transposed`` one (``perm_t``, ``crow_t``, ``col_t``), given as addresses; what is ``None`` (or 0) is passed as a
     null pointer (and not computed). The input gradient ``dx`` gets its rows from ``first`` on (the loop over ``Wᵀ``'s
-    rows starts there: its row pointers and ``dx`` are passed from that row) and zeros before it. With ``head``
+    rows starts there: its row pointers and ``dx`` are passed from that row, and ``first``, from which row of ``x_t``
+    the one pass over ``Wᵀ`` that computes both gradients reads) and zeros before it. With ``head``
     (:func:`layer_backward`), ``dy_t`` is ``None`` and the output gradient comes from the head's."""
     if dx is not None and first:
         dx[:first] = 0.0
@@ -252,7 +253,8 @@ def _backward(dy_t: torch.Tensor | None, rows: int, cols: int, batch: int, *, x_
     _EXTENSION.backward(*structure, _ptr(dy_t), _ptr(rectified_t), _ptr(x_t),  # type: ignore[union-attr]
                         _ptr(grad_values), _ptr(grad_bias), _ptr(values), *transposed,
                         0 if dx is None else dx.data_ptr() + 4 * first * batch, rows, cols - first,
-                        0 if values is None else values.numel(), batch, torch.get_num_threads(), *head_pointers)
+                        0 if values is None else values.numel(), batch, torch.get_num_threads(), *head_pointers,
+                        first if dx is not None else 0)
 
 
 def _like(grad: torch.Tensor, feature_major: bool) -> torch.Tensor:

@@ -12,6 +12,9 @@
  *                 into the dot products from L1); with gb, also the bias' gradient gb[r] = sum_b dy[r, b] of the
  *                 (masked) row while it is in L1, instead of another pass over dy
  *
+ *   grads_t       input_grad and values_grad together, in one pass over Wᵀ's rows where both are wanted for every
+ *                 weight and the batch is whole vectors: each chunk of dy[r, :] loaded once feeds both (GRADS_T_GROUP)
+ *
  * Python calls `forward` and `backward`: a layer's whole backward (mask, values', bias' and input gradients, each
  * where wanted) in one call, the masked dy in a per-thread buffer that every call reuses (still in cache for the
  * input gradient, where a fresh tensor's memory was not: 1.02x on SAC's and TD3's train(), Intel Xeon).
@@ -175,6 +178,70 @@ typedef int32_t iv4 __attribute__((vector_size(16)));
 typedef int32_t iv8 __attribute__((vector_size(32)));
 typedef int32_t iv16 __attribute__((vector_size(64)));
 
+/* The input and the weight gradient in one pass over Wᵀ's rows, the layer's input features c (py_backward, where
+ * both are wanted and the batch is whole vectors). Up to eight active weights (r, c) of a row of Wᵀ at a time: each
+ * chunk of dy[r, :] is loaded once (from L2: a random row) and feeds both the input gradient's multiply-add,
+ * dx[c, :] += W[r, c] dy[r, :] (the running sums kept in dx's row in L1 between groups), and the weight's dot
+ * product with x[c, :] (in L1 for the whole row of Wᵀ): one load from L2 per two multiply-adds, where the input
+ * gradient's loop and the weight gradient's loop each pay one per multiply-add. The same operations in the same
+ * order as those two loops, so the same floats: dx's sums run over the weights in Wᵀ's order from 0, each dot
+ * product in GW lanes over the batch, then REDUCE8 (each accumulator reduced by the same tree whatever its slot). */
+#define GRADS_T_GROUP(SUFFIX, N, FIRST)                                                                        \
+    {                                                                                                          \
+        const float *dr[N];                                                                                    \
+        float wk[N];                                                                                           \
+        gvec_##SUFFIX a[8];                                                                                    \
+        _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) a[k] = (gvec_##SUFFIX){0};                         \
+        _Pragma("GCC unroll 8") for (int k = 0; k < N; k++) {                                                  \
+            dr[k] = dy + (int64_t)col_t[j + k] * batch;                                                        \
+            wk[k] = values[perm[j + k]];                                                                       \
+        }                                                                                                      \
+        int64_t b = 0;                                                                                         \
+        GRADS_T_CHUNKS(SUFFIX, N, FIRST, GU)                                                                   \
+        GRADS_T_CHUNKS(SUFFIX, N, FIRST, 1)                                                                    \
+        float s[8];                                                                                            \
+        REDUCE8_##SUFFIX(a, s);                                                                                \
+        _Pragma("GCC unroll 8") for (int k = 0; k < N; k++) gv[perm[j + k]] = s[k];                            \
+        j += N;                                                                                                \
+    }
+/* U chunks of GW batch columns at a time (GU, per level: as many as the registers hold), their U sums of dx
+ * interleaved so that each chunk's chain of N dependent multiply-adds overlaps the others'; each dot product still
+ * takes the chunks in the batch's order. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define IN_REGISTER(v) __asm__("" : "+v"(v))
+#else
+#define IN_REGISTER(v) (void)0
+#endif
+#define GRADS_T_CHUNKS(SUFFIX, N, FIRST, U)                                                                    \
+    for (; b + U * GW <= batch; b += U * GW) {                                                                 \
+        gvec_##SUFFIX xv[U], acc[U];                                                                           \
+        _Pragma("GCC unroll 4") for (int u = 0; u < U; u++) {                                                  \
+            xv[u] = *(const gvec_##SUFFIX *)(xr + b + u * GW);                                                 \
+            acc[u] = FIRST ? (gvec_##SUFFIX){0} : *(const gvec_##SUFFIX *)(dxr + b + u * GW);                  \
+        }                                                                                                      \
+        _Pragma("GCC unroll 8") for (int k = 0; k < N; k++)                                                    \
+            _Pragma("GCC unroll 4") for (int u = 0; u < U; u++) {                                              \
+                gvec_##SUFFIX d = *(const gvec_##SUFFIX *)(dr[k] + b + u * GW);                                \
+                IN_REGISTER(d);                                                                                \
+                acc[u] += wk[k] * d;                                                                           \
+                a[k] += d * xv[u];                                                                             \
+            }                                                                                                  \
+        _Pragma("GCC unroll 4") for (int u = 0; u < U; u++) *(gvec_##SUFFIX *)(dxr + b + u * GW) = acc[u];     \
+    }
+/* The next group of a row of Wᵀ: its eight weights, or the row's last one to seven (no padding: a padded slot
+ * would add to dx). */
+#define GRADS_T_NEXT(SUFFIX, FIRST)                                                                            \
+    switch (end - j < 8 ? end - j : 8) {                                                                       \
+    case 8: GRADS_T_GROUP(SUFFIX, 8, FIRST) break;                                                             \
+    case 7: GRADS_T_GROUP(SUFFIX, 7, FIRST) break;                                                             \
+    case 6: GRADS_T_GROUP(SUFFIX, 6, FIRST) break;                                                             \
+    case 5: GRADS_T_GROUP(SUFFIX, 5, FIRST) break;                                                             \
+    case 4: GRADS_T_GROUP(SUFFIX, 4, FIRST) break;                                                             \
+    case 3: GRADS_T_GROUP(SUFFIX, 3, FIRST) break;                                                             \
+    case 2: GRADS_T_GROUP(SUFFIX, 2, FIRST) break;                                                             \
+    default: GRADS_T_GROUP(SUFFIX, 1, FIRST) break;                                                            \
+    }
+
 /* A one-output layer right after this one (a critic's Q head, sparse_rl/backends/compact_chain.py), fused into its
  * passes: its active weights' values and input columns (ascending; crow = {0, nnz}) and bias, and in the forward its
  * output row out (batch floats), in the backward its output gradient dy (batch floats). The forward adds each of
@@ -191,7 +258,7 @@ typedef struct {
     const float *dy;
 } head_t;
 
-#define DEFINE_KERNELS(SUFFIX, WIDTH, GWIDTH, TARGET)                                                          \
+#define DEFINE_KERNELS(SUFFIX, WIDTH, GWIDTH, GUNROLL, TARGET)                                                          \
     typedef float vec_##SUFFIX __attribute__((vector_size(WIDTH * 4), aligned(4)));                           \
     typedef float gvec_##SUFFIX __attribute__((vector_size(GWIDTH * 4), aligned(4)));                         \
     typedef float v8_##SUFFIX __attribute__((vector_size(32), aligned(4)));                                    \
@@ -276,6 +343,24 @@ typedef struct {
             int32_t j = crow[r];                                                                               \
             const int32_t end = crow[r + 1];                                                                   \
             DOT_ROW(SUFFIX)                                                                                    \
+        }                                                                                                      \
+    }                                                                                                          \
+                                                                                                               \
+    TARGET static void grads_t_##SUFFIX(const float *values, const int32_t *perm, const int32_t *crow_t,       \
+                                        const int32_t *col_t, const float *dy, const float *x, float *dx,      \
+                                        float *gv, int64_t c0, int64_t c1, int64_t batch) {                    \
+        enum { GW = GWIDTH, GU = GUNROLL };                                                                    \
+        for (int64_t c = c0; c < c1; c++) {                                                                    \
+            int32_t j = crow_t[c];                                                                             \
+            const int32_t end = crow_t[c + 1];                                                                 \
+            const float *xr = x + c * batch;                                                                   \
+            float *dxr = dx + c * batch;                                                                       \
+            if (j == end) {                                                                                    \
+                for (int64_t b = 0; b < batch; b++) dxr[b] = 0.0f;                                             \
+                continue;                                                                                      \
+            }                                                                                                  \
+            GRADS_T_NEXT(SUFFIX, 1)                                                                            \
+            while (j < end) GRADS_T_NEXT(SUFFIX, 0)                                                            \
         }                                                                                                      \
     }
 
@@ -404,19 +489,21 @@ typedef struct {
     }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-DEFINE_KERNELS(avx512, 16, 16, __attribute__((target("avx512f,fma"))))
-DEFINE_KERNELS(avx2, 8, 8, __attribute__((target("avx2,fma"))))
+DEFINE_KERNELS(avx512, 16, 16, 4, __attribute__((target("avx512f,fma"))))
+DEFINE_KERNELS(avx2, 8, 8, 2, __attribute__((target("avx2,fma"))))
 DEFINE_RENORM(avx512, __attribute__((target("avx512f,fma"))))
 DEFINE_RENORM(avx2, __attribute__((target("avx2,fma"))))
 #define HAVE_X86 1
 #endif
-DEFINE_KERNELS(generic, 4, 4, )
+DEFINE_KERNELS(generic, 4, 4, 2, )
 DEFINE_RENORM(generic, )
 
 typedef void (*forward_fn)(const float *, const int32_t *, const int32_t *, const int32_t *, const float *,
                            const float *, float *, int64_t, int64_t, int64_t, int, const head_t *);
 typedef void (*values_grad_fn)(const int32_t *, const int32_t *, const float *, const float *, float *,
                                const float *, float *, float *, int64_t, int64_t, int64_t, const head_t *);
+typedef void (*grads_t_fn)(const float *, const int32_t *, const int32_t *, const int32_t *, const float *,
+                           const float *, float *, float *, int64_t, int64_t, int64_t);
 typedef void (*renorm_stats_fn)(const float *, float *, float *, double *, int64_t, int64_t);
 typedef void (*renorm_grad_sums_fn)(const float *, const float *, const float *, float *, float *, double *, int64_t,
                                     int64_t);
@@ -425,13 +512,16 @@ typedef void (*renorm_input_grad_fn)(const float *, const float *, const float *
 
 /* The BatchRenorm loops come in pairs, [0] for row-major input and [1] for feature-major. */
 #define LEVEL(SUFFIX)                                                                                          \
-    {#SUFFIX, forward_##SUFFIX, values_grad_##SUFFIX, {renorm_stats_##SUFFIX, renorm_stats_fm_##SUFFIX},        \
+    {#SUFFIX, sizeof(gvec_##SUFFIX) / sizeof(float), forward_##SUFFIX, values_grad_##SUFFIX, grads_t_##SUFFIX, \
+     {renorm_stats_##SUFFIX, renorm_stats_fm_##SUFFIX},        \
      {renorm_grad_sums_##SUFFIX, renorm_grad_sums_fm_##SUFFIX},                                                \
      {renorm_input_grad_##SUFFIX, renorm_input_grad_fm_##SUFFIX}}
 static struct {
     const char *name;
+    int64_t width; /* floats per vector of the weight gradient's loops (grads_t takes whole vectors of batch) */
     forward_fn forward;
     values_grad_fn values_grad;
+    grads_t_fn grads_t;
     renorm_stats_fn renorm_stats[2];
     renorm_grad_sums_fn renorm_grad_sums[2];
     renorm_input_grad_fn renorm_input_grad[2];
@@ -515,6 +605,23 @@ static void values_grad_rows(int threads, const int32_t *crow, const int32_t *co
     }
 }
 
+static void grads_t_rows(int threads, const float *values, const int32_t *perm, const int32_t *crow_t,
+                         const int32_t *col_t, const float *dy, const float *x, float *dx, float *gv, int64_t cols,
+                         int64_t batch) {
+    const grads_t_fn loop = LEVELS[current].grads_t;
+    const int parts = parallel_threads(threads, crow_t, cols, batch);
+    if (parts == 1) {
+        loop(values, perm, crow_t, col_t, dy, x, dx, gv, 0, cols, batch);
+        return;
+    }
+#pragma omp parallel num_threads(parts)
+    {
+        const int part = omp_get_thread_num(), n = omp_get_num_threads();
+        loop(values, perm, crow_t, col_t, dy, x, dx, gv, first_row(crow_t, cols, part, n),
+             first_row(crow_t, cols, part + 1, n), batch);
+    }
+}
+
 static int supported(int level) {
 #ifdef HAVE_X86
     __builtin_cpu_init();
@@ -573,28 +680,59 @@ static PyObject *py_set_fused_gather_max_batch(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(before);
 }
 
+/* Whether the input and weight gradients run in one pass over Wᵀ (grads_t) where both are wanted for every weight
+ * and the batch is whole vectors, instead of the weight gradient's loop over W and the input gradient's over Wᵀ:
+ * the same floats, 1.4-1.5x faster at batch 256 and 1.06-1.26x at 16-64 (docs/architecture.md). Settable for the
+ * tests, which compare both. */
+static int one_pass_grads = 1;
+
+static PyObject *py_set_one_pass_grads(PyObject *self, PyObject *args) {
+    int enabled;
+    if (!PyArg_ParseTuple(args, "p", &enabled)) return NULL;
+    const int before = one_pass_grads;
+    one_pass_grads = enabled;
+    return PyBool_FromLong(before);
+}
+
 static PyObject *py_backward(PyObject *self, PyObject *args) {
     /* A compact layer's backward in one call. y is 0 unless the layer's ReLU is fused (dy is then masked by y into
      * the scratch buffer first); gv (the values' gradient), gb (the bias') and dx (the input's, Wᵀ dy over Wᵀ's CSR
      * structure, whose values are W's gathered through perm) are each 0 where not wanted. */
     /* With hdy not 0, dy is not read: this layer's output gradient comes from a fused one-output head's (head_t:
      * its values, row pointers, columns and output gradient hdy), made row by row into the scratch buffer. */
+    /* An input gradient from feature first > 0 on is passed as Wᵀ's rows from there (crow_t and dx from row first,
+     * cols the rows left). */
     Py_ssize_t crow, col, dy, y, x, gv, gb, values, perm, crow_t, col_t, dx, rows, cols, nnz, batch, hvalues, hcrow,
-        hcol, hdy;
+        hcol, hdy, first;
     int threads;
-    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnnnnninnnn", &crow, &col, &dy, &y, &x, &gv, &gb, &values, &perm,
-                          &crow_t, &col_t, &dx, &rows, &cols, &nnz, &batch, &threads, &hvalues, &hcrow, &hcol, &hdy))
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnnnnninnnnn", &crow, &col, &dy, &y, &x, &gv, &gb, &values, &perm,
+                          &crow_t, &col_t, &dx, &rows, &cols, &nnz, &batch, &threads, &hvalues, &hcrow, &hcol, &hdy,
+                          &first))
         return NULL;
     const head_t head = {(const float *)hvalues, (const int32_t *)hcrow, (const int32_t *)hcol, NULL, NULL,
                          (const float *)hdy};
     float *dym = y || hdy ? scratch_of((size_t)(rows * batch > 0 ? rows * batch : 1)) : NULL;
+    /* Both gradients in one pass over Wᵀ where every weight's column is in it (with first > 0, crow_t[0] > 0 unless
+     * the rows before first are empty) */
+    const int one_pass = one_pass_grads && dx && gv && batch > 0 && batch % LEVELS[current].width == 0
+                         && ((const int32_t *)crow_t)[0] == 0;
     const int gather_first = batch > fused_gather_max_batch; /* else each weight read through perm in the loop */
-    float *vt = dx && gather_first ? malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(float)) : NULL;
-    if (((y || hdy) && dym == NULL) || (dx && gather_first && vt == NULL)) {
+    float *vt = dx && gather_first && !one_pass ? malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(float)) : NULL;
+    if (((y || hdy) && dym == NULL) || (vt == NULL && dx && gather_first && !one_pass)) {
         free(vt);
         return PyErr_NoMemory();
     }
-    Py_BEGIN_ALLOW_THREADS {
+    Py_BEGIN_ALLOW_THREADS if (one_pass) {
+        if (y || gb || hdy) /* the mask, the head's rows and the bias' sums first, in one pass over W's rows */
+            values_grad_rows(threads, (const int32_t *)crow, (const int32_t *)col, (const float *)dy,
+                             (const float *)y, dym, (const float *)x, NULL, (float *)gb, rows, batch,
+                             hdy ? &head : NULL);
+        grads_t_rows(threads, (const float *)values, (const int32_t *)perm, (const int32_t *)crow_t,
+                     (const int32_t *)col_t, y || hdy ? dym : (const float *)dy, (const float *)x + first * batch,
+                     (float *)dx,
+                     (float *)gv, cols, batch);
+    }
+    else {
         if (y || gv || gb || hdy)
             values_grad_rows(threads, (const int32_t *)crow, (const int32_t *)col, (const float *)dy,
                              (const float *)y, dym, (const float *)x, (float *)gv, (float *)gb, rows, batch,
@@ -682,6 +820,8 @@ static PyMethodDef METHODS[] = {
     {"renorm_input_grad", py_renorm_input_grad, METH_VARARGS, "BatchRenorm's input gradient"},
     {"set_fused_gather_max_batch", py_set_fused_gather_max_batch, METH_VARARGS,
      "widest batch whose input gradient reads W's values through perm in its loop; returns the one before"},
+    {"set_one_pass_grads", py_set_one_pass_grads, METH_VARARGS,
+     "whether the input and weight gradients run in one pass where they can; returns the setting before"},
     {"levels", py_levels, METH_NOARGS, "the SIMD levels this CPU runs, best first"},
     {"level", py_level, METH_NOARGS, "the SIMD level in use"},
     {"set_level", py_set_level, METH_VARARGS, "use another supported SIMD level"},
@@ -693,7 +833,7 @@ static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_kernels", "Compact 
 
 /* The calling convention of the entry points above; sparse_rl/backends/kernels.py uses an extension only when its
  * API_VERSION is the one it speaks (an extension built from another checkout falls back to torch's kernels). */
-#define API_VERSION 4
+#define API_VERSION 5
 
 PyMODINIT_FUNC PyInit__kernels(void) {
     for (int i = 0; i < NUM_LEVELS; i++)
