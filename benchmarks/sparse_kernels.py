@@ -21,7 +21,8 @@ def kernel_tables(shapes: list[tuple[int, int]], densities: list[float], batches
                   repeats: int) -> list[str]:
     """GFLOP/s of active multiply-adds: the compact kernels (forward, input gradient, weight gradient at the active
     positions) against torch's MKL products for the same three (CSR ``W X``, CSR ``Wᵀ dY``, ``sampled_addmm``), and
-    dense GEMM's rate on the whole weight."""
+    dense GEMM's rate on the whole weight; and the input and weight gradient of a layer's backward in one call (one
+    pass over ``Wᵀ`` for both, where the batch is whole SIMD vectors) against MKL's two products."""
     from sparse_rl.backends import kernels
     from sparse_rl.backends.compact import CompactStructure
 
@@ -43,22 +44,26 @@ def kernel_tables(shapes: list[tuple[int, int]], densities: list[float], batches
                "fwd": lambda: kernels.layer_forward(values, structure, x, None),
                "in": lambda: kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, dy,
                                                 out_features),
-               "w": lambda: kernels.values_grad(structure.crow, structure.col, dy, x)}
+               "w": lambda: kernels.values_grad(structure.crow, structure.col, dy, x),
+               "both": lambda: kernels.layer_backward(values, structure, dy, x, None, (True, True, False))}
         us = median_us(ops, repeats)
         active = 2 * structure.nnz * batch / 1e3
         rate = {name: active / us[name] for name in ops if name != "dense"}
+        both, mkl_both = 2 * rate["both"], 2 * active / (us["mkl in"] + us["mkl w"])
         dense = 2 * in_features * out_features * batch / 1e3 / us["dense"]
         ours = [rate["fwd"], rate["in"], rate["w"]]
         vs_mkl = min(rate[k] / rate["mkl " + k] for k in ("fwd", "in", "w"))
         rows.append(f"| {in_features}×{out_features} | {batch} | {density:g} | {dense:.1f} | "
                     + " | ".join(f"{rate['mkl ' + k]:.1f} / {rate[k]:.1f}" for k in ("fwd", "in", "w"))
-                    + f" | {vs_mkl:.2f} | {min(ours) / dense:.2f} |")
+                    + f" | {vs_mkl:.2f} | {min(ours) / dense:.2f} | {mkl_both:.1f} / {both:.1f} "
+                    f"| {both / mkl_both:.2f} |")
         print(rows[-1], flush=True)
     levels = ", ".join(kernels.simd_levels()) or "none"
     return [f"SIMD level of the compact kernels: {kernels.simd_level()} (of {levels}).", "",
             "| weight (in×out) | batch | density | dense GEMM GFLOP/s | forward MKL / ours | input grad MKL / ours "
-            "| weight grad MKL / ours | ours ÷ MKL (lowest) | ours ÷ dense GEMM (lowest) |",
-            "|---|---|---|---|---|---|---|---|---|", *rows]
+            "| weight grad MKL / ours | ours ÷ MKL (lowest) | ours ÷ dense GEMM (lowest) "
+            "| input + weight grad MKL / ours in one call | one call ÷ MKL |",
+            "|---|---|---|---|---|---|---|---|---|---|---|", *rows]
 
 
 def traffic_tables(shapes: list[tuple[int, int]], densities: list[float], repeats: int) -> list[str]:

@@ -43,7 +43,7 @@ layer runs as its own autograd node (``--part chains`` measures what running the
 
 Kernels (``--part kernels``, ``sparse_kernels.py``): multiply-adds per second of the compact kernels (forward, input
 gradient, weight gradient at the active positions) against torch's MKL products for the same three, and dense GEMM's
-rate.
+rate; and a layer's backward that wants both gradients (one pass over ``Wᵀ`` for the two) against MKL's two.
 
 Memory (``--part memory``): peak RSS of building a SAC model and training ``--chunk`` steps, each model in its own
 process.
@@ -1028,7 +1028,10 @@ def main() -> None:
                  f"{', '.join(map(str, batches))}, activations feature-major `(features, batch)` as the sparse "
                  "backends hold them, "
                  "random masks; sparse products counted at their active weights, dense GEMM at the whole weight. "
-                 "MKL's three are `torch.sparse.mm` on `W`'s and on `Wᵀ`'s CSR copy and `torch.sparse.sampled_addmm`:",
+                 "MKL's three are `torch.sparse.mm` on `W`'s and on `Wᵀ`'s CSR copy and `torch.sparse.sampled_addmm`. "
+                 "\"In one call\" is a layer's backward wanting both the input and the weight gradient (a hidden "
+                 "layer's), which runs them in one pass over `Wᵀ` where the batch is whole SIMD vectors, against "
+                 "the sum of MKL's two products' times:",
                  "",
                  *kernel_tables(shapes, densities, batches, args.repeats)]
     elif args.part == "memory":
