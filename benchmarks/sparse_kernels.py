@@ -22,7 +22,7 @@ def kernel_tables(shapes: list[tuple[int, int]], densities: list[float], batches
     """GFLOP/s of active multiply-adds: the compact kernels (forward, input gradient, weight gradient at the active
     positions) against torch's MKL products for the same three (CSR ``W X``, CSR ``Wᵀ dY``, ``sampled_addmm``), and
     dense GEMM's rate on the whole weight; and the input and weight gradient of a layer's backward in one call (one
-    pass over ``Wᵀ`` for both, where the batch is whole SIMD vectors) against MKL's two products."""
+    pass over ``Wᵀ`` for both) against MKL's two products."""
     from sparse_rl.backends import kernels
     from sparse_rl.backends.compact import CompactStructure
 

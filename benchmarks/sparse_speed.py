@@ -1030,8 +1030,7 @@ def main() -> None:
                  "random masks; sparse products counted at their active weights, dense GEMM at the whole weight. "
                  "MKL's three are `torch.sparse.mm` on `W`'s and on `Wᵀ`'s CSR copy and `torch.sparse.sampled_addmm`. "
                  "\"In one call\" is a layer's backward wanting both the input and the weight gradient (a hidden "
-                 "layer's), which runs them in one pass over `Wᵀ` where the batch is whole SIMD vectors, against "
-                 "the sum of MKL's two products' times:",
+                 "layer's), which runs them in one pass over `Wᵀ`, against the sum of MKL's two products' times:",
                  "",
                  *kernel_tables(shapes, densities, batches, args.repeats)]
     elif args.part == "memory":

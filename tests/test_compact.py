@@ -801,19 +801,20 @@ def test_the_input_gradient_of_the_first_features_is_skipped_only_behind_a_conca
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(in_features=st.integers(1, 40), counts=st.lists(st.integers(0, 40), min_size=1, max_size=12),
-       vectors=st.integers(1, 20), input_from=st.integers(0, 3), head=st.booleans(), threads=st.integers(1, 3),
+       batch=st.integers(1, 300), input_from=st.integers(0, 3), head=st.booleans(), threads=st.integers(1, 3),
        seed=st.integers(0, 2**16))
-def test_the_input_and_weight_gradients_in_one_pass_are_the_two_loops_bits(simd, in_features, counts, vectors,
+def test_the_input_and_weight_gradients_in_one_pass_are_the_two_loops_bits(simd, in_features, counts, batch,
                                                                           input_from, head, threads, seed):
-    """Where both are wanted for every weight and the batch is whole vectors, the input and the weight gradient run
-    in one pass over ``Wᵀ`` (``grads_t`` in ``kernels.c``): the same floats bit for bit as the weight gradient's loop
-    over ``W`` and the input gradient's over ``Wᵀ``, with or without the fused ReLU's mask (zeros, -0.0 and NaN), a
-    one-output head's gradient, an input gradient from a later feature on (which keeps the two loops) and threads."""
+    """Where both are wanted for every weight, the input and the weight gradient run in one pass over ``Wᵀ``
+    (``grads_t`` in ``kernels.c``): the same floats bit for bit as the weight gradient's loop over ``W`` and the input
+    gradient's over ``Wᵀ``, at every batch (its last columns in narrower vectors and scalars), with or without the
+    fused ReLU's mask (zeros, -0.0 and NaN), a one-output head's gradient, an input gradient from a later feature on
+    (which keeps the two loops) and threads."""
     if simd == "torch":
         pytest.skip("the compiled kernels are not built here")
     assume(input_from < in_features)
     generator = torch.Generator().manual_seed(seed)
-    out_features, batch = len(counts), 16 * vectors  # whole vectors at every level
+    out_features = len(counts)
     structure = CompactStructure.from_mask(mask_of_counts(in_features, counts, generator))
     values = torch.randn(structure.nnz, generator=generator)
     x_t, dy_t = (torch.randn(n, batch, generator=generator) for n in (in_features, out_features))

@@ -17,10 +17,10 @@ Kernels (:mod:`sparse_rl.backends.kernels`). Activations are feature-major ``(fe
   and the backward masks ``dYᵀ`` by the rectified output first, as ``torch.relu``'s backward does (inside the
   weight-gradient kernel's pass over ``dYᵀ`` where it runs: one pass less).
 * the bias' gradient, each row of ``dYᵀ`` summed, in the weight-gradient kernel's pass too (another pass less).
-* where a layer wants both the input and the weight gradient for every weight (a hidden layer) and the batch is whole
-  SIMD vectors, both in one pass over ``Wᵀ``'s rows: each chunk of a ``dYᵀ`` row is loaded once for the input
-  gradient's multiply-add and the weight's dot product with that input row (held in L1), the same floats as the two
-  loops; the ReLU's mask and the bias' sums then run in a pass of their own before it.
+* where a layer wants both the input and the weight gradient for every weight (a hidden layer), both in one pass
+  over ``Wᵀ``'s rows: each chunk of a ``dYᵀ`` row is loaded once for the input gradient's multiply-add and the
+  weight's dot product with that input row (held in L1), the same floats as the two loops; the ReLU's mask and the
+  bias' sums then run in a pass of their own before it.
 
 A topology update re-lays the layer (:func:`relayout_map`): one gather moves the values, every optimizer moment and
 the pending gradient of the surviving weights to their new places; grown weights start at 0 with zeroed moments (and

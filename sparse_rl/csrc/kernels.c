@@ -13,7 +13,7 @@
  *                 (masked) row while it is in L1, instead of another pass over dy
  *
  *   grads_t       input_grad and values_grad together, in one pass over Wᵀ's rows where both are wanted for every
- *                 weight and the batch is whole vectors: each chunk of dy[r, :] loaded once feeds both (GRADS_T_GROUP)
+ *                 weight: each chunk of dy[r, :] loaded once feeds both (GRADS_T_GROUP)
  *
  * Python calls `forward` and `backward`: a layer's whole backward (mask, values', bias' and input gradients, each
  * where wanted) in one call, the masked dy in a per-thread buffer that every call reuses (still in cache for the
@@ -179,7 +179,7 @@ typedef int32_t iv8 __attribute__((vector_size(32)));
 typedef int32_t iv16 __attribute__((vector_size(64)));
 
 /* The input and the weight gradient in one pass over Wᵀ's rows, the layer's input features c (py_backward, where
- * both are wanted and the batch is whole vectors). Up to eight active weights (r, c) of a row of Wᵀ at a time: each
+ * both are wanted for every weight). Up to eight active weights (r, c) of a row of Wᵀ at a time: each
  * chunk of dy[r, :] is loaded once (from L2: a random row) and feeds both the input gradient's multiply-add,
  * dx[c, :] += W[r, c] dy[r, :] (the running sums kept in dx's row in L1 between groups), and the weight's dot
  * product with x[c, :] (in L1 for the whole row of Wᵀ): one load from L2 per two multiply-adds, where the input
@@ -201,8 +201,37 @@ typedef int32_t iv16 __attribute__((vector_size(64)));
         GRADS_T_CHUNKS(SUFFIX, N, FIRST, 1)                                                                    \
         float s[8];                                                                                            \
         REDUCE8_##SUFFIX(a, s);                                                                                \
+        if (GW > 8) GRADS_T_TAIL(v8_##SUFFIX, 8, REDUCE8_avx2, N, FIRST)                                       \
+        if (GW > 4) GRADS_T_TAIL(v4_##SUFFIX, 4, REDUCE8_generic, N, FIRST)                                    \
+        for (; b < batch; b++) { /* the last 1-3 columns, as the two loops' scalar rests */                   \
+            float acc = FIRST ? 0.0f : dxr[b];                                                                 \
+            _Pragma("GCC unroll 8") for (int k = 0; k < N; k++) {                                              \
+                acc += wk[k] * dr[k][b];                                                                       \
+                s[k] += dr[k][b] * xr[b];                                                                      \
+            }                                                                                                  \
+            dxr[b] = acc;                                                                                      \
+        }                                                                                                      \
         _Pragma("GCC unroll 8") for (int k = 0; k < N; k++) gv[perm[j + k]] = s[k];                            \
         j += N;                                                                                                \
+    }
+/* The batch's last columns, fewer than a vector of the level: one narrower vector (VT, VW lanes) of them, if that
+ * many are left, as DOT_TAIL takes them (products reduced by RED and added to the sums) and as ROW_TAIL adds them
+ * into dx. */
+#define GRADS_T_TAIL(VT, VW, RED, N, FIRST)                                                                    \
+    if (b + VW <= batch) {                                                                                     \
+        const VT xv = *(const VT *)(xr + b);                                                                   \
+        VT acc = FIRST ? (VT){0} : *(const VT *)(dxr + b), acc_[8];                                            \
+        _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) acc_[k] = (VT){0};                                 \
+        _Pragma("GCC unroll 8") for (int k = 0; k < N; k++) {                                                  \
+            const VT d = *(const VT *)(dr[k] + b);                                                             \
+            acc += wk[k] * d;                                                                                  \
+            acc_[k] = d * xv;                                                                                  \
+        }                                                                                                      \
+        *(VT *)(dxr + b) = acc;                                                                                \
+        float p_[8];                                                                                           \
+        RED(acc_, p_);                                                                                         \
+        _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) s[k] += p_[k];                                     \
+        b += VW;                                                                                               \
     }
 /* U chunks of GW batch columns at a time (GU, per level: as many as the registers hold), their U sums of dx
  * interleaved so that each chunk's chain of N dependent multiply-adds overlaps the others'; each dot product still
@@ -512,13 +541,12 @@ typedef void (*renorm_input_grad_fn)(const float *, const float *, const float *
 
 /* The BatchRenorm loops come in pairs, [0] for row-major input and [1] for feature-major. */
 #define LEVEL(SUFFIX)                                                                                          \
-    {#SUFFIX, sizeof(gvec_##SUFFIX) / sizeof(float), forward_##SUFFIX, values_grad_##SUFFIX, grads_t_##SUFFIX, \
+    {#SUFFIX, forward_##SUFFIX, values_grad_##SUFFIX, grads_t_##SUFFIX, \
      {renorm_stats_##SUFFIX, renorm_stats_fm_##SUFFIX},        \
      {renorm_grad_sums_##SUFFIX, renorm_grad_sums_fm_##SUFFIX},                                                \
      {renorm_input_grad_##SUFFIX, renorm_input_grad_fm_##SUFFIX}}
 static struct {
     const char *name;
-    int64_t width; /* floats per vector of the weight gradient's loops (grads_t takes whole vectors of batch) */
     forward_fn forward;
     values_grad_fn values_grad;
     grads_t_fn grads_t;
@@ -680,8 +708,8 @@ static PyObject *py_set_fused_gather_max_batch(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(before);
 }
 
-/* Whether the input and weight gradients run in one pass over Wᵀ (grads_t) where both are wanted for every weight
- * and the batch is whole vectors, instead of the weight gradient's loop over W and the input gradient's over Wᵀ:
+/* Whether the input and weight gradients run in one pass over Wᵀ (grads_t) where both are wanted for every weight,
+ * instead of the weight gradient's loop over W and the input gradient's over Wᵀ:
  * the same floats, 1.4-1.5x faster at batch 256 and 1.06-1.26x at 16-64 (docs/architecture.md). Settable for the
  * tests, which compare both. */
 static int one_pass_grads = 1;
@@ -714,7 +742,7 @@ static PyObject *py_backward(PyObject *self, PyObject *args) {
     float *dym = y || hdy ? scratch_of((size_t)(rows * batch > 0 ? rows * batch : 1)) : NULL;
     /* Both gradients in one pass over Wᵀ where every weight's column is in it (with first > 0, crow_t[0] > 0 unless
      * the rows before first are empty) */
-    const int one_pass = one_pass_grads && dx && gv && batch > 0 && batch % LEVELS[current].width == 0
+    const int one_pass = one_pass_grads && dx && gv && batch > 0
                          && ((const int32_t *)crow_t)[0] == 0;
     const int gather_first = batch > fused_gather_max_batch; /* else each weight read through perm in the loop */
     float *vt = dx && gather_first && !one_pass ? malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(float)) : NULL;
