@@ -233,14 +233,16 @@ typedef int32_t iv16 __attribute__((vector_size(64)));
         _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) s[k] += p_[k];                                     \
         b += VW;                                                                                               \
     }
-/* U chunks of GW batch columns at a time (GU, per level: as many as the registers hold), their U sums of dx
- * interleaved so that each chunk's chain of N dependent multiply-adds overlaps the others'; each dot product still
- * takes the chunks in the batch's order. */
+/* v held in a vector register: GCC otherwise reloads a chunk of dy as the memory operand of each of its two
+ * multiply-adds (1.15-1.23x over the two loops at batch 256 that way, 1.40-1.53x with it; x86 only). */
 #if defined(__x86_64__) && defined(__GNUC__)
 #define IN_REGISTER(v) __asm__("" : "+v"(v))
 #else
 #define IN_REGISTER(v) (void)0
 #endif
+/* U chunks of GW batch columns at a time (GU, per level: as many as the registers hold), their U sums of dx
+ * interleaved so that each chunk's chain of N dependent multiply-adds overlaps the others'; each dot product still
+ * takes the chunks in the batch's order. */
 #define GRADS_T_CHUNKS(SUFFIX, N, FIRST, U)                                                                    \
     for (; b + U * GW <= batch; b += U * GW) {                                                                 \
         gvec_##SUFFIX xv[U], acc[U];                                                                           \
@@ -287,7 +289,7 @@ typedef struct {
     const float *dy;
 } head_t;
 
-#define DEFINE_KERNELS(SUFFIX, WIDTH, GWIDTH, GUNROLL, TARGET)                                                          \
+#define DEFINE_KERNELS(SUFFIX, WIDTH, GWIDTH, GUNROLL, TARGET)                                                 \
     typedef float vec_##SUFFIX __attribute__((vector_size(WIDTH * 4), aligned(4)));                           \
     typedef float gvec_##SUFFIX __attribute__((vector_size(GWIDTH * 4), aligned(4)));                         \
     typedef float v8_##SUFFIX __attribute__((vector_size(32), aligned(4)));                                    \
@@ -541,8 +543,8 @@ typedef void (*renorm_input_grad_fn)(const float *, const float *, const float *
 
 /* The BatchRenorm loops come in pairs, [0] for row-major input and [1] for feature-major. */
 #define LEVEL(SUFFIX)                                                                                          \
-    {#SUFFIX, forward_##SUFFIX, values_grad_##SUFFIX, grads_t_##SUFFIX, \
-     {renorm_stats_##SUFFIX, renorm_stats_fm_##SUFFIX},        \
+    {#SUFFIX, forward_##SUFFIX, values_grad_##SUFFIX, grads_t_##SUFFIX,                                        \
+     {renorm_stats_##SUFFIX, renorm_stats_fm_##SUFFIX},                                                        \
      {renorm_grad_sums_##SUFFIX, renorm_grad_sums_fm_##SUFFIX},                                                \
      {renorm_input_grad_##SUFFIX, renorm_input_grad_fm_##SUFFIX}}
 static struct {
@@ -709,9 +711,9 @@ static PyObject *py_set_fused_gather_max_batch(PyObject *self, PyObject *args) {
 }
 
 /* Whether the input and weight gradients run in one pass over Wᵀ (grads_t) where both are wanted for every weight,
- * instead of the weight gradient's loop over W and the input gradient's over Wᵀ:
- * the same floats, 1.4-1.5x faster at batch 256 and 1.06-1.26x at 16-64 (docs/architecture.md). Settable for the
- * tests, which compare both. */
+ * instead of the weight gradient's loop over W and the input gradient's over Wᵀ: the same floats, 1.4-1.5x faster at
+ * batch 256, 1.06-1.26x at 16-64, about even at 8 (docs/architecture.md). Settable for the tests, which compare
+ * both. */
 static int one_pass_grads = 1;
 
 static PyObject *py_set_one_pass_grads(PyObject *self, PyObject *args) {
