@@ -840,3 +840,29 @@ def test_the_input_and_weight_gradients_in_one_pass_are_the_two_loops_bits(simd,
         torch.set_num_threads(before_threads)
     for one, two in zip(*results):
         assert (one is None and two is None) or torch.equal(one, two)
+
+
+@pytest.mark.skipif(not kernels.compiled(), reason="the compiled kernels are not built here")
+@pytest.mark.parametrize("algo_name", ["sac", "td3"])
+def test_same_seed_agents_train_to_the_same_floats_with_the_gradients_in_one_pass_or_two(algo_name):
+    """Through SB3's own ``train()`` (RigL's topology updates and their dense-gradient steps included, a batch of
+    40: two whole AVX-512 vectors and a tail), the one pass over ``Wᵀ`` changes no float of the trained policy."""
+    from stable_baselines3 import SAC, TD3
+
+    from sparse_rl.sb3 import SparseSACPolicy, SparseTD3Policy
+
+    algo, policy = {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy)}[algo_name]
+    kwargs = dict(learning_starts=64, batch_size=40, seed=3, device="cpu", policy_kwargs=dict(
+        density=0.2, net_arch=[64, 64], backend="compact", update_interval=25))
+    trained = []
+    before = kernels._EXTENSION.set_one_pass_grads(True)
+    try:
+        for one_pass in (True, False):
+            kernels._EXTENSION.set_one_pass_grads(one_pass)
+            model = algo(policy, "Pendulum-v1", **kwargs)  # built right before it learns: both seed torch's RNG
+            model.learn(160)
+            trained.append(model.policy.state_dict())
+    finally:
+        kernels._EXTENSION.set_one_pass_grads(before)
+    for (name, want), got in zip(trained[1].items(), trained[0].values(), strict=True):
+        assert torch.equal(got, want), name
