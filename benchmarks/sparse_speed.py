@@ -86,6 +86,10 @@ whose runs of compact layers inside one ``nn.Sequential`` run as one autograd no
 twin's steps inside a context that turns the runs off), timed alternately in ``--rounds`` chunks of ``--chunk``
 gradient steps; medians. The twin is timed first in each round.
 
+One-pass gradients (``--part one-pass``): the same for a hidden layer's input and weight gradients computed in one
+pass over ``Wᵀ`` (as built) against two loops (the weight gradient's over ``W``, the input gradient's over ``Wᵀ``),
+one model stepped both ways (the same floats), the two loops first in each round.
+
 Each part rewrites its own section of ``results/sparse_speed.md`` (the file keeps the other
 parts' sections) and records its own command line.
 
@@ -103,6 +107,7 @@ parts' sections) and records its own command line.
     python benchmarks/sparse_speed.py --part input-layers [--algos sac td3 --rounds 9 --chunk 100]
     python benchmarks/sparse_speed.py --part output-layers [--algos sac td3 --rounds 9 --chunk 100]
     python benchmarks/sparse_speed.py --part chains [--algos sac td3 --rounds 9 --chunk 100]
+    python benchmarks/sparse_speed.py --part one-pass [--algos sac td3 --rounds 9 --chunk 100]
 """
 
 from __future__ import annotations
@@ -144,7 +149,8 @@ SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "##
             "memory": "#### Peak memory", "batch-renorm": "#### BatchRenorm", "relu-fusion": "#### Fused ReLUs",
             "actor-loss": "#### Critic weight gradients in the actor's loss", "optimizer": "#### Optimizer",
             "input-layers": "#### Compact input layers", "output-layers": "#### Compact output layers",
-            "chains": "#### Chained compact layers", "head-fusion": "#### Q heads inside the layer before"}
+            "chains": "#### Chained compact layers", "head-fusion": "#### Q heads inside the layer before",
+            "one-pass": "#### Input and weight gradients in one pass"}
 NET_ARCH: dict[str, list[int] | dict[str, list[int]]] = {
     "sac": [256, 256], "td3": [400, 300], "tqc": [256, 256], "crossq": {"pi": [256, 256], "qf": [1024, 1024]}}
 WIDE_ALGOS = ("sac", "td3")
@@ -761,6 +767,36 @@ def head_fusion_tables(algos: list[str], env_id: str, densities: list[float], wi
 
 
 @contextmanager
+def gradients_in_two_loops() -> Iterator[None]:
+    """Steps taken inside compute a compact layer's input and weight gradients in two loops (the weight gradient's
+    over ``W``, the input gradient's over ``Wᵀ``), not in one pass over ``Wᵀ``: the same floats."""
+    before = kernels._EXTENSION.set_one_pass_grads(False)  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        kernels._EXTENSION.set_one_pass_grads(before)  # type: ignore[union-attr]
+
+
+def one_pass_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
+                    learning_starts: int, seed: int) -> list[str]:
+    """ms per gradient step of ``train()`` of each sparse model as built (a hidden layer's input and weight
+    gradients in one pass over ``Wᵀ``) and stepped with them in two loops, timed alternately."""
+    if not kernels.compiled():
+        return ["The compiled kernels are not built here: no one-pass gradients to compare."]
+    rows = stepped_twin_rows(algos, env_id, densities, width, rounds, chunk, learning_starts, seed,
+                             gradients_in_two_loops, ("two loops", "one pass"))
+    return [f"{', '.join(algos)} on {env_id}, seed {seed}: "
+            f"median {clock_words()} ms per gradient step of `train()` (batch 256) "
+            f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
+            "sparse model (RigL on `auto`) as built, whose compact layers that want both their input and their "
+            "weight gradient compute them in one pass over `Wᵀ` (`grads_t` in `kernels.c`), its chunks stepped "
+            "alternately with the two gradients in two loops (first in each round) and as built (the same floats "
+            "either way, so one model):", "",
+            "| algo | model | one pass ms | two loops ms | one pass ÷ two loops |",
+            "|---|---|---|---|---|", *rows, "", f"{interval_words(rounds)}."]
+
+
+@contextmanager
 def narrow_layers_on_the_hidden_rule() -> Iterator[None]:
     """Models built inside lay narrow input layers out by the hidden layers' density limit (masked at ERK's, and
     dense ones masked where they feed a compact layer too)."""
@@ -845,7 +881,7 @@ def output_layer_tables(algos: list[str], env_id: str, densities: list[float], w
 TWIN_TABLES: dict[str, Callable[..., list[str]]] = {
     "relu-fusion": relu_fusion_tables, "actor-loss": actor_loss_tables, "optimizer": optimizer_tables,
     "input-layers": input_layer_tables, "output-layers": output_layer_tables, "chains": chain_tables,
-    "head-fusion": head_fusion_tables}
+    "head-fusion": head_fusion_tables, "one-pass": one_pass_tables}
 """The parts that time ``train()`` of each sparse model two ways, each table function taking (algos, env,
 densities, width multiplier, rounds, chunk, learning starts, seed)."""
 
