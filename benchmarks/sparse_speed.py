@@ -596,7 +596,7 @@ def train_ms(pair: dict, rounds: int, chunk: int, learning_starts: int,
     times: dict[str, list[float]] = {kind: [] for kind in pair}
     warmed: list = []
     for kind, model in pair.items():
-        if any(model is other for other in warmed):  # one model stepped two ways (stepped_twin_rows)
+        if any(model is other for other in warmed):  # one model stepped two ways (stepped_twin_table)
             continue
         warmed.append(model)
         with contexts.get(kind, nullcontext)():
@@ -709,37 +709,38 @@ def one_node_per_layer() -> ContextManager:
     return patch.object(compact_chain, "run_length", lambda modules, start, x: 0)
 
 
-def stepped_twin_rows(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
-                      learning_starts: int, seed: int, twin_steps: Callable[[], ContextManager],
-                      kinds: tuple[str, str]) -> list[str]:
-    """:func:`twin_rows` of each sparse model as built, its chunks stepped alternately inside ``twin_steps``
-    (``kinds[0]``, first in each round) and as built. One model, not a same-seed twin: these contexts change how a
-    step is computed, not its floats, so both ways train the same model, while two instances of one model differ in
-    `train()` time on their own (quiet Xeon, same-seed twins stepped the same way: SAC 0.994×, TQC 0.973× [0.938,
-    1.069]; a change that measured 1.00× on one TQC model stepped both ways measured 1.02-1.04× on twins)."""
+def stepped_twin_table(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
+                       learning_starts: int, seed: int, twin_steps: Callable[[], ContextManager],
+                       kinds: tuple[str, str], built: str, stepped: str) -> list[str]:
+    """A table of :func:`twin_rows` of each sparse model as built (``kinds[1]``; ``built`` says what that does), its
+    chunks stepped alternately inside ``twin_steps`` (``kinds[0]``, ``stepped`` says how; first in each round) and
+    as built. One model, not a same-seed twin: these contexts change how a step is computed, not its floats, so both
+    ways train the same model, while two instances of one model differ in `train()` time on their own (quiet Xeon,
+    same-seed twins stepped the same way: SAC 0.994×, TQC 0.973× [0.938, 1.069]; a change that measured 1.00× on one
+    TQC model stepped both ways measured 1.02-1.04× on twins)."""
     common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
     rows = []
     for algo in algos:
         models = sparse_models(algo, env_id, densities, width, common)
         rows += twin_rows(algo, models, models, kinds, width, rounds, chunk, learning_starts, {kinds[0]: twin_steps})
-    return rows
+    return [f"{', '.join(algos)} on {env_id}, seed {seed}: "
+            f"median {clock_words()} ms per gradient step of `train()` (batch 256) "
+            f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
+            f"sparse model (RigL on `auto`) as built, {built}, its chunks stepped alternately with {stepped} (first in "
+            "each round) and as built (the same floats either way, so one model):", "",
+            f"| algo | model | {kinds[1]} ms | {kinds[0]} ms | {kinds[1]} ÷ {kinds[0]} |",
+            "|---|---|---|---|---|", *rows, "", f"{interval_words(rounds)}."]
 
 
 def chain_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,
                  learning_starts: int, seed: int) -> list[str]:
     """ms per gradient step of ``train()`` of each sparse model as built (runs of compact layers as one node) and
     stepped with one node per layer, timed alternately."""
-    rows = stepped_twin_rows(algos, env_id, densities, width, rounds, chunk, learning_starts, seed,
-                             one_node_per_layer, ("one node per layer", "chained"))
-    return [f"{', '.join(algos)} on {env_id}, seed {seed}: "
-            f"median {clock_words()} ms per gradient step of `train()` (batch 256) "
-            f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
-            "sparse model (RigL on `auto`) as built, whose compact layers in a row inside one `nn.Sequential` (the "
-            "critics' Q networks, the actor's body) run as one autograd node (`sparse_rl.backends.compact_chain`), "
-            "its chunks stepped alternately with one node per layer (first in each round) and as built (the same "
-            "floats either way, so one model):", "",
-            "| algo | model | chained ms | one node per layer ms | chained ÷ one node per layer |",
-            "|---|---|---|---|---|", *rows, "", f"{interval_words(rounds)}."]
+    return stepped_twin_table(algos, env_id, densities, width, rounds, chunk, learning_starts, seed,
+                              one_node_per_layer, ("one node per layer", "chained"),
+                              "whose compact layers in a row inside one `nn.Sequential` (the critics' Q networks, the "
+                              "actor's body) run as one autograd node (`sparse_rl.backends.compact_chain`)",
+                              "one node per layer")
 
 
 def heads_apart() -> ContextManager:
@@ -752,18 +753,12 @@ def head_fusion_tables(algos: list[str], env_id: str, densities: list[float], wi
                        learning_starts: int, seed: int) -> list[str]:
     """ms per gradient step of ``train()`` of each sparse model as built (the critics' one-output heads inside the
     layer before them) and stepped with the heads apart, timed alternately."""
-    rows = stepped_twin_rows(algos, env_id, densities, width, rounds, chunk, learning_starts, seed, heads_apart,
-                             ("head apart", "head fused"))
-    return [f"{', '.join(algos)} on {env_id}, seed {seed}: "
-            f"median {clock_words()} ms per gradient step of `train()` (batch 256) "
-            f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
-            "sparse model (RigL on `auto`) as built, whose critics' Q networks run their one-output last layer inside "
-            "the layer before it (its forward in that layer's pass over its output rows, its input gradient made row "
-            "by row in that layer's backward: `compact_chain.fuses_head`), its chunks stepped alternately with that "
-            "layer apart (still in the same autograd node; first in each round) and as built (the same floats either "
-            "way, so one model):", "",
-            "| algo | model | head fused ms | head apart ms | fused ÷ apart |",
-            "|---|---|---|---|---|", *rows, "", f"{interval_words(rounds)}."]
+    return stepped_twin_table(algos, env_id, densities, width, rounds, chunk, learning_starts, seed, heads_apart,
+                              ("head apart", "head fused"),
+                              "whose critics' Q networks run their one-output last layer inside the layer before it "
+                              "(its forward in that layer's pass over its output rows, its input gradient made row by "
+                              "row in that layer's backward: `compact_chain.fuses_head`)",
+                              "that layer apart, still in the same autograd node,")
 
 
 @contextmanager
@@ -783,17 +778,11 @@ def one_pass_tables(algos: list[str], env_id: str, densities: list[float], width
     gradients in one pass over ``Wᵀ``) and stepped with them in two loops, timed alternately."""
     if not kernels.compiled():
         return ["The compiled kernels are not built here: no one-pass gradients to compare."]
-    rows = stepped_twin_rows(algos, env_id, densities, width, rounds, chunk, learning_starts, seed,
-                             gradients_in_two_loops, ("two loops", "one pass"))
-    return [f"{', '.join(algos)} on {env_id}, seed {seed}: "
-            f"median {clock_words()} ms per gradient step of `train()` (batch 256) "
-            f"over {rounds} alternating chunks of {chunk} steps, after {learning_starts} learning-starts steps, each "
-            "sparse model (RigL on `auto`) as built, whose compact layers that want both their input and their "
-            "weight gradient compute them in one pass over `Wᵀ` (`grads_t` in `kernels.c`), its chunks stepped "
-            "alternately with the two gradients in two loops (first in each round) and as built (the same floats "
-            "either way, so one model):", "",
-            "| algo | model | one pass ms | two loops ms | one pass ÷ two loops |",
-            "|---|---|---|---|---|", *rows, "", f"{interval_words(rounds)}."]
+    return stepped_twin_table(algos, env_id, densities, width, rounds, chunk, learning_starts, seed,
+                              gradients_in_two_loops, ("two loops", "one pass"),
+                              "whose compact layers that want both their input and their weight gradient compute "
+                              "them in one pass over `Wᵀ` (`grads_t` in `kernels.c`)",
+                              "the two gradients in two loops")
 
 
 @contextmanager
