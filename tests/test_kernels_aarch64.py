@@ -30,7 +30,7 @@ elffile = pytest.importorskip("elftools.elf.elffile")
 from unicorn import arm64_const  # noqa: E402  (after the skip)
 
 ROOT = Path(__file__).resolve().parents[1]
-FORWARD, VALUES_GRAD, RENORM_STATS, RENORM_GRAD_SUMS, RENORM_INPUT_GRAD = range(5)  # harness.c's h_call
+FORWARD, VALUES_GRAD, RENORM_STATS, RENORM_GRAD_SUMS, RENORM_INPUT_GRAD, GRADS_T = range(6)  # harness.c's h_call
 STACK, STOP, HEAP, HEAP_BYTES = 0x7000000, 0x9000000, 0x10000000, 64 << 20
 FMLA_4S = (0xFFE0FC00, 0x4E20CC00)  # FMLA Vd.4S, Vn.4S, Vm.4S: (mask, bits)
 FMLA_4S_LANE = (0xFFC0F400, 0x4F801000)  # FMLA Vd.4S, Vn.4S, Vm.S[i]
@@ -146,7 +146,8 @@ BATCHES = st.one_of(st.integers(1, 40), st.sampled_from([63, 64, 65, 127, 128, 1
 
 
 def test_the_loops_are_neon_multiply_adds(arm):
-    words = np.concatenate([arm.instructions("forward_generic"), arm.instructions("values_grad_generic")])
+    words = np.concatenate([arm.instructions("forward_generic"), arm.instructions("values_grad_generic"),
+                            arm.instructions("grads_t_generic")])
     fmla = sum(int(((words & mask) == bits).sum()) for mask, bits in (FMLA_4S, FMLA_4S_LANE))
     assert fmla >= 8
 
@@ -211,6 +212,29 @@ def test_values_and_bias_gradients_on_aarch64(arm, layer, batch, fused, wanted):
                      np.einsum("kb,kb->k", np.abs(d64[r]), np.abs(x64[c])))
     if gb is not None:
         assert_close(gb, d64.sum(1), np.abs(d64).sum(1), tolerance=1e-4)
+
+
+@settings(max_examples=80)
+@given(layer=layers(), batch=BATCHES)
+def test_input_and_weight_gradients_in_one_pass_on_aarch64(arm, layer, batch):
+    """``grads_t``: over ``Wᵀ``'s rows, ``dx = Wᵀ dy`` and each active weight's ``dot(dy[r], x[c])``, stored at its
+    place in ``W``'s order; an input feature without weights gets a gradient of exact zeros."""
+    crow, col, values, dense, rng = layer
+    rows, cols = dense.shape
+    r, c = np.nonzero(dense != 0)  # W's CSR order
+    order = np.lexsort((r, c))  # Wᵀ's: by column, then row
+    perm = order.astype(np.int32)
+    crow_t = np.concatenate([[0], np.cumsum(np.bincount(c, minlength=cols))]).astype(np.int32)
+    col_t = r[order].astype(np.int32)
+    x = rng.standard_normal((cols, batch)).astype(np.float32)
+    dy = rng.standard_normal((rows, batch)).astype(np.float32)
+    dx = np.full((cols, batch), np.nan, dtype=np.float32)
+    gv = np.full(col.size, np.nan, dtype=np.float32)
+    arm.run(GRADS_T, values, perm, crow_t, col_t, dy, x, dx, gv, cols, batch)
+    d64, x64 = dy.astype(np.float64), x.astype(np.float64)
+    assert_close(dx, dense.T @ d64, np.abs(dense.T) @ np.abs(d64))
+    assert (dx[np.diff(crow_t) == 0] == 0).all()
+    assert_close(gv, np.einsum("kb,kb->k", d64[r], x64[c]), np.einsum("kb,kb->k", np.abs(d64[r]), np.abs(x64[c])))
 
 
 @settings(max_examples=40)

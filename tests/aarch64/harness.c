@@ -18,7 +18,7 @@ void *memset(void *dst, int c, size_t n) {
     return dst;
 }
 
-enum { FORWARD, VALUES_GRAD, RENORM_STATS, RENORM_GRAD_SUMS, RENORM_INPUT_GRAD };
+enum { FORWARD, VALUES_GRAD, RENORM_STATS, RENORM_GRAD_SUMS, RENORM_INPUT_GRAD, GRADS_T };
 
 void h_call(const int64_t *a) {
     const int g = NUM_LEVELS - 1; /* the baseline: the only level on aarch64 */
@@ -43,6 +43,10 @@ void h_call(const int64_t *a) {
         LEVELS[g].renorm_input_grad[a[1]]((const float *)a[2], (const float *)a[3], (const float *)a[4],
                                           (const float *)a[5], (const float *)a[6], (const float *)a[7], (float *)a[8],
                                           a[9], a[10]);
+        break;
+    case GRADS_T:
+        LEVELS[g].grads_t((const float *)a[1], (const int32_t *)a[2], (const int32_t *)a[3], (const int32_t *)a[4],
+                          (const float *)a[5], (const float *)a[6], (float *)a[7], (float *)a[8], 0, a[9], a[10]);
         break;
     }
 }
