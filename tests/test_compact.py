@@ -39,6 +39,22 @@ def mask_of_counts(in_features: int, counts: list[int], generator: torch.Generat
     return mask
 
 
+def backward_inputs(in_features: int, counts: list[int], batch: int, seed: int):
+    """A compact layer's backward inputs: ``(generator, structure, values, x_t, dy_t, rectified_t)``, the structure's
+    row ``r`` holding ``counts[r]`` weights, the rectified output with zeros, -0.0 and NaN among its entries; the
+    generator goes on from where they were drawn."""
+    generator = torch.Generator().manual_seed(seed)
+    out_features = len(counts)
+    structure = CompactStructure.from_mask(mask_of_counts(in_features, counts, generator))
+    values = torch.randn(structure.nnz, generator=generator)
+    x_t, dy_t = (torch.randn(n, batch, generator=generator) for n in (in_features, out_features))
+    rectified_t = torch.randn(out_features, batch, generator=generator).relu()
+    specials = torch.randint(0, 4, rectified_t.shape, generator=generator)
+    rectified_t[specials == 1] = -0.0
+    rectified_t[specials == 2] = float("nan")
+    return generator, structure, values, x_t, dy_t, rectified_t
+
+
 def layer_pair(in_features: int, out_features: int, count: int, seed: int, bias: bool = True):
     """The same layer on ``masked`` and on ``compact``."""
     torch.manual_seed(seed)
@@ -151,16 +167,8 @@ def test_a_layers_backward_in_one_call_is_the_three_kernels_on_relus_masked_grad
     gradients) equals the separate kernels on ``threshold_backward``'s masked gradient, zeros, -0.0 and NaN outputs
     included, bit for bit for the values' and the input's (the bias' to float32 tolerance), for every subset of the
     three gradients; two layers of different sizes in turn share the buffer."""
-    generator = torch.Generator().manual_seed(seed)
+    generator, structure, values, x_t, dy_t, rectified_t = backward_inputs(in_features, counts, batch, seed)
     out_features = len(counts)
-    mask = mask_of_counts(in_features, counts, generator)
-    structure = CompactStructure.from_mask(mask)
-    values = torch.randn(structure.nnz, generator=generator)
-    x_t, dy_t = (torch.randn(n, batch, generator=generator) for n in (in_features, out_features))
-    rectified_t = torch.randn(out_features, batch, generator=generator).relu()
-    specials = torch.randint(0, 4, rectified_t.shape, generator=generator)
-    rectified_t[specials == 1] = -0.0
-    rectified_t[specials == 2] = float("nan")
     other = CompactStructure.from_mask(torch.ones(3, 2, dtype=torch.bool))  # a small layer in between
     kernels.layer_backward(torch.ones(6), other, torch.randn(3, 5), torch.randn(2, 5), torch.ones(3, 5),
                            (True, True, True))
@@ -813,15 +821,8 @@ def test_the_input_and_weight_gradients_in_one_pass_are_the_two_loops_bits(simd,
     if simd == "torch":
         pytest.skip("the compiled kernels are not built here")
     assume(input_from < in_features)
-    generator = torch.Generator().manual_seed(seed)
+    generator, structure, values, x_t, dy_t, rectified_t = backward_inputs(in_features, counts, batch, seed)
     out_features = len(counts)
-    structure = CompactStructure.from_mask(mask_of_counts(in_features, counts, generator))
-    values = torch.randn(structure.nnz, generator=generator)
-    x_t, dy_t = (torch.randn(n, batch, generator=generator) for n in (in_features, out_features))
-    rectified_t = torch.randn(out_features, batch, generator=generator).relu()
-    specials = torch.randint(0, 4, rectified_t.shape, generator=generator)
-    rectified_t[specials == 1] = -0.0
-    rectified_t[specials == 2] = float("nan")
     head_structure = CompactStructure.from_mask(torch.rand(1, out_features, generator=generator) < 0.7)
     fused_head = (torch.randn(head_structure.nnz, generator=generator), head_structure,
                   torch.randn(1, batch, generator=generator)) if head else None

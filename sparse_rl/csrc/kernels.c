@@ -702,27 +702,26 @@ static float *scratch_of(size_t floats) {
  * batch read each weight twice; Intel Xeon, docs/architecture.md). Settable for the tests, which compare both. */
 static int64_t fused_gather_max_batch = 64;
 
-static PyObject *py_set_fused_gather_max_batch(PyObject *self, PyObject *args) {
-    Py_ssize_t batch;
-    if (!PyArg_ParseTuple(args, "n", &batch)) return NULL;
-    const int64_t before = fused_gather_max_batch;
-    fused_gather_max_batch = batch;
-    return PyLong_FromLongLong(before);
-}
-
 /* Whether the input and weight gradients run in one pass over Wᵀ (grads_t) where both are wanted for every weight,
  * instead of the weight gradient's loop over W and the input gradient's over Wᵀ: the same floats, 1.4-1.5x faster at
  * batch 256, 1.06-1.26x at 16-64, about even at 8 (docs/architecture.md). Settable for the tests, which compare
  * both. */
-static int one_pass_grads = 1;
+static int64_t one_pass_grads = 1;
 
-static PyObject *py_set_one_pass_grads(PyObject *self, PyObject *args) {
-    int enabled;
-    if (!PyArg_ParseTuple(args, "p", &enabled)) return NULL;
-    const int before = one_pass_grads;
-    one_pass_grads = enabled;
-    return PyBool_FromLong(before);
+/* A setting above given a new value from Python (an int; a bool for one_pass_grads); returns the one before. */
+static PyObject *swap_setting(PyObject *args, int64_t *setting) {
+    Py_ssize_t value;
+    if (!PyArg_ParseTuple(args, "n", &value)) return NULL;
+    const int64_t before = *setting;
+    *setting = value;
+    return PyLong_FromLongLong(before);
 }
+
+static PyObject *py_set_fused_gather_max_batch(PyObject *self, PyObject *args) {
+    return swap_setting(args, &fused_gather_max_batch);
+}
+
+static PyObject *py_set_one_pass_grads(PyObject *self, PyObject *args) { return swap_setting(args, &one_pass_grads); }
 
 static PyObject *py_backward(PyObject *self, PyObject *args) {
     /* A compact layer's backward in one call. y is 0 unless the layer's ReLU is fused (dy is then masked by y into
