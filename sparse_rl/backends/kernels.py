@@ -254,7 +254,7 @@ def _backward(dy_t: torch.Tensor | None, rows: int, cols: int, batch: int, *, x_
                         _ptr(grad_values), _ptr(grad_bias), _ptr(values), *transposed,
                         0 if dx is None else dx.data_ptr() + 4 * first * batch, rows, cols - first,
                         0 if values is None else values.numel(), batch, torch.get_num_threads(), *head_pointers,
-                        first if dx is not None else 0)
+                        first)
 
 
 def _like(grad: torch.Tensor, feature_major: bool) -> torch.Tensor:

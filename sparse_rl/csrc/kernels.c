@@ -743,30 +743,29 @@ static PyObject *py_backward(PyObject *self, PyObject *args) {
     float *dym = y || hdy ? scratch_of((size_t)(rows * batch > 0 ? rows * batch : 1)) : NULL;
     /* Both gradients in one pass over Wᵀ where every weight's column is in it (with first > 0, crow_t[0] > 0 unless
      * the rows before first are empty) */
-    const int one_pass = one_pass_grads && dx && gv && batch > 0
-                         && ((const int32_t *)crow_t)[0] == 0;
-    const int gather_first = batch > fused_gather_max_batch; /* else each weight read through perm in the loop */
-    float *vt = dx && gather_first && !one_pass ? malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(float)) : NULL;
-    if (((y || hdy) && dym == NULL) || (vt == NULL && dx && gather_first && !one_pass)) {
+    const int one_pass = one_pass_grads && dx && gv && batch > 0 && ((const int32_t *)crow_t)[0] == 0;
+    /* The input gradient's own loop with a wide batch gathers Wᵀ's values first; a narrow one reads each weight
+     * through perm in the loop */
+    const int gather_first = dx && !one_pass && batch > fused_gather_max_batch;
+    float *vt = gather_first ? malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(float)) : NULL;
+    if (((y || hdy) && dym == NULL) || (gather_first && vt == NULL)) {
         free(vt);
         return PyErr_NoMemory();
     }
-    Py_BEGIN_ALLOW_THREADS if (one_pass) {
-        if (y || gb || hdy) /* the mask, the head's rows and the bias' sums first, in one pass over W's rows */
+    const float *dy_in = y || hdy ? dym : (const float *)dy; /* the output gradient the products read */
+    Py_BEGIN_ALLOW_THREADS {
+        /* One pass over W's rows: the mask, the head's rows, the bias' sums and, unless the one pass over Wᵀ
+         * computes them, the values' gradient */
+        float *gv_rows = one_pass ? NULL : (float *)gv;
+        if (y || gv_rows || gb || hdy)
             values_grad_rows(threads, (const int32_t *)crow, (const int32_t *)col, (const float *)dy,
-                             (const float *)y, dym, (const float *)x, NULL, (float *)gb, rows, batch,
+                             (const float *)y, dym, (const float *)x, gv_rows, (float *)gb, rows, batch,
                              hdy ? &head : NULL);
-        grads_t_rows(threads, (const float *)values, (const int32_t *)perm, (const int32_t *)crow_t,
-                     (const int32_t *)col_t, y || hdy ? dym : (const float *)dy, (const float *)x + first * batch,
-                     (float *)dx,
-                     (float *)gv, cols, batch);
-    }
-    else {
-        if (y || gv || gb || hdy)
-            values_grad_rows(threads, (const int32_t *)crow, (const int32_t *)col, (const float *)dy,
-                             (const float *)y, dym, (const float *)x, (float *)gv, (float *)gb, rows, batch,
-                             hdy ? &head : NULL);
-        if (dx) {
+        if (one_pass)
+            grads_t_rows(threads, (const float *)values, (const int32_t *)perm, (const int32_t *)crow_t,
+                         (const int32_t *)col_t, dy_in, (const float *)x + first * batch, (float *)dx, (float *)gv,
+                         cols, batch);
+        else if (dx) {
             const float *v = (const float *)values;
             const int32_t *p = (const int32_t *)perm;
             if (gather_first) { /* Wᵀ's values in its order first; the loop then reads them directly */
@@ -775,8 +774,8 @@ static PyObject *py_backward(PyObject *self, PyObject *args) {
                 v = vt;
                 p = NULL;
             }
-            forward_rows(threads, v, p, (const int32_t *)crow_t, (const int32_t *)col_t,
-                         y || hdy ? dym : (const float *)dy, NULL, (float *)dx, cols, batch, 0, NULL);
+            forward_rows(threads, v, p, (const int32_t *)crow_t, (const int32_t *)col_t, dy_in, NULL, (float *)dx,
+                         cols, batch, 0, NULL);
         }
     }
     Py_END_ALLOW_THREADS free(vt);
