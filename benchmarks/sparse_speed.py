@@ -41,6 +41,11 @@ approximate. A backward hook wraps a layer's output in a new tensor, which drops
 here every ReLU computes as an unfused one (``--part relu-fusion`` measures what the fusion saves), and every compact
 layer runs as its own autograd node (``--part chains`` measures what running them in one saves).
 
+Compact kernel calls (``--part kernel-calls``): the same question for the compact kernels without hooks: each call
+of their Python wrappers inside ``train()`` of each sparse model is timed by its layer, density and what it
+computes (calls, µs per call and ms per step), beside the step's time untimed, so that the kernels' share of a step,
+and which layer's calls make it, read off as they run inside it.
+
 Kernels (``--part kernels``, ``sparse_kernels.py``): multiply-adds per second of the compact kernels (forward, input
 gradient, weight gradient at the active positions) against torch's MKL products for the same three, and dense GEMM's
 rate; and a layer's backward that wants both gradients (one pass over ``Wᵀ`` for the two) against MKL's two.
@@ -97,6 +102,7 @@ parts' sections) and records its own command line.
     python benchmarks/sparse_speed.py --part e2e [--algos sac td3 --densities 0.5 0.1 0.05 --methods rigl srigl]
     python benchmarks/sparse_speed.py --part traffic [--shapes 256x256 1024x1024]
     python benchmarks/sparse_speed.py --part breakdown [--algos sac --densities 0.1]
+    python benchmarks/sparse_speed.py --part kernel-calls [--algos sac td3 --densities 0.1 --chunk 200]
     python benchmarks/sparse_speed.py --part kernels [--shapes 256x256 1024x1024 --densities 0.2 0.1 0.05 0.02
                                                      --batches 256 32 8 4]
     python benchmarks/sparse_speed.py --part memory [--chunk 200]
@@ -146,6 +152,7 @@ from sparse_kernels import kernel_tables, traffic_tables  # noqa: E402
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "sparse_speed.md"
 SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "#### Gathers from a dense weight",
             "breakdown": "#### Where a gradient step's time goes", "kernels": "#### Kernel throughput",
+            "kernel-calls": "#### Compact kernel calls inside a gradient step",
             "memory": "#### Peak memory", "batch-renorm": "#### BatchRenorm", "relu-fusion": "#### Fused ReLUs",
             "actor-loss": "#### Critic weight gradients in the actor's loss", "optimizer": "#### Optimizer",
             "input-layers": "#### Compact input layers", "output-layers": "#### Compact output layers",
@@ -570,6 +577,75 @@ def breakdown_tables(algos: list[str], env_id: str, densities: list[float], widt
             "compact layer as its own autograd node (a hooked layer is never chained).", "",
             "| algo | model | step ms | hooked step ms | " + " | ".join(kinds) + " | rest |",
             "|---|---|---|---|" + "---|" * (len(kinds) + 1), *rows]
+
+
+def call_kind(name: str, structure: Any, args: tuple, kwargs: dict) -> tuple[str, str, str]:
+    """A compact kernel call's layer (in×out), density and what it computes, from the wrapper's arguments."""
+    rows, cols = structure.shape
+    layer, density = f"{cols}×{rows}", f"{structure.nnz / (rows * cols):.3g}"
+    if name == "layer_forward":
+        return layer, density, "forward"
+    if name == "layer_forward_into_head":
+        return layer, density, "forward, head inside"
+    wants, input_from = args[5], args[6] if len(args) > 6 else kwargs.get("input_from", 0)
+    head = (args[7] if len(args) > 7 else kwargs.get("head")) is not None
+    what = ", ".join(part for part, wanted in zip(("input", "values", "bias"), wants) if wanted) or "none"
+    return (layer, density, f"backward: {what}" + (f" from feature {input_from}" if input_from else "")
+            + (", head inside" if head else ""))
+
+
+@contextmanager
+def timed_kernel_calls(spent: dict[tuple[str, str, str], list[float]]) -> Iterator[None]:
+    """Inside, every call of the compact kernels' wrappers (``kernels.layer_forward``, ``layer_forward_into_head``,
+    ``layer_backward``) appends its wall-clock seconds to ``spent`` under :func:`call_kind`."""
+    def timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            result = function(*args, **kwargs)
+            spent.setdefault(call_kind(name, args[1], args, kwargs), []).append(time.perf_counter() - start)
+            return result
+        return call
+
+    names = ("layer_forward", "layer_forward_into_head", "layer_backward")
+    with patch.multiple(kernels, **{name: timed(name, getattr(kernels, name)) for name in names}):
+        yield
+
+
+def kernel_call_tables(algos: list[str], env_id: str, densities: list[float], width: int, chunk: int,
+                       learning_starts: int, seed: int) -> list[str]:
+    """Where the compact kernels' share of a ``train()`` step goes: each kind of call (layer, what it computes), its
+    calls and time per step, timed around the calls inside ``train()`` (not in a loop of their own: inside a step
+    their data comes from wherever the step left it)."""
+    if not kernels.compiled():
+        return ["The compiled kernels are not built here: no compact kernel calls to time."]
+    common = dict(learning_starts=learning_starts, seed=seed, device="cpu")
+    tables = []
+    for algo in algos:
+        for name, model in sparse_models(algo, env_id, densities, width, common).items():
+            warm_up(model, learning_starts)
+            plain = train_seconds(model, chunk)
+            spent: dict[tuple[str, str, str], list[float]] = {}
+            with timed_kernel_calls(spent):
+                step = train_seconds(model, chunk)
+            total = sum(sum(times) for times in spent.values()) / chunk
+            label = name if name != "wide" else f"wide ×{width}"
+            rows = [f"| {layer} | {density} | {what} | {len(times) / chunk:.2g} | "
+                    f"{statistics.median(times) * 1e6:.0f} | {sum(times) / chunk * 1e3:.3f} | "
+                    f"{sum(times) / chunk / step:.0%} |"
+                    for (layer, density, what), times in sorted(spent.items(), key=lambda item: -sum(item[1]))]
+            tables += [f"{algo}, {label}: `train()` step {plain * 1e3:.2f} ms, {step * 1e3:.2f} ms with the calls "
+                       f"timed, of which the compact kernel calls {total * 1e3:.2f} ms ({total / step:.0%}):", "",
+                       "| layer (in×out) | density | call | calls per step | µs per call (median) | ms per step "
+                       "| share of the step |", "|---|---|---|---|---|---|---|", *rows, ""]
+            print("\n".join(tables[-len(rows) - 4:]), flush=True)
+    return [f"{', '.join(algos)} on {env_id}, seed {seed}: {clock_words()} ms per gradient step of `train()` (batch "
+            f"256) over {chunk} steps after {learning_starts} learning-starts steps, each sparse model (RigL on "
+            "`auto`) as built, then the same again with each call of the compact kernels' Python wrappers "
+            "(`kernels.layer_forward`, `layer_forward_into_head`, `layer_backward`) timed (wall-clock, the "
+            "wrappers' Python included) by its layer, density and what it computes (\"head inside\": a critic's "
+            "one-output Q head run inside the layer's own passes; \"from feature n\": the input gradient of the "
+            "actions' features alone). The rest of a step is autograd, SB3's `train()` and the other layers' "
+            "kernels (dense, ReLU, optimizer).", "", *tables[:-1]]
 
 
 def unfuse_relus(model) -> None:
@@ -1069,6 +1145,9 @@ def main() -> None:
     elif args.part == "breakdown":
         lines = [header, "", *breakdown_tables(args.algos, args.env, args.densities or [0.1], args.width_multiplier,
                                                args.chunk, args.learning_starts, args.seed)]
+    elif args.part == "kernel-calls":
+        lines = [header, "", *kernel_call_tables(args.algos, args.env, args.densities or [0.1],
+                                                 args.width_multiplier, args.chunk, args.learning_starts, args.seed)]
     else:
         lines = [header, "", *e2e_tables(args.algos, args.env, args.densities or [0.5, 0.1, 0.05],
                                           args.width_multiplier, args.rounds, args.chunk, args.learning_starts,
