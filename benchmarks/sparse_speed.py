@@ -119,6 +119,7 @@ parts' sections) and records its own command line.
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import os
 import platform
@@ -579,19 +580,21 @@ def breakdown_tables(algos: list[str], env_id: str, densities: list[float], widt
             "|---|---|---|---|" + "---|" * (len(kinds) + 1), *rows]
 
 
-def call_kind(name: str, structure: Any, args: tuple, kwargs: dict) -> tuple[str, str, str]:
+def call_kind(name: str, call: inspect.BoundArguments) -> tuple[str, str, str]:
     """A compact kernel call's layer (in×out), density and what it computes, from the wrapper's arguments."""
+    structure = call.arguments["structure"]
     rows, cols = structure.shape
     layer, density = f"{cols}×{rows}", f"{structure.nnz / (rows * cols):.3g}"
     if name == "layer_forward":
         return layer, density, "forward"
     if name == "layer_forward_into_head":
         return layer, density, "forward, head inside"
-    wants, input_from = args[5], args[6] if len(args) > 6 else kwargs.get("input_from", 0)
-    head = (args[7] if len(args) > 7 else kwargs.get("head")) is not None
-    what = ", ".join(part for part, wanted in zip(("input", "values", "bias"), wants) if wanted) or "none"
-    return (layer, density, f"backward: {what}" + (f" from feature {input_from}" if input_from else "")
-            + (", head inside" if head else ""))
+    call.apply_defaults()
+    wanted = [part for part, wants in zip(("input", "values", "bias"), call.arguments["wants"]) if wants]
+    input_from = call.arguments["input_from"]
+    return (layer, density, f"backward: {', '.join(wanted) or 'none'}"
+            + (f" from feature {input_from}" if input_from else "")
+            + (", head inside" if call.arguments["head"] is not None else ""))
 
 
 @contextmanager
@@ -599,10 +602,13 @@ def timed_kernel_calls(spent: dict[tuple[str, str, str], list[float]]) -> Iterat
     """Inside, every call of the compact kernels' wrappers (``kernels.layer_forward``, ``layer_forward_into_head``,
     ``layer_backward``) appends its wall-clock seconds to ``spent`` under :func:`call_kind`."""
     def timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(function)
+
         def call(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             result = function(*args, **kwargs)
-            spent.setdefault(call_kind(name, args[1], args, kwargs), []).append(time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            spent.setdefault(call_kind(name, signature.bind(*args, **kwargs)), []).append(seconds)
             return result
         return call
 
