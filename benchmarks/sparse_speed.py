@@ -643,7 +643,7 @@ def kernel_call_tables(algos: list[str], env_id: str, densities: list[float], wi
                        f"timed), of which the compact kernel calls {total * 1e3:.2f} ms ({total / plain:.0%}):", "",
                        "| layer (in×out) | density | call | calls per step | µs per call (median) | ms per step "
                        "| share of the step |", "|---|---|---|---|---|---|---|", *rows, ""]
-            print("\n".join(tables[-len(rows) - 4:]), flush=True)
+            print("\n".join(tables[-len(rows) - 5:]), flush=True)
     return [f"{', '.join(algos)} on {env_id}, seed {seed}: {clock_words()} ms per gradient step of `train()` (batch "
             f"256) over {chunk} steps after {learning_starts} learning-starts steps, each sparse model (RigL on "
             "`auto`) as built, then the same again with each call of the compact kernels' Python wrappers "
