@@ -844,15 +844,10 @@ def head_fusion_tables(algos: list[str], env_id: str, densities: list[float], wi
                               "that layer apart, still in the same autograd node,")
 
 
-@contextmanager
-def gradients_in_two_loops() -> Iterator[None]:
+def gradients_in_two_loops() -> ContextManager:
     """Steps taken inside compute a compact layer's input and weight gradients in two loops (the weight gradient's
     over ``W``, the input gradient's over ``Wᵀ``), not in one pass over ``Wᵀ``: the same floats."""
-    before = kernels._EXTENSION.set_one_pass_grads(False)  # type: ignore[union-attr]
-    try:
-        yield
-    finally:
-        kernels._EXTENSION.set_one_pass_grads(before)  # type: ignore[union-attr]
+    return kernels.setting("one_pass_grads", False)
 
 
 def one_pass_tables(algos: list[str], env_id: str, densities: list[float], width: int, rounds: int, chunk: int,

@@ -147,14 +147,11 @@ def test_the_input_gradient_is_the_same_with_the_values_gathered_first_or_in_the
     structure = CompactStructure.from_mask(mask_of_counts(in_features, counts, generator))
     values = torch.randn(structure.nnz, generator=generator)
     dy_t = torch.randn(len(counts), batch, generator=generator)
-    results, default = [], kernels._EXTENSION.set_fused_gather_max_batch(0)
-    try:
-        for widest in (0, 10**6):
-            kernels._EXTENSION.set_fused_gather_max_batch(widest)
+    results = []
+    for widest in (0, 10**6):
+        with kernels.setting("fused_gather_max_batch", widest):
             results.append(kernels.input_grad(values, structure.perm_t, structure.crow_t, structure.col_t, dy_t,
                                               len(counts)))
-    finally:
-        kernels._EXTENSION.set_fused_gather_max_batch(default)
     assert torch.equal(*results)
 
 
@@ -540,11 +537,8 @@ def test_the_kernels_compute_the_same_bits_on_any_number_of_threads(counts, batc
             torch.set_num_threads(before)
         return [y_t, *grads, head_out, *from_head]  # type: ignore[list-item]
 
-    widest = kernels._EXTENSION.set_fused_gather_max_batch(0 if gather_first else batch)
-    try:
+    with kernels.setting("fused_gather_max_batch", 0 if gather_first else batch):
         one, many = run(1), run(threads)
-    finally:
-        kernels._EXTENSION.set_fused_gather_max_batch(widest)
     for single, split in zip(one, many):
         assert torch.equal(single, split)
 
@@ -827,17 +821,16 @@ def test_the_input_and_weight_gradients_in_one_pass_are_the_two_loops_bits(simd,
     fused_head = (torch.randn(head_structure.nnz, generator=generator), head_structure,
                   torch.randn(1, batch, generator=generator)) if head else None
     results = []
-    before_threads, before = torch.get_num_threads(), kernels._EXTENSION.set_one_pass_grads(True)
+    before_threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
         for one_pass in (True, False):
-            kernels._EXTENSION.set_one_pass_grads(one_pass)
-            results.append([grad for rectified in (rectified_t, None) for wants in ((True, True, True),
-                                                                                   (True, True, False))
-                            for grad in kernels.layer_backward(values, structure, None if head else dy_t, x_t,
-                                                               rectified, wants, input_from, head=fused_head)])
+            with kernels.setting("one_pass_grads", one_pass):
+                results.append([grad for rectified in (rectified_t, None) for wants in ((True, True, True),
+                                                                                       (True, True, False))
+                                for grad in kernels.layer_backward(values, structure, None if head else dy_t, x_t,
+                                                                   rectified, wants, input_from, head=fused_head)])
     finally:
-        kernels._EXTENSION.set_one_pass_grads(before)
         torch.set_num_threads(before_threads)
     for one, two in zip(*results):
         assert (one is None and two is None) or torch.equal(one, two)
@@ -856,14 +849,10 @@ def test_same_seed_agents_train_to_the_same_floats_with_the_gradients_in_one_pas
     kwargs = dict(learning_starts=64, batch_size=40, seed=3, device="cpu", policy_kwargs=dict(
         density=0.2, net_arch=[64, 64], backend="compact", update_interval=25))
     trained = []
-    before = kernels._EXTENSION.set_one_pass_grads(True)
-    try:
-        for one_pass in (True, False):
-            kernels._EXTENSION.set_one_pass_grads(one_pass)
+    for one_pass in (True, False):
+        with kernels.setting("one_pass_grads", one_pass):
             model = algo(policy, "Pendulum-v1", **kwargs)  # built right before it learns: both seed torch's RNG
             model.learn(160)
             trained.append(model.policy.state_dict())
-    finally:
-        kernels._EXTENSION.set_one_pass_grads(before)
     for (name, want), got in zip(trained[1].items(), trained[0].values(), strict=True):
         assert torch.equal(got, want), name

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -81,6 +83,20 @@ def set_simd_level(level: str) -> None:
     if _EXTENSION is None or level not in simd_levels():
         raise ValueError(f"SIMD level {level!r} is not available here; allowed: {', '.join(simd_levels()) or 'none'}")
     _EXTENSION.set_level(level)
+
+
+@contextmanager
+def setting(name: str, value: int) -> Iterator[None]:
+    """Inside, the compiled kernels' setting ``name`` is ``value``: ``one_pass_grads`` (a layer's input and weight
+    gradients in one pass over ``Wᵀ``) or ``fused_gather_max_batch`` (the widest batch whose input gradient reads
+    ``W``'s values through the permutation in its loop). Both change how the kernels run, never their floats; the
+    tests and benchmarks compare the two ways."""
+    swap = getattr(_EXTENSION, f"set_{name}")
+    before = swap(value)
+    try:
+        yield
+    finally:
+        swap(before)
 
 
 def _warn_fallback(*tensors: torch.Tensor) -> None:
