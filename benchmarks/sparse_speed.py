@@ -46,6 +46,12 @@ of their Python wrappers inside ``train()`` of each sparse model is timed by its
 computes (calls, µs per call and ms per step), beside the step's time untimed, so that the kernels' share of a step,
 and which layer's calls make it, read off as they run inside it.
 
+Lone layer step (``--part layer-step``, ``layer_step.py``): where a compact layer's training step goes, the
+"compact in network" step of ``--part layers`` taken apart: zero_grad, forward, backward and optimizer step (with the
+two masks), the compiled kernels' share of the forward and the backward, and the same phases of an autograd node that
+computes nothing (on parameters of the compact layer's sizes, with the same optimizer), each beside the masked
+layer's whole step, the three stepped alternately; medians of CPU time.
+
 Kernels (``--part kernels``, ``sparse_kernels.py``): multiply-adds per second of the compact kernels (forward, input
 gradient, weight gradient at the active positions) against torch's MKL products for the same three, and dense GEMM's
 rate; and a layer's backward that wants both gradients (one pass over ``Wᵀ`` for the two) against MKL's two.
@@ -100,6 +106,7 @@ parts' sections) and records its own command line.
 
     python benchmarks/sparse_speed.py --part layers [--shapes 256x256 1024x1024 --batches 256 1]
     python benchmarks/sparse_speed.py --part e2e [--algos sac td3 --densities 0.5 0.1 0.05 --methods rigl srigl]
+    python benchmarks/sparse_speed.py --part layer-step [--shapes 256x256 --densities 0.1 0.05 --repeats 100]
     python benchmarks/sparse_speed.py --part traffic [--shapes 256x256 1024x1024]
     python benchmarks/sparse_speed.py --part breakdown [--algos sac --densities 0.1]
     python benchmarks/sparse_speed.py --part kernel-calls [--algos sac td3 --densities 0.1 --chunk 200]
@@ -148,10 +155,12 @@ from sparse_rl.relu_fusion import RectifiedReLU
 from sparse_rl.sb3 import actor_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from layer_step import layer_step_tables  # noqa: E402
 from sparse_kernels import kernel_tables, traffic_tables  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "sparse_speed.md"
-SECTIONS = {"layers": "#### Per layer", "e2e": "#### End to end", "traffic": "#### Gathers from a dense weight",
+SECTIONS = {"layers": "#### Per layer", "layer-step": "#### Where a lone layer's step goes", "e2e": "#### End to end",
+            "traffic": "#### Gathers from a dense weight",
             "breakdown": "#### Where a gradient step's time goes", "kernels": "#### Kernel throughput",
             "kernel-calls": "#### Compact kernel calls inside a gradient step",
             "memory": "#### Peak memory", "batch-renorm": "#### BatchRenorm", "relu-fusion": "#### Fused ReLUs",
@@ -1070,12 +1079,14 @@ def main() -> None:
     parser.add_argument("--part", choices=list(SECTIONS), default="layers")
     parser.add_argument("--shapes", nargs="+", default=["256x256", "1024x1024"], help="layers: in×out of each layer")
     parser.add_argument("--batches", nargs="+", type=int,
-                        help="layers: batch sizes (default 256 1); kernels: batch sizes (default 256)")
+                        help="layers: batch sizes (default 256 1); kernels: batch sizes (default 256); layer-step: "
+                             "the batch size (default 256)")
     parser.add_argument("--densities", nargs="+", type=float, default=None,
-                        help="default: 1 0.5 0.2 0.1 0.05 (layers), 0.5 0.1 0.05 (e2e), "
+                        help="default: 1 0.5 0.2 0.1 0.05 (layers), 0.1 0.05 (layer-step), 0.5 0.1 0.05 (e2e), "
                              "0.5 0.2 0.1 0.05 0.02 (traffic, kernels), 0.1 (breakdown)")
     parser.add_argument("--repeats", type=int, default=30,
-                        help="layers, traffic, kernels, batch-renorm: timed repeats per backend (or operation) and "
+                        help="layers, layer-step, traffic, kernels, batch-renorm: timed repeats per backend (or "
+                             "operation) and "
                              "configuration")
     parser.add_argument("--env", default="HalfCheetah-v4")
     parser.add_argument("--algos", nargs="+", default=list(WIDE_ALGOS), choices=list(NET_ARCH))
@@ -1113,6 +1124,21 @@ def main() -> None:
                  "(LeanAdam), weight mask), "
                  f"{args.repeats} steps per backend, the backends timed alternately, random masks:", "",
                  *layer_tables(shapes, args.batches or [256, 1], densities, args.repeats)]
+    elif args.part == "layer-step":
+        shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
+        densities = sorted(args.densities or [0.1, 0.05], reverse=True)
+        batch = (args.batches or [256])[0]
+        lines = [header, "",
+                 f"Median µs (CPU time) of each phase of one training step of a lone layer at batch {batch}, "
+                 f"{args.repeats} steps each, stepped alternately: the masked layer's whole step (row-major "
+                 "activations, as `--part layers`), the compact layer's phases (feature-major activations, as inside "
+                 "a network: `--part layers`' \"compact in network\"), in brackets the compiled kernels' calls inside "
+                 "the forward and the backward, and an autograd node that computes nothing (it allocates the output "
+                 "and the three gradients as the compact layer does) on parameters of the compact layer's sizes with "
+                 "the same optimizer (LeanAdam): what a layer written in Python costs before any work. The "
+                 "optimizer step includes the two masks (no-ops on the compact layout). A phase's median is of its "
+                 "own times, so the phases need not add up to the step's median:", "",
+                 *layer_step_tables(shapes, batch, densities, args.repeats)]
     elif args.part == "traffic":
         shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
         densities = sorted(args.densities or [0.5, 0.2, 0.1, 0.05, 0.02], reverse=True)
