@@ -4,6 +4,7 @@ optimizer step cost with no work in them, beside the masked layer's whole step."
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -116,6 +117,8 @@ def phase_medians(in_features: int, out_features: int, batch: int, density: floa
     x = torch.randn(batch, in_features, generator=generator)
     dy = torch.randn(batch, out_features, generator=generator)
     x_t, dy_t = (tensor.t().contiguous().t() for tensor in (x, dy))  # feature-major
+    x.requires_grad_(True)
+    x_t.requires_grad_(True)
     masked, masked_optimizer = _layer(mask, "masked")
     compact, compact_optimizer = _layer(mask, "compact")
     twin, twin_optimizer = _layer(mask, "compact")
@@ -128,14 +131,14 @@ def phase_medians(in_features: int, out_features: int, batch: int, density: floa
 
     timed = _TimedExtension(kernels._EXTENSION, clock)
     steps: dict[str, Callable[[], dict[str, float]]] = {
-        "masked": lambda: _phased_step(masked, masked_optimizer, x.requires_grad_(True), dy,
+        "masked": lambda: _phased_step(masked, masked_optimizer, x, dy,
                                        _masks_then_step(masked, masked_optimizer), clock, None),
         "twin": lambda: _phased_step(twin, twin_optimizer, x, dy_t, _masks_then_step(twin, twin_optimizer), clock,
                                      timed),
-        "compact": lambda: _phased_step(compact, compact_optimizer, x_t.requires_grad_(True), dy_t,
+        "compact": lambda: _phased_step(compact, compact_optimizer, x_t, dy_t,
                                         _masks_then_step(compact, compact_optimizer), clock, timed),
         "no work": lambda: _phased_step(lambda inputs: _NoWork.apply(inputs, values, bias, out_features),
-                                        no_work_optimizer, x_t.requires_grad_(True), dy_t, no_work_step, clock,
+                                        no_work_optimizer, x_t, dy_t, no_work_step, clock,
                                         None)}
     times: dict[str, dict[str, list[float]]] = {name: {} for name in steps if name != "twin"}
     with patch.object(kernels, "_EXTENSION", timed):
@@ -149,17 +152,19 @@ def phase_medians(in_features: int, out_features: int, batch: int, density: floa
             for name, phases in times.items()}
 
 
-def layer_step_tables(shapes: list[tuple[int, int]], batch: int, densities: list[float], repeats: int) -> list[str]:
+def layer_step_tables(shapes: list[tuple[int, int]], batches: list[int], densities: list[float],
+                      repeats: int) -> list[str]:
     """Where a lone compact layer's training step goes, phase by phase, against the masked layer's whole step."""
     if not kernels.compiled():
         return ["The compiled kernels are not built here: no compact layer step to take apart."]
     rows = []
-    for (in_features, out_features), density in ((shape, density) for shape in shapes for density in densities):
+    for (in_features, out_features), batch, density in itertools.product(shapes, batches, densities):
         median = phase_medians(in_features, out_features, batch, density, repeats)
         masked, compact, floor = median["masked"]["step"], median["compact"], median["no work"]
         kernel = compact["forward kernel"] + compact["backward kernel"]
-        rows.append(f"| {in_features}×{out_features} | {density:g} | {masked * 1e6:.0f} | {compact['step'] * 1e6:.0f} "
-                    f"| {compact['step'] / masked:.2f} | {compact['zero_grad'] * 1e6:.1f} "
+        rows.append(f"| {in_features}×{out_features} | {batch} | {density:g} | {masked * 1e6:.0f} "
+                    f"| {compact['step'] * 1e6:.0f} | {compact['step'] / masked:.2f} "
+                    f"| {compact['zero_grad'] * 1e6:.1f} "
                     f"| {compact['forward'] * 1e6:.0f} ({compact['forward kernel'] * 1e6:.0f}) "
                     f"| {compact['backward'] * 1e6:.0f} ({compact['backward kernel'] * 1e6:.0f}) "
                     f"| {compact['optimizer step'] * 1e6:.0f} | {kernel / masked:.2f} "
@@ -167,7 +172,7 @@ def layer_step_tables(shapes: list[tuple[int, int]], batch: int, densities: list
                     f"| {floor['forward'] * 1e6:.0f} / {floor['backward'] * 1e6:.0f} / "
                     f"{floor['optimizer step'] * 1e6:.0f} | {floor['step'] / masked:.2f} |")
         print(rows[-1], flush=True)
-    return ["| layer (in×out) | density | masked step µs | compact step µs | compact ÷ masked | zero_grad µs "
+    return ["| layer (in×out) | batch | density | masked step µs | compact step µs | compact ÷ masked | zero_grad µs "
             "| forward µs (kernel) | backward µs (kernel) | optimizer step µs | kernels ÷ masked "
             "| the rest ÷ masked | no-work node: forward / backward / optimizer step µs | no-work step ÷ masked |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows]
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows]

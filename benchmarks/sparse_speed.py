@@ -1079,15 +1079,13 @@ def main() -> None:
     parser.add_argument("--part", choices=list(SECTIONS), default="layers")
     parser.add_argument("--shapes", nargs="+", default=["256x256", "1024x1024"], help="layers: in×out of each layer")
     parser.add_argument("--batches", nargs="+", type=int,
-                        help="layers: batch sizes (default 256 1); kernels: batch sizes (default 256); layer-step: "
-                             "the batch size (default 256)")
+                        help="layers: batch sizes (default 256 1); kernels, layer-step: batch sizes (default 256)")
     parser.add_argument("--densities", nargs="+", type=float, default=None,
                         help="default: 1 0.5 0.2 0.1 0.05 (layers), 0.1 0.05 (layer-step), 0.5 0.1 0.05 (e2e), "
                              "0.5 0.2 0.1 0.05 0.02 (traffic, kernels), 0.1 (breakdown)")
     parser.add_argument("--repeats", type=int, default=30,
                         help="layers, layer-step, traffic, kernels, batch-renorm: timed repeats per backend (or "
-                             "operation) and "
-                             "configuration")
+                             "operation) and configuration")
     parser.add_argument("--env", default="HalfCheetah-v4")
     parser.add_argument("--algos", nargs="+", default=list(WIDE_ALGOS), choices=list(NET_ARCH))
     parser.add_argument("--methods", nargs="+", default=["rigl"], choices=["rigl", "srigl"],
@@ -1127,18 +1125,18 @@ def main() -> None:
     elif args.part == "layer-step":
         shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
         densities = sorted(args.densities or [0.1, 0.05], reverse=True)
-        batch = (args.batches or [256])[0]
         lines = [header, "",
-                 f"Median µs (CPU time) of each phase of one training step of a lone layer at batch {batch}, "
-                 f"{args.repeats} steps each, stepped alternately: the masked layer's whole step (row-major "
-                 "activations, as `--part layers`), the compact layer's phases (feature-major activations, as inside "
-                 "a network: `--part layers`' \"compact in network\"), in brackets the compiled kernels' calls inside "
-                 "the forward and the backward, and an autograd node that computes nothing (it allocates the output "
-                 "and the three gradients as the compact layer does) on parameters of the compact layer's sizes with "
-                 "the same optimizer (LeanAdam): what a layer written in Python costs before any work. The "
-                 "optimizer step includes the two masks (no-ops on the compact layout). A phase's median is of its "
-                 "own times, so the phases need not add up to the step's median:", "",
-                 *layer_step_tables(shapes, batch, densities, args.repeats)]
+                 f"Median µs (CPU time) of each phase of one training step of a lone layer, {args.repeats} steps "
+                 "each, stepped alternately: the masked layer's whole step (row-major activations, as `--part "
+                 "layers`), the compact layer's phases (feature-major activations, as inside a network: `--part "
+                 "layers`' \"compact in network\", after an untimed step of a twin on row-major input, as there, so "
+                 "that it finds its code warm as a layer inside a network does), in brackets the compiled kernels' "
+                 "calls inside the forward and the backward, and an autograd node that computes nothing (it "
+                 "allocates the output and the three gradients as the compact layer does) on parameters of the "
+                 "compact layer's sizes with the same optimizer (LeanAdam): what a layer written in Python costs "
+                 "before any work. The optimizer step includes the two masks (no-ops on the compact layout). A "
+                 "phase's median is of its own times, so the phases need not add up to the step's median:", "",
+                 *layer_step_tables(shapes, args.batches or [256], densities, args.repeats)]
     elif args.part == "traffic":
         shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
         densities = sorted(args.densities or [0.5, 0.2, 0.1, 0.05, 0.02], reverse=True)
