@@ -23,25 +23,25 @@ PHASES = ("zero_grad", "forward", "backward", "optimizer step")
 
 
 class _TimedExtension:
-    """The compiled kernels' module with its ``forward`` and ``backward`` calls timed: their seconds are added to
-    :attr:`seconds` (everything else passes through)."""
+    """The compiled kernels' module with its ``forward`` and ``backward`` calls timed by :attr:`clock`: their
+    seconds are added to :attr:`seconds` (everything else passes through)."""
 
     def __init__(self, extension: Any, clock: Callable[[], float]) -> None:
-        self._extension, self._clock, self.seconds = extension, clock, 0.0
+        self._extension, self.clock, self.seconds = extension, clock, 0.0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._extension, name)
 
     def forward(self, *args: Any) -> Any:
-        start = self._clock()
-        result = self._extension.forward(*args)
-        self.seconds += self._clock() - start
-        return result
+        return self._timed(self._extension.forward, args)
 
     def backward(self, *args: Any) -> Any:
-        start = self._clock()
-        result = self._extension.backward(*args)
-        self.seconds += self._clock() - start
+        return self._timed(self._extension.backward, args)
+
+    def _timed(self, kernel: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        start = self.clock()
+        result = kernel(*args)
+        self.seconds += self.clock() - start
         return result
 
 
@@ -61,29 +61,28 @@ class _NoWork(torch.autograd.Function):
 
 
 def _phased_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
-                 x: torch.Tensor, dy: torch.Tensor, after_step: Callable[[], None], clock: Callable[[], float],
-                 timed: _TimedExtension | None) -> dict[str, float]:
-    """One training step (``calibrate.layer_step``'s) with each phase's seconds, and the kernels' inside the forward
-    and the backward."""
-    seconds: dict[str, float] = {}
-    start = clock()
+                 x: torch.Tensor, dy: torch.Tensor, after_step: Callable[[], None],
+                 timed: _TimedExtension) -> dict[str, float]:
+    """One training step (``calibrate.layer_step``'s) with each phase's seconds by ``timed``'s clock, and the
+    compiled kernels' inside the forward and the backward (none where the step calls no kernel)."""
+    clock = timed.clock
+    marks, kernel_marks = [clock()], []
     optimizer.zero_grad(set_to_none=True)
     x.grad = None
-    marks = [start, clock()]
-    kernel_before = timed.seconds if timed else 0.0
+    marks.append(clock())
+    kernel_marks.append(timed.seconds)
     y = forward(x)
     marks.append(clock())
-    kernel_forward = timed.seconds if timed else 0.0
+    kernel_marks.append(timed.seconds)
     y.backward(dy)
     marks.append(clock())
-    kernel_backward = timed.seconds if timed else 0.0
+    kernel_marks.append(timed.seconds)
     after_step()
     marks.append(clock())
-    for phase, (begin, end) in zip(PHASES, zip(marks, marks[1:])):
-        seconds[phase] = end - begin
-    seconds["forward kernel"] = kernel_forward - kernel_before
-    seconds["backward kernel"] = kernel_backward - kernel_forward
-    seconds["step"] = marks[-1] - start
+    seconds = {phase: end - begin for phase, begin, end in zip(PHASES, marks, marks[1:])}
+    seconds["forward kernel"] = kernel_marks[1] - kernel_marks[0]
+    seconds["backward kernel"] = kernel_marks[2] - kernel_marks[1]
+    seconds["step"] = marks[-1] - marks[0]
     return seconds
 
 
@@ -125,21 +124,15 @@ def phase_medians(in_features: int, out_features: int, batch: int, density: floa
     nnz = int(mask.sum())
     values, bias = torch.nn.Parameter(torch.zeros(nnz)), torch.nn.Parameter(torch.zeros(out_features))
     no_work_optimizer = LeanAdam([values, bias], lr=1e-4)
-
-    def no_work_step() -> None:
-        no_work_optimizer.step()
-
     timed = _TimedExtension(kernels._EXTENSION, clock)
     steps: dict[str, Callable[[], dict[str, float]]] = {
-        "masked": lambda: _phased_step(masked, masked_optimizer, x, dy,
-                                       _masks_then_step(masked, masked_optimizer), clock, None),
-        "twin": lambda: _phased_step(twin, twin_optimizer, x, dy_t, _masks_then_step(twin, twin_optimizer), clock,
-                                     timed),
+        "masked": lambda: _phased_step(masked, masked_optimizer, x, dy, _masks_then_step(masked, masked_optimizer),
+                                       timed),
+        "twin": lambda: _phased_step(twin, twin_optimizer, x, dy_t, _masks_then_step(twin, twin_optimizer), timed),
         "compact": lambda: _phased_step(compact, compact_optimizer, x_t, dy_t,
-                                        _masks_then_step(compact, compact_optimizer), clock, timed),
+                                        _masks_then_step(compact, compact_optimizer), timed),
         "no work": lambda: _phased_step(lambda inputs: _NoWork.apply(inputs, values, bias, out_features),
-                                        no_work_optimizer, x_t, dy_t, no_work_step, clock,
-                                        None)}
+                                        no_work_optimizer, x_t, dy_t, no_work_optimizer.step, timed)}
     times: dict[str, dict[str, list[float]]] = {name: {} for name in steps if name != "twin"}
     with patch.object(kernels, "_EXTENSION", timed):
         for i in range(repeats + warmup):
