@@ -8,13 +8,14 @@ import itertools
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 from unittest.mock import patch
 
 import torch
 
 from sparse_rl.backends import kernels
-from sparse_rl.layers import SparseLinear
+from sparse_rl.calibrate import masked_optimizer_step, timed_layer
 from sparse_rl.masks import random_mask
 from sparse_rl.optim import LeanAdam
 
@@ -86,23 +87,6 @@ def _phased_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: tor
     return seconds
 
 
-def _layer(mask: torch.Tensor, backend: str) -> tuple[SparseLinear, torch.optim.Optimizer]:
-    torch.manual_seed(0)
-    layer = SparseLinear(mask.shape[1], mask.shape[0])
-    layer.set_mask(mask)
-    layer.set_backend(backend)
-    layer.dense_grad_needed = False
-    return layer, LeanAdam(layer.parameters(), lr=1e-4)  # what the sparse policies build
-
-
-def _masks_then_step(layer: SparseLinear, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
-    def step() -> None:
-        layer.mask_grad()
-        optimizer.step()
-        layer.apply_mask()
-    return step
-
-
 def phase_medians(in_features: int, out_features: int, batch: int, density: float, repeats: int,
                   clock: Callable[[], float] = time.process_time, warmup: int = 3) -> dict[str, dict[str, float]]:
     """Median seconds of each phase of one training step of a lone layer: ``masked`` (row-major activations),
@@ -118,19 +102,20 @@ def phase_medians(in_features: int, out_features: int, batch: int, density: floa
     x_t, dy_t = (tensor.t().contiguous().t() for tensor in (x, dy))  # feature-major
     x.requires_grad_(True)
     x_t.requires_grad_(True)
-    masked, masked_optimizer = _layer(mask, "masked")
-    compact, compact_optimizer = _layer(mask, "compact")
-    twin, twin_optimizer = _layer(mask, "compact")
+    masked, masked_optimizer = timed_layer(mask, "masked")
+    compact, compact_optimizer = timed_layer(mask, "compact")
+    twin, twin_optimizer = timed_layer(mask, "compact")
     nnz = int(mask.sum())
     values, bias = torch.nn.Parameter(torch.zeros(nnz)), torch.nn.Parameter(torch.zeros(out_features))
     no_work_optimizer = LeanAdam([values, bias], lr=1e-4)
     timed = _TimedExtension(kernels._EXTENSION, clock)
     steps: dict[str, Callable[[], dict[str, float]]] = {
-        "masked": lambda: _phased_step(masked, masked_optimizer, x, dy, _masks_then_step(masked, masked_optimizer),
-                                       timed),
-        "twin": lambda: _phased_step(twin, twin_optimizer, x, dy_t, _masks_then_step(twin, twin_optimizer), timed),
+        "masked": lambda: _phased_step(masked, masked_optimizer, x, dy,
+                                       partial(masked_optimizer_step, masked, masked_optimizer), timed),
+        "twin": lambda: _phased_step(twin, twin_optimizer, x, dy_t,
+                                     partial(masked_optimizer_step, twin, twin_optimizer), timed),
         "compact": lambda: _phased_step(compact, compact_optimizer, x_t, dy_t,
-                                        _masks_then_step(compact, compact_optimizer), timed),
+                                        partial(masked_optimizer_step, compact, compact_optimizer), timed),
         "no work": lambda: _phased_step(lambda inputs: _NoWork.apply(inputs, values, bias, out_features),
                                         no_work_optimizer, x_t, dy_t, no_work_optimizer.step, timed)}
     times: dict[str, dict[str, list[float]]] = {name: {} for name in steps if name != "twin"}

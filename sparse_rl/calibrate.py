@@ -50,9 +50,26 @@ def layer_step(layer: SparseLinear, optimizer: torch.optim.Optimizer, x: torch.T
     optimizer.zero_grad(set_to_none=True)
     x.grad = None
     layer(x).backward(dy)
+    masked_optimizer_step(layer, optimizer)
+
+
+def masked_optimizer_step(layer: SparseLinear, optimizer: torch.optim.Optimizer) -> None:
+    """The optimizer step of :func:`layer_step`, between the gradient mask and the weight mask (no-ops on the
+    compact layout)."""
     layer.mask_grad()
     optimizer.step()
     layer.apply_mask()
+
+
+def timed_layer(mask: torch.Tensor, backend: str, seed: int = 0) -> tuple[SparseLinear, torch.optim.Optimizer]:
+    """A lone layer of ``mask``'s pattern on ``backend`` and its optimizer, as :func:`time_layer` steps them: no
+    dense gradient kept for scoring, the optimizer the sparse policies build."""
+    torch.manual_seed(seed)
+    layer = SparseLinear(mask.shape[1], mask.shape[0])
+    layer.set_mask(mask)
+    layer.set_backend(backend)
+    layer.dense_grad_needed = False
+    return layer, LeanAdam(layer.parameters(), lr=1e-4)
 
 
 def time_layer(in_features: int, out_features: int, batch: int, density: float, repeats: int,
@@ -69,12 +86,7 @@ def time_layer(in_features: int, out_features: int, batch: int, density: float, 
     steps = {}
     for name in backends:
         backend = name.removesuffix(" in network")
-        torch.manual_seed(seed)
-        layer = SparseLinear(in_features, out_features)
-        layer.set_mask(mask)
-        layer.set_backend(backend)
-        layer.dense_grad_needed = False
-        optimizer = LeanAdam(layer.parameters(), lr=1e-4)  # what the sparse policies build
+        layer, optimizer = timed_layer(mask, backend, seed)
         x = torch.randn(batch, in_features, generator=generator)
         dy = torch.randn(batch, out_features, generator=generator)
         if backend != "masked":
