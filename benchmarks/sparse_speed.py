@@ -1155,7 +1155,10 @@ def main() -> None:
                  f"{', '.join(map(str, batches))}, activations feature-major `(features, batch)` as the sparse "
                  "backends hold them, "
                  "random masks; sparse products counted at their active weights, dense GEMM at the whole weight. "
-                 "MKL's three are `torch.sparse.mm` on `W`'s and on `Wᵀ`'s CSR copy and `torch.sparse.sampled_addmm`. "
+                 "MKL's three are `torch.sparse.mm` on `W`'s and on `Wᵀ`'s CSR copy and `torch.sparse.sampled_addmm`; "
+                 "the input gradient's in brackets with that copy's values gathered from `W`'s in the call, as ours "
+                 "reads them (they change at every optimizer step, and the `sparse` backend gathers them in every "
+                 "backward): the ratios to MKL take that one, and so does MKL's side of the one call. "
                  "\"In one call\" is a layer's backward wanting both the input and the weight gradient (a hidden "
                  "layer's), which runs them in one pass over `Wᵀ`, against the sum of MKL's two products' times:",
                  "",
